@@ -1,0 +1,56 @@
+# The appliance's front door. `make run` builds and boots it; `make test` runs
+# every test. Every target that needs Python depends on `deps`.
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# System tools the tests and the image builder use, installed when missing.
+APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
+            dnsmasq-base qemu-system-x86 cpio xz-utils zstd
+PYTEST_ARGS ?=
+
+.PHONY: deps test unit bench run boot image smoke serve clean
+
+deps: $(STAMP)
+	@missing=$$(for p in $(APT_PKGS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing with apt: $$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root for apt-get (missing: $$missing)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@echo "deps: creating $(VENV) with the project and its test tools"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+test: deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: deps
+	$(PY) -m pytest -q tests/unit tests/stack $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) -m bench
+
+serve: deps
+	$(PY) -m unikernel serve
+
+image: deps
+	$(PY) build/make_image.py
+
+boot: image
+	$(PY) build/boot.py --tap tap0
+
+run: image
+	$(PY) build/boot.py --auto
+
+smoke: image
+	$(PY) -m pytest -q tests/boot
+
+clean:
+	rm -rf images .pytest_cache .hypothesis

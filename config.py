@@ -1,0 +1,18 @@
+"""The appliance, declared (MirageOS's config.ml).
+
+The tutorial's unikernel: static IPv4 192.168.1.2/24 on tap0, gateway
+192.168.1.1, serving the zone files in data/. `python -m unikernel serve` with
+no flags runs exactly this; `make image` bakes it into the VM.
+"""
+from unikernel.config import Appliance
+
+appliance = Appliance(
+    tap="tap0",
+    ipv4="192.168.1.2/24",
+    ipv4_gateway="192.168.1.1",
+    zones=["data/d1.signpo.st.zone"],
+    hosts=["data/hosts"],
+    forward=[],          # e.g. ["192.168.1.1:53"]: relay what no zone answers
+    allow=[],            # [] = the appliance's own subnet may use forwarding
+    cache_size=10000,
+)

@@ -1,0 +1,16 @@
+"""Counters named for the path a packet took, e.g. ``ipv4.bad_checksum.drop``.
+
+Every outcome and every drop reason increments one counter, so tests can pin
+which branch ran, and an operator can see why traffic disappeared.
+"""
+from collections import Counter
+
+
+class Counters(Counter):
+    """A Counter with a stable text dump; keys are dotted path names."""
+
+    def dump(self, prefix: str = "") -> str:
+        return "\n".join(f"{k} {v}" for k, v in sorted(self.items()) if k.startswith(prefix))
+
+    def drops(self) -> dict[str, int]:
+        return {k: v for k, v in self.items() if k.endswith(".drop")}

@@ -1,0 +1,49 @@
+"""Ethernet II framing: a 14-byte header, destination, source, EtherType."""
+from __future__ import annotations
+
+import struct
+
+HEADER_LEN = 14
+BROADCAST = b"\xff" * 6
+TYPE_IPV4 = 0x0800
+TYPE_ARP = 0x0806
+
+_HEADER = struct.Struct("!6s6sH")
+
+
+class EthernetError(ValueError):
+    """A frame too short to carry an Ethernet header."""
+
+
+def parse(frame: bytes) -> tuple[bytes, bytes, int]:
+    """(destination, source, ethertype); the payload starts at HEADER_LEN."""
+    if len(frame) < HEADER_LEN:
+        raise EthernetError(f"frame of {len(frame)} bytes is shorter than a header")
+    return _HEADER.unpack_from(frame)
+
+
+def header(dst: bytes, src: bytes, ethertype: int) -> bytes:
+    return _HEADER.pack(dst, src, ethertype)
+
+
+def mac_to_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def mac_from_str(text: str) -> bytes:
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6:
+        raise ValueError(f"not a MAC address: {text!r}")
+    try:
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {text!r}") from None
+    if mac[0] & 1:
+        raise ValueError(f"{text} is a multicast address, not usable as a station address")
+    return mac
+
+
+def stable_mac(ipv4: int) -> bytes:
+    """A locally administered unicast MAC derived from our address, so the same
+    configuration keeps the same MAC across restarts (peers' ARP caches stay right)."""
+    return b"\x02\x00" + ipv4.to_bytes(4, "big")

@@ -1,0 +1,176 @@
+"""IPv4 (RFC 791): header parsing and building, fragmentation, reassembly.
+
+Parsing checks in one order: integrity (can the lengths be read safely?),
+then the values (version, checksum, TTL). Reassembly keeps a bounded number of
+datagrams, each bounded in size, and drops the whole datagram on overlapping
+or inconsistent fragments (the safe reading of RFC 5722) or on timeout.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import checksum as cksum
+from .counters import Counters
+
+MIN_HEADER_LEN = 20
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+FLAG_DF = 0x4000
+FLAG_MF = 0x2000
+OFFSET_MASK = 0x1FFF
+MAX_DATAGRAM = 65535
+DEFAULT_TTL = 64
+
+_HEADER = struct.Struct("!BBHHHBBHII")
+
+
+class Ipv4Error(ValueError):
+    """A packet the IPv4 layer must drop; `reason` names the counter."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class Ipv4Header(NamedTuple):
+    header_len: int
+    total_len: int
+    ident: int
+    flags_offset: int
+    ttl: int
+    protocol: int
+    src: int
+    dst: int
+
+    @property
+    def is_fragment(self) -> bool:
+        return bool(self.flags_offset & (FLAG_MF | OFFSET_MASK))
+
+
+def parse(packet: bytes) -> Ipv4Header:
+    """Validates an IPv4 header at the start of `packet` (options are skipped).
+    The payload is packet[header_len:total_len]; trailing bytes (Ethernet
+    padding) are ignored."""
+    if len(packet) < MIN_HEADER_LEN:
+        raise Ipv4Error("ipv4.truncated.drop")
+    ver_ihl, _tos, total_len, ident, flags_offset, ttl, proto, _sum, src, dst = _HEADER.unpack_from(packet)
+    if ver_ihl >> 4 != 4:
+        raise Ipv4Error("ipv4.bad_version.drop")
+    header_len = (ver_ihl & 0x0F) * 4
+    if header_len < MIN_HEADER_LEN:
+        raise Ipv4Error("ipv4.bad_ihl.drop")
+    if total_len < header_len or total_len > len(packet):
+        raise Ipv4Error("ipv4.bad_length.drop")
+    if not cksum.verify(packet[:header_len]):
+        raise Ipv4Error("ipv4.bad_checksum.drop")
+    if ttl == 0:
+        raise Ipv4Error("ipv4.ttl_zero.drop")
+    if flags_offset & 0x8000:
+        raise Ipv4Error("ipv4.reserved_flag.drop")
+    return Ipv4Header(header_len, total_len, ident, flags_offset, ttl, proto, src, dst)
+
+
+def header(src: int, dst: int, protocol: int, payload_len: int, ident: int,
+           flags_offset: int = 0, ttl: int = DEFAULT_TTL) -> bytes:
+    """A 20-byte header, checksum filled in."""
+    total = MIN_HEADER_LEN + payload_len
+    raw = _HEADER.pack(0x45, 0, total, ident, flags_offset, ttl, protocol, 0, src, dst)
+    return raw[:10] + cksum.checksum(raw).to_bytes(2, "big") + raw[12:]
+
+
+def fragment(src: int, dst: int, protocol: int, payload: bytes, ident: int, mtu: int,
+             dont_fragment: bool = False, ttl: int = DEFAULT_TTL) -> list[bytes]:
+    """The payload as one packet, or as fragments that each fit `mtu`.
+    Raises Ipv4Error when it does not fit and DF is asked for."""
+    if MIN_HEADER_LEN + len(payload) <= mtu:
+        df = FLAG_DF if dont_fragment else 0
+        return [header(src, dst, protocol, len(payload), ident, df, ttl) + payload]
+    if dont_fragment:
+        raise Ipv4Error("ipv4.needs_fragmentation_df.drop")
+    if len(payload) + MIN_HEADER_LEN > MAX_DATAGRAM:
+        raise Ipv4Error("ipv4.too_big.drop")
+    step = (mtu - MIN_HEADER_LEN) // 8 * 8
+    if step <= 0:
+        raise Ipv4Error("ipv4.mtu_too_small.drop")
+    packets = []
+    for start in range(0, len(payload), step):
+        chunk = payload[start:start + step]
+        more = FLAG_MF if start + step < len(payload) else 0
+        packets.append(header(src, dst, protocol, len(chunk), ident, more | (start // 8), ttl) + chunk)
+    return packets
+
+
+@dataclass(slots=True)
+class _Datagram:
+    expires_at: float
+    pieces: dict[int, bytes] = field(default_factory=dict)   # offset -> bytes
+    received: int = 0
+    total: int | None = None    # payload length, known once the last fragment arrived
+
+
+class Reassembler:
+    """Bounded reassembly buffers keyed by (src, dst, protocol, ident)."""
+
+    def __init__(self, counters: Counters, *, max_datagrams: int = 64, max_bytes: int = 1 << 20,
+                 timeout: float = 30.0) -> None:
+        self.counters = counters
+        self.max_datagrams, self.max_bytes, self.timeout = max_datagrams, max_bytes, timeout
+        self.buffers: dict[tuple[int, int, int, int], _Datagram] = {}
+        self.held_bytes = 0
+
+    def input(self, now: float, hdr: Ipv4Header, payload: bytes) -> bytes | None:
+        """Adds a fragment; returns the whole payload once complete."""
+        key = (hdr.src, hdr.dst, hdr.protocol, hdr.ident)
+        offset = (hdr.flags_offset & OFFSET_MASK) * 8
+        more = bool(hdr.flags_offset & FLAG_MF)
+        end = offset + len(payload)
+        if (more and len(payload) % 8) or end + MIN_HEADER_LEN > MAX_DATAGRAM or (more and not payload):
+            self._discard(key, "ipv4.frag.bad_fragment.drop")
+            return None
+        datagram = self.buffers.get(key)
+        if datagram is None:
+            if len(self.buffers) >= self.max_datagrams:
+                self.counters["ipv4.frag.table_full.drop"] += 1
+                return None
+            datagram = self.buffers[key] = _Datagram(now + self.timeout)
+        if self.held_bytes + len(payload) > self.max_bytes:
+            self.counters["ipv4.frag.memory_full.drop"] += 1
+            return None
+        if offset in datagram.pieces and datagram.pieces[offset] == payload:
+            self.counters["ipv4.frag.duplicate"] += 1
+            return None
+        if not more:
+            if datagram.total is not None and datagram.total != end:
+                self._discard(key, "ipv4.frag.inconsistent.drop")
+                return None
+            datagram.total = end
+        if datagram.total is not None and end > datagram.total:
+            self._discard(key, "ipv4.frag.inconsistent.drop")
+            return None
+        for start, piece in datagram.pieces.items():
+            if start < end and offset < start + len(piece):
+                self._discard(key, "ipv4.frag.overlap.drop")
+                return None
+        datagram.pieces[offset] = payload
+        datagram.received += len(payload)
+        self.held_bytes += len(payload)
+        if datagram.total is None or datagram.received != datagram.total:
+            return None
+        del self.buffers[key]
+        self.held_bytes -= datagram.received
+        self.counters["ipv4.frag.reassembled"] += 1
+        return b"".join(datagram.pieces[o] for o in sorted(datagram.pieces))
+
+    def _discard(self, key, reason: str) -> None:
+        self.counters[reason] += 1
+        datagram = self.buffers.pop(key, None)
+        if datagram is not None:
+            self.held_bytes -= datagram.received
+
+    def tick(self, now: float) -> None:
+        for key, datagram in list(self.buffers.items()):
+            if datagram.expires_at <= now:
+                self._discard(key, "ipv4.frag.timeout.drop")

@@ -1,0 +1,228 @@
+"""The stack: link -> Ethernet -> ARP / IPv4 -> ICMP / UDP / TCP, on one
+asyncio loop. This is the only module that knows every layer; the layers
+themselves do no I/O and are handed the time.
+
+Nothing a frame does raises out of `_receive`: every malformed or unwanted
+frame ends in a counter (`stack.counters`) whose name says why it was dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+from typing import Callable
+
+from . import arp as arp_mod
+from . import ethernet, icmp, udp
+from . import ipv4 as ip4
+from .counters import Counters
+from .link import Link
+
+log = logging.getLogger("netstack")
+
+TICK_INTERVAL = 0.05
+_TYPE_IPV4 = ethernet.TYPE_IPV4.to_bytes(2, "big")
+_TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
+
+
+class Stack:
+    def __init__(self, link: Link, ipv4: ipaddress.IPv4Interface | str,
+                 gateway: ipaddress.IPv4Address | str | None = None, *, mtu: int = 1500,
+                 mac: bytes | None = None, clock: Callable[[], float] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.link = link
+        self.interface = ipaddress.IPv4Interface(ipv4)
+        self.address = int(self.interface.ip)
+        self.netmask = int(self.interface.netmask)
+        self.network = self.address & self.netmask
+        self.subnet_broadcast = int(self.interface.network.broadcast_address)
+        self.gateway = int(ipaddress.IPv4Address(gateway)) if gateway else None
+        if self.gateway is not None and self.gateway & self.netmask != self.network:
+            raise ValueError(f"gateway {gateway} is not on {self.interface.network}")
+        self.mtu = min(mtu, getattr(link, "mtu", mtu) or mtu)
+        self.mac = mac or getattr(link, "mac", None) or ethernet.stable_mac(self.address)
+        self.rng = rng or random.SystemRandom()
+        self.counters = Counters()
+        self._clock = clock
+        self.arp = arp_mod.Arp(self.mac, self.address, self.counters)
+        self.reassembler = ip4.Reassembler(self.counters)
+        self.icmp_errors = icmp.RateLimiter(rate=10, burst=10)
+        self.udp = udp.UdpLayer(self.address, self._transmit_udp, self.counters, self.rng)
+        self.tcp = self._make_tcp()
+        self._ident = self.rng.randrange(65536)
+        self._src_mac_type = self.mac + _TYPE_IPV4
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _make_tcp(self):
+        try:
+            from .tcp import TcpLayer
+        except ImportError:
+            return None
+        return TcpLayer(local_ip=self.address, transmit=self._transmit_tcp,
+                        counters=self.counters, clock=self.now)
+
+    # -- life cycle ---------------------------------------------------------------
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return self._loop.time() if self._loop is not None else 0.0
+
+    async def start(self) -> None:
+        """Attaches the link to the running loop, announces our address and
+        starts the timer tick."""
+        self._loop = asyncio.get_running_loop()
+        self.link.attach(self._loop, self._receive)
+        self._send_arp(ethernet.BROADCAST, self.arp.announcement())
+        self._timer = self._loop.call_later(TICK_INTERVAL, self._tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.link.close()
+
+    def _tick(self) -> None:
+        self.tick(self.now())
+        if self._loop is not None:
+            self._timer = self._loop.call_later(TICK_INTERVAL, self._tick)
+
+    def tick(self, now: float) -> None:
+        """Runs every layer's timers (tests call it with a virtual clock)."""
+        for request in self.arp.tick(now):
+            self._send_arp(ethernet.BROADCAST, request)
+        self.reassembler.tick(now)
+        if self.tcp is not None:
+            self.tcp.tick(now)
+
+    # -- receive path ---------------------------------------------------------------
+    def _receive(self, frame: bytes) -> None:
+        try:
+            self._input_frame(frame)
+        except (ip4.Ipv4Error, udp.UdpError, icmp.IcmpError) as e:
+            self.counters[e.reason] += 1
+        except arp_mod.ArpError:
+            self.counters["arp.malformed.drop"] += 1
+        except Exception:  # a bug, not an input: count it, log it, keep serving
+            self.counters["stack.exception.drop"] += 1
+            log.exception("frame handling failed")
+
+    # Keep the receive path flat: it runs once per frame.
+    def _input_frame(self, frame: bytes) -> None:
+        counters = self.counters
+        if len(frame) < ethernet.HEADER_LEN:
+            counters["ethernet.truncated.drop"] += 1
+            return
+        dst = frame[:6]
+        if dst != self.mac and dst != ethernet.BROADCAST:
+            counters["ethernet.not_ours.drop"] += 1
+            return
+        ethertype = frame[12:14]
+        if ethertype == _TYPE_IPV4:
+            self._input_ipv4(frame[14:])
+        elif ethertype == _TYPE_ARP:
+            self._input_arp(frame[14:])
+        else:
+            counters["ethernet.unknown_type.drop"] += 1
+
+    def _input_arp(self, packet: bytes) -> None:
+        outcome = self.arp.input(self.now(), packet)
+        if outcome.reply is not None:
+            self._send_arp(outcome.reply[18:24], outcome.reply)   # target hardware address
+        if outcome.released:
+            prefix = outcome.resolved_mac + self._src_mac_type
+            for ip_packet in outcome.released:
+                self.link.send(prefix + ip_packet)
+
+    def _input_ipv4(self, packet: bytes) -> None:
+        hdr = ip4.parse(packet)
+        if hdr.dst != self.address:
+            self.counters["ipv4.not_ours.drop"] += 1
+            return
+        payload = packet[hdr.header_len:hdr.total_len]
+        if hdr.is_fragment:
+            payload = self.reassembler.input(self.now(), hdr, payload)
+            if payload is None:
+                return
+        protocol = hdr.protocol
+        if protocol == ip4.PROTO_UDP:
+            self._input_udp(hdr, payload)
+        elif protocol == ip4.PROTO_TCP:
+            if self.tcp is None:
+                self.counters["tcp.unsupported.drop"] += 1
+            else:
+                self.tcp.input(self.now(), hdr.src, hdr.dst, payload)
+        elif protocol == ip4.PROTO_ICMP:
+            self._input_icmp(hdr, payload)
+        else:
+            self.counters["ipv4.unknown_protocol.drop"] += 1
+
+    def _input_udp(self, hdr: ip4.Ipv4Header, segment: bytes) -> None:
+        src_port, dst_port, data = udp.parse(segment, hdr.src, hdr.dst)
+        handler = self.udp.bindings.get(dst_port)
+        if handler is not None:
+            self.counters["udp.delivered"] += 1
+            handler(data, hdr.src, src_port, hdr.dst, dst_port)
+            return
+        self.counters["udp.closed_port.drop"] += 1
+        if self.icmp_errors.allow(self.now()):
+            quoted = ip4.header(hdr.src, hdr.dst, hdr.protocol, len(segment), hdr.ident,
+                                 0, hdr.ttl) + segment
+            self.counters["icmp.port_unreachable.sent"] += 1
+            self.send_ip(hdr.src, ip4.PROTO_ICMP, icmp.port_unreachable(quoted))
+        else:
+            self.counters["icmp.port_unreachable.rate_limited"] += 1
+
+    def _input_icmp(self, hdr: ip4.Ipv4Header, message: bytes) -> None:
+        icmp_type, _code = icmp.parse(message)
+        if icmp_type == icmp.TYPE_ECHO_REQUEST:
+            self.counters["icmp.echo.replied"] += 1
+            self.send_ip(hdr.src, ip4.PROTO_ICMP, icmp.echo_reply(message))
+        else:
+            self.counters[f"icmp.type{icmp_type}.ignored"] += 1
+
+    # -- send path ---------------------------------------------------------------------
+    def _transmit_udp(self, dst_ip: int, segment: bytes) -> None:
+        self.send_ip(dst_ip, ip4.PROTO_UDP, segment)
+
+    def _transmit_tcp(self, dst_ip: int, segment: bytes) -> None:
+        self.send_ip(dst_ip, ip4.PROTO_TCP, segment, dont_fragment=True)
+
+    def next_hop(self, dst_ip: int) -> int | None:
+        if dst_ip & self.netmask == self.network:
+            return dst_ip
+        return self.gateway
+
+    def send_ip(self, dst_ip: int, protocol: int, payload: bytes, *, dont_fragment: bool = False) -> None:
+        """Routes, fragments and sends one datagram; never raises."""
+        hop = self.next_hop(dst_ip)
+        if hop is None:
+            self.counters["ipv4.no_route.drop"] += 1
+            return
+        ident = self._ident = (self._ident + 1) & 0xFFFF
+        try:
+            packets = ip4.fragment(self.address, dst_ip, protocol, payload, ident, self.mtu,
+                                    dont_fragment)
+        except ip4.Ipv4Error as e:
+            self.counters[e.reason] += 1
+            return
+        if len(packets) > 1:
+            self.counters["ipv4.fragmented"] += 1
+        if hop == self.subnet_broadcast:
+            mac = ethernet.BROADCAST
+        else:
+            mac = self.arp.lookup(hop, self.now())
+        if mac is not None:
+            prefix = mac + self._src_mac_type
+            for packet in packets:
+                self.link.send(prefix + packet)
+            return
+        now = self.now()
+        for packet in packets:
+            request = self.arp.resolve(now, hop, packet)
+            if request is not None:
+                self._send_arp(ethernet.BROADCAST, request)
+
+    def _send_arp(self, dst_mac: bytes, packet: bytes) -> None:
+        self.link.send(ethernet.header(dst_mac, self.mac, ethernet.TYPE_ARP) + packet)

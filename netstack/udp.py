@@ -1,0 +1,80 @@
+"""UDP (RFC 768): header parsing and building, and the table of bound ports."""
+from __future__ import annotations
+
+import random
+import struct
+from typing import Callable
+
+from . import checksum as cksum
+from .counters import Counters
+
+HEADER_LEN = 8
+PROTO_UDP = 17
+EPHEMERAL = (1024, 65535)
+_HEADER = struct.Struct("!HHHH")
+
+OnDatagram = Callable[[bytes, int, int, int, int], None]
+
+
+class UdpError(ValueError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse(segment: bytes, src_ip: int, dst_ip: int) -> tuple[int, int, bytes]:
+    """(src_port, dst_port, payload); a zero checksum means "none sent"."""
+    if len(segment) < HEADER_LEN:
+        raise UdpError("udp.truncated.drop")
+    src_port, dst_port, length, checksum = _HEADER.unpack_from(segment)
+    if length < HEADER_LEN or length > len(segment):
+        raise UdpError("udp.bad_length.drop")
+    if length != len(segment):
+        segment = segment[:length]
+    if checksum and not cksum.verify(segment, cksum.pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length)):
+        raise UdpError("udp.bad_checksum.drop")
+    return src_port, dst_port, segment[HEADER_LEN:]
+
+
+def build(src_ip: int, src_port: int, dst_ip: int, dst_port: int, payload: bytes) -> bytes:
+    length = HEADER_LEN + len(payload)
+    segment = _HEADER.pack(src_port, dst_port, length, 0) + payload
+    value = cksum.checksum(segment, cksum.pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length))
+    return segment[:6] + value.to_bytes(2, "big") + segment[8:]
+
+
+class UdpLayer:
+    """Bound ports and their handlers. Sending goes through `transmit(dst_ip,
+    segment)`, which the stack wires to IPv4 output."""
+
+    def __init__(self, local_ip: int, transmit: Callable[[int, bytes], None], counters: Counters,
+                 rng: random.Random | None = None) -> None:
+        self.local_ip = local_ip
+        self.transmit = transmit
+        self.counters = counters
+        self.rng = rng or random.SystemRandom()
+        self.bindings: dict[int, OnDatagram] = {}
+
+    def bind(self, port: int, on_datagram: OnDatagram) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+        if port in self.bindings:
+            raise OSError(f"UDP port {port} is already bound")
+        self.bindings[port] = on_datagram
+
+    def bind_ephemeral(self, on_datagram: OnDatagram) -> int:
+        """Binds a random free port from a wide range (RFC 6056, RFC 5452)."""
+        low, high = EPHEMERAL
+        for _ in range(64):
+            port = self.rng.randint(low, high)
+            if port not in self.bindings:
+                self.bindings[port] = on_datagram
+                return port
+        raise OSError("no free ephemeral UDP port")
+
+    def unbind(self, port: int) -> None:
+        self.bindings.pop(port, None)
+
+    def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int) -> None:
+        self.counters["udp.sent"] += 1
+        self.transmit(dst_ip, build(self.local_ip, src_port, dst_ip, dst_port, payload))

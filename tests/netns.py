@@ -1,0 +1,99 @@
+"""Network namespaces for tests: the only place test traffic may go.
+
+A test makes a namespace, puts a tap in it with the host side addressed
+(192.0.2.1/24 by default, TEST-NET-1), runs the appliance on the tap's other
+side, and removes the namespace afterwards. Nothing is ever addressed outside.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+_ids = itertools.count()
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or not os.path.exists("/dev/net/tun"),
+    reason="needs root, iproute2 and /dev/net/tun to make a network namespace with a tap",
+)
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns failed")
+
+
+class Namespace:
+    """``with Namespace() as ns:`` a fresh network namespace, removed on exit."""
+
+    def __init__(self, prefix: str = "dnsapp") -> None:
+        self.name = f"{prefix}{os.getpid()}x{next(_ids)}"
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Namespace":
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.ip("link", "set", "lo", "up")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(f"/etc/netns/{self.name}")
+
+    # -- running things inside ---------------------------------------------
+    def ip(self, *args: str) -> None:
+        subprocess.run(["ip", "-n", self.name, *args], check=True)
+
+    def run(self, *cmd: str, timeout: float = 30, check: bool = False, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True,
+                              text=True, timeout=timeout, check=check, **kw)
+
+    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.STDOUT)
+        kw.setdefault("text", True)
+        p = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+        self.procs.append(p)
+        return p
+
+    def add_tap(self, tap: str = "tap0", host: str = "192.0.2.1/24") -> str:
+        """A tap inside the namespace; its kernel side gets `host`."""
+        self.ip("tuntap", "add", "dev", tap, "mode", "tap")
+        self.ip("addr", "add", host, "dev", tap)
+        self.ip("link", "set", tap, "up")
+        return tap
+
+    @contextlib.contextmanager
+    def entered(self):
+        """Runs the body with this thread inside the namespace (for opening a
+        tap from the test process itself; the fd stays bound afterwards)."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            yield
+        finally:
+            _setns(own)
+            os.close(own)
+            os.close(target)
+
+    def resolv_conf(self, text: str) -> None:
+        """/etc/netns/NAME/resolv.conf, which `ip netns exec` mounts over /etc/resolv.conf."""
+        os.makedirs(f"/etc/netns/{self.name}", exist_ok=True)
+        with open(f"/etc/netns/{self.name}/resolv.conf", "w") as f:
+            f.write(text)

@@ -1,0 +1,84 @@
+"""The appliance's declaration, as config.py writes it (MirageOS's config.ml).
+
+``config.py`` at the top of the repository builds one :class:`Appliance`; the
+unix target reads it (flags override it) and build/ bakes it into the image.
+Unknown keys are refused, so a typo is an error rather than a silent default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "config.py"
+
+
+class ConfigError(ValueError):
+    """A declaration that cannot be served; the message names what is wrong."""
+
+
+@dataclass
+class Appliance:
+    tap: str = "tap0"                       # unix target: the tap device to attach to
+    ipv4: str = "192.168.1.2/24"            # address/prefix
+    ipv4_gateway: str | None = "192.168.1.1"
+    mtu: int = 1500
+    mac: str | None = None                  # None: a stable address derived from ipv4
+    port: int = 53
+    zones: list[str] = field(default_factory=list)     # zone files (RFC 1035 master format)
+    hosts: list[str] = field(default_factory=list)     # /etc/hosts-format overrides
+    forward: list[str] = field(default_factory=list)   # upstream resolvers, ADDR[:PORT]
+    allow: list[str] = field(default_factory=list)     # who may use forwarding; [] = own subnet
+    cache_size: int = 10000
+    log_queries: bool = False
+    base: Path = REPO                       # relative paths are resolved against this
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.IPv4Interface(self.ipv4)
+            if self.ipv4_gateway:
+                ipaddress.IPv4Address(self.ipv4_gateway)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not 68 <= self.mtu <= 65535:
+            raise ConfigError(f"mtu {self.mtu} out of range 68..65535")
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.ipv4)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address | None:
+        return ipaddress.IPv4Address(self.ipv4_gateway) if self.ipv4_gateway else None
+
+    def path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.base / p
+
+    def replace(self, **changes) -> "Appliance":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+def load(path: Path | str = DEFAULT_CONFIG) -> Appliance:
+    """Runs config.py and returns its ``appliance``; relative paths in it are
+    taken from the file's own folder."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location("appliance_config", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be read")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    appliance = getattr(module, "appliance", None)
+    if not isinstance(appliance, Appliance):
+        raise ConfigError(f"{path}: must define `appliance = Appliance(...)`")
+    return dataclasses.replace(appliance, base=path.resolve().parent)

@@ -1,0 +1,76 @@
+"""The seed's API, in Python: processes, processors, and compose.
+
+A *process* maps a query to an optional answer::
+
+    async def process(*, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None
+
+``None`` means "not mine, ask the next". An :class:`Answer` whose ``final`` flag
+is set means "mine": the process is authoritative for the name (its zone holds
+it, or holds the closest enclosing apex), so even NXDOMAIN or NODATA ends the
+chain. That is how the names of local zones never leak to a forwarder, while
+``compose`` keeps the seed's rule that a non-NOERROR answer falls through.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+import dns.message
+import dns.rcode
+
+Endpoint = tuple[ipaddress.IPv4Address, int]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response message, and what the server may do with it.
+
+    final:  the process is authoritative for the name; compose stops here even
+            when the rcode is not NOERROR (Twisted's AuthoritativeDomainError).
+    static: the answer depends only on the question (name case-folded, type,
+            class, EDNS present, DO bit), so its wire form may be kept and
+            served from the fast path.
+    """
+
+    message: dns.message.Message
+    final: bool = False
+    static: bool = False
+
+
+class Process(Protocol):
+    def __call__(self, *, src: Endpoint, dst: Endpoint,
+                 query: dns.message.Message) -> Awaitable[Answer | None]: ...
+
+
+def compose(first: Process, *rest: Process) -> Process:
+    """``compose(p, backup, ...)``: p's answer, unless p has none or answers with
+    a non-NOERROR rcode without being final; then the next one's, and so on.
+    The last process's answer is returned whatever it is."""
+    chain = (first, *rest)
+
+    async def composed(*, src: Endpoint, dst: Endpoint,
+                       query: dns.message.Message) -> Answer | None:
+        answer = None
+        for process in chain:
+            answer = await process(src=src, dst=dst, query=query)
+            if answer is not None and (answer.final or answer.message.rcode() == dns.rcode.NOERROR):
+                return answer
+        return answer
+
+    return composed
+
+
+Processor = Callable[[Endpoint, Endpoint, dns.message.Message], Awaitable[Answer | None]]
+
+
+def processor_of_process(process: Process) -> Processor:
+    """Adapts a process to what the server calls (positional endpoints). The
+    server catches what a processor raises and answers that query SERVFAIL."""
+
+    async def processor(src: Endpoint, dst: Endpoint,
+                        query: dns.message.Message) -> Answer | None:
+        return await process(src=src, dst=dst, query=query)
+
+    processor.process = process  # type: ignore[attr-defined]
+    return processor
