@@ -158,6 +158,7 @@ class Reassembler:
         datagram.received += len(payload)
         self.held_bytes += len(payload)
         if datagram.total is None or datagram.received != datagram.total:
+            self.counters["ipv4.frag.held"] += 1
             return None
         del self.buffers[key]
         self.held_bytes -= datagram.received

@@ -2,7 +2,7 @@
 asyncio loop. This is the only module that knows every layer; the layers
 themselves do no I/O and are handed the time.
 
-Nothing a frame does raises out of `_receive`: every malformed or unwanted
+Nothing a frame does raises out of `receive`: every malformed or unwanted
 frame ends in a counter (`stack.counters`) whose name says why it was dropped.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Stack:
         """Attaches the link to the running loop, announces our address and
         starts the timer tick."""
         self._loop = asyncio.get_running_loop()
-        self.link.attach(self._loop, self._receive)
+        self.link.attach(self._loop, self.receive)
         self._send_arp(ethernet.BROADCAST, self.arp.announcement())
         self._timer = self._loop.call_later(TICK_INTERVAL, self._tick)
 
@@ -97,7 +97,7 @@ class Stack:
             self.tcp.tick(now)
 
     # -- receive path ---------------------------------------------------------------
-    def _receive(self, frame: bytes) -> None:
+    def receive(self, frame: bytes) -> None:
         try:
             self._input_frame(frame)
         except (ip4.Ipv4Error, udp.UdpError, icmp.IcmpError) as e:
