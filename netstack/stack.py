@@ -83,6 +83,10 @@ class Stack:
             self._timer = None
         self.link.close()
 
+    def log_counters(self) -> None:
+        """Writes every counter to the log (the unix target does it on SIGUSR1)."""
+        log.info("counters:\n%s", self.counters.dump())
+
     def _tick(self) -> None:
         self.tick(self.now())
         if self._loop is not None:
