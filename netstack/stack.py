@@ -18,6 +18,7 @@ from . import ethernet, icmp, udp
 from . import ipv4 as ip4
 from .counters import Counters
 from .link import Link
+from .tcp import TcpConfig, TcpLayer
 
 log = logging.getLogger("netstack")
 
@@ -55,13 +56,11 @@ class Stack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def _make_tcp(self):
-        try:
-            from .tcp import TcpLayer
-        except ImportError:
-            return None
+    def _make_tcp(self) -> TcpLayer:
+        # Our segments go out with DF set, so the MSS we offer and use follows our MTU.
         return TcpLayer(local_ip=self.address, transmit=self._transmit_tcp,
-                        counters=self.counters, clock=self.now)
+                        counters=self.counters, clock=self.now,
+                        rng=self.rng, config=TcpConfig(mss=self.mtu - 40))
 
     # -- life cycle ---------------------------------------------------------------
     def now(self) -> float:
@@ -97,8 +96,7 @@ class Stack:
         for request in self.arp.tick(now):
             self._send_arp(ethernet.BROADCAST, request)
         self.reassembler.tick(now)
-        if self.tcp is not None:
-            self.tcp.tick(now)
+        self.tcp.tick(now)
 
     # -- receive path ---------------------------------------------------------------
     def receive(self, frame: bytes) -> None:
@@ -153,10 +151,7 @@ class Stack:
         if protocol == ip4.PROTO_UDP:
             self._input_udp(hdr, payload)
         elif protocol == ip4.PROTO_TCP:
-            if self.tcp is None:
-                self.counters["tcp.unsupported.drop"] += 1
-            else:
-                self.tcp.input(self.now(), hdr.src, hdr.dst, payload)
+            self.tcp.input(self.now(), hdr.src, hdr.dst, payload)
         elif protocol == ip4.PROTO_ICMP:
             self._input_icmp(hdr, payload)
         else:

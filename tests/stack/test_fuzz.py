@@ -1,7 +1,7 @@
 """Hostile input: arbitrary bytes and mutated valid frames never raise out of
 the receive path, and every frame ends in a counter."""
 from hypothesis import HealthCheck, given, settings, strategies as st
-from scapy.layers.inet import ICMP, IP, UDP, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import ARP, Ether
 
 from tests.stackutil import OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, make_stack
@@ -10,12 +10,15 @@ SEEDS = [
     bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP) / UDP(dport=53) / (b"q" * 30)),
     bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP) / ICMP() / (b"p" * 30)),
     bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=PEER_MAC) / ARP(op=1, hwsrc=PEER_MAC, psrc=PEER_IP, pdst=OUR_IP)),
+    bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP) / TCP(dport=53, flags="S", options=[("MSS", 1460), ("WScale", 7)])),
+    bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP) / TCP(dport=53, flags="PA", seq=1, ack=1) / b"\x00\x10data"),
     *[bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / f) for f in
       fragment(IP(src=PEER_IP, dst=OUR_IP, id=7) / ICMP() / (b"f" * 2000), fragsize=600)],
 ]
 
 STACK, LINK, CLOCK = make_stack()
 STACK.udp.bind(53, lambda payload, *a: STACK.udp.sendto(payload, 53, a[0], a[1]))
+STACK.tcp.listen(53, lambda conn: setattr(conn, "on_data", conn.send))
 
 
 def _check(frame: bytes) -> None:
