@@ -38,9 +38,13 @@ def parse(segment: bytes, src_ip: int, dst_ip: int) -> tuple[int, int, bytes]:
 
 def build(src_ip: int, src_port: int, dst_ip: int, dst_port: int, payload: bytes) -> bytes:
     length = HEADER_LEN + len(payload)
-    segment = _HEADER.pack(src_port, dst_port, length, 0) + payload
-    value = cksum.checksum(segment, cksum.pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length))
-    return segment[:6] + value.to_bytes(2, "big") + segment[8:]
+    # The payload read as one integer is congruent to the sum of its 16-bit
+    # words mod 0xFFFF (see checksum.py); an odd length is padded with a zero.
+    body = int.from_bytes(payload, "big")
+    if len(payload) & 1:
+        body <<= 8
+    words = cksum.pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length) + src_port + dst_port + length
+    return _HEADER.pack(src_port, dst_port, length, 0xFFFF - (words + body) % 0xFFFF) + payload
 
 
 class UdpLayer:
