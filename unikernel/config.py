@@ -33,6 +33,9 @@ class Appliance:
     forward: list[str] = field(default_factory=list)   # upstream resolvers, ADDR[:PORT]
     allow: list[str] = field(default_factory=list)     # who may use forwarding; [] = own subnet
     cache_size: int = 10000
+    bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
+    randomize_case: bool = True             # 0x20 letter-case randomisation of upstream queries
+    serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
     log_queries: bool = False
     base: Path = REPO                       # relative paths are resolved against this
 

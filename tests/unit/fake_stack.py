@@ -1,0 +1,54 @@
+"""A stand-in for netstack.Stack's UDP contract, for the DNS server's unit tests:
+``bind``/``unbind``/``sendto`` recorded, no frames."""
+from __future__ import annotations
+
+import asyncio
+
+from netstack.counters import Counters
+
+CLIENT_IP = 0xC0000201     # 192.0.2.1
+SERVER_IP = 0xC0000202     # 192.0.2.2
+
+
+class FakeUdp:
+    def __init__(self) -> None:
+        self.bindings = {}
+        self.sent: list[tuple[bytes, int, int, int]] = []
+
+    def bind(self, port, on_datagram):
+        if port in self.bindings:
+            raise OSError("bound")
+        self.bindings[port] = on_datagram
+
+    def unbind(self, port):
+        self.bindings.pop(port, None)
+
+    def sendto(self, payload, src_port, dst_ip, dst_port):
+        self.sent.append((payload, src_port, dst_ip, dst_port))
+
+
+class FakeStack:
+    def __init__(self) -> None:
+        self.udp = FakeUdp()
+        self.counters = Counters()
+        self.tcp = None
+        self.address = SERVER_IP
+
+    def now(self) -> float:
+        return 0.0
+
+
+async def exchange(stack: FakeStack, server, payload: bytes, src_port: int = 40000) -> bytes | None:
+    """Delivers one datagram to the server's port and returns what it sent back
+    (after the slow path's task, if any, has run)."""
+    before = len(stack.udp.sent)
+    stack.udp.bindings[server.port](payload, CLIENT_IP, src_port, SERVER_IP, server.port)
+    while server.pending:
+        await asyncio.gather(*list(server.pending), return_exceptions=True)
+    sent = stack.udp.sent[before:]
+    assert len(sent) <= 1, "one query, at most one reply"
+    if not sent:
+        return None
+    reply, src, dst_ip, dst_port = sent[0]
+    assert (src, dst_ip, dst_port) == (server.port, CLIENT_IP, src_port)
+    return reply

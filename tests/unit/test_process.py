@@ -1,0 +1,115 @@
+"""The seed's API: compose's fall-through rules and processor_of_process,
+with fake processes that record who was asked."""
+import asyncio
+import ipaddress
+
+import dns.message
+import dns.rcode
+import pytest
+
+from unikernel.process import Answer, compose, processor_of_process
+
+SRC = (ipaddress.IPv4Address("192.0.2.1"), 5353)
+DST = (ipaddress.IPv4Address("192.0.2.2"), 53)
+
+
+def query(name="www.example.", rdtype="A"):
+    return dns.message.make_query(name, rdtype)
+
+
+def answering(rcode, *, final=False, log=None, label=""):
+    async def process(*, src, dst, query):
+        if log is not None:
+            log.append(label)
+        response = dns.message.make_response(query)
+        response.set_rcode(rcode)
+        return Answer(response, final=final)
+    return process
+
+
+def silent(log=None, label=""):
+    async def process(*, src, dst, query):
+        if log is not None:
+            log.append(label)
+        return None
+    return process
+
+
+def run(process, q=None):
+    return asyncio.run(process(src=SRC, dst=DST, query=q or query()))
+
+
+def test_first_noerror_answer_wins_and_backup_is_not_asked():
+    log = []
+    answer = run(compose(answering(dns.rcode.NOERROR, log=log, label="p"),
+                         answering(dns.rcode.NOERROR, log=log, label="backup")))
+    assert answer.message.rcode() == dns.rcode.NOERROR
+    assert log == ["p"]
+
+
+def test_no_answer_falls_through_to_backup():
+    log = []
+    answer = run(compose(silent(log, "p"), answering(dns.rcode.NOERROR, log=log, label="backup")))
+    assert answer is not None and log == ["p", "backup"]
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL, dns.rcode.REFUSED])
+def test_non_noerror_falls_through_unless_final(rcode):
+    log = []
+    answer = run(compose(answering(rcode, log=log, label="p"),
+                         answering(dns.rcode.NOERROR, log=log, label="backup")))
+    assert answer.message.rcode() == dns.rcode.NOERROR
+    assert log == ["p", "backup"]
+
+
+def test_final_nxdomain_stops_the_chain():
+    log = []
+    answer = run(compose(answering(dns.rcode.NXDOMAIN, final=True, log=log, label="zone"),
+                         answering(dns.rcode.NOERROR, log=log, label="forwarder")))
+    assert answer.message.rcode() == dns.rcode.NXDOMAIN and answer.final
+    assert log == ["zone"]
+
+
+def test_last_answer_is_returned_whatever_its_rcode():
+    answer = run(compose(silent(), answering(dns.rcode.SERVFAIL)))
+    assert answer.message.rcode() == dns.rcode.SERVFAIL
+
+
+def test_the_last_process_decides_when_the_earlier_ones_fell_through():
+    # p answered SERVFAIL (not final) and the backup had nothing: compose gives
+    # the backup's outcome, None, which the server turns into REFUSED
+    assert run(compose(answering(dns.rcode.SERVFAIL), silent())) is None
+
+
+def test_nobody_answers():
+    assert run(compose(silent(), silent(), silent())) is None
+
+
+def test_compose_nests():
+    log = []
+    inner = compose(silent(log, "a"), answering(dns.rcode.REFUSED, log=log, label="b"))
+    outer = compose(inner, answering(dns.rcode.NOERROR, log=log, label="c"))
+    assert run(outer).message.rcode() == dns.rcode.NOERROR
+    assert log == ["a", "b", "c"]
+
+
+def test_processor_of_process_passes_endpoints_and_query():
+    seen = {}
+
+    async def process(*, src, dst, query):
+        seen.update(src=src, dst=dst, query=query)
+        return None
+
+    processor = processor_of_process(process)
+    q = query()
+    assert asyncio.run(processor(SRC, DST, q)) is None
+    assert seen == {"src": SRC, "dst": DST, "query": q}
+    assert processor.process is process
+
+
+def test_processor_lets_exceptions_through_for_the_server_to_turn_into_servfail():
+    async def broken(*, src, dst, query):
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(processor_of_process(broken)(SRC, DST, query()))

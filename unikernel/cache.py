@@ -1,0 +1,318 @@
+"""The forwarder's cache: positive and negative answers, TTLs that count down.
+
+What is kept (RFC 2308, RFC 8767, RFC 9520):
+
+- positive answers for as long as their smallest TTL, each TTL clamped into
+  ``[min_ttl, max_ttl]``;
+- negative answers (NXDOMAIN, and NODATA: NOERROR with an empty answer) for
+  min(SOA TTL, SOA MINIMUM), capped by ``negative_max_ttl``; a negative answer
+  without a SOA is not cached (RFC 2308 section 5);
+- SERVFAIL for ``servfail_ttl`` seconds only (RFC 9520: briefly, at least 1 s);
+- with ``serve_stale``, expired answers are kept for ``max_stale`` seconds so
+  the forwarder can give them (with TTL ``stale_ttl``, RFC 8767) when no
+  upstream answers.
+
+At most ``max_entries`` entries; the least recently used goes first.
+
+The clock is injected: every method that needs the time takes ``now`` (the
+forwarder passes its clock's reading), so tests move time by hand.
+
+Fast path. The server looks answers up by the key that ``unikernel/wire.py``
+documents: the question as on the wire, name lowercased (labels + type +
+class), followed by one byte of EDNS flags: 0 no OPT, 1 OPT, 3 OPT with DO.
+:meth:`Cache.fast_lookup` returns a callable ``(key, src_ip, now) -> bytes |
+None`` that gives a complete answer (ID 0, lowercase question; the server
+patches ID, RD and letter case) with every TTL counted down. Each entry keeps
+its answer rendered once per EDNS variant, with the offsets of its TTL fields,
+so a hit costs a dict lookup and, once a second, a few ``pack_into`` calls.
+Answers with and without DO are different entries (DO changes what an
+upstream sends); with and without OPT share one entry.
+"""
+from __future__ import annotations
+
+import struct
+import collections
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+KIND_POSITIVE = "positive"
+KIND_NEGATIVE = "negative"
+KIND_SERVFAIL = "servfail"
+OUR_PAYLOAD = 1232             # the EDNS payload size our answers advertise
+
+_TTL = struct.Struct("!I")
+
+
+def question_key(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
+    """The question as on the wire with the name lowercased: the fast-path key
+    without its final EDNS byte."""
+    return qname.canonicalize().to_wire() + struct.pack("!HH", rdtype, rdclass)
+
+
+def edns_flags_of(query: dns.message.Message) -> int:
+    """The fast-path key's last byte for a parsed query: 0, 1 or 3."""
+    if query.edns < 0:
+        return 0
+    return 3 if query.ednsflags & dns.flags.DO else 1
+
+
+def entry_key(qkey: bytes, do: bool) -> bytes:
+    """Where an entry lives: the question, then 2 for DO and 0 without."""
+    return qkey + (b"\x02" if do else b"\x00")
+
+
+@dataclass(slots=True)
+class _Rendered:
+    """One EDNS variant of an entry, as bytes, with where its TTLs are."""
+    template: bytes
+    ttl_fields: tuple[tuple[int, int], ...]      # (offset, ttl as stored)
+    memo_elapsed: int = 0
+    memo_wire: bytes = b""
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: str
+    rcode: int
+    answer: list[dns.rrset.RRset]
+    authority: list[dns.rrset.RRset]
+    additional: list[dns.rrset.RRset]
+    stored_at: float
+    ttl: int
+    question: tuple[dns.name.Name, int, int]
+    do: bool
+    rendered: dict[int, _Rendered] = field(default_factory=dict)
+
+    @property
+    def expires_at(self) -> float:
+        return self.stored_at + self.ttl
+
+    def remaining(self, now: float) -> int:
+        """Whole seconds left; <= 0 once expired."""
+        return self.ttl - int(now - self.stored_at)
+
+
+class Cache:
+    def __init__(self, *, max_entries: int = 10000, min_ttl: int = 0, max_ttl: int = 86400,
+                 negative_max_ttl: int = 3600, servfail_ttl: int = 2, serve_stale: bool = False,
+                 stale_ttl: int = 30, max_stale: int = 86400, counters=None) -> None:
+        if max_entries < 1:
+            raise ValueError("cache needs room for at least one entry")
+        self.max_entries = max_entries
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self.negative_max_ttl = negative_max_ttl
+        self.servfail_ttl = servfail_ttl
+        self.serve_stale = serve_stale
+        self.stale_ttl = stale_ttl
+        self.max_stale = max_stale
+        self.counters = counters if counters is not None else collections.Counter()
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- storing ------------------------------------------------------------
+    def entry_from_reply(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
+                         reply: dns.message.Message, now: float) -> Entry | None:
+        """What an upstream reply means for the cache: an Entry (its TTL may be
+        0: usable for this answer, not worth keeping), or None when the reply
+        is not cacheable (SERVFAIL, REFUSED, a referral, a negative answer
+        without SOA...)."""
+        rcode = reply.rcode()
+        answer = [self._clamped(r) for r in reply.answer]
+        authority = [self._clamped(r) for r in reply.authority]
+        additional = [self._clamped(r) for r in reply.additional
+                      if r.rdtype != dns.rdatatype.OPT]
+        question = (qname.canonicalize(), rdtype, rdclass)
+        if rcode == dns.rcode.NOERROR and answer:
+            ttl = min(r.ttl for r in (*answer, *authority, *additional))
+            return Entry(KIND_POSITIVE, rcode, answer, authority, additional, now, ttl, question, do)
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return None
+        soa = next((r for r in reply.authority if r.rdtype == dns.rdatatype.SOA), None)
+        if soa is None:
+            return None        # RFC 2308 section 5: no SOA, no negative caching
+        negative_ttl = min(soa.ttl, soa[0].minimum, self.negative_max_ttl)
+        negative_ttl = max(negative_ttl, min(self.min_ttl, self.negative_max_ttl))
+        authority = [with_ttl(r, min(r.ttl, negative_ttl)) for r in authority]
+        ttl = min(r.ttl for r in authority)
+        return Entry(KIND_NEGATIVE, rcode, [], authority, [], now, ttl, question, do)
+
+    def servfail_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry:
+        return Entry(KIND_SERVFAIL, dns.rcode.SERVFAIL, [], [], [], now, self.servfail_ttl,
+                     (qname.canonicalize(), rdtype, rdclass), do)
+
+    def store(self, entry: Entry) -> bool:
+        """Keeps the entry if it lives at least a second; a SERVFAIL never
+        replaces an answer that serve-stale could still give."""
+        if entry.ttl <= 0:
+            self.counters["cache.store.ttl0"] += 1
+            return False
+        key = entry_key(question_key(*entry.question), entry.do)
+        old = self._entries.get(key)
+        if (entry.kind == KIND_SERVFAIL and old is not None and old.kind != KIND_SERVFAIL
+                and self.serve_stale and self._stale_usable(old, entry.stored_at)):
+            self.counters["cache.store.servfail_kept_stale"] += 1
+            return False
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        self.counters[f"cache.store.{entry.kind}"] += 1
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.counters["cache.evict"] += 1
+        return True
+
+    # -- looking up ---------------------------------------------------------
+    def get(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry | None:
+        """A live entry, or None. Expired entries are dropped unless serve-stale
+        may still need them."""
+        key = entry_key(question_key(qname, rdtype, rdclass), do)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.remaining(now) > 0:
+            self._entries.move_to_end(key)
+            return entry
+        if not (self.serve_stale and entry.kind != KIND_SERVFAIL and self._stale_usable(entry, now)):
+            del self._entries[key]
+        return None
+
+    def get_stale(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry | None:
+        """An expired positive or negative entry still inside ``max_stale``
+        (only with serve_stale)."""
+        if not self.serve_stale:
+            return None
+        entry = self._entries.get(entry_key(question_key(qname, rdtype, rdclass), do))
+        if entry is None or entry.kind == KIND_SERVFAIL or not self._stale_usable(entry, now):
+            return None
+        return entry
+
+    def _stale_usable(self, entry: Entry, now: float) -> bool:
+        return now < entry.expires_at + self.max_stale
+
+    # -- answers ------------------------------------------------------------
+    def response(self, query: dns.message.Message, entry: Entry, now: float, *, stale: bool = False) -> dns.message.Message:
+        """The answer to ``query`` from ``entry``: question as asked, RA set, AA
+        clear, every TTL counted down (``stale_ttl`` when serving stale)."""
+        response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
+        response.flags |= dns.flags.RA
+        response.flags &= ~dns.flags.AA
+        response.set_rcode(entry.rcode)
+        elapsed = int(now - entry.stored_at)
+
+        def aged(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
+            return with_ttl(rrset, self.stale_ttl if stale else max(rrset.ttl - elapsed, 0))
+
+        response.answer = [aged(r) for r in entry.answer]
+        response.authority = [aged(r) for r in entry.authority]
+        response.additional = [aged(r) for r in entry.additional]
+        return response
+
+    def fast_lookup(self, allowed: Callable[[int], bool]) -> Callable[[bytes, int, float], bytes | None]:
+        """The server's hot-path hook: ``(key, src_ip, now) -> wire | None``,
+        only for clients that ``allowed(src_ip)`` and only for live entries."""
+        entries = self._entries
+        move_to_end = entries.move_to_end
+        counters = self.counters
+
+        def lookup(key: bytes, src_ip: int, now: float) -> bytes | None:
+            flags = key[-1]
+            where = key[:-1] + (b"\x02" if flags == 3 else b"\x00")
+            entry = entries.get(where)
+            if entry is None:
+                return None
+            if not allowed(src_ip):
+                counters["cache.fast.refused"] += 1
+                return None
+            elapsed = int(now - entry.stored_at)
+            if elapsed >= entry.ttl:
+                return None            # expired: the slow path refreshes it (or serves it stale)
+            rendered = entry.rendered.get(flags)
+            if rendered is None:
+                rendered = self._render(entry, flags)
+                if rendered is None:
+                    return None
+            counters["cache.fast.hit"] += 1
+            move_to_end(where)             # a hit keeps the entry from LRU eviction
+            if elapsed == 0:
+                return rendered.template
+            if rendered.memo_elapsed != elapsed:
+                buf = bytearray(rendered.template)
+                for offset, ttl in rendered.ttl_fields:
+                    _TTL.pack_into(buf, offset, ttl - elapsed if ttl > elapsed else 0)
+                rendered.memo_wire = bytes(buf)
+                rendered.memo_elapsed = elapsed
+            return rendered.memo_wire
+
+        return lookup
+
+    def _render(self, entry: Entry, flags: int) -> _Rendered | None:
+        """The entry as an answer wire for one EDNS variant (ID 0, RD clear,
+        RA set, question lowercase), and where its TTL fields sit."""
+        qname, rdtype, rdclass = entry.question
+        message = dns.message.Message(id=0)
+        message.flags = dns.flags.QR | dns.flags.RA
+        message.set_rcode(entry.rcode)
+        message.question = [dns.rrset.RRset(qname, rdclass, rdtype)]
+        message.answer = list(entry.answer)
+        message.authority = list(entry.authority)
+        message.additional = list(entry.additional)
+        if flags:
+            message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD)
+        try:
+            wire = message.to_wire()
+        except Exception:  # noqa: BLE001 - an entry that cannot be rendered is just not served fast
+            self.counters["cache.render.failed"] += 1
+            return None
+        rendered = _Rendered(wire, tuple(ttl_fields(wire)))
+        entry.rendered[flags] = rendered
+        return rendered
+
+    def _clamped(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset:
+        return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
+
+
+def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
+    """A copy of ``rrset`` with ``ttl`` and its owner name lowercased (so the
+    0x20 case pattern of an upstream query never shows in answers)."""
+    copy = dns.rrset.RRset(rrset.name.canonicalize(), rrset.rdclass, rrset.rdtype, rrset.covers)
+    copy.update(rrset)
+    copy.ttl = ttl
+    return copy
+
+
+def ttl_fields(wire: bytes) -> list[tuple[int, int]]:
+    """(offset, value) of the TTL field of every resource record in a DNS
+    message, OPT excluded (its "TTL" holds EDNS flags)."""
+    qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", wire, 4)
+    offset = 12
+    for _ in range(qdcount):
+        offset = _skip_name(wire, offset) + 4
+    fields = []
+    for _ in range(ancount + nscount + arcount):
+        offset = _skip_name(wire, offset)
+        rdtype, _rdclass, ttl, rdlength = struct.unpack_from("!HHIH", wire, offset)
+        if rdtype != dns.rdatatype.OPT:
+            fields.append((offset + 4, ttl))
+        offset += 10 + rdlength
+    return fields
+
+
+def _skip_name(wire: bytes, offset: int) -> int:
+    while True:
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        offset += 1 + length

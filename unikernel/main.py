@@ -1,0 +1,147 @@
+"""The one entry every target runs: the unix target (``python -m unikernel
+serve``) and PID 1 of the VM image both call :func:`serve` with an
+:class:`~unikernel.config.Appliance` and a link.
+
+The resolution chain lives in :func:`resolution_chain`, and only there.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import ipaddress
+import logging
+from typing import Callable
+
+from netstack.stack import Stack
+from unikernel import zone as zones_mod
+from unikernel.config import Appliance, ConfigError
+from unikernel.process import Process, compose, processor_of_process
+from unikernel.server import DnsServer, FastLookup
+
+log = logging.getLogger("unikernel.main")
+
+
+def parse_mac(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    parts = text.replace("-", ":").split(":")
+    try:
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        mac = b""
+    if len(mac) != 6 or any(len(p) not in (1, 2) for p in parts):
+        raise ConfigError(f"mac {text!r} is not six hex octets like 02:00:00:00:00:01")
+    return mac
+
+
+def check(appliance: Appliance) -> list:
+    """Everything that can be wrong with the declaration, found before a
+    device is touched: raises ConfigError; returns the loaded zones."""
+    parse_mac(appliance.mac)
+    if not 0 < appliance.port < 65536:
+        raise ConfigError(f"port {appliance.port} out of range 1..65535")
+    gateway = appliance.gateway
+    if gateway is not None and gateway not in appliance.interface.network:
+        raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
+    return zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
+
+
+def resolution_chain(appliance: Appliance, stack) -> tuple[Process, list[FastLookup], list]:
+    """The appliance's answer to every query, as the seed composes it:
+    ``compose(zones, hosts, special-use, forwarder)``.
+
+    Returns ``(process, fast_lookups, lifecycle)``:
+
+    * ``process``: the composed process (local zones first; each later link
+      only sees what the earlier ones left unanswered or answered with an
+      error without being final);
+    * ``fast_lookups``: hot-path callables ``(key, src_ip, now) -> wire | None``
+      (e.g. the cache's), tried after the server's own static answers;
+    * ``lifecycle``: objects whose ``start()`` (optional, may be async) runs
+      once the server is up and whose ``close()`` runs on stop.
+
+    To add a link: build it here, append it to ``chain`` in its place, and
+    add its fast lookup / lifecycle object if it has one.
+    """
+    chain: list[Process] = []
+    fast_lookups: list[FastLookup] = []
+    lifecycle: list = []
+
+    if appliance.zones:
+        zones = zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
+        chain.append(zones_mod.zone_process(zones))
+    recursion = bool(appliance.forward)
+    if appliance.hosts:
+        from unikernel.hosts import hosts_process, load_hosts
+        table = load_hosts(appliance.path(h) for h in appliance.hosts)
+        chain.append(hosts_process(table, recursion_available=recursion))
+    if recursion:
+        # special-use names are answered here so that they never leak upstream;
+        # without a forwarder the appliance is authoritative-only and, like
+        # NSD, refuses every name its zones and hosts do not hold (issue 3)
+        from unikernel.special import special_process
+        chain.append(special_process(recursion_available=recursion))
+    if appliance.forward:
+        from unikernel.cache import Cache
+        from unikernel.forwarder import forwarder
+        try:
+            cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
+                          counters=stack.counters)
+            relay = forwarder(stack, appliance.forward, cache=cache,
+                              allow=appliance.allow or [str(appliance.interface.network)],
+                              randomize_case=appliance.randomize_case,
+                              bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        chain.append(relay)
+        fast_lookups.append(relay.fast_lookup)
+        lifecycle.append(relay)
+
+    if not chain:
+        async def nothing(*, src, dst, query):
+            return None
+        chain.append(nothing)
+    return compose(*chain), fast_lookups, lifecycle
+
+
+async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None,
+                ready: Callable[[str], object] = print, clock: Callable[[], float] | None = None) -> None:
+    """Builds the stack on ``link``, serves DNS as ``appliance`` declares,
+    says ``ready ...`` once queries are answered, runs until ``stop`` is set
+    (forever without one), then closes everything."""
+    stop = stop or asyncio.Event()
+    stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
+                  mac=parse_mac(appliance.mac), clock=clock)
+    process, fast_lookups, lifecycle = resolution_chain(appliance, stack)
+    server = DnsServer(stack, appliance.port, processor_of_process(process),
+                       fast_lookups=fast_lookups, log_queries=appliance.log_queries)
+    # The zones are loaded for good: move them out of the collector's way, so
+    # full collections do not walk every record while queries wait.
+    gc.collect()
+    gc.freeze()
+    started: list = []
+    try:
+        await stack.start()
+        server.start()
+        for item in lifecycle:
+            start = getattr(item, "start", None)
+            if start is not None:
+                outcome = start()
+                if inspect.isawaitable(outcome):
+                    await outcome
+            started.append(item)
+        zones = ", ".join(str(z) for z in appliance.zones) or "none"
+        ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
+              f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
+        await stop.wait()
+    finally:
+        for item in reversed(started):
+            try:
+                outcome = item.close()
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("closing %r failed", item)
+        server.close()
+        stack.close()

@@ -1,0 +1,376 @@
+"""The one glue between the stack's UDP/TCP and the DNS core:
+``serve_with_processor`` and ``serve_with_zonefile`` (the seed's names).
+
+Two paths for a UDP query:
+
+* the hot path, inside the stack's receive callback: read the question's
+  fast-path key from the bytes (:mod:`unikernel.wire`), look it up among the
+  static answers kept so far and then in each ``fast_lookups`` callable (the
+  cache), patch ID, RD and letter case, send. A handful of dict and bytes
+  operations, no dnspython.
+* the slow path, an asyncio task per query: dnspython parses, the error rules
+  apply (FORMERR, NOTIMP, REFUSED, BADVERS), the processor answers (an
+  exception becomes SERVFAIL, no answer becomes REFUSED), EDNS is set from the
+  query and the reply is rendered to fit the client's size (512 bytes
+  without EDNS, at most 1232 with it), by NSD's rules for what is cut and
+  when TC is set (:func:`render`). A static answer rendered whole is kept
+  for the hot path (bounded; the oldest goes first).
+
+A rendered answer never depends on the size limit when it fits, so a kept
+answer served to a client whose limit it fits is byte-identical to what the
+slow path would have sent (tests/unit/test_wire.py checks this).
+
+TCP queries (length-prefixed, up to 65535 bytes, never truncated) go through
+the slow path via :class:`unikernel.dns_tcp.DnsTcpServer` when the stack has
+TCP. A query is never left unanswered for its content; only a message too
+short for a header, or one that is itself a response, is dropped (and
+counted). Counters: ``dns.*`` in ``stack.counters``.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Callable, Iterable
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.renderer
+
+from unikernel import wire
+from unikernel.process import Answer, Endpoint, Processor, processor_of_process
+
+log = logging.getLogger("unikernel.server")
+
+# The EDNS size we advertise and the most we send over UDP (NSD's default:
+# no IP fragmentation on the paths that matter, RFC 9715).
+UDP_PAYLOAD = 1232
+TCP_LIMIT = 65535
+OPT_SIZE = 11                     # an OPT RR without options
+MAX_STATIC = 100_000              # kept answers; the oldest goes first when full
+MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
+
+FastLookup = Callable[[bytes, int, float], "bytes | None"]
+_ADDITIONAL_ORDER = {dns.rdatatype.A: 0, dns.rdatatype.AAAA: 1}
+_TRANSFERS = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+
+
+def render(response: dns.message.Message, query: dns.message.Message, limit: int) -> tuple[bytes, bool]:
+    """``response`` in wire form for ``query``, at most ``limit`` bytes, RRs in
+    zone order (no shuffling: the same question always gets the same bytes):
+    ``(wire, whole)``; ``whole`` is False when something had to be left out.
+
+    NSD's rules, RRset by RRset: an answer or required authority RRset that
+    does not fit sets TC and ends the message there. An NS RRset in authority
+    next to a non-empty answer is optional: if it does not fit it is left out,
+    and so is the additional section. Additional RRsets go A first, then AAAA,
+    then the rest; once one does not fit, the following groups are left out
+    (a referral that could not carry any A glue gets TC). The OPT record's
+    room is reserved first; it carries our UDP size and the query's DO bit."""
+    renderer = dns.renderer.Renderer(response.id, response.flags, limit)
+    with_edns = query.edns >= 0
+    rcode = response.rcode()
+    ednsflags = query.ednsflags & dns.flags.DO
+    if rcode > 0xF:
+        ednsflags |= (rcode >> 4) << 24
+    if with_edns:
+        renderer.reserve(OPT_SIZE)
+    for question in response.question:
+        renderer.add_question(question.name, question.rdtype, question.rdclass)
+    whole, truncated, room = True, False, True
+    try:
+        for rrset in response.answer:
+            renderer.add_rrset(dns.renderer.ANSWER, rrset, want_shuffle=False)
+        for rrset in response.authority:
+            if response.answer and rrset.rdtype == dns.rdatatype.NS:
+                try:
+                    renderer.add_rrset(dns.renderer.AUTHORITY, rrset, want_shuffle=False)
+                except dns.exception.TooBig:
+                    whole, room = False, False
+                    break
+            else:
+                renderer.add_rrset(dns.renderer.AUTHORITY, rrset, want_shuffle=False)
+    except dns.exception.TooBig:
+        whole, truncated, room = False, True, False
+    if room and response.additional:
+        groups: list[list] = [[], [], []]
+        for rrset in response.additional:
+            if rrset.rdtype != dns.rdatatype.OPT:
+                groups[_ADDITIONAL_ORDER.get(rrset.rdtype, 2)].append(rrset)
+        referral = not response.answer and not response.flags & dns.flags.AA
+        for group_index, group in enumerate(groups):
+            added = 0
+            for rrset in group:
+                try:
+                    renderer.add_rrset(dns.renderer.ADDITIONAL, rrset, want_shuffle=False)
+                    added += 1
+                except dns.exception.TooBig:
+                    whole = False
+            if not whole:
+                if group_index == 0 and added == 0 and referral and group:
+                    truncated = True
+                break
+    if with_edns:
+        renderer.release_reserved()
+        renderer.add_edns(0, ednsflags, UDP_PAYLOAD)
+    if truncated:
+        renderer.flags |= dns.flags.TC
+    renderer.write_header()
+    return renderer.get_wire(), whole
+
+
+class DnsServer:
+    """Serves ``processor`` on ``port`` of ``stack`` (UDP, and TCP when
+    available). ``start()`` binds, ``close()`` unbinds."""
+
+    def __init__(self, stack, port: int, processor: Processor, *,
+                 fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
+                 udp_payload: int = UDP_PAYLOAD, max_static: int = MAX_STATIC,
+                 max_pending: int = MAX_PENDING, clock: Callable[[], float] | None = None) -> None:
+        self.stack = stack
+        self.port = port
+        self.processor = processor
+        self.fast_lookups = tuple(fast_lookups)
+        self.log_queries = log_queries
+        self.udp_payload = udp_payload
+        self.max_static = max_static
+        self.max_pending = max_pending
+        self.counters = stack.counters
+        self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
+        # key -> (length, (header without RD, header with RD), bytes after the question name)
+        self.static: dict[bytes, tuple[int, tuple[bytes, bytes], bytes]] = {}
+        self.pending: set[asyncio.Task] = set()
+        self.tcp_server = None
+        self._sendto = stack.udp.sendto
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.stack.udp.bind(self.port, self.on_datagram)
+        self.tcp_server = self._start_tcp()
+
+    def _start_tcp(self):
+        tcp = getattr(self.stack, "tcp", None)
+        if tcp is None:          # a stack without TCP (or a test's fake): UDP only
+            return None
+        from unikernel.dns_tcp import DnsTcpServer
+
+        server = DnsTcpServer(tcp, self.port, self.handle_tcp)
+        server.start()
+        return server
+
+    def close(self) -> None:
+        self.stack.udp.unbind(self.port)
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            self.tcp_server = None
+        for task in list(self.pending):
+            task.cancel()
+
+    # -- the hot path -----------------------------------------------------------
+    def on_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int, dst_port: int) -> None:
+        parsed = wire.fast_key(payload)
+        if parsed is not None:
+            key, name_end, client_size = parsed
+            kept = self.static.get(key)
+            if kept is not None and kept[0] <= client_size:
+                self.counters["dns.fast.hit"] += 1
+                # wire.patch, with the two header variants made in advance
+                self._sendto(payload[:2] + kept[1][payload[2] & 1] + payload[12:name_end] + kept[2],
+                             self.port, src_ip, src_port)
+                if self.log_queries:
+                    self._log(src_ip, src_port, payload, "static", kept[1][0][1] & 0x0F)
+                return
+            if self.fast_lookups:
+                limit = client_size if client_size < self.udp_payload else self.udp_payload
+                now = self.clock()
+                for lookup in self.fast_lookups:
+                    try:
+                        answer = lookup(key, src_ip, now)
+                    except Exception:
+                        self.counters["dns.fast.lookup_error"] += 1
+                        log.exception("fast lookup failed")
+                        answer = None
+                    if answer is not None and len(answer) <= limit:
+                        self.counters["dns.fast.lookup_hit"] += 1
+                        self._sendto(payload[:2] + bytes(((answer[2] & 0xFE) | (payload[2] & 0x01),))
+                                     + answer[3:12] + payload[12:name_end] + answer[name_end:],
+                                     self.port, src_ip, src_port)            # wire.patch, inlined
+                        if self.log_queries:
+                            self._log(src_ip, src_port, payload, "fast")
+                        return
+        self.counters["dns.fast.miss"] += 1
+        if len(self.pending) >= self.max_pending:
+            self.counters["dns.slow.overload.drop"] += 1
+            return
+        task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _udp_slow(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
+                        dst_port: int) -> None:
+        try:
+            reply, static = await self.respond(payload, (src_ip, src_port), (dst_ip, dst_port),
+                                               udp=True)
+        except Exception:  # a bug, not the query's fault: SERVFAIL, count it, keep serving
+            self.counters["dns.exception"] += 1
+            log.exception("query handling failed")
+            reply, static = wire.error_reply(payload, dns.rcode.SERVFAIL), False
+        if reply is None:
+            return
+        # kept only under a key read by the validating parser (see wire.fast_key)
+        validated = wire.parse_query(payload) if static else None
+        if validated is not None:
+            if len(self.static) >= self.max_static:
+                self.static.pop(next(iter(self.static)))
+                self.counters["dns.static.evicted"] += 1
+            key, name_end, _ = validated
+            header = reply[2:12]
+            without_rd = bytes((header[0] & 0xFE,)) + header[1:]
+            with_rd = bytes((header[0] | 0x01,)) + header[1:]
+            self.static[key] = (len(reply), (without_rd, with_rd), reply[name_end:])
+            self.counters["dns.static.stored"] += 1
+        self._sendto(reply, self.port, src_ip, src_port)
+
+    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
+        """DnsTcpServer's handler: the slow path with TCP's limit, no truncation."""
+        self.counters["dns.tcp.query"] += 1
+        try:
+            src_ip, src_port = _endpoint_ints(src)
+            dst_ip, dst_port = _endpoint_ints(dst)
+            reply, _ = await self.respond(query_wire, (src_ip, src_port), (dst_ip, dst_port), udp=False)
+        except Exception:
+            self.counters["dns.exception"] += 1
+            log.exception("query handling failed")
+            reply = wire.error_reply(query_wire, dns.rcode.SERVFAIL)
+        return reply
+
+    # -- the slow path ----------------------------------------------------------
+    async def respond(self, payload: bytes, src: tuple[int, int], dst: tuple[int, int], *,
+                      udp: bool) -> tuple[bytes | None, bool]:
+        """``(reply wire or None, whether it may be kept for the hot path)``."""
+        counters = self.counters
+        if len(payload) < wire.HEADER_SIZE:
+            counters["dns.short.drop"] += 1
+            return None, False
+        if payload[2] & 0x80:
+            counters["dns.response.drop"] += 1       # never answer an answer
+            return None, False
+        opcode = (payload[2] >> 3) & 0x0F
+        if opcode != dns.opcode.QUERY:
+            counters["dns.notimp"] += 1
+            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
+        try:
+            query = dns.message.from_wire(payload, ignore_trailing=True)
+        except Exception:
+            counters["dns.formerr"] += 1
+            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+        if len(query.question) != 1:
+            counters["dns.formerr"] += 1
+            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+        limit = TCP_LIMIT
+        if udp:
+            limit = wire.CLASSIC_UDP_SIZE
+            if query.edns >= 0:
+                limit = min(max(query.payload, wire.CLASSIC_UDP_SIZE), self.udp_payload)
+        question = query.question[0]
+        if query.edns > 0:
+            counters["dns.badvers"] += 1
+            return self._reply(query, _error(query, dns.rcode.BADVERS), limit, src, "badvers"), False
+        if question.rdclass != dns.rdataclass.IN:
+            counters["dns.refused"] += 1
+            return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
+        if question.rdtype in _TRANSFERS:
+            # zone transfers are not offered (NSD says NOTIMP over UDP too)
+            counters["dns.notimp"] += 1
+            return self._reply(query, _error(query, dns.rcode.NOTIMP), limit, src, "notimp"), False
+        src_ep: Endpoint = (ipaddress.IPv4Address(src[0]), src[1])
+        dst_ep: Endpoint = (ipaddress.IPv4Address(dst[0]), dst[1])
+        try:
+            answer = await self.processor(src_ep, dst_ep, query)
+        except Exception:
+            counters["dns.servfail"] += 1
+            log.exception("processor failed on %s", question)
+            return self._reply(query, _error(query, dns.rcode.SERVFAIL), limit, src, "servfail"), False
+        if answer is None:
+            counters["dns.refused"] += 1
+            return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
+        response = _normalised(answer, query)
+        reply, whole = render(response, query, limit)
+        if not whole:
+            counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
+        counters["dns.slow.answered"] += 1
+        if self.log_queries:
+            self._log(src[0], src[1], payload, "slow", reply[3] & 0x0F)
+        return reply, bool(answer.static and whole)
+
+    def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
+               src: tuple[int, int], path: str) -> bytes:
+        reply, _ = render(response, query, limit)
+        return self._logged(src, reply, path)
+
+    def _logged(self, src: tuple[int, int], reply: bytes | None, path: str) -> bytes | None:
+        if self.log_queries and reply is not None:
+            log.info("%s:%d %s rcode=%d", ipaddress.IPv4Address(src[0]), src[1], path, reply[3] & 0x0F)
+        return reply
+
+    def _log(self, src_ip: int, src_port: int, query: bytes, path: str, rcode: int | None = None) -> None:
+        try:
+            question = dns.message.from_wire(query, ignore_trailing=True).question[0]
+            what = f"{question.name} {dns.rdatatype.to_text(question.rdtype)}"
+        except Exception:
+            what = "?"
+        outcome = "" if rcode is None else " " + dns.rcode.to_text(rcode)
+        log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
+
+
+def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    return response
+
+
+def _normalised(answer: Answer, query: dns.message.Message) -> dns.message.Message:
+    """The processor's message as a reply to this query: same ID and question,
+    QR set, RD copied; EDNS is added by :func:`render`."""
+    response = answer.message
+    response.id = query.id
+    flags = response.flags & ~(dns.flags.RD | dns.flags.TC)
+    response.flags = flags | dns.flags.QR | (query.flags & dns.flags.RD)
+    if not response.question:
+        response.question = list(query.question)
+    return response
+
+
+def _endpoint_ints(endpoint) -> tuple[int, int]:
+    address, port = endpoint
+    return int(ipaddress.IPv4Address(address)) if not isinstance(address, int) else address, port
+
+
+def serve_with_processor(stack, port: int = 53, processor: Processor | None = None, *,
+                         fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
+                         **options) -> DnsServer:
+    """Starts answering on ``port`` with ``processor`` (call from a running loop).
+    Returns the server; ``close()`` stops it."""
+    if processor is None:
+        raise ValueError("serve_with_processor needs a processor")
+    server = DnsServer(stack, port, processor, fast_lookups=fast_lookups,
+                       log_queries=log_queries, **options)
+    server.start()
+    return server
+
+
+def serve_with_zonefile(stack, port: int = 53, zonefile=None, **options) -> DnsServer:
+    """The tutorial's one-liner: serve one zone file (or several, as a list)."""
+    from unikernel.zone import zone_process
+
+    if zonefile is None:
+        raise ValueError("serve_with_zonefile needs a zonefile")
+    files = [zonefile] if isinstance(zonefile, (str, bytes)) or hasattr(zonefile, "__fspath__") else zonefile
+    return serve_with_processor(stack, port, processor_of_process(zone_process(files)), **options)

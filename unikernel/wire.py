@@ -1,0 +1,149 @@
+"""The fast path's byte-level helpers: read a query's header and question, and
+patch a kept answer for it, without dnspython.
+
+The fast-path key
+-----------------
+An answer that depends only on the question is kept as wire bytes under::
+
+    key = qname_wire.lower() + qtype_qclass_wire + bytes([edns_flags])
+
+* ``qname_wire``: the question's name exactly as on the wire (length-prefixed
+  labels, terminated by the root label, never compressed in a fast-path
+  query), with ASCII letters lowercased (``bytes.lower``). Only the name is
+  folded: qtype and qclass are 4 bytes copied as they are.
+* ``edns_flags``: 0 when the query has no OPT record, 1 with an OPT record,
+  3 with an OPT record whose DO bit is set.
+
+Whoever produces entries (the server's static answers, the cache) stores a
+complete response for a query with that key; its question section must be
+the query's question at offset 12 (as every renderer writes it), with every
+other copy of the query name compressed against it. Serving it is then
+:func:`patch`: the query's ID, the RD bit from the query, and the query's
+own letter case copied over the question, so the answer's compressed names
+echo the question as asked.
+
+Only plain queries take the fast path: QR clear, opcode QUERY, exactly one
+question and nothing else but an optional OPT (EDNS version 0, no extended
+rcode), and no trailing bytes. Anything else returns ``None`` from
+:func:`parse_query` and goes to the slow path.
+"""
+from __future__ import annotations
+
+HEADER_SIZE = 12
+NO_EDNS, EDNS, EDNS_DO = 0, 1, 3
+# counts: QDCOUNT=1, ANCOUNT=0, NSCOUNT=0, then ARCOUNT 0 or 1
+_COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"            # root owner, type OPT (41)
+MAX_NAME_WIRE = 255
+CLASSIC_UDP_SIZE = 512
+
+
+def parse_query(payload: bytes) -> tuple[bytes, int, int] | None:
+    """``(key, question_name_end, client_udp_size)`` for a plain query, else
+    ``None``. ``question_name_end`` is the offset just past the question's
+    name; ``client_udp_size`` is the OPT's payload size (at least 512), or 512
+    without EDNS."""
+    size = len(payload)
+    if size < 17 or payload[2] & 0xF8:          # too short, or QR set, or opcode != QUERY
+        return None
+    counts = payload[4:12]
+    if counts == _COUNTS_PLAIN:
+        with_opt = False
+    elif counts == _COUNTS_OPT:
+        with_opt = True
+    else:
+        return None
+    end = HEADER_SIZE
+    limit = min(size, HEADER_SIZE + MAX_NAME_WIRE)
+    length = payload[end]
+    while length:
+        if length > 63:                          # a compression pointer or a reserved label type
+            return None
+        end += length + 1
+        if end >= limit:
+            return None
+        length = payload[end]
+    end += 1                                     # past the root label
+    tail = end + 4
+    if not with_opt:
+        if tail != size:
+            return None
+        return payload[12:end].lower() + payload[end:tail] + b"\x00", end, CLASSIC_UDP_SIZE
+    # OPT: owner(1) type(2) class=udp size(2) ext-rcode(1) version(1) flags(2) rdlen(2)
+    if size < tail + 11 or payload[tail:tail + 3] != _OPT_HEAD or payload[tail + 5] or payload[tail + 6]:
+        return None
+    if tail + 11 + ((payload[tail + 9] << 8) | payload[tail + 10]) != size:
+        return None
+    udp_size = (payload[tail + 3] << 8) | payload[tail + 4]
+    flag = b"\x03" if payload[tail + 7] & 0x80 else b"\x01"
+    return (payload[12:end].lower() + payload[end:tail] + flag, end,
+            udp_size if udp_size > CLASSIC_UDP_SIZE else CLASSIC_UDP_SIZE)
+
+
+def fast_key(payload: bytes) -> tuple[bytes, int, int] | None:
+    """:func:`parse_query` for the hot path: the same result, but without
+    walking the labels when the question is the whole message (no OPT) or is
+    followed only by an option-less OPT, as most queries are.
+
+    Skipping the walk is safe because a key only serves a hit when it equals
+    one stored for a query that :func:`parse_query` validated, and this key
+    spans every byte after the header except the OPT's size and flags, which
+    are checked here: equal keys mean an equally well-formed query."""
+    size = len(payload)
+    if size < 17 or payload[2] & 0xF8:
+        return None
+    counts = payload[4:12]
+    if counts == _COUNTS_PLAIN:
+        end = size - 4
+        return payload[12:end].lower() + payload[end:] + b"\x00", end, CLASSIC_UDP_SIZE
+    if counts == _COUNTS_OPT and size >= 28:
+        opt = size - 11
+        if (payload[opt:opt + 3] == _OPT_HEAD and payload[size - 2:] == b"\x00\x00"
+                and not payload[opt + 5] and not payload[opt + 6]):
+            end = opt - 4
+            udp_size = (payload[opt + 3] << 8) | payload[opt + 4]
+            return (payload[12:end].lower() + payload[end:opt] + (b"\x03" if payload[opt + 7] & 0x80 else b"\x01"),
+                    end, udp_size if udp_size > CLASSIC_UDP_SIZE else CLASSIC_UDP_SIZE)
+    return parse_query(payload)
+
+
+def patch(answer: bytes, query: bytes, name_end: int) -> bytes:
+    """``answer`` (kept for the same key) made the reply to ``query``: the
+    query's ID, RD copied from the query, the question's letter case as asked."""
+    return (query[:2] + bytes(((answer[2] & 0xFE) | (query[2] & 0x01),))
+            + answer[3:12] + query[12:name_end] + answer[name_end:])
+
+
+def header_id(payload: bytes) -> int:
+    return (payload[0] << 8) | payload[1]
+
+
+def qname_end(payload: bytes) -> int | None:
+    """Offset just past an uncompressed question name at offset 12, or None."""
+    end = HEADER_SIZE
+    size = len(payload)
+    while end < size:
+        length = payload[end]
+        if length == 0:
+            return end + 1
+        if length > 63:
+            return None
+        end += length + 1
+    return None
+
+
+def key_of(question_name: bytes, qtype: int, qclass: int, edns_flags: int) -> bytes:
+    """The fast-path key for a question given as its wire name and numbers
+    (for producers such as the cache)."""
+    return (question_name.lower() + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")
+            + bytes((edns_flags,)))
+
+
+def error_reply(query: bytes, rcode: int) -> bytes | None:
+    """A header-only reply (FORMERR for a message dnspython cannot read):
+    the query's ID, opcode and RD, QR set, no sections. None when not even
+    the header is there, or the message is itself a response."""
+    if len(query) < HEADER_SIZE or query[2] & 0x80:
+        return None
+    return (query[:2] + bytes((0x80 | (query[2] & 0x79), rcode & 0x0F)) + b"\x00" * 8)

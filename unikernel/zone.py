@@ -1,0 +1,449 @@
+"""Authoritative zones: RFC 1035 master files served the way NSD serves them.
+
+Zone files are parsed by dnspython; this module only decides what an answer
+holds (RFC 1034 §4.3.2, RFC 2308), with NSD 4 as the reference for the
+choices the RFCs leave open:
+
+* A positive answer is authoritative and carries the zone's apex NS RRset in
+  authority (NSD's default, non-minimal responses) and, in additional, the
+  in-zone addresses of NS, MX and SRV targets.
+* CNAMEs are followed through every zone served here (the authority and
+  additional sections then come from the zone where the chain ends); a loop
+  stops at the first repeat; a chain leaving what we serve ends with the last
+  CNAME and no authority section; one entering delegated space ends with the
+  referral.
+* Wildcards (``*.x``) answer for names under their closest encloser, with the
+  query name as owner; never where the name exists, nor below an existing
+  name. An empty non-terminal is NODATA.
+* NXDOMAIN and NODATA carry the apex SOA with TTL min(SOA TTL, SOA minimum).
+* NS below the apex is a zone cut: a referral without AA, the cut's NS in
+  authority and glue in additional (DS at the cut is answered by the parent).
+* ANY answers one RRset (RFC 8482), chosen as NSD chooses it.
+* Several zones: the most specific apex wins; as in NSD's single name tree,
+  names between a zone's apex and a zone above it are empty non-terminals of
+  the zone above. A name under no apex gets no answer (``None``), which the
+  server turns into REFUSED.
+
+Answers are ``final`` (the zone is authoritative for the name, NXDOMAIN
+included) and ``static`` (they depend only on the question), so the server
+keeps their wire form on its fast path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.node
+import dns.rcode
+import dns.rdataclass
+import dns.rdata
+import dns.rdataset
+import dns.rdtypes.ANY.CNAME
+import dns.rdatatype
+import dns.rrset
+import dns.tokenizer
+import dns.zone
+import dns.zonefile
+
+from unikernel.config import ConfigError
+from unikernel.process import Answer, Endpoint, Process
+
+IN = dns.rdataclass.IN
+A, AAAA, NS, CNAME, SOA, MX, SRV, DS, PTR, ANY, DNAME = (
+    dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.NS, dns.rdatatype.CNAME,
+    dns.rdatatype.SOA, dns.rdatatype.MX, dns.rdatatype.SRV, dns.rdatatype.DS,
+    dns.rdatatype.PTR, dns.rdatatype.ANY, dns.rdatatype.DNAME)
+WILDCARD = b"*"
+
+# Loops are stopped at the first repeat; this only bounds the work for a
+# pathological zone (NSD follows long chains until the packet is full).
+MAX_CNAME_CHAIN = 256
+# RFC 8482 ANY: the RRset returned is the first of these present at the name,
+# else the last "ordinary" one, else the last DNSSEC one (NSD's order).
+ANY_PREFERRED = frozenset({A, AAAA, SOA, MX, PTR})
+ANY_LAST_RESORT = frozenset({dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG,
+                             dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
+
+
+# -- loading -----------------------------------------------------------------
+
+def load_zone(path: str | os.PathLike) -> dns.zone.Zone:
+    """Reads one master file. The origin comes from ``$ORIGIN`` or, failing
+    that, from an absolute owner on the first record (the SOA). Any problem
+    raises :class:`ConfigError` naming the file, and the line when there is one."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"{path}: cannot read zone file: {reason}") from None
+    origin = None if _has_origin_directive(text) else _first_owner(text)
+    if origin is None and not _has_origin_directive(text):
+        raise ConfigError(f"{path}:1: no $ORIGIN and the first record's owner is not an absolute name")
+    zone = dns.zone.Zone(origin, IN, relativize=False)
+    tokenizer = _LineTracking(text, str(path))
+    try:
+        with zone.writer(True) as txn:
+            dns.zonefile.Reader(tokenizer, IN, txn, allow_include=False).read()
+    except dns.exception.SyntaxError as e:
+        # dnspython says "file:line: what", but its line may be the next one
+        # (the tokenizer has read the newline): name the record's own line
+        message = str(e)
+        prefix = f"{path}:"
+        if message.startswith(prefix):
+            message = message[len(prefix):].split(":", 1)[-1].strip()
+        raise ConfigError(f"{path}:{tokenizer.last_line}: {message}") from None
+    except (dns.exception.DNSException, ValueError) as e:
+        raise ConfigError(f"{path}:{tokenizer.last_line}: {e}") from None
+    try:
+        zone.check_origin()
+    except dns.exception.DNSException as e:
+        raise ConfigError(f"{path}: zone {zone.origin}: {e}") from None
+    return zone
+
+
+class _LineTracking(dns.tokenizer.Tokenizer):
+    """Remembers the line of the last real token: when dnspython rejects a
+    record its own position may already be past the end of that line."""
+
+    last_line = 1
+
+    def get(self, want_leading: bool = False, want_comment: bool = False) -> dns.tokenizer.Token:
+        replayed = self.ungotten_token is not None
+        # the line counter moves when a token's terminating newline is read,
+        # so the token's own line is the counter before reading it
+        start = self.line_number
+        token = super().get(want_leading, want_comment)
+        if not replayed and not token.is_eol_or_eof():
+            self.last_line = start
+        return token
+
+
+def load_zones(paths: Iterable[str | os.PathLike]) -> list[dns.zone.Zone]:
+    zones = [load_zone(p) for p in paths]
+    seen: dict[dns.name.Name, int] = {}
+    for i, zone in enumerate(zones):
+        if zone.origin in seen:
+            raise ConfigError(f"zone {zone.origin} is declared twice")
+        seen[zone.origin] = i
+    return zones
+
+
+def _has_origin_directive(text: str) -> bool:
+    return any(line.lstrip().upper().startswith("$ORIGIN") for line in text.splitlines())
+
+
+def _first_owner(text: str) -> dns.name.Name | None:
+    """The owner of the first record when it is absolute (``example.com.``)."""
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith((";", "$")) or line[0].isspace():
+            continue
+        owner = line.split()[0]
+        if owner.endswith(".") and owner != "@":
+            try:
+                return dns.name.from_text(owner)
+            except dns.exception.DNSException:
+                return None
+        return None
+    return None
+
+
+# -- answering ---------------------------------------------------------------
+
+@dataclass(slots=True)
+class Lookup:
+    """What one zone says about a question, before rendering."""
+
+    rcode: int = dns.rcode.NOERROR
+    authoritative: bool = True
+    answer: list[dns.rrset.RRset] = field(default_factory=list)
+    authority: list[dns.rrset.RRset] = field(default_factory=list)
+    additional: list[dns.rrset.RRset] = field(default_factory=list)
+
+
+class AuthoritativeZone:
+    """One loaded zone, indexed for lookups: its names, the empty non-terminals
+    above them, and its zone cuts."""
+
+    def __init__(self, zone: dns.zone.Zone) -> None:
+        self.origin: dns.name.Name = zone.origin
+        # NSD answers with names as it stores them: lowercased (RFC 4034 §6.2
+        # canonical form, for owners and for names inside RDATA)
+        self.nodes: dict[dns.name.Name, dns.node.Node] = {
+            name.canonicalize(): _canonical_node(node) for name, node in zone.nodes.items()}
+        self.origin = self.origin.canonicalize()
+        apex = self.nodes[self.origin]
+        soa = apex.get_rdataset(IN, SOA)
+        self.apex_ns = dns.rrset.RRset(self.origin, IN, NS)
+        self.apex_ns.update(apex.get_rdataset(IN, NS))
+        # RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and MINIMUM
+        self.negative_soa = dns.rrset.RRset(self.origin, IN, SOA)
+        self.negative_soa.update(soa)
+        self.negative_soa.ttl = min(soa.ttl, soa[0].minimum)
+        self.dnames = frozenset(name for name, node in self.nodes.items()
+                                if node.get_rdataset(IN, DNAME) is not None)
+        self.cuts = frozenset(name for name, node in self.nodes.items()
+                              if name != self.origin and node.get_rdataset(IN, NS) is not None)
+        # every ancestor (down to the apex) of an existing name exists, at
+        # least as an empty non-terminal
+        self.nonterminals: set[dns.name.Name] = set()
+        for name in self.nodes:
+            while name != self.origin and len(name) > len(self.origin):
+                name = name.parent()
+                if name in self.nonterminals:
+                    break
+                self.nonterminals.add(name)
+
+    # -- the algorithm of RFC 1034 §4.3.2 -----------------------------------
+    def step(self, name: dns.name.Name, qtype: int, result: Lookup, first: bool) -> dns.name.Name | None:
+        """Answers ``name`` into ``result``; returns a CNAME's target when the
+        chain goes on (the caller finds the zone that holds it), else None."""
+        cut, dname = self._above(name, qtype)
+        if cut is not None:
+            self._referral(cut, result, first)
+            return None
+        if dname is not None:
+            target = self._dname(name, dname, result)
+            # the synthesised CNAME is itself the answer to a CNAME question
+            return None if qtype == CNAME else target
+        node = self.nodes.get(name)
+        if node is None:
+            if name in self.nonterminals:
+                self._negative(result, dns.rcode.NOERROR)
+                return None
+            node = self._wildcard(name)
+            if node is None:
+                self._negative(result, dns.rcode.NXDOMAIN)
+                return None
+        if qtype == ANY:
+            self._any(name, node, result)
+            return None
+        rdataset = node.get_rdataset(IN, qtype)
+        if rdataset is not None:
+            result.answer.append(_rrset(name, rdataset))
+            self._positive(result)
+            return None
+        cname = node.get_rdataset(IN, CNAME) if qtype != CNAME else None
+        if cname is None:
+            self._negative(result, dns.rcode.NOERROR)
+            return None
+        result.answer.append(_rrset(name, cname))
+        return cname[0].target
+
+    def lookup(self, qname: dns.name.Name, qtype: int) -> Lookup:
+        """This zone alone (a chain leaving it ends there)."""
+        return Zones([self]).lookup(qname, qtype) or Lookup()
+
+    def _above(self, name: dns.name.Name, qtype: int) -> tuple[dns.name.Name | None, dns.name.Name | None]:
+        """``(cut, None)`` for the highest zone cut at or above ``name`` (DS at
+        a cut belongs to the parent side), ``(None, owner)`` for a DNAME at a
+        proper ancestor, whichever comes first going down; else ``(None, None)``."""
+        if not self.cuts and not self.dnames:
+            return None, None
+        depth = len(self.origin)
+        for labels in range(depth, len(name) + 1):
+            candidate = name.split(labels)[1]
+            if labels > depth and candidate in self.cuts and not (candidate == name and qtype == DS):
+                return candidate, None
+            if labels < len(name) and candidate in self.dnames:
+                return None, candidate
+        return None, None
+
+    def _dname(self, name: dns.name.Name, owner: dns.name.Name, result: Lookup) -> dns.name.Name | None:
+        """RFC 6672: the DNAME, and a CNAME synthesised from it for ``name``,
+        whose target the caller follows."""
+        dname = self.nodes[owner].get_rdataset(IN, DNAME)
+        result.answer.append(_rrset(owner, dname))
+        try:
+            target = name.relativize(owner).derelativize(dname[0].target)
+        except dns.name.NameTooLong:
+            result.rcode = dns.rcode.YXDOMAIN
+            return None
+        cname = dns.rrset.from_rdata(name, dname.ttl,
+                                     dns.rdtypes.ANY.CNAME.CNAME(IN, CNAME, target))
+        result.answer.append(cname)
+        return target
+
+    def _wildcard(self, name: dns.name.Name) -> dns.node.Node | None:
+        """The ``*`` node under the closest encloser of a name that does not exist."""
+        encloser = name.parent()
+        while encloser not in self.nodes and encloser not in self.nonterminals \
+                and encloser != self.origin:
+            encloser = encloser.parent()
+        return self.nodes.get(dns.name.Name((WILDCARD,) + encloser.labels))
+
+    def _negative(self, result: Lookup, rcode: int) -> Lookup:
+        result.rcode = rcode
+        result.authority.append(self.negative_soa)
+        return result
+
+    def _positive(self, result: Lookup) -> None:
+        """The apex NS in authority, unless the answer already is that RRset,
+        then the in-zone addresses of every NS/MX/SRV target."""
+        if not any(r.rdtype == NS and r.name == self.origin for r in result.answer):
+            result.authority.append(self.apex_ns)
+        self._additional(result, result.answer + result.authority)
+
+    def _any(self, owner: dns.name.Name, node: dns.node.Node, result: Lookup) -> Lookup:
+        chosen = ordinary = last_resort = None
+        for rdataset in node.rdatasets:
+            if rdataset.rdtype in ANY_PREFERRED:
+                chosen = rdataset
+                break
+            if rdataset.rdtype in ANY_LAST_RESORT:
+                last_resort = rdataset
+            else:
+                ordinary = rdataset
+        chosen = chosen or ordinary or last_resort
+        if chosen is None:
+            return self._negative(result, dns.rcode.NOERROR)
+        result.answer.append(_rrset(owner, chosen))
+        self._additional(result, result.answer)
+        return result
+
+    def _referral(self, cut: dns.name.Name, result: Lookup, first: bool) -> None:
+        # reached through a CNAME, the answer stays authoritative for the CNAMEs
+        if first:
+            result.authoritative = False
+        ns = _rrset(cut, self.nodes[cut].get_rdataset(IN, NS))
+        result.authority.append(ns)
+        self._additional(result, [ns])
+
+    def _additional(self, result: Lookup, rrsets: Sequence[dns.rrset.RRset]) -> None:
+        present = {(r.name, r.rdtype) for r in (*result.answer, *result.authority, *result.additional)}
+        for rrset in rrsets:
+            if rrset.rdtype == NS:
+                targets = [rd.target for rd in rrset]
+            elif rrset.rdtype == MX:
+                targets = [rd.exchange for rd in rrset]
+            elif rrset.rdtype == SRV:
+                targets = [rd.target for rd in rrset]
+            else:
+                continue
+            for target in targets:
+                node = self.nodes.get(target)
+                if node is None and target.is_subdomain(self.origin) and target not in self.nonterminals:
+                    node = self._wildcard(target)     # NSD expands wildcards here too
+                if node is None:
+                    continue
+                for rdtype in (A, AAAA):
+                    rdataset = node.get_rdataset(IN, rdtype)
+                    if rdataset is not None and (target, rdtype) not in present:
+                        present.add((target, rdtype))
+                        result.additional.append(_rrset(target, rdataset))
+
+
+def _canonical_node(node: dns.node.Node) -> dns.node.Node:
+    copy = dns.node.Node()
+    for rdataset in node.rdatasets:
+        rdatas = [dns.rdata.from_wire(rd.rdclass, rd.rdtype, digest, 0, len(digest))
+                  for rd in rdataset for digest in (rd.to_digestable(),)]
+        canonical = dns.rdataset.from_rdata_list(rdataset.ttl, rdatas)
+        copy.rdatasets.append(canonical)
+    return copy
+
+
+def _rrset(owner: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    rrset = dns.rrset.RRset(owner, rdataset.rdclass, rdataset.rdtype, rdataset.covers)
+    rrset.update(rdataset)
+    return rrset
+
+
+class Zones:
+    """Several zones; a question goes to the most specific apex above it."""
+
+    def __init__(self, zones: Iterable[dns.zone.Zone | AuthoritativeZone]) -> None:
+        self.by_origin: dict[dns.name.Name, AuthoritativeZone] = {}
+        for zone in zones:
+            z = zone if isinstance(zone, AuthoritativeZone) else AuthoritativeZone(zone)
+            self.by_origin[z.origin] = z
+        self.max_depth = max((len(o) for o in self.by_origin), default=0)
+        # NSD keeps one name tree for all its zones: the apex of a zone below
+        # another, and the names between them, exist (as empty
+        # non-terminals) in the zone above.
+        for origin in self.by_origin:
+            name = origin
+            while len(name) > 1:
+                name = name.parent()
+                parent = self.by_origin.get(name)
+                if parent is not None:
+                    below = origin
+                    while below != name:
+                        parent.nonterminals.add(below)
+                        below = below.parent()
+                    break
+
+    @property
+    def origins(self) -> list[dns.name.Name]:
+        return list(self.by_origin)
+
+    def find(self, qname: dns.name.Name) -> AuthoritativeZone | None:
+        for labels in range(min(len(qname), self.max_depth), 0, -1):
+            zone = self.by_origin.get(qname.split(labels)[1])
+            if zone is not None:
+                return zone
+        return None
+
+    def lookup(self, qname: dns.name.Name, qtype: int) -> Lookup | None:
+        """The answer from the zone holding ``qname``, following CNAMEs into
+        every zone served here; None when no zone holds it."""
+        zone = self.find(qname)
+        if zone is None:
+            return None
+        if qtype == DS and qname == zone.origin:
+            # DS lives on the parent side of a cut (RFC 4034 §5)
+            parent = self.find(qname.parent()) if len(qname) > 1 else None
+            zone = parent or zone
+        result = Lookup()
+        seen: set[dns.name.Name] = set()
+        name = qname
+        while True:
+            target = zone.step(name, qtype, result, not seen)
+            if target is None:
+                return result
+            seen.add(name)
+            if target in seen or len(seen) >= MAX_CNAME_CHAIN:
+                return result
+            zone = self.find(target)
+            if zone is None:
+                return result   # the chain leaves what we serve: the CNAMEs alone
+            name = target
+
+
+def zone_process(zones: Iterable[str | os.PathLike | dns.zone.Zone] | Zones) -> Process:
+    """The process that answers from zone files (paths, loaded zones, or a
+    :class:`Zones`): ``None`` for names under no apex and for other classes,
+    else a final, static answer."""
+    if not isinstance(zones, Zones):
+        items = list(zones)
+        loaded = [z if isinstance(z, dns.zone.Zone) else load_zone(z) for z in items]
+        zones = Zones(loaded)
+    table = zones
+
+    async def authoritative(*, src: Endpoint, dst: Endpoint,
+                            query: dns.message.Message) -> Answer | None:
+        if len(query.question) != 1:
+            return None
+        question = query.question[0]
+        if question.rdclass != IN:
+            return None
+        found = table.lookup(question.name, question.rdtype)
+        if found is None:
+            return None
+        response = dns.message.make_response(query)
+        response.set_rcode(found.rcode)
+        if found.authoritative:
+            response.flags |= dns.flags.AA
+        response.answer = found.answer
+        response.authority = found.authority
+        response.additional = found.additional
+        return Answer(response, final=True, static=True)
+
+    authoritative.zones = table  # type: ignore[attr-defined]
+    return authoritative
