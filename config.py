@@ -12,7 +12,10 @@ appliance = Appliance(
     ipv4_gateway="192.168.1.1",
     zones=["data/d1.signpo.st.zone"],
     hosts=["data/hosts"],
-    forward=[],          # e.g. ["192.168.1.1:53"]: relay what no zone answers
+    # The tutorial's composition: zones, then hosts overrides, then relay the
+    # rest to an upstream resolver (here the host at the other end of tap0).
+    # `--forward none` on the command line makes it authoritative-only.
+    forward=["192.168.1.1"],
     allow=[],            # [] = the appliance's own subnet may use forwarding
     cache_size=10000,
 )

@@ -203,7 +203,7 @@ def run(seconds: float = 10, rounds: int = 2, names: int = 3000, queries: int = 
               f"{mix['nxdomain']} NXDOMAIN, {mix['nodata']} NODATA; dnsperf {seconds:g} s x {rounds} rounds",
               file=out, flush=True)
         ns.add_tap("tap0", HOST_SIDE)
-        appliance = ns.popen(sys.executable, "-m", "unikernel", "serve", "--tap", "tap0",
+        appliance = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                              "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
                              cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, zone)),

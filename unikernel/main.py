@@ -44,6 +44,18 @@ def check(appliance: Appliance) -> list:
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
+    if appliance.hosts:
+        from unikernel.hosts import load_hosts
+        load_hosts(appliance.path(h) for h in appliance.hosts)
+    from unikernel.forwarder import AccessList, parse_upstream
+    try:
+        for upstream in appliance.forward:
+            parse_upstream(upstream)
+        AccessList(appliance.allow)
+        for address in appliance.bogus_nxdomain:
+            ipaddress.IPv4Address(address)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
 
 

@@ -338,10 +338,11 @@ def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
 
 def _normalised(answer: Answer, query: dns.message.Message) -> dns.message.Message:
     """The processor's message as a reply to this query: same ID and question,
-    QR set, RD copied; EDNS is added by :func:`render`."""
+    QR set, RD copied; EDNS is added by :func:`render`. TC is kept: a
+    forwarder relaying a truncated upstream reply must say it is truncated."""
     response = answer.message
     response.id = query.id
-    flags = response.flags & ~(dns.flags.RD | dns.flags.TC)
+    flags = response.flags & ~dns.flags.RD
     response.flags = flags | dns.flags.QR | (query.flags & dns.flags.RD)
     if not response.question:
         response.question = list(query.question)

@@ -229,7 +229,7 @@ def _read_ready(proc: subprocess.Popen, timeout: float = 30.0) -> str:
 def test_answers_through_our_stack_agree_with_nsd(nsd, zone_files):
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        args = [sys.executable, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", "192.0.2.2/24",
+        args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0", "--ipv4", "192.0.2.2/24",
                 "--ipv4-gateway", "none"]
         for f in zone_files:
             args += ["--zone", str(f)]
@@ -271,7 +271,7 @@ def test_names_outside_the_zones_are_refused_like_nsd(nsd, zone_files):
     so special-use and other names outside the zones are REFUSED, as by NSD."""
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        args = [sys.executable, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", "192.0.2.2/24",
+        args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0", "--ipv4", "192.0.2.2/24",
                 "--ipv4-gateway", "none"]
         for f in zone_files:
             args += ["--zone", str(f)]

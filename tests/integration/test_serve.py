@@ -88,7 +88,7 @@ def appliance():
     """The appliance on tap0 of a fresh namespace serving the hard-cases zone."""
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--tap", "tap0",
+        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                         "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none",
                         "--zone", str(HARD), "--zone", str(ZONES / "sub.hard.example.zone"),
                         cwd=str(ROOT))
@@ -139,18 +139,48 @@ def test_sigint_stops_cleanly(appliance):
     assert proc.returncode == 0 and "Traceback" not in out
 
 
+# An upstream resolver for the no-flags test: www.example.org A 198.51.100.9,
+# NXDOMAIN for the rest (an upstream answering every name would be taken,
+# rightly, for one that rewrites NXDOMAIN).
+TINY_UPSTREAM = """
+import socket, sys
+import dns.message, dns.rrset
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("listening", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    try:
+        query = dns.message.from_wire(data)
+    except Exception:
+        continue
+    reply = dns.message.make_response(query)
+    q = query.question[0]
+    if q.name == dns.name.from_text("www.example.org") and q.rdtype == 1:
+        reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", "198.51.100.9"))
+    else:
+        reply.set_rcode(3)
+    s.sendto(reply.to_wire(), peer)
+"""
+
+
 @needs_root
 @needs_dig
 def test_no_flags_serves_the_tutorial_from_config_py():
     """`python -m unikernel serve` alone: tap0, 192.168.1.2/24, data/ zones."""
     with Namespace() as ns:
         ns.add_tap("tap0", "192.168.1.1/24")
+        # config.py relays what its zones do not hold to the host side of tap0
+        upstream = ns.popen(sys.executable, "-c", TINY_UPSTREAM, "192.168.1.1")
+        assert upstream.stdout.readline().strip() == "listening"
         proc = ns.popen(sys.executable, "-m", "unikernel", "serve", cwd=str(ROOT))
         ready = read_until(proc, "ready")
         assert "192.168.1.2:53" in ready
         out = dig(ns, "192.168.1.2", "ns0.d1.signpo.st")
-        assert "status: NOERROR" in out
+        assert "status: NOERROR" in out and " aa" in out.split("flags:")[1].split(";")[0]
         assert "ns0.d1.signpo.st.\t3600\tIN\tA\t192.168.1.2" in out
+        relayed = dig(ns, "192.168.1.2", "www.example.org")
+        assert "198.51.100.9" in relayed and " ra" in relayed.split("flags:")[1].split(";")[0]
         ping = ns.run("ping", "-c", "1", "-W", "3", "192.168.1.2")
         assert ping.returncode == 0, ping.stdout
 
@@ -163,7 +193,7 @@ def test_log_queries_and_pcap(tmp_path):
     trace = tmp_path / "trace.pcap"
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--tap", "tap0",
+        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                         "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none", "--zone", str(HARD),
                         "--log-queries", "--pcap", str(trace), cwd=str(ROOT))
         read_until(proc, "ready")
