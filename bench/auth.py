@@ -155,29 +155,8 @@ def measure(ns, name: str, pid: int, address: str, queries: Path, seconds: float
 
 
 def nsd_config(work: Path, zone: Path) -> Path:
-    conf = work / "nsd.conf"
-    conf.write_text(f"""server:
-    ip-address: 127.0.0.1
-    port: 53
-    username: ""
-    chroot: ""
-    zonesdir: "{work}"
-    pidfile: "{work}/nsd.pid"
-    database: ""
-    zonelistfile: "{work}/zone.list"
-    xfrdfile: "{work}/xfrd.state"
-    xfrdir: "{work}"
-    server-count: 1
-    rrl-ratelimit: 0
-    verbosity: 0
-    logfile: "{work}/nsd.log"
-remote-control:
-    control-enable: no
-zone:
-    name: {ORIGIN}
-    zonefile: {zone}
-""")
-    return conf
+    from tests.nsd import nsd_conf   # tests/ is put on sys.path by run()
+    return nsd_conf(work, {ORIGIN: zone}, address="127.0.0.1", port=53)
 
 
 # -- the whole benchmark ------------------------------------------------------------

@@ -41,44 +41,6 @@ class BenchError(RuntimeError):
     pass
 
 
-class _Namespace:
-    """A network namespace for the benchmark, removed on exit."""
-
-    def __init__(self) -> None:
-        self.name = f"fwdbench{os.getpid()}"
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "_Namespace":
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        self.ip("link", "set", "lo", "up")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        subprocess.run(["ip", "netns", "del", self.name], check=False)
-
-    def ip(self, *args: str) -> None:
-        subprocess.run(["ip", "-n", self.name, *args], check=True)
-
-    def run(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
-                              timeout=timeout)
-
-    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.STDOUT)
-        p = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], text=True, **kw)
-        self.procs.append(p)
-        return p
-
-
 def _zone(names: int) -> str:
     lines = [f"$ORIGIN {ZONE}", "$TTL 86400",
              f"@ IN SOA ns.{ZONE} host.{ZONE} 1 7200 900 1209600 3600",
@@ -94,34 +56,12 @@ def _queries(names: int) -> str:
     return "".join(f"h{i}.{ZONE} {t}\n" for i in range(names) for t in ("A", "MX", "TXT"))
 
 
-def _nsd_conf(d: Path) -> str:
-    return f"""server:
-  ip-address: {HOST}
-  port: 53
-  username: ""
-  chroot: ""
-  database: ""
-  zonelistfile: "{d}/zone.list"
-  xfrdfile: "{d}/xfrd.state"
-  pidfile: "{d}/nsd.pid"
-  zonesdir: "{d}"
-  server-count: 1
-  verbosity: 0
-  rrl-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: {ZONE}
-  zonefile: "{d}/bench.zone"
-"""
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _dnsperf(ns: _Namespace, server: str, port: int, queries: Path, *, duration: float | None = None,
+def _dnsperf(ns, server: str, port: int, queries: Path, *, duration: float | None = None,
              passes: int | None = None) -> dict:
     cmd = ["dnsperf", "-s", server, "-p", str(port), "-d", str(queries), "-c", "4", "-q", "64", "-t", "2"]
     cmd += ["-l", str(duration)] if duration else ["-n", str(passes or 1)]
@@ -158,16 +98,17 @@ def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]
                and not Path(f"/usr/sbin/{t}").exists()]
     if os.geteuid() != 0 or missing:
         raise BenchError(f"needs root and {', '.join(missing) or 'nothing else'}")
-    with tempfile.TemporaryDirectory(prefix="fwdbench") as tmp, _Namespace() as ns:
+    sys.path.insert(0, str(REPO))
+    from tests.netns import Namespace
+    with tempfile.TemporaryDirectory(prefix="fwdbench") as tmp, Namespace("fwdbench") as ns:
         d = Path(tmp)
         os.chmod(d, 0o755)
         (d / "bench.zone").write_text(_zone(names))
-        (d / "nsd.conf").write_text(_nsd_conf(d))
+        from tests.nsd import nsd_conf
+        nsd_conf(d, {ZONE: d / "bench.zone"}, address=HOST, port=53)
         queries = d / "queries.txt"
         queries.write_text(_queries(names))
-        ns.ip("tuntap", "add", "dev", "tap0", "mode", "tap")
-        ns.ip("addr", "add", f"{HOST}/24", "dev", "tap0")
-        ns.ip("link", "set", "tap0", "up")
+        ns.add_tap("tap0", f"{HOST}/24")
 
         nsd = ns.popen(shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(d / "nsd.conf"))
         appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,

@@ -6,12 +6,15 @@ side, and removes the namespace afterwards. Nothing is ever addressed outside.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import itertools
 import os
+import selectors
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -97,3 +100,52 @@ class Namespace:
         os.makedirs(f"/etc/netns/{self.name}", exist_ok=True)
         with open(f"/etc/netns/{self.name}/resolv.conf", "w") as f:
             f.write(text)
+
+    def add_loss(self, dev: str, percent: int) -> None:
+        """nftables rules in the namespace that drop `percent`% of the frames
+        each way on `dev` (this kernel has no netem)."""
+        commands = [
+            ("add", "table", "inet", "lossy"),
+            ("add", "chain", "inet", "lossy", "out", "{ type filter hook output priority 0 ; }"),
+            ("add", "chain", "inet", "lossy", "in", "{ type filter hook input priority 0 ; }"),
+            ("add", "rule", "inet", "lossy", "out", "oifname", dev, "numgen", "random", "mod", "100",
+             "<", str(percent), "drop"),
+            ("add", "rule", "inet", "lossy", "in", "iifname", dev, "numgen", "random", "mod", "100",
+             "<", str(percent), "drop"),
+        ]
+        for command in commands:
+            result = self.run("nft", *command)
+            assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def exec_in(ns: Namespace, *cmd: str, timeout: float = 60, stdin: bytes | None = None) -> tuple[int, str]:
+    """Runs a command in the namespace from inside an event loop (so the
+    stack on that loop keeps answering); returns (status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns.name, *cmd, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode, out.decode()
+
+
+def read_until(proc: subprocess.Popen, word: str, timeout: float = 30.0) -> str:
+    """The first line of `proc`'s output containing `word` (e.g. "ready")."""
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if word in line:
+            return line
+    raise AssertionError(f"no line with {word!r}; output: {''.join(seen)[-800:]}")

@@ -1,7 +1,12 @@
 """A stack on a link that records what it sends, driven by a virtual clock."""
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+
+from netstack.link.tap import TapLink
 from netstack.stack import Stack
+from tests.netns import Namespace
 
 OUR_MAC = bytes.fromhex("020000c00002")
 PEER_MAC = bytes.fromhex("02aabbccddee")
@@ -52,3 +57,28 @@ def prime_arp(stack: Stack, ip: str = PEER_IP, mac: bytes = PEER_MAC) -> None:
     from scapy.layers.l2 import ARP, Ether
     stack.receive(bytes(Ether(dst=OUR_MAC, src=mac) / ARP(op=1, hwsrc=mac, psrc=ip, pdst=OUR_IP)))
     stack.link.take()
+
+
+# -- against the kernel: our stack on a tap inside a namespace ---------------------------
+KERNEL_SIDE, STACK_SIDE = "192.0.2.1", "192.0.2.2"
+
+
+def with_stack(body, *, lossy: int = 0):
+    """Runs ``await body(ns, stack)`` with our stack on tap0 in a fresh namespace;
+    `lossy` percent of frames are dropped each way by nftables in the namespace."""
+    with Namespace() as ns:
+        ns.add_tap("tap0", f"{KERNEL_SIDE}/24")
+        if lossy:
+            ns.add_loss("tap0", lossy)
+        with ns.entered():
+            link = TapLink("tap0")
+
+        async def main():
+            stack = Stack(link, ipaddress.IPv4Interface(f"{STACK_SIDE}/24"), ipaddress.IPv4Address(KERNEL_SIDE))
+            await stack.start()
+            try:
+                return await body(ns, stack)
+            finally:
+                stack.close()
+
+        return asyncio.run(main())

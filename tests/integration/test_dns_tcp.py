@@ -10,8 +10,7 @@ import sys
 import textwrap
 
 from netstack.link.tap import TapLink
-from tests.integration.test_tcp_kernel import add_loss, exec_in
-from tests.netns import Namespace, needs_root
+from tests.netns import Namespace, exec_in, needs_root
 from unikernel.config import Appliance
 from unikernel.main import serve
 
@@ -39,7 +38,7 @@ def with_appliance(tmp_path, body, *, lossy: int = 0):
     with Namespace() as ns:
         ns.add_tap("tap0", f"{HOST}/24")
         if lossy:
-            add_loss(ns, "tap0", lossy)
+            ns.add_loss("tap0", lossy)
         with ns.entered():
             link = TapLink("tap0")
 

@@ -23,7 +23,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.netns import Namespace, needs_root
+from tests.nsd import nsd_conf
+from tests.netns import Namespace, needs_root, read_until
 from tests.unit.fake_stack import FakeStack
 from unikernel.process import processor_of_process
 from unikernel.server import DnsServer
@@ -55,25 +56,7 @@ def nsd(tmp_path_factory):
     """NSD on 127.0.0.1:<port> serving the zones; yields the port."""
     work = tmp_path_factory.mktemp("nsd")
     port = free_port()
-    zones = "".join(f"zone:\n    name: {name}\n    zonefile: {ZONES / f}\n" for name, f in ZONE_FILES.items())
-    (work / "nsd.conf").write_text(f"""server:
-    ip-address: 127.0.0.1@{port}
-    port: {port}
-    username: ""
-    chroot: ""
-    zonesdir: "{work}"
-    pidfile: "{work}/nsd.pid"
-    database: ""
-    zonelistfile: "{work}/zone.list"
-    xfrdfile: "{work}/xfrd.state"
-    xfrdir: "{work}"
-    server-count: 1
-    rrl-ratelimit: 0
-    verbosity: 0
-    logfile: "{work}/nsd.log"
-remote-control:
-    control-enable: no
-{zones}""")
+    nsd_conf(work, {name: ZONES / f for name, f in ZONE_FILES.items()}, port=port)
     proc = subprocess.Popen(["nsd", "-d", "-c", str(work / "nsd.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
@@ -206,25 +189,6 @@ def test_malformed_queries_get_nsds_rcode(nsd, zone_files):
     assert not problems, "\n".join(problems)
 
 
-def _read_ready(proc: subprocess.Popen, timeout: float = 30.0) -> str:
-    import selectors
-
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if "ready" in line:
-            return line
-    raise AssertionError(f"appliance not ready: {''.join(seen)[-800:]}")
-
-
 @needs_root
 def test_answers_through_our_stack_agree_with_nsd(nsd, zone_files):
     with Namespace() as ns:
@@ -234,7 +198,7 @@ def test_answers_through_our_stack_agree_with_nsd(nsd, zone_files):
         for f in zone_files:
             args += ["--zone", str(f)]
         proc = ns.popen(*args, cwd=str(ROOT))
-        _read_ready(proc)
+        read_until(proc, "ready")
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             tcp_socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
@@ -275,7 +239,7 @@ def test_names_outside_the_zones_are_refused_like_nsd(nsd, zone_files):
                 "--ipv4-gateway", "none"]
         for f in zone_files:
             args += ["--zone", str(f)]
-        _read_ready(ns.popen(*args, cwd=str(ROOT)))
+        read_until(ns.popen(*args, cwd=str(ROOT)), "ready")
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -324,27 +288,7 @@ def random_zone(rng, origin: str) -> str:
 
 
 def start_nsd(work: Path, origin: str, zone: Path, port: int) -> subprocess.Popen:
-    (work / "nsd.conf").write_text(f"""server:
-    ip-address: 127.0.0.1@{port}
-    port: {port}
-    username: ""
-    chroot: ""
-    zonesdir: "{work}"
-    pidfile: "{work}/nsd.pid"
-    database: ""
-    zonelistfile: "{work}/zone.list"
-    xfrdfile: "{work}/xfrd.state"
-    xfrdir: "{work}"
-    server-count: 1
-    rrl-ratelimit: 0
-    verbosity: 0
-    logfile: "{work}/nsd.log"
-remote-control:
-    control-enable: no
-zone:
-    name: {origin}
-    zonefile: {zone}
-""")
+    nsd_conf(work, {origin: zone}, port=port)
     return subprocess.Popen(["nsd", "-d", "-c", str(work / "nsd.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -7,17 +7,15 @@ host side at 192.168.1.1/24.
 """
 from __future__ import annotations
 
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.netns import Namespace, needs_root
+from tests.netns import Namespace, read_until, needs_root
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ZONES = Path(__file__).resolve().parent / "zones"
@@ -29,23 +27,6 @@ needs_dig = pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig (a
 def unikernel(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "unikernel", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=str(ROOT))
-
-
-def read_until(proc: subprocess.Popen, word: str, timeout: float = 30.0) -> str:
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if word in line:
-            return line
-    raise AssertionError(f"no line with {word!r}; output: {''.join(seen)[-800:]}")
 
 
 def dig(ns: Namespace, server: str, *query: str) -> str:

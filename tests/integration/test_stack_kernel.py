@@ -1,52 +1,20 @@
 """The Linux kernel as the peer: ping, UDP echo and port unreachable through a
 tap inside a network namespace that the test makes and removes."""
-import asyncio
-import ipaddress
 import sys
 import textwrap
 
-import pytest
-
-from netstack.link.tap import TapLink
-from netstack.stack import Stack
-from tests.netns import Namespace, needs_root
+from tests.netns import exec_in, needs_root
+from tests.stackutil import with_stack
 
 pytestmark = [needs_root]
 
 HOST, APPLIANCE = "192.0.2.1", "192.0.2.2"
 
 
-async def _exec(ns: Namespace, *cmd: str, timeout: float = 30) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns.name, *cmd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode, out.decode()
-
-
-def _with_stack(body):
-    """Runs `body(ns, stack)` with our stack on a tap inside a fresh namespace."""
-    with Namespace() as ns:
-        ns.add_tap("tap0", f"{HOST}/24")
-        with ns.entered():
-            link = TapLink("tap0")
-
-        async def main():
-            stack = Stack(link, ipaddress.IPv4Interface(f"{APPLIANCE}/24"),
-                          ipaddress.IPv4Address(HOST))
-            await stack.start()
-            try:
-                return await body(ns, stack)
-            finally:
-                stack.close()
-
-        return asyncio.run(main())
-
-
 def test_kernel_pings_us_five_of_five():
     async def body(ns, stack):
-        return await _exec(ns, "ping", "-c", "5", "-i", "0.2", "-W", "2", APPLIANCE), stack.counters
-    (rc, out), counters = _with_stack(body)
+        return await exec_in(ns, "ping", "-c", "5", "-i", "0.2", "-W", "2", APPLIANCE), stack.counters
+    (rc, out), counters = with_stack(body)
     assert rc == 0, out
     assert " 5 received" in out, out
     assert counters["icmp.echo.replied"] == 5
@@ -54,8 +22,8 @@ def test_kernel_pings_us_five_of_five():
 
 def test_large_pings_fragment_both_ways():
     async def body(ns, stack):
-        return await _exec(ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", APPLIANCE), stack.counters
-    (rc, out), counters = _with_stack(body)
+        return await exec_in(ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", APPLIANCE), stack.counters
+    (rc, out), counters = with_stack(body)
     assert rc == 0, out
     assert " 3 received" in out and "3008 bytes from" in out, out
     assert counters["ipv4.frag.reassembled"] == 3     # their requests came in pieces
@@ -83,11 +51,11 @@ def test_udp_echo_and_port_unreachable():
             stack.udp.sendto(payload.upper(), dst_port, src_ip, src_port)
         stack.udp.bind(7, echo)
         big = "x" * 4000     # fragmented both ways
-        results = [await _exec(ns, sys.executable, "-c", UDP_CLIENT, APPLIANCE, "7", "hello"),
-                   await _exec(ns, sys.executable, "-c", UDP_CLIENT, APPLIANCE, "7", big),
-                   await _exec(ns, sys.executable, "-c", UDP_CLIENT, APPLIANCE, "9999", "anyone?")]
+        results = [await exec_in(ns, sys.executable, "-c", UDP_CLIENT, APPLIANCE, "7", "hello"),
+                   await exec_in(ns, sys.executable, "-c", UDP_CLIENT, APPLIANCE, "7", big),
+                   await exec_in(ns, sys.executable, "-c", UDP_CLIENT, APPLIANCE, "9999", "anyone?")]
         return results, stack.counters
-    results, counters = _with_stack(body)
+    results, counters = with_stack(body)
     assert results[0][1].strip() == "reply: HELLO"
     assert results[1][1].strip() == "reply: " + "X" * 4000
     assert results[2][1].strip() == "refused"

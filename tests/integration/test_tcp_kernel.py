@@ -5,70 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import random
 import sys
 import textwrap
 
-from netstack.link.tap import TapLink
 from netstack.stack import Stack
 from netstack.tcp_stream import open_connection, wrap
-from tests.netns import Namespace, needs_root
+from tests.netns import exec_in, needs_root
+from tests.stackutil import with_stack
 
 pytestmark = [needs_root]
 
 HOST, APPLIANCE = "192.0.2.1", "192.0.2.2"
-
-
-async def exec_in(ns: Namespace, *cmd: str, timeout: float = 60, stdin: bytes | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns.name, *cmd, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode, out.decode()
-
-
-def with_stack(body, *, lossy: int = 0):
-    """Runs ``await body(ns, stack)`` with our stack on tap0 in a fresh namespace;
-    `lossy` percent of frames are dropped each way by nftables in the namespace."""
-    with Namespace() as ns:
-        ns.add_tap("tap0", f"{HOST}/24")
-        if lossy:
-            add_loss(ns, "tap0", lossy)
-        with ns.entered():
-            link = TapLink("tap0")
-
-        async def main():
-            stack = Stack(link, ipaddress.IPv4Interface(f"{APPLIANCE}/24"), ipaddress.IPv4Address(HOST))
-            await stack.start()
-            try:
-                return await body(ns, stack)
-            finally:
-                stack.close()
-
-        return asyncio.run(main())
-
-
-def add_loss(ns: Namespace, dev: str, percent: int) -> None:
-    """nftables rules in the namespace that drop `percent`% of the frames each
-    way (the namespace's own output and input on `dev`)."""
-    commands = [
-        ("add", "table", "inet", "lossy"),
-        ("add", "chain", "inet", "lossy", "out", "{ type filter hook output priority 0 ; }"),
-        ("add", "chain", "inet", "lossy", "in", "{ type filter hook input priority 0 ; }"),
-        ("add", "rule", "inet", "lossy", "out", "oifname", dev, "numgen", "random", "mod", "100",
-         "<", str(percent), "drop"),
-        ("add", "rule", "inet", "lossy", "in", "iifname", dev, "numgen", "random", "mod", "100",
-         "<", str(percent), "drop"),
-    ]
-    for command in commands:
-        result = ns.run("nft", *command)
-        assert result.returncode == 0, result.stdout + result.stderr
 
 
 KERNEL_CLIENT = textwrap.dedent("""

@@ -1,0 +1,188 @@
+"""The image without booting it: reproducibility, contents, the Xen config, and
+PID 1's command-line handling.
+
+The contents are checked with tools that are not the builder's: Python's lzma
+and zipfile, readelf-free ELF parsing is the builder's own, so module order is
+checked against the ``depends=`` strings found by a plain byte search.
+"""
+from __future__ import annotations
+
+import lzma
+import stat
+import zipfile
+from io import BytesIO
+
+import pytest
+
+from .conftest import needs_build_tools
+
+import cpio  # noqa: E402  (build/, put on the path by conftest)
+import init  # noqa: E402
+import make_image  # noqa: E402
+import xen  # noqa: E402
+
+
+# -- PID 1's command line ---------------------------------------------------------
+
+SETTINGS = {"ipv4": False, "ipv4-gateway": False, "forward": False, "log-queries": True, "cache-size": False}
+
+
+def test_kernel_words_split_like_the_kernel():
+    words = init.kernel_words('console=ttyS0 panic=-1  quiet ipv4=192.0.2.2/24 name="a b" x= \n')
+    assert words == [("console", "ttyS0"), ("panic", "-1"), ("quiet", None), ("ipv4", "192.0.2.2/24"),
+                     ("name", "a b"), ("x", "")]
+
+
+def test_serve_argv_takes_ours_and_leaves_the_kernels():
+    argv, ignored = init.serve_argv(
+        "console=ttyS0 panic=-1 quiet ipv4=192.0.2.2/24 ipv4-gateway=192.0.2.1 forward=192.0.2.1 "
+        "forward=192.0.2.3:5353 log-queries virtio_net.napi_tx=0 ipv4-gw=1.2.3.4 cache_size=50", SETTINGS)
+    assert argv == ["--ipv4", "192.0.2.2/24", "--ipv4-gateway", "192.0.2.1", "--forward", "192.0.2.1",
+                    "--forward", "192.0.2.3:5353", "--log-queries", "--cache-size", "50"]
+    assert ignored == ["ipv4-gw=1.2.3.4"]          # a typo is reported, never passed silently
+
+
+def test_serve_argv_booleans_and_missing_values():
+    argv, ignored = init.serve_argv("log-queries=0 ipv4 forward=", SETTINGS)
+    assert argv == []
+    assert ignored == ["ipv4", "forward"]
+    assert init.serve_argv("log-queries=yes", SETTINGS)[0] == ["--log-queries"]
+    assert init.serve_argv("log-queries=maybe", SETTINGS) == ([], ["log-queries=maybe"])
+
+
+def test_settings_come_from_the_unix_targets_parser():
+    settings = init.appliance_settings()
+    assert settings["ipv4"] is False and settings["ipv4-gateway"] is False and settings["forward"] is False
+    assert settings["log-queries"] is True
+    assert "tap" not in settings and "pcap" not in settings and "config" not in settings
+
+
+def test_kernel_command_line_becomes_the_appliance():
+    from unikernel.cli import parse_serve
+    from unikernel.config import load
+    argv, ignored = init.serve_argv("console=ttyS0 ipv4=192.0.2.2/24 ipv4-gateway=192.0.2.1 "
+                                    "forward=192.0.2.1 forward=192.0.2.9", init.appliance_settings())
+    appliance = parse_serve(argv, load(make_image.REPO / "config.py"))
+    assert ignored == []
+    assert appliance.ipv4 == "192.0.2.2/24" and appliance.ipv4_gateway == "192.0.2.1"
+    assert appliance.forward == ["192.0.2.1", "192.0.2.9"]
+    assert appliance.zones                      # config.py's zones stay
+
+
+def test_partial_checksums_are_completed():
+    from scapy.all import IP, TCP, UDP, Ether, raw
+    for l4, field_at in ((UDP(sport=5353, dport=53) / b"query", 6), (TCP(sport=40000, dport=53, flags="PA") / b"xy", 16)):
+        good = raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
+                   IP(src="192.0.2.1", dst="192.0.2.2") / l4)
+        partial = bytearray(good)
+        partial[34 + field_at:36 + field_at] = b"\x12\x34"      # what CHECKSUM_PARTIAL leaves there
+        assert init.complete_checksum(bytes(partial)) == good
+    arp = raw(Ether(type=0x0806) / (b"\x00" * 46))
+    assert init.complete_checksum(arp) == arp                   # not IPv4: unchanged
+    fragment = bytearray(raw(Ether() / IP(src="192.0.2.1", dst="192.0.2.2", flags="MF") / UDP() / b"x"))
+    assert init.complete_checksum(bytes(fragment)) == bytes(fragment)
+    assert init.complete_checksum(b"\x00" * 20) == b"\x00" * 20  # too short: unchanged, no exception
+
+
+# -- the cpio writer ----------------------------------------------------------------
+
+def test_cpio_is_sorted_root_owned_and_fixed_time():
+    out = BytesIO()
+    cpio.write(out, [cpio.Entry("b", 0o100644, b"xyz"), cpio.directory("a"),
+                     cpio.Entry("a/x", 0o100755, b"1"), cpio.char_device("dev/console", 5, 1)], mtime=1234)
+    data = out.getvalue()
+    assert len(data) % 4 == 0
+    members = cpio.read(data)
+    assert [m[0] for m in members] == ["a", "a/x", "b", "dev/console"]
+    assert all(m[3] == 1234 for m in members)
+    assert stat.S_ISCHR(members[3][1])
+    # uid and gid fields (the 4th and 5th of 13) are zero in every header
+    for pos in range(len(data)):
+        if data.startswith(b"070701", pos):
+            assert data[pos + 6 + 16:pos + 6 + 32] == b"0" * 16
+    with pytest.raises(ValueError):
+        cpio.write(BytesIO(), [cpio.Entry("x", 0o100644, b"1"), cpio.Entry("x", 0o100644, b"2")])
+
+
+# -- the built image -------------------------------------------------------------------
+
+@needs_build_tools
+def test_two_builds_give_identical_bytes(image, tmp_path):
+    again = make_image.build(tmp_path / "again", make_image.packages.CACHE, force=True)
+    for name in ("dns.vmlinuz", "dns.initrd"):
+        assert (tmp_path / "again" / name).read_bytes() == (make_image.IMAGES / name).read_bytes(), name
+    assert again["initrd"]["sha256"] == image["initrd"]["sha256"]
+
+
+@needs_build_tools
+def test_initramfs_contents(image):
+    raw = lzma.decompress((make_image.IMAGES / "dns.initrd").read_bytes())
+    members = {name: (mode, data, mtime) for name, mode, data, mtime in cpio.read(raw)}
+    assert list(members) == sorted(members)
+    assert {mtime for _, _, mtime in members.values()} == {make_image.packages.SOURCE_DATE_EPOCH}
+    mode, data, _ = members["init"]
+    assert stat.S_ISREG(mode) and mode & 0o111 and data.startswith(b"#!/usr/bin/python3.11 -S")
+    assert stat.S_ISCHR(members["dev/console"][0])
+    assert "usr/bin/python3.11" in members and "lib64/ld-linux-x86-64.so.2" in members
+    assert not any(n.endswith(".py") and n.startswith("usr/lib") for n in members)   # sources stay out
+
+    # the stdlib zip holds unchecked-hash pycs only (PEP 552 flags == 0b01)
+    stdlib = zipfile.ZipFile(BytesIO(members["usr/lib/python311.zip"][1]))
+    names = stdlib.namelist()
+    assert names == sorted(names) and all(n.endswith(".pyc") for n in names)
+    assert "asyncio/__init__.pyc" in names and "encodings/utf_8.pyc" in names
+    assert "ssl.pyc" not in names and "tkinter/__init__.pyc" not in names
+    for n in names[:20]:
+        assert int.from_bytes(stdlib.read(n)[4:8], "little") == 0b01
+
+    app = zipfile.ZipFile(BytesIO(members["app/app.zip"][1])).namelist()
+    assert "unikernel/main.pyc" in app and "netstack/stack.pyc" in app and "dns/message.pyc" in app
+    assert "app/config.py" in members and "app/data/d1.signpo.st.zone" in members
+
+    # every module comes after the ones its depends= names
+    order = members["lib/modules/load-order"][1].decode().split()
+    assert "virtio_net.ko" in order and "virtio_pci.ko" in order and "xen_netfront.ko" in order
+    for position, name in enumerate(order):
+        blob = members[f"lib/modules/{name}"][1]
+        depends = blob.split(b"\0depends=")[1].split(b"\0")[0].decode() if b"\0depends=" in blob else ""
+        for dep in filter(None, depends.split(",")):
+            assert order.index(f"{dep.replace('-', '_')}.ko") < position, (name, dep)
+
+
+@needs_build_tools
+def test_size_target(image):
+    total = image["kernel"]["bytes"] + image["initrd"]["bytes"]
+    assert total <= 16_000_000, f"kernel + initrd = {total / 1e6:.2f} MB, the target is 16 MB"
+
+
+# -- Xen ------------------------------------------------------------------------------
+
+def test_xen_config_is_a_pvh_guest(tmp_path):
+    text = xen.guest_config(tmp_path, ipv4="192.0.2.2/24", gateway="192.0.2.1", forward=["192.0.2.1"])
+    cfg = xen.parse(text)
+    assert cfg["type"] == "pvh"
+    assert cfg["kernel"] == f"{tmp_path}/dns.vmlinuz" and cfg["ramdisk"] == f"{tmp_path}/dns.initrd"
+    assert cfg["memory"] == 128 and cfg["vcpus"] == 1
+    assert cfg["vif"] == ["bridge=xenbr0"]
+    assert cfg["on_reboot"] == cfg["on_crash"] == cfg["on_poweroff"] == "destroy"
+    words = cfg["cmdline"].split()
+    assert "console=hvc0" in words and "ipv4=192.0.2.2/24" in words and "forward=192.0.2.1" in words
+    # the command line is what PID 1 understands
+    argv, ignored = init.serve_argv(cfg["cmdline"], init.appliance_settings())
+    assert argv == ["--ipv4", "192.0.2.2/24", "--ipv4-gateway", "192.0.2.1", "--forward", "192.0.2.1"]
+    assert ignored == []
+
+
+def test_xen_parse_refuses_what_xl_would():
+    with pytest.raises(ValueError):
+        xen.parse('kernel = /unquoted/path\n')
+    with pytest.raises(ValueError):
+        xen.parse('memory = 128\nmemory = 64\n')
+
+
+@needs_build_tools
+def test_built_xen_config_points_at_the_images(image):
+    cfg = xen.parse((make_image.IMAGES / "dns.xl").read_text())
+    for key in ("kernel", "ramdisk"):
+        assert (make_image.IMAGES / cfg[key].rsplit("/", 1)[1]).exists()
+    assert "xen_netfront.ko" in image["kernel_modules"]
