@@ -1,14 +1,15 @@
 """The image without booting it: reproducibility, contents, the Xen config, and
 PID 1's command-line handling.
 
-The contents are checked with tools that are not the builder's: Python's lzma
-and zipfile, readelf-free ELF parsing is the builder's own, so module order is
-checked against the ``depends=`` strings found by a plain byte search.
+The contents are checked with tools that are not the builder's where it
+matters: the zstd command and Python's zipfile unpack the image, and the
+kernel module order is checked against the ``depends=`` strings found by a
+plain byte search rather than by the builder's ELF reader.
 """
 from __future__ import annotations
 
-import lzma
 import stat
+import subprocess
 import zipfile
 from io import BytesIO
 
@@ -69,21 +70,6 @@ def test_kernel_command_line_becomes_the_appliance():
     assert appliance.zones                      # config.py's zones stay
 
 
-def test_partial_checksums_are_completed():
-    from scapy.all import IP, TCP, UDP, Ether, raw
-    for l4, field_at in ((UDP(sport=5353, dport=53) / b"query", 6), (TCP(sport=40000, dport=53, flags="PA") / b"xy", 16)):
-        good = raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") /
-                   IP(src="192.0.2.1", dst="192.0.2.2") / l4)
-        partial = bytearray(good)
-        partial[34 + field_at:36 + field_at] = b"\x12\x34"      # what CHECKSUM_PARTIAL leaves there
-        assert init.complete_checksum(bytes(partial)) == good
-    arp = raw(Ether(type=0x0806) / (b"\x00" * 46))
-    assert init.complete_checksum(arp) == arp                   # not IPv4: unchanged
-    fragment = bytearray(raw(Ether() / IP(src="192.0.2.1", dst="192.0.2.2", flags="MF") / UDP() / b"x"))
-    assert init.complete_checksum(bytes(fragment)) == bytes(fragment)
-    assert init.complete_checksum(b"\x00" * 20) == b"\x00" * 20  # too short: unchanged, no exception
-
-
 # -- the cpio writer ----------------------------------------------------------------
 
 def test_cpio_is_sorted_root_owned_and_fixed_time():
@@ -116,13 +102,16 @@ def test_two_builds_give_identical_bytes(image, tmp_path):
 
 @needs_build_tools
 def test_initramfs_contents(image):
-    raw = lzma.decompress((make_image.IMAGES / "dns.initrd").read_bytes())
+    raw = subprocess.run(["zstd", "-dc", str(make_image.IMAGES / "dns.initrd")], capture_output=True,
+                         check=True).stdout
     members = {name: (mode, data, mtime) for name, mode, data, mtime in cpio.read(raw)}
     assert list(members) == sorted(members)
     assert {mtime for _, _, mtime in members.values()} == {make_image.packages.SOURCE_DATE_EPOCH}
     mode, data, _ = members["init"]
     assert stat.S_ISREG(mode) and mode & 0o111 and data.startswith(b"#!/usr/bin/python3.11 -S")
     assert stat.S_ISCHR(members["dev/console"][0])
+    mode, helper, _ = members["sbin/poweroff"]                 # what `xl shutdown` makes the kernel run
+    assert mode & 0o111 and helper.startswith(b"#!/usr/bin/python3.11") and b"SIGTERM" in helper
     assert "usr/bin/python3.11" in members and "lib64/ld-linux-x86-64.so.2" in members
     assert not any(n.endswith(".py") and n.startswith("usr/lib") for n in members)   # sources stay out
 
@@ -186,3 +175,34 @@ def test_built_xen_config_points_at_the_images(image):
     for key in ("kernel", "ramdisk"):
         assert (make_image.IMAGES / cfg[key].rsplit("/", 1)[1]).exists()
     assert "xen_netfront.ko" in image["kernel_modules"]
+
+
+# -- boot.py's choices --------------------------------------------------------------
+
+def test_boot_without_a_tap_uses_user_networking_and_keeps_upstreams_local(monkeypatch):
+    import argparse
+
+    import boot
+    import qemu
+    from unikernel.config import Appliance
+    appliance = Appliance(ipv4="192.168.1.2/24", ipv4_gateway="192.168.1.1", forward=["192.168.1.1"],
+                          tap="no-such-tap0")
+    net, options, hint = boot.plan(argparse.Namespace(mode="auto", tap=None, port=5353), appliance)
+    assert isinstance(net, qemu.User) and net.host_port == 5353
+    # the tap-side upstream becomes the host's loopback (slirp's 10.0.2.2), never the host's LAN
+    assert options.split() == ["ipv4=10.0.2.15/24", "ipv4-gateway=10.0.2.2", "forward=10.0.2.2"]
+    assert "dig @127.0.0.1 -p 5353" in hint
+    args = qemu.netdev_args(net)
+    assert "hostfwd=udp:127.0.0.1:5353-10.0.2.15:53" in args[1] and "restrict" not in args[1]
+
+    net, options, hint = boot.plan(argparse.Namespace(mode="tap", tap="tap7", port=5353), appliance)
+    assert net == qemu.Tap("tap7")
+    assert options.split() == ["ipv4=192.168.1.2/24", "ipv4-gateway=192.168.1.1", "forward=192.168.1.1"]
+    assert hint.startswith("dig @192.168.1.2 ")
+
+
+def test_crng_time_is_read_from_the_kernel_log():
+    log = ["6,1,0,-;Linux version 6.1.0", "5,233,81024,-;random: crng init done", "6,300,3440878,-;Run /init"]
+    assert init.crng_ready_at(log) == pytest.approx(0.081024)
+    assert init.crng_ready_at(["6,1,0,-;Linux version", "garbage", "5,2,x,-;random: crng init done"]) is None
+    assert init.crng_ready_at([]) is None

@@ -15,6 +15,7 @@ Timings are reported, never asserted.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def start_upstream(ns: Namespace, tmp: Path):
     return ns.popen("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll",
                     f"--listen-address={HOST}", "--bind-interfaces", "--port=53", "--user=root",
                     f"--pid-file={tmp / 'dnsmasq.pid'}", "--log-facility=-",
-                    f"--address=/{UPSTREAM_NAME.rstrip('.')}/{UPSTREAM_ADDRESS}")
+                    f"--address=/{UPSTREAM_NAME.rstrip('.')}/{UPSTREAM_ADDRESS}",
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def report(capsys, text: str) -> None:

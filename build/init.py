@@ -1,0 +1,451 @@
+#!/usr/bin/python3.11 -SuE
+"""PID 1 of the appliance image: the boot glue between the kernel and ``main``.
+
+The kernel here is only the NIC driver. This program runs in two stages, both
+as PID 1:
+
+stage 1 ("boot"): mount /proc, /sys and devtmpfs; turn Ctrl-Alt-Del into a
+  signal; disable IPv6 before any NIC exists and never give the NIC an IPv4
+  address, so the kernel's own stack stays off the wire; load the NIC modules
+  (finit_module through ctypes, in the order the image builder worked out from
+  the modules' ``depends=``); wait until the kernel RNG is ready; then exec
+  stage 2. The interpreter that runs stage 1 may have started before the RNG
+  was ready (its hash seed then came from the unready /dev/urandom); that is
+  harmless here because stage 1 reads no input from the network. When the
+  kernel log proves the RNG was ready before /init started (RDRAND with
+  random.trust_cpu, as under KVM or QEMU's ``-cpu max``), stage 2 runs in the
+  same interpreter instead: its seed is already good.
+
+stage 2 ("serve"): a fresh interpreter, started after the RNG is ready, so
+  its hash seed (query names are attacker-chosen dict keys) and every query ID
+  and port it draws are unpredictable. It reads the options from the kernel
+  command line (``ipv4=ADDR/PREFIX ipv4-gateway=ADDR forward=ADDR ...``, the
+  unix target's flag names), opens AF_PACKET on eth0 and runs ``serve``.
+
+Every exit path powers the machine off: SIGTERM, Ctrl-Alt-Del (SIGINT) and the
+end of ``serve`` cleanly; an error after printing its cause. PID 1 never exits,
+so the kernel never panics on its account.
+
+The module is importable (tests use ``kernel_words`` and ``serve_argv``); it
+only acts when run as /init.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+APP = "/app"
+APP_ZIP = "/app/app.zip"
+CONFIG = "/app/config.py"
+MODULES = "/lib/modules"
+NIC = "eth0"
+NIC_WAIT_SECONDS = 10.0
+STAGE_VARIABLE = "DNS_APPLIANCE_STAGE"
+
+# <linux/reboot.h>
+LINUX_REBOOT_MAGIC1 = 0xFEE1DEAD
+LINUX_REBOOT_MAGIC2 = 0x28121969
+LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+LINUX_REBOOT_CMD_CAD_OFF = 0x00000000
+SYS_FINIT_MODULE = 313            # x86-64
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+
+# Words of the kernel command line that belong to the kernel, never to us,
+# even if a future appliance setting had the same name.
+KERNEL_WORDS = frozenset({
+    "console", "panic", "quiet", "loglevel", "init", "rdinit", "root", "ro", "rw",
+    "earlyprintk", "debug", "nokaslr", "mitigations", "noapic", "acpi", "noreplace-smp",
+    "tsc", "clocksource", "initrd", "mem", "maxcpus", "nosmp", "printk", "rootfstype",
+})
+HOST_OPTIONS = frozenset({"--tap", "--pcap", "--config", "--help"})
+TRUE_WORDS = {"1", "yes", "true", "on", ""}
+FALSE_WORDS = {"0", "no", "false", "off"}
+
+
+def log(message: str) -> None:
+    """One line on the serial console, stamped with seconds since boot."""
+    try:
+        with open("/proc/uptime") as f:
+            stamp = f.read().split()[0]
+    except OSError:
+        stamp = "?"
+    print(f"[init {stamp}] {message}", flush=True)
+
+
+# -- the kernel command line -------------------------------------------------
+
+def kernel_words(cmdline: str) -> list[tuple[str, str | None]]:
+    """Splits /proc/cmdline into (name, value) pairs in order; value None for a
+    bare word. Double quotes group a value with spaces, as the kernel's own
+    parser allows (``name="a b"``)."""
+    words: list[str] = []
+    current: list[str] = []
+    quoted = False
+    started = False
+    for ch in cmdline:
+        if ch == '"':
+            quoted = not quoted
+            started = True
+        elif ch.isspace() and not quoted:
+            if started:
+                words.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        words.append("".join(current))
+    out: list[tuple[str, str | None]] = []
+    for word in words:
+        if word == "--":          # everything after "--" is init's argv; we read it all the same
+            continue
+        name, eq, value = word.partition("=")
+        out.append((name, value if eq else None))
+    return out
+
+
+def serve_argv(cmdline: str, settings: dict[str, bool]) -> tuple[list[str], list[str]]:
+    """Turns the kernel command line into the unix target's argv.
+
+    ``settings`` maps each flag name the appliance understands (``ipv4``,
+    ``ipv4-gateway``, ``forward``...) to whether it is a boolean switch.
+    ``name=value`` becomes ``--name value`` (repeatable: ``forward=`` may
+    appear several times); a boolean is ``name``, ``name=1`` or ``name=0``.
+    Returns (argv, ignored): words that are neither ours nor the kernel's are
+    reported, so a typo does not pass silently."""
+    argv: list[str] = []
+    ignored: list[str] = []
+    for name, value in kernel_words(cmdline):
+        flag = name.replace("_", "-")
+        if name in KERNEL_WORDS or "." in name:
+            continue
+        if flag not in settings:
+            ignored.append(name if value is None else f"{name}={value}")
+            continue
+        if settings[flag]:
+            v = (value or "").lower()
+            if v in TRUE_WORDS:
+                argv.append(f"--{flag}")
+            elif v not in FALSE_WORDS:
+                ignored.append(f"{name}={value}")
+        elif value is None or value == "":
+            ignored.append(name)
+        else:
+            argv += [f"--{flag}", value]
+    return argv, ignored
+
+
+def appliance_settings() -> dict[str, bool]:
+    """The unix target's ``serve`` options as flag names -> whether each is a
+    switch (takes no value), read from its own parser, so a new flag needs no
+    change here. Options about the host (--tap, --pcap, --config) are not
+    settable from a VM's command line."""
+    from unikernel.cli import build_parser
+    serve = next(action.choices["serve"] for action in build_parser()._actions
+                 if getattr(action, "choices", None) and "serve" in action.choices)
+    out = {}
+    for action in serve._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option not in HOST_OPTIONS:
+                out[option[2:]] = action.nargs == 0
+    return out
+
+
+# -- system calls ------------------------------------------------------------
+
+class System:
+    """The few system calls PID 1 needs that the os module does not offer."""
+
+    def __init__(self) -> None:
+        import ctypes
+        self.ctypes = ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.syscall.restype = ctypes.c_long
+        self.libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+
+    def _check(self, result: int, what: str) -> None:
+        if result != 0:
+            errno = self.ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    def mount(self, source: str, target: str, fstype: str, flags: int = 0) -> None:
+        os.makedirs(target, exist_ok=True)
+        self._check(self.libc.mount(source.encode(), target.encode(), fstype.encode(), flags, None),
+                    f"mount {fstype} on {target}")
+
+    def finit_module(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            c = self.ctypes
+            self._check(self.libc.syscall(c.c_long(SYS_FINIT_MODULE), c.c_int(fd), c.c_char_p(b""),
+                                          c.c_int(0)), f"finit_module {os.path.basename(path)}")
+        finally:
+            os.close(fd)
+
+    def reboot(self, command: int) -> None:
+        c = self.ctypes
+        self._check(self.libc.reboot(c.c_int(command)), "reboot")
+
+
+def power_off(system: System | None, reason: str) -> None:
+    """Never returns: syncs and powers off; if even that fails, sleeps forever
+    rather than letting PID 1 exit (which would panic the kernel)."""
+    log(f"poweroff: {reason}")
+    try:
+        os.sync()
+        (system or System()).reboot(LINUX_REBOOT_CMD_POWER_OFF)
+    except BaseException as e:      # noqa: BLE001 - nothing may escape PID 1
+        log(f"poweroff failed: {e!r}")
+    while True:
+        time.sleep(3600)
+
+
+# -- stage 1 -----------------------------------------------------------------
+
+def mount_filesystems(system: System) -> None:
+    for source, target, fstype, flags in (
+        ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+        ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+        ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID),
+    ):
+        try:
+            system.mount(source, target, fstype, flags)
+        except OSError as e:
+            if e.errno != 16:           # EBUSY: already mounted (the kernel may automount devtmpfs)
+                raise
+
+
+def write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def keep_kernel_off_the_wire() -> None:
+    """IPv6 off for every interface created from now on (and existing ones):
+    no link-local address, no DAD, no router solicitations. IPv4 needs nothing:
+    the kernel never gets an address, so it answers no ARP and no packet."""
+    for scope in ("default", "all"):
+        write_sysctl(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "1")
+
+
+def load_modules(system: System, folder: str = MODULES) -> list[str]:
+    """Loads the modules listed in ``load-order``; ENODEV (a driver with no
+    device, e.g. xen-netfront under QEMU) and EEXIST are not errors."""
+    loaded = []
+    try:
+        with open(os.path.join(folder, "load-order")) as f:
+            names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return loaded
+    for name in names:
+        try:
+            system.finit_module(os.path.join(folder, name))
+            loaded.append(name)
+        except OSError as e:
+            if e.errno not in (17, 19):       # EEXIST, ENODEV
+                log(f"modules: {name}: {e.strerror}")
+    return loaded
+
+
+def wait_for_rng() -> float:
+    """Blocks until the kernel's RNG is initialised; returns the seconds it took.
+    Linux >= 5.18 makes a blocking getrandom() generate jitter entropy itself,
+    so this ends even without a hardware RNG; virtio-rng or RDRAND make it
+    immediate."""
+    start = time.monotonic()
+    try:
+        os.getrandom(1, os.GRND_NONBLOCK)
+        return 0.0
+    except BlockingIOError:
+        log("rng: waiting for the kernel RNG to be ready")
+    os.getrandom(1)
+    return time.monotonic() - start
+
+
+def crng_ready_at(kernel_log: list[str]) -> float | None:
+    """Seconds since boot at which the kernel said "crng init done", from
+    /dev/kmsg records ("PRIORITY,SEQUENCE,MICROSECONDS,FLAGS;MESSAGE")."""
+    for record in kernel_log:
+        head, _, message = record.partition(";")
+        if message.startswith("random: crng init done"):
+            fields = head.split(",")
+            if len(fields) >= 3 and fields[2].isdigit():
+                return int(fields[2]) / 1e6
+    return None
+
+
+def started_at() -> float:
+    """Seconds since boot at which this process started (/proc/self/stat's
+    starttime, in clock ticks, rounded down)."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def read_kernel_log(limit: int = 4096) -> list[str]:
+    records = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        for _ in range(limit):
+            try:
+                records.append(os.read(fd, 8192).decode(errors="replace"))
+            except BlockingIOError:
+                break
+            except OSError:         # EPIPE: a record was overwritten while reading
+                continue
+    finally:
+        os.close(fd)
+    return records
+
+
+def rng_ready_before_we_started(margin: float = 0.05) -> bool:
+    """True only when the kernel log proves the RNG was ready before this
+    interpreter started, i.e. before it drew its hash seed. Anything unclear
+    (no such line, unreadable log) is False: then stage 2 gets a fresh
+    interpreter."""
+    try:
+        ready = crng_ready_at(read_kernel_log())
+        return ready is not None and ready + margin < started_at()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def stage_boot() -> None:
+    system = None
+    try:
+        system = System()
+        mount_filesystems(system)
+        system.reboot(LINUX_REBOOT_CMD_CAD_OFF)   # Ctrl-Alt-Del now sends SIGINT to PID 1
+        keep_kernel_off_the_wire()
+        loaded = load_modules(system)
+        log(f"modules: {' '.join(loaded) or 'none'}")
+        waited = wait_for_rng()
+        log(f"rng: ready{f' after {waited:.1f} s' if waited else ''}")
+    except BaseException as e:      # noqa: BLE001 - PID 1 must not exit
+        import traceback
+        traceback.print_exc()
+        power_off(system, f"fatal: {type(e).__name__}: {e}")
+    if rng_ready_before_we_started():
+        # this interpreter's hash seed already came from a ready RNG (RDRAND,
+        # or a host that seeded the guest): serve from here, saving a start
+        log("rng: was ready before /init started; serving from this interpreter")
+        stage_serve()
+        return
+    try:
+        # a fresh interpreter, seeded by the ready RNG; a clean environment,
+        # since the kernel passes unknown cmdline words as variables
+        os.execve(sys.executable, [sys.executable, "-SuE", "/init"],
+                  {STAGE_VARIABLE: "serve", "PATH": "/usr/bin", "HOME": "/"})
+    except BaseException as e:      # noqa: BLE001 - PID 1 must not exit
+        import traceback
+        traceback.print_exc()
+        power_off(system, f"fatal: {type(e).__name__}: {e}")
+
+
+# -- stage 2 -----------------------------------------------------------------
+
+def wait_for_nic(name: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(f"/sys/class/net/{name}"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stage_serve() -> None:
+    system = System()
+    try:
+        import asyncio
+        import signal
+        sys.path.insert(0, APP_ZIP)
+        sys.path.insert(1, APP)
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
+        import logging
+
+        from unikernel.cli import UsageError, parse_serve
+        from unikernel.config import ConfigError, load
+        from unikernel.main import check, serve
+        from netstack.link.packet import PacketLink
+
+        argv, ignored = serve_argv(cmdline, appliance_settings())
+        if ignored:
+            log(f"cmdline: ignored (not an appliance setting): {' '.join(ignored)}")
+        log(f"cmdline: {' '.join(argv) or '(config.py as built)'}")
+        try:
+            appliance = parse_serve(argv, load(CONFIG))
+            check(appliance)
+        except (UsageError, ConfigError) as e:
+            power_off(system, f"fatal: bad kernel command line or config: {' '.join(str(e).split())}")
+        logging.basicConfig(level=logging.INFO if appliance.log_queries else logging.WARNING,
+                            format="%(name)s: %(message)s", stream=sys.stdout)
+        if not wait_for_nic(NIC, NIC_WAIT_SECONDS):
+            power_off(system, f"fatal: no {NIC} after {NIC_WAIT_SECONDS:.0f} s (is there a virtio-net or Xen vif?)")
+
+        async def run() -> str:
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            why: list[str] = []
+
+            def request(name: str) -> None:
+                why.append(name)
+                stop.set()
+            loop.add_signal_handler(signal.SIGTERM, request, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, request, "ctrl-alt-del")
+            link = PacketLink(NIC, mtu=appliance.mtu)
+            await serve(appliance, link, stop=stop,
+                        ready=lambda line: log(line))
+            return why[0] if why else "serve returned"
+
+        reason = asyncio.run(run())
+        power_off(system, f"clean ({reason})")
+    except BaseException as e:      # noqa: BLE001 - PID 1 must not exit
+        import traceback
+        traceback.print_exc()
+        power_off(system, f"fatal: {type(e).__name__}: {e}")
+
+
+def list_imports() -> None:
+    """Build time, not boot time: imports what stage 2 imports, checks the
+    built-in configuration as stage 2 does (parsing its zones and hosts
+    files), imports every module of the packages named in
+    DNS_APPLIANCE_IMPORT_ALL (dnspython imports record types lazily, at the
+    first query that needs one, and they need standard modules of their own),
+    then prints every loaded module and its file. The image builder keeps the
+    standard library modules named here."""
+    import importlib
+    import pkgutil
+    for name in sys.argv[2:]:
+        importlib.import_module(name)
+    for package in filter(None, os.environ.get("DNS_APPLIANCE_IMPORT_ALL", "").split(",")):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            try:
+                importlib.import_module(info.name)
+            except Exception:       # noqa: BLE001 - optional extras (trio, aioquic, cryptography...)
+                pass
+    from unikernel.cli import parse_serve
+    from unikernel.config import load
+    from unikernel.main import check
+    check(parse_serve([], load(os.environ.get("DNS_APPLIANCE_CONFIG", CONFIG))))
+    appliance_settings()
+    for name, module in sorted(sys.modules.items()):
+        print(name, getattr(module, "__file__", None) or "")
+
+
+def main() -> None:
+    if os.getpid() != 1:
+        if sys.argv[1:2] == ["list-imports"]:
+            list_imports()
+            return
+        sys.exit("init: this is PID 1 of the appliance image; run it with `make boot`")
+    if os.environ.get(STAGE_VARIABLE) == "serve":
+        stage_serve()
+    else:
+        stage_boot()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""``make image``: config.py, the code and data/ become images/dns.vmlinuz,
+images/dns.initrd and images/dns.xl.
+
+Steps (each shown as it runs):
+
+1. fetch   the pinned Debian packages (apt-get download) and the dnspython
+           wheel (pip download) into the cache, checking their SHA-256;
+2. unpack  them with dpkg-deb -x into the cache (once per pin set);
+3. record  which standard library modules the appliance imports, by running
+           build/init.py's ``list-imports`` stage with the image's own
+           interpreter: it imports what PID 1 imports and loads config.py
+           (so dnspython imports the record types the zones use). The list
+           is generated on every build, never maintained by hand;
+4. compile those modules, and the appliance's own code with dnspython, into
+           unchecked-hash .pyc zips (build/pyzip.py, run by that interpreter);
+5. collect the interpreter, its extension modules and the shared libraries
+           they need (read from DT_NEEDED, not guessed), the NIC kernel
+           modules and everything they depend on (read from ``depends=``);
+6. pack    a sorted newc cpio with fixed times and root ownership, compressed
+           with zstd -19 (see packages.COMPRESSOR for the measurements): the
+           same inputs give the same bytes;
+7. write   the Xen PVH guest config, and print a summary of what takes space.
+
+A build whose inputs have not changed since the last one is skipped
+(``--force`` rebuilds).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+BUILD = Path(__file__).resolve().parent
+REPO = BUILD.parent
+sys.path.insert(0, str(BUILD))
+
+import cpio  # noqa: E402
+import elf  # noqa: E402
+import packages  # noqa: E402
+import xen  # noqa: E402
+
+IMAGES = REPO / "images"
+APP_PACKAGES = ("unikernel", "netstack")
+# Modules stage 2 imports (build/init.py); list-imports imports them, then
+# records everything that came with them.
+SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet",
+                 "asyncio", "signal", "ctypes", "traceback", "logging", "importlib")
+# Packages kept whole, whatever the recording saw: codec lookups by name and
+# dnspython's record types are imported lazily, at the first query that needs them.
+WHOLE_STDLIB_PACKAGES = ("encodings",)
+# Imported, but optional for their importers, and costly: each is left out
+# on purpose, and the build checks (step 4) that the appliance still imports.
+LEFT_OUT = {
+    "ssl": "asyncio imports it inside try/except ImportError; the appliance does no TLS",
+    "_ssl": "with ssl; needs libssl3 + libcrypto (~5 MB)",
+    "_hashlib": "hashlib falls back to the built-in _sha*/_md5/_blake2 without OpenSSL",
+    "bz2": "zipfile and shutil (pulled in by importlib.metadata) tolerate its absence",
+    "_bz2": "with bz2; needs libbz2",
+    "lzma": "zipfile and shutil tolerate its absence",
+    "_lzma": "with lzma; needs liblzma",
+}
+LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+PYLIB = f"usr/lib/{packages.PYTHON}"
+
+
+POWEROFF_HELPER = b"""#!/usr/bin/python3.11 -SE
+# run by the kernel for an orderly poweroff (e.g. Xen's `xl shutdown`): PID 1 does it
+import os, signal
+os.kill(1, signal.SIGTERM)
+"""
+
+
+class BuildError(Exception):
+    """A build that cannot go on; the message says why and what to do."""
+
+
+class Progress:
+    """Numbered steps with their duration, and a live line for long loops when
+    the output is a terminal."""
+
+    def __init__(self, total: int, out=sys.stdout) -> None:
+        self.total, self.out, self.n = total, out, 0
+        self.live = out.isatty()
+        self.began = time.monotonic()
+        self.step_began = self.began
+
+    def step(self, title: str) -> None:
+        self.n += 1
+        self.step_began = time.monotonic()
+        print(f"image [{self.n}/{self.total}] {title}", file=self.out, flush=True)
+
+    def item(self, text: str, done: int, of: int) -> None:
+        if self.live:
+            bar = "#" * (20 * done // max(of, 1))
+            print(f"\r      [{bar:<20}] {done}/{of} {text[:50]:<50}", end="", file=self.out, flush=True)
+            if done == of:
+                print(file=self.out)
+        else:
+            print(f"      {done}/{of} {text}", file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"      {text}", file=self.out, flush=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+
+# -- 1. fetch ----------------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_deb(deb: packages.Deb, cache: Path) -> Path:
+    folder = cache / "debs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / deb.filename
+    if path.exists() and sha256(path) == deb.sha256:
+        return path
+    path.unlink(missing_ok=True)
+    result = subprocess.run(["apt-get", "download", "-q", f"{deb.name}={deb.version}"], cwd=folder,
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not path.exists():
+        raise BuildError(f"apt-get download {deb.name}={deb.version} failed:\n{result.stderr.strip()}\n"
+                         f"(the mirror may have moved on: `apt-cache policy {deb.name}` shows what it "
+                         f"has; update the pin in build/packages.py)")
+    got = sha256(path)
+    if got != deb.sha256:
+        raise BuildError(f"{deb.filename}: SHA-256 {got}, pinned {deb.sha256}")
+    return path
+
+
+def fetch_wheel(wheel: packages.Wheel, cache: Path) -> Path:
+    folder = cache / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / wheel.filename
+    if not (path.exists() and sha256(path) == wheel.sha256):
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                                 "--only-binary", ":all:", "-d", str(folder),
+                                 f"{wheel.name}=={wheel.version}"], capture_output=True, text=True)
+        if result.returncode != 0 or not path.exists():
+            raise BuildError(f"pip download {wheel.name}=={wheel.version} failed:\n{result.stderr.strip()}")
+        got = sha256(path)
+        if got != wheel.sha256:
+            raise BuildError(f"{wheel.filename}: SHA-256 {got}, pinned {wheel.sha256}")
+    return path
+
+
+# -- 2. unpack ---------------------------------------------------------------
+
+def unpack(debs: list[Path], into: Path) -> Path:
+    """dpkg-deb -x every package into one tree, once: the tree's name is a
+    hash of the packages, and it is renamed into place only when complete."""
+    if into.exists():
+        return into
+    tmp = Path(tempfile.mkdtemp(prefix=into.name + ".", dir=into.parent))
+    try:
+        for deb in debs:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+        tmp.rename(into)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return into
+
+
+def unpack_wheel(wheel: Path, into: Path) -> Path:
+    if not into.exists():
+        tmp = Path(tempfile.mkdtemp(prefix=into.name + ".", dir=into.parent))
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(tmp)
+        tmp.rename(into)
+    return into
+
+
+# -- the image's interpreter, run on the build host ----------------------------
+
+def image_python(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Runs Debian's python3.11 from the unpacked tree through the unpacked
+    dynamic loader and libraries, so no host Python or libc is involved."""
+    environment = {"PYTHONHOME": str(root / "usr"), "PYTHONHASHSEED": "0",
+                   "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C", "PATH": "/usr/bin:/bin"}
+    environment.update(env or {})
+    libs = ":".join(str(root / d) for d in LIB_DIRS)
+    return subprocess.run([str(root / LOADER), "--library-path", libs,
+                           str(root / "usr/bin" / packages.PYTHON), "-S", *args],
+                          env=environment, capture_output=True, text=True, **kw)
+
+
+def check_data_files() -> None:
+    """Only data/ is baked into the image (as /app/data): every zone and hosts
+    file config.py names must be there, or the VM would miss it."""
+    from unikernel.config import load
+    appliance = load(REPO / "config.py")
+    data = (REPO / "data").resolve()
+    for name in [*appliance.zones, *appliance.hosts]:
+        path = appliance.path(name).resolve()
+        if not path.is_relative_to(data):
+            raise BuildError(f"config.py names {name}, which is not in data/ (only data/ goes into the image)")
+        if not path.is_file():
+            raise BuildError(f"config.py names {name}, which does not exist")
+
+
+# -- 3. record ---------------------------------------------------------------
+
+def record_imports(root: Path, dnspython: Path) -> list[tuple[str, str]]:
+    """(module name, file) for every module the appliance loads at start."""
+    result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
+                          env={"PYTHONPATH": f"{REPO}:{dnspython}", "DNS_APPLIANCE_IMPORT_ALL": "dns",
+                               "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
+    if result.returncode != 0:
+        raise BuildError(f"recording the appliance's imports failed (does it import?):\n"
+                         f"{result.stderr.strip()[-3000:]}")
+    out = []
+    for line in result.stdout.splitlines():
+        name, _, file = line.partition(" ")
+        out.append((name, file.strip()))
+    return out
+
+
+def stdlib_selection(root: Path, recorded: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Relative paths under usr/lib/python3.11 of the .py modules to compile,
+    and of the lib-dynload extension modules to copy."""
+    stdlib = root / PYLIB
+    sources: set[str] = set()
+    extensions: set[str] = set()
+    for name, file in recorded:
+        if not file or name in LEFT_OUT:
+            continue
+        path = Path(file)
+        try:
+            rel = path.resolve().relative_to(stdlib.resolve()).as_posix()
+        except ValueError:
+            continue
+        if rel.startswith("lib-dynload/"):
+            extensions.add(rel)
+        elif rel.endswith(".py"):
+            sources.add(rel)
+    for package in WHOLE_STDLIB_PACKAGES:
+        for path in (stdlib / package).rglob("*.py"):
+            sources.add(path.relative_to(stdlib).as_posix())
+    return sorted(sources), sorted(extensions)
+
+
+# -- 4. compile --------------------------------------------------------------
+
+def python_zip(root: Path, files: list[tuple[Path, str, str]], out: Path) -> bytes:
+    """files: (source, member name .pyc, path shown in tracebacks)."""
+    spec = {"out": str(out), "files": [[str(s), m, shown] for s, m, shown in files]}
+    result = image_python(root, str(BUILD / "pyzip.py"), input=json.dumps(spec))
+    if result.returncode != 0:
+        raise BuildError(f"compiling failed:\n{result.stderr.strip()[-3000:]}")
+    return out.read_bytes()
+
+
+def package_sources(base: Path, package: str) -> list[Path]:
+    return sorted(p for p in (base / package).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path) -> None:
+    """Runs list-imports again with nothing but what the image will hold:
+    the two zips and the chosen extension modules. A module the selection
+    missed fails the build here rather than the boot."""
+    home = tmp / "check" / "usr"
+    (home / "lib" / packages.PYTHON / "lib-dynload").mkdir(parents=True)
+    (home / "lib" / "python311.zip").write_bytes(stdlib_zip)
+    for rel in extensions:
+        shutil.copy(root / PYLIB / rel, home / "lib" / packages.PYTHON / rel)
+    (tmp / "check" / "app.zip").write_bytes(app_zip)
+    result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
+                          env={"PYTHONHOME": str(home), "PYTHONPATH": str(tmp / "check" / "app.zip"),
+                               "DNS_APPLIANCE_IMPORT_ALL": "dns",
+                               "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
+    if result.returncode != 0 or result.stderr.strip():
+        raise BuildError("the appliance does not import from the selected modules alone:\n"
+                         f"{result.stderr.strip()[-3000:]}")
+
+
+# -- 5. collect --------------------------------------------------------------
+
+def find_library(root: Path, soname: str) -> Path:
+    for d in LIB_DIRS:
+        candidate = root / d / soname
+        if candidate.exists():
+            return candidate.resolve()
+    raise BuildError(f"shared library {soname} is in none of the pinned packages: add its package "
+                     f"to build/packages.py")
+
+
+def library_closure(root: Path, programs: list[bytes]) -> dict[str, bytes]:
+    """soname -> contents, for every library the programs need, transitively."""
+    found: dict[str, bytes] = {}
+    todo = [n for p in programs for n in elf.needed(p)]
+    while todo:
+        soname = todo.pop()
+        if soname in found:
+            continue
+        data = find_library(root, soname).read_bytes()
+        found[soname] = data
+        todo += elf.needed(data)
+    return found
+
+
+def module_name(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def kernel_modules(kernel_root: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """(file name, contents) of the wanted modules and their dependencies, in
+    an order where each module comes after everything in its ``depends=``."""
+    tree = kernel_root / "lib/modules" / packages.KERNEL_RELEASE / "kernel"
+    index = {module_name(p.name.split(".ko")[0]): p for p in tree.rglob("*.ko*")}
+    ordered: list[tuple[str, bytes]] = []
+    done: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        key = module_name(name)
+        if key in done:
+            return
+        if key in chain:
+            raise BuildError(f"module dependency cycle: {' -> '.join(chain + (key,))}")
+        path = index.get(key)
+        if path is None:
+            raise BuildError(f"kernel module {name} is not in {packages.KERNEL.name}")
+        data = path.read_bytes()
+        if path.name.endswith(".ko.xz"):
+            import lzma
+            data = lzma.decompress(data)
+        info = elf.modinfo(data)
+        for dep in filter(None, ",".join(info.get("depends", [""])).split(",")):
+            visit(dep, chain + (key,))
+        done.add(key)
+        ordered.append((f"{key}.ko", data))
+
+    for name in wanted:
+        visit(name, ())
+    return ordered
+
+
+# -- 6. pack -----------------------------------------------------------------
+
+def compress(data: bytes) -> bytes:
+    result = subprocess.run(list(packages.COMPRESSOR), input=data, capture_output=True, check=True)
+    return result.stdout
+
+
+def input_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.NIC_MODULES,
+                   packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR)).encode())
+    for p in sorted(paths):
+        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def repo_inputs() -> list[Path]:
+    files = [REPO / "config.py", *BUILD.glob("*.py")]
+    for package in APP_PACKAGES:
+        files += package_sources(REPO, package)
+    files += [p for p in (REPO / "data").rglob("*") if p.is_file()]
+    return files
+
+
+def human(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) -> dict:
+    progress = Progress(7)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    digest = input_digest(repo_inputs())
+    stamp = out_dir / ".inputs"
+    outputs = [out_dir / n for n in ("dns.vmlinuz", "dns.initrd", "dns.xl", "dns.manifest.json")]
+    if pvh:
+        outputs.append(out_dir / "dns.vmlinux")
+    if not force and stamp.exists() and stamp.read_text() == digest and all(p.exists() for p in outputs):
+        print(f"image: {out_dir.relative_to(REPO) if out_dir.is_relative_to(REPO) else out_dir} "
+              f"is up to date (inputs unchanged; --force rebuilds)")
+        return json.loads((out_dir / "dns.manifest.json").read_text())
+
+    progress.step("fetch pinned packages")
+    debs = []
+    pins = [packages.KERNEL, *packages.USERSPACE]
+    for i, deb in enumerate(pins, 1):
+        cached = (cache / "debs" / deb.filename).exists()
+        if not cached:
+            progress.note(f"downloading {deb.name}={deb.version} (apt-get download) ...")
+        debs.append(fetch_deb(deb, cache))
+        progress.item(f"{deb.name} {deb.version}{' (cached)' if cached else ''}", i, len(pins))
+    wheel = fetch_wheel(packages.DNSPYTHON, cache)
+    progress.note(f"{packages.DNSPYTHON.filename}")
+
+    progress.step("unpack with dpkg-deb -x")
+    trees = cache / "trees"
+    trees.mkdir(parents=True, exist_ok=True)
+    user_key = hashlib.sha256("".join(d.sha256 for d in packages.USERSPACE).encode()).hexdigest()[:16]
+    root = unpack(debs[1:], trees / f"userspace-{user_key}")
+    kernel_root = unpack(debs[:1], trees / f"kernel-{packages.KERNEL.sha256[:16]}")
+    dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
+    progress.note(f"{root}\n      {kernel_root}")
+
+    check_data_files()
+    progress.step("record the modules the appliance imports")
+    recorded = record_imports(root, dnspython)
+    sources, extensions = stdlib_selection(root, recorded)
+    progress.note(f"{len(recorded)} modules loaded; keeping {len(sources)} stdlib sources, "
+                  f"{len(extensions)} extension modules: "
+                  f"{' '.join(Path(e).name.split('.')[0] for e in extensions)}")
+
+    progress.step("compile .pyc zips")
+    with tempfile.TemporaryDirectory() as tmp:
+        stdlib_files = [(root / PYLIB / rel, rel[:-3] + ".pyc", f"/{PYLIB}/{rel}") for rel in sources]
+        stdlib_zip = python_zip(root, stdlib_files, Path(tmp) / "stdlib.zip")
+        app_files = []
+        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",))):
+            for package in pkgs:
+                for src in package_sources(base, package):
+                    rel = src.relative_to(base).as_posix()
+                    app_files.append((src, rel[:-3] + ".pyc", f"/app/{rel}"))
+        app_zip = python_zip(root, app_files, Path(tmp) / "app.zip")
+        check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp))
+    progress.note(f"python311.zip {human(len(stdlib_zip))} ({len(stdlib_files)} modules), "
+                  f"app.zip {human(len(app_zip))} ({len(app_files)} modules); "
+                  f"the appliance imports from them alone")
+
+    progress.step("collect interpreter, libraries and kernel modules")
+    entries: list[cpio.Entry] = []
+    groups: dict[str, int] = {}
+
+    def add(group: str, entry: cpio.Entry) -> None:
+        entries.append(entry)
+        groups[group] = groups.get(group, 0) + len(entry.data)
+
+    for d in ("dev", "proc", "sys", "run", "tmp", "app", "lib", "lib64", "lib/modules", "usr", "usr/bin",
+              "usr/lib", PYLIB, f"{PYLIB}/lib-dynload", "lib/x86_64-linux-gnu"):
+        add("structure", cpio.directory(d))
+    # before devtmpfs is mounted: the console for init's stdio, and urandom so
+    # that the first interpreter can start before the kernel RNG is ready
+    add("structure", cpio.char_device("dev/console", 5, 1))
+    add("structure", cpio.char_device("dev/urandom", 1, 9, 0o666))
+    add("structure", cpio.char_device("dev/null", 1, 3, 0o666))
+    init_source = (BUILD / "init.py").read_bytes()
+    add("init", cpio.Entry("init", 0o100755, init_source))
+    # the kernel runs /sbin/poweroff for an orderly shutdown it is asked for
+    # (Xen's `xl shutdown`); it hands the request to PID 1 as SIGTERM
+    add("structure", cpio.directory("sbin"))
+    add("init", cpio.Entry("sbin/poweroff", 0o100755, POWEROFF_HELPER))
+    interpreter = (root / "usr/bin" / packages.PYTHON).read_bytes()
+    add("python interpreter", cpio.Entry(f"usr/bin/{packages.PYTHON}", 0o100755, interpreter))
+    add("python stdlib (.pyc zip)", cpio.Entry("usr/lib/python311.zip", 0o100644, stdlib_zip))
+    ext_data = []
+    for rel in extensions:
+        data = (root / PYLIB / rel).read_bytes()
+        ext_data.append(data)
+        add("python extension modules", cpio.Entry(f"{PYLIB}/{rel}", 0o100644, data))
+    libraries = library_closure(root, [interpreter, *ext_data])
+    for soname, data in sorted(libraries.items()):
+        add("shared libraries", cpio.Entry(f"lib/x86_64-linux-gnu/{soname}", 0o100755, data))
+    loader = (root / LOADER).resolve().read_bytes()
+    add("shared libraries", cpio.Entry(LOADER, 0o100755, loader))
+    add("structure", cpio.Entry("lib64/ld-linux-x86-64.so.2", 0o120777, b"/" + LOADER.encode()))
+    modules = kernel_modules(kernel_root, packages.NIC_MODULES)
+    for name, data in modules:
+        add("kernel modules", cpio.Entry(f"lib/modules/{name}", 0o100644, data))
+    order = "".join(f"{name}\n" for name, _ in modules).encode()
+    add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
+    add("appliance code + dnspython (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    add("config.py + data/", cpio.Entry("app/config.py", 0o100644, (REPO / "config.py").read_bytes()))
+    for entry in cpio.entries_from_tree(REPO / "data"):
+        add("config.py + data/", cpio.Entry(f"app/data/{entry.path}", entry.mode, entry.data))
+    add("config.py + data/", cpio.directory("app/data"))
+    progress.note(f"libraries: {' '.join(sorted(libraries))}; modules: {' '.join(n for n, _ in modules)}")
+
+    progress.step(f"pack initramfs (newc cpio, {packages.COMPRESSOR[0]})")
+    raw = io.BytesIO()
+    cpio.write(raw, entries, mtime=packages.SOURCE_DATE_EPOCH)
+    initrd = compress(raw.getvalue())
+    kernel = (kernel_root / "boot" / f"vmlinuz-{packages.KERNEL_RELEASE}").read_bytes()
+    progress.note(f"cpio {human(len(raw.getvalue()))} -> {packages.COMPRESSOR[0]} {human(len(initrd))}")
+
+    progress.step("write images/")
+    write_atomic(out_dir / "dns.vmlinuz", kernel)
+    write_atomic(out_dir / "dns.initrd", initrd)
+    write_atomic(out_dir / "dns.xl", xen.guest_config(out_dir).encode())
+    (out_dir / "dns.vmlinux").unlink(missing_ok=True)      # never leave one from older inputs
+    if pvh:
+        write_atomic(out_dir / "dns.vmlinux", uncompressed_kernel(kernel))
+        progress.note(f"dns.vmlinux (PVH entry, uncompressed): {human((out_dir / 'dns.vmlinux').stat().st_size)}")
+    manifest = {
+        "kernel": {"file": "dns.vmlinuz", "bytes": len(kernel), "release": packages.KERNEL_RELEASE,
+                   "sha256": hashlib.sha256(kernel).hexdigest()},
+        "initrd": {"file": "dns.initrd", "bytes": len(initrd), "cpio_bytes": len(raw.getvalue()),
+                   "sha256": hashlib.sha256(initrd).hexdigest()},
+        "space": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "stdlib_modules": [s[:-3].replace("/", ".").removesuffix(".__init__") for s in sources],
+        "extension_modules": [Path(e).name.split(".")[0] for e in extensions],
+        "libraries": sorted(libraries),
+        "kernel_modules": [n for n, _ in modules],
+    }
+    write_atomic(out_dir / "dns.manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    stamp.write_text(digest)
+    summary(manifest, progress.elapsed())
+    return manifest
+
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def uncompressed_kernel(bzimage: bytes) -> bytes:
+    """The vmlinux ELF inside a bzImage whose payload is xz (Debian's), for
+    booting through the PVH entry point (``-kernel vmlinux``): no
+    decompression at boot, at the price of a file ~7x larger."""
+    import lzma
+    start = bzimage.find(b"\xfd7zXZ\x00")
+    if start < 0:
+        raise BuildError("the kernel's payload is not xz; cannot extract vmlinux")
+    vmlinux = lzma.LZMADecompressor().decompress(bzimage[start:])
+    notes = elf.section(vmlinux, ".notes") or b""
+    if vmlinux[:4] != b"\x7fELF" or not has_note(notes, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY):
+        raise BuildError("the kernel has no PVH entry point (CONFIG_PVH)")
+    return vmlinux
+
+
+def has_note(notes: bytes, owner: bytes, kind: int) -> bool:
+    import struct
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+        if name == owner and ntype == kind:
+            return True
+        pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def summary(manifest: dict, seconds: float) -> None:
+    k, i = manifest["kernel"]["bytes"], manifest["initrd"]["bytes"]
+    print(f"\nimage: built in {seconds:.1f} s")
+    print(f"  images/dns.vmlinuz  {human(k):>10}   Debian linux {manifest['kernel']['release']} (xz bzImage)")
+    print(f"  images/dns.initrd   {human(i):>10}   {packages.COMPRESSOR[0]} of a "
+          f"{human(manifest['initrd']['cpio_bytes'])} cpio")
+    print(f"  together            {human(k + i):>10}")
+    print("  in the initramfs, before compression:")
+    total = sum(manifest["space"].values())
+    for group, size in manifest["space"].items():
+        print(f"    {group:<40} {human(size):>10} {100 * size / total:5.1f} %")
+    print(f"  images/dns.xl: Xen PVH guest config ({len(manifest['kernel_modules'])} kernel modules, "
+          f"{len(manifest['stdlib_modules'])} stdlib modules)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=IMAGES, help="output folder (default images/)")
+    ap.add_argument("--cache", type=Path, default=packages.CACHE, help="download cache (default %(default)s)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
+    ap.add_argument("--pvh", action="store_true",
+                    help="also write images/dns.vmlinux, the uncompressed kernel for booting through its "
+                         "PVH entry (faster under TCG, ~7x larger)")
+    args = ap.parse_args(argv)
+    try:
+        build(args.out.resolve(), args.cache, force=args.force, pvh=args.pvh)
+    except BuildError as e:
+        print(f"image: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Everything the image is made of that is not in this repository, pinned in one place.
+
+Debian bookworm packages are fetched with ``apt-get download NAME=VERSION``
+(from the host's configured mirrors) and checked against the SHA-256 below;
+nothing is installed on the host. dnspython comes from PyPI as a wheel. All of
+it is cached in ``CACHE`` (outside the repository), so a second build makes no
+network request.
+
+To move to newer packages: ``apt-cache policy NAME`` for the candidate, update
+the version, run ``make image`` once; it prints the new SHA-256 to paste here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("DNS_APPLIANCE_CACHE", Path.home() / ".cache" / "dns-appliance"))
+
+
+@dataclass(frozen=True)
+class Deb:
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        # apt-get download writes the epoch's ":" as "%3a"
+        return f"{self.name}_{self.version.replace(':', '%3a')}_amd64.deb"
+
+
+KERNEL_RELEASE = "6.1.0-57-amd64"
+KERNEL = Deb("linux-image-6.1.0-57-amd64-unsigned", "6.1.192-3",
+             "f43a8dbe0b318a5491880233bb20982dc9cc8ef103dd361cd56499eea15c5191")
+
+PYTHON = "python3.11"
+USERSPACE = (
+    Deb("python3.11-minimal", "3.11.2-6+deb12u9",
+        "b5f855ab922dfcd5d1a3223b2118c3dae13ffc7751b0cd5dc24740386323a33a"),
+    Deb("libpython3.11-minimal", "3.11.2-6+deb12u9",
+        "69f41cfa3f4ba17284e538f843069d7529c53c207d2ae17a5b02785944870e33"),
+    Deb("libpython3.11-stdlib", "3.11.2-6+deb12u9",
+        "10f13e000ee757f5f2d2d3569f9e30546214a0c850acd78695feae373bfa3e53"),
+    Deb("libc6", "2.36-9+deb12u14",
+        "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf"),
+    Deb("zlib1g", "1:1.2.13.dfsg-1",
+        "d7dd1d1411fedf27f5e27650a6eff20ef294077b568f4c8c5e51466dc7c08ce4"),
+    Deb("libexpat1", "2.5.0-1+deb12u5",
+        "cae5ded666d8573dd33060bc66fbac21eea8b101a6b56e2af8bd590fcfa65d79"),
+    Deb("libffi8", "3.4.4-1",
+        "6d9f6c25c30efccce6d4bceaa48ea86c329a3432abb360a141f76ac223a4c34a"),
+    # no libssl3: the image leaves out _ssl and _hashlib (make_image.LEFT_OUT);
+    # a library an extension module needs but no pin provides fails the build.
+)
+
+
+@dataclass(frozen=True)
+class Wheel:
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+
+DNSPYTHON = Wheel("dnspython", "2.9.2", "dnspython-2.9.2-py3-none-any.whl",
+                  "af15f7d385a6ae2fb35a796fde2138004c8c42c7389090e2addc83e3b3340fd8")
+
+# The NIC drivers PID 1 loads, by module name (virtio_pci is the bus driver
+# virtio_net needs to find its device, yet not a "depends" of it); their
+# dependencies are read from
+# each module's ``depends=`` at build time (the .deb ships no modules.dep).
+# virtio-rng feeds the kernel RNG when QEMU offers one (-device virtio-rng-pci).
+NIC_MODULES = ("virtio_pci", "virtio_net", "xen-netfront", "virtio-rng")
+
+# Fixed time stamp for every file in the image (reproducible builds).
+SOURCE_DATE_EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))
+
+# The initramfs compressor. Measured under TCG (first answer, median of 3):
+# xz (8 MiB dictionary, the most the kernel can unpack within 128 MB) 4.96 MB
+# and 9.3 s; zstd -19 5.35 MB and 8.2 s; gzip -9 6.75 MB and 8.2 s. zstd: the
+# speed of gzip at nearly the size of xz. Single-threaded, so the output
+# depends only on the input (and the zstd version).
+COMPRESSOR = ("zstd", "-19", "-T1", "-q", "-c")

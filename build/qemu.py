@@ -1,0 +1,225 @@
+"""QEMU command lines and a running machine, shared by boot.py, floor.py and the tests.
+
+The artefacts in images/ are the interface; this module only spells out the
+QEMU options that boot them: the serial console, the NIC on a tap / user
+networking / a ``dgram`` UDP socket, and a monitor socket for
+``sendkey ctrl-alt-delete``. KVM is used when /dev/kvm can really run a guest
+(it cannot on every host that has the device), else TCG.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = REPO / "images"
+QEMU = "qemu-system-x86_64"
+
+
+
+def kvm_usable() -> bool:
+    """True when QEMU can reset a KVM guest with the host CPU model.
+    /dev/kvm existing is not enough: on some hosts (nested hypervisors) KVM
+    creates vCPUs but QEMU then aborts setting their MSRs. The probe starts a
+    paused machine and quits it (~50 ms). DNS_APPLIANCE_ACCEL=tcg or =kvm
+    overrides the probe."""
+    forced = os.environ.get("DNS_APPLIANCE_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        probe = subprocess.run([QEMU, "-accel", "kvm", "-cpu", "host", "-nodefaults", "-display", "none",
+                                "-S", "-m", "16", "-monitor", "stdio"], input=b"quit\n",
+                               capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def accelerator() -> str:
+    return "kvm" if kvm_usable() else "tcg"
+
+
+@dataclass(frozen=True)
+class Tap:
+    ifname: str
+
+
+@dataclass(frozen=True)
+class User:
+    """QEMU user networking (slirp): no root needed. Forwards host
+    127.0.0.1:PORT (udp and tcp) to the guest's 53. Not ``restrict=on``:
+    slirp then silently drops the replies to forwarded UDP."""
+    host_port: int = 5353
+    guest_ip: str = "10.0.2.15"
+
+
+@dataclass(frozen=True)
+class Dgram:
+    """Raw frames to and from a host UDP socket (QEMU >= 7.2), no root needed."""
+    local: tuple[str, int]
+    remote: tuple[str, int]
+
+
+def netdev_args(net, mac: str | None = None) -> list[str]:
+    if net is None:
+        return ["-nic", "none"]
+    if isinstance(net, Tap):
+        nd = f"tap,id=n0,ifname={net.ifname},script=no,downscript=no"
+    elif isinstance(net, User):
+        nd = (f"user,id=n0,net=10.0.2.0/24,dhcpstart={net.guest_ip},"
+              f"hostfwd=udp:127.0.0.1:{net.host_port}-{net.guest_ip}:53,"
+              f"hostfwd=tcp:127.0.0.1:{net.host_port}-{net.guest_ip}:53")
+    elif isinstance(net, Dgram):
+        nd = (f"dgram,id=n0,local.type=inet,local.host={net.local[0]},local.port={net.local[1]},"
+              f"remote.type=inet,remote.host={net.remote[0]},remote.port={net.remote[1]}")
+    else:
+        raise TypeError(f"unknown network {net!r}")
+    dev = "virtio-net-pci,netdev=n0" + (f",mac={mac}" if mac else "")
+    return ["-netdev", nd, "-device", dev]
+
+
+def command(kernel: Path, initrd: Path, *, memory: int = 128, append: str = "", net=None,
+            monitor: Path | None = None, accel: str | None = None, rng: bool = True,
+            console_on_stdio: bool = False) -> list[str]:
+    """The QEMU argv. The kernel command line always starts with the serial
+    console and ``panic=-1`` (reboot at once on a panic, which ``-no-reboot``
+    turns into QEMU exiting: a dead guest never hangs or loops)."""
+    accel = accel or accelerator()
+    cmd = [QEMU, "-accel", accel, "-m", str(memory), "-nodefaults", "-no-user-config",
+           "-display", "none", "-no-reboot",
+           "-cpu", "host" if accel == "kvm" else "max",
+           "-kernel", str(kernel), "-initrd", str(initrd),
+           "-append", f"console=ttyS0 panic=-1 {append}".strip()]
+    cmd += ["-serial", "mon:stdio" if console_on_stdio else "stdio"]
+    if monitor is not None:
+        cmd += ["-monitor", f"unix:{monitor},server=on,wait=off"]
+    if rng:
+        # a hardware RNG for the guest: its kernel RNG is ready at once
+        cmd += ["-device", "virtio-rng-pci"]
+    cmd += netdev_args(net)
+    return cmd
+
+
+@dataclass
+class Machine:
+    """A QEMU process whose serial console is collected as it runs."""
+    cmd: list[str]
+    monitor: Path | None = None
+    prefix: tuple[str, ...] = ()        # e.g. ("ip", "netns", "exec", NAME): runs QEMU inside a namespace
+    console: bytearray = field(default_factory=bytearray)
+    started: float = 0.0
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Machine":
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([*self.prefix, *self.cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        return self
+
+    def pump(self, wait: float = 0) -> bool:
+        """Reads what the console has; False once QEMU has closed it."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(max(wait, 0)):
+                return True
+        chunk = self.proc.stdout.read()
+        if chunk:
+            self.console += chunk
+            return True
+        return chunk is None   # None: nothing yet; b"": end of file
+
+    def wait_for(self, marker: bytes, timeout: float, since: int = 0) -> float | None:
+        """Seconds from QEMU start until ``marker`` appears on the console after
+        offset ``since``, or None on timeout / QEMU exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.console.find(marker, since) >= 0:
+                return time.monotonic() - self.started
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not self.pump(min(left, 0.2)):
+                return None
+
+    def send_monitor(self, line: str, timeout: float = 10) -> str:
+        """Runs one human-monitor command; returns what the monitor printed.
+        Waits for the prompt before sending and for the next prompt after, so
+        the command has been carried out when this returns."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(timeout)
+                    s.connect(str(self.monitor))
+                    _read_until(s, b"(qemu) ", deadline)
+                    s.sendall(line.encode() + b"\n")
+                    return _read_until(s, b"(qemu) ", deadline).decode(errors="replace")
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)       # QEMU has not opened the socket yet
+
+    def wait_exit(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.pump(0.2)
+        if self.proc.poll() is not None:
+            # QEMU is gone: collect what it wrote before exiting
+            while self._drain():
+                pass
+        return self.proc.poll()
+
+    def _drain(self) -> bool:
+        chunk = self.proc.stdout.read()
+        if chunk:
+            self.console += chunk
+            return True
+        return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "Machine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _read_until(sock: socket.socket, marker: bytes, deadline: float) -> bytes:
+    data = b""
+    while marker not in data:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = sock.recv(4096)
+        if not chunk:           # QEMU closed the monitor (it is exiting): the command ran
+            break
+        data += chunk
+    return data
+
+
+@dataclass
+class RunResult:
+    seconds: float | None
+    console: bytes
+    exit_code: int | None
+
+
+def run_until(cmd: list[str], marker: bytes, timeout: float) -> RunResult:
+    """Boots, waits for ``marker`` on the console, then lets the guest power off
+    (the floor's init does so itself) or kills it."""
+    with Machine(cmd) as m:
+        seconds = m.wait_for(marker, timeout)
+        code = m.wait_exit(10)
+        return RunResult(seconds, bytes(m.console), code)
