@@ -11,10 +11,9 @@ import contextlib
 import ctypes
 import itertools
 import os
-import selectors
 import shutil
 import subprocess
-import time
+import threading
 
 import pytest
 
@@ -134,18 +133,17 @@ async def exec_in(ns: Namespace, *cmd: str, timeout: float = 60, stdin: bytes | 
 
 
 def read_until(proc: subprocess.Popen, word: str, timeout: float = 30.0) -> str:
-    """The first line of `proc`'s output containing `word` (e.g. "ready")."""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
+    """The first line of `proc`'s output containing `word` (e.g. "ready").
+    Reads with plain readline (select() would miss lines already buffered);
+    a process that stays silent past `timeout` is killed, which ends the wait."""
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
     seen = []
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if word in line:
-            return line
-    raise AssertionError(f"no line with {word!r}; output: {''.join(seen)[-800:]}")
+    try:
+        while line := proc.stdout.readline():
+            seen.append(line)
+            if word in line:
+                return line
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"no line with {word!r} within {timeout} s; output: {''.join(seen)[-800:]}")

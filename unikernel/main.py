@@ -11,6 +11,7 @@ import gc
 import inspect
 import ipaddress
 import logging
+import signal
 from typing import Callable
 
 from netstack.stack import Stack
@@ -133,6 +134,13 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     gc.collect()
     gc.freeze()
     started: list = []
+    loop = asyncio.get_running_loop()
+    try:
+        # `kill -USR1` writes every counter to the log (where packets went)
+        loop.add_signal_handler(signal.SIGUSR1, stack.log_counters)
+        counters_on_signal = True
+    except (NotImplementedError, RuntimeError, ValueError):   # not the main thread
+        counters_on_signal = False
     try:
         await stack.start()
         server.start()
@@ -157,3 +165,5 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
                 log.exception("closing %r failed", item)
         server.close()
         stack.close()
+        if counters_on_signal:
+            loop.remove_signal_handler(signal.SIGUSR1)

@@ -104,8 +104,13 @@ def test_truncated_over_udp_whole_over_tcp(appliance):
 
 
 @needs_root
-def test_sigterm_stops_cleanly(appliance):
+@needs_dig
+def test_sigusr1_logs_counters_and_sigterm_stops_cleanly(appliance):
     ns, proc, _ = appliance
+    dig(ns, "192.0.2.2", "www.hard.example", "A")
+    proc.send_signal(signal.SIGUSR1)
+    line = read_until(proc, "dns.slow.answered")
+    assert line.split() == ["dns.slow.answered", "1"]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0
