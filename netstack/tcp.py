@@ -216,6 +216,9 @@ class Connection:
         self.rto = cfg.initial_rto
         self.rtt_seq: int | None = None   # timing: the segment ending here was sent at rtt_sent
         self.rtt_sent = 0.0
+        # Karn (RFC 6298 3): once our SYN or SYN-ACK has gone out twice, the ACK
+        # that answers it may answer either copy, so the handshake gives no sample
+        self.syn_resent = False
         self.retries = 0
         # timers, as data: each is an absolute time or None
         self.rto_at: float | None = None
@@ -265,7 +268,7 @@ class Connection:
         if self.state is S.CLOSED:
             return
         if self.state in SYNCHRONIZED or self.state is S.SYN_RECEIVED:
-            self._send(self.snd_nxt, RST | ACK)
+            self._send(self.snd_max, RST | ACK)
             self.layer.counters["tcp.abort.rst"] += 1
         self._finish(E.RESET, None)
 
@@ -329,6 +332,12 @@ class Connection:
     # -- output --------------------------------------------------------------------------
     def _send(self, seq: int, flags: int, payload: bytes = b"",
               mss: int | None = None, wscale: int | None = None) -> None:
+        """One segment. Callers number a segment without data, SYN or FIN (an
+        ACK, a RST) snd_max, never snd_nxt (as BSD does): after a timeout
+        snd_nxt goes back to snd_una, and a peer that already holds those bytes
+        finds an ACK numbered there outside its window and drops it, ACK field
+        and all. Two of our stacks retransmitting at once then each dropped
+        the other's ACKs until both gave up."""
         window = self._window_field() if not flags & SYN else min(self.layer.config.rcv_window, 0xFFFF)
         ack = self.rcv_nxt if flags & ACK else 0
         seg = TcpSegment(self.local[1], self.remote[1], seq, ack, flags, window,
@@ -369,7 +378,7 @@ class Connection:
                 self.snd_max = self.snd_nxt
                 if self.rto_at is None:
                     self.rto_at = now + self.rto
-                if self.rtt_seq is None and self.retries == 0:
+                if self.rtt_seq is None and not self.syn_resent:
                     self.rtt_seq, self.rtt_sent = self.snd_nxt, now
             return
         sent = False
@@ -402,7 +411,18 @@ class Connection:
             if self.rto_at is None and self._unsent() > 0:
                 self.rto_at = now + self.rto
         if self.ack_needed and not sent and self.state is not S.CLOSED:
-            self._send(self.snd_nxt, ACK)
+            self._send(self.snd_max, ACK)
+
+    def _resend_syn(self) -> None:
+        """The next _output sends our SYN (or SYN-ACK) again; from now on the
+        handshake is not timed. Without this, a SYN-ACK resent for the peer's
+        retransmitted SYN (about 1 s later on Linux) was timed from the first,
+        lost copy: a 1 s sample on a sub-millisecond path, an RTO of about 3 s,
+        and under loss a few backed-off retransmissions then stalled the
+        connection for tens of seconds."""
+        self.rtt_seq = None
+        self.syn_resent = True
+        self.snd_nxt = self.iss
 
     def _unsent(self) -> int:
         return len(self.send_buf) - seq_diff(self.snd_nxt, self.buf_seq) + (
@@ -421,7 +441,7 @@ class Connection:
         if self.state in SYNCHRONIZED and self.state is not S.TIME_WAIT \
                 and now - self.last_activity > cfg.idle_timeout:
             self.layer.counters["tcp.idle.reset"] += 1
-            self._send(self.snd_nxt, RST | ACK)
+            self._send(self.snd_max, RST | ACK)
             self._finish(E.TIMEOUT, "timeout")
 
     def _on_rto(self, now: float) -> None:
@@ -436,14 +456,13 @@ class Connection:
                 return
             counters["tcp.retransmit.syn"] += 1
             self.rto = min(self.rto * 2, cfg.max_rto)
-            self.rtt_seq = None  # Karn: no sample from a retransmitted segment
+            self._resend_syn()
             self.rto_at = None
-            self.snd_nxt = self.iss
             self._output(now)
             return
         if self.retries > cfg.max_retries:
             counters["tcp.retransmit.gave_up"] += 1
-            self._send(self.snd_nxt, RST | ACK)
+            self._send(self.snd_max, RST | ACK)
             self._finish(E.TIMEOUT, "timeout")
             return
         self.rto = min(self.rto * 2, cfg.max_rto)
@@ -537,7 +556,7 @@ class Connection:
         else:
             self._apply(E.RECV_SYN)      # simultaneous open: answer with SYN-ACK
             self.snd_wnd = self.max_snd_wnd = seg.window
-            self.snd_nxt = self.iss
+            self._resend_syn()           # our SYN's sequence number goes out again
             self.rto_at = None
 
     def _acceptable(self, seg: TcpSegment) -> bool:
@@ -557,7 +576,7 @@ class Connection:
         counters[reason] += 1
         if self.layer._challenge_allowed():
             counters["tcp.challenge_ack"] += 1
-            self._send(self.snd_nxt, ACK)
+            self._send(self.snd_max, ACK)
         else:
             counters["tcp.challenge_ack.limited"] += 1
 
@@ -567,7 +586,7 @@ class Connection:
         # a duplicate of the SYN that opened a half-open connection: our SYN-ACK was lost
         if self.state is S.SYN_RECEIVED and flags & SYN and not flags & ACK and seg.seq == self.irs:
             counters["tcp.dup_syn.synack"] += 1
-            self.snd_nxt = self.iss
+            self._resend_syn()
             return
         if not self._acceptable(seg):
             if not flags & RST:
@@ -675,6 +694,7 @@ class Connection:
                 # NewReno partial ACK: the next hole is lost too; resend it at once
                 self.layer.counters["tcp.retransmit.partial_ack"] += 1
                 self._emit_from(self.snd_una, self.snd_mss)
+                self.rtt_seq = None   # Karn: the ACK for timed data may now wait on this resend
                 self.cwnd = max(self.cwnd - advanced + mss, mss)
         elif self.cwnd < self.ssthresh:
             self.cwnd += min(advanced, mss)

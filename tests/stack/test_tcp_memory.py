@@ -833,3 +833,151 @@ def test_two_stacks_over_a_faulty_memory_wire(seed):
     assert closed == [None] and b.tcp.connections == {}
     assert wire.faults["corrupted"] > 0 and b.counters["tcp.bad_checksum.drop"] + b.counters[
         "ipv4.bad_checksum.drop"] + a.counters["tcp.bad_checksum.drop"] + a.counters["ipv4.bad_checksum.drop"] > 0
+
+
+# -- regression: Karn's rule for a SYN-ACK resent for the peer's retransmitted SYN --------------
+
+
+def test_synack_resent_for_a_retransmitted_syn_gives_no_rtt_sample():
+    """Our first SYN-ACK is lost; the peer (like Linux, 1 s later) sends its SYN
+    again, we answer with a second SYN-ACK and the peer ACKs that one at once.
+    The ACK must not be timed from the first, lost SYN-ACK: that sample
+    (~0.8 s on a 10 ms path) once made the RTO about 3 s, and on the lossy
+    kernel test a few backed-off retransmissions then outlasted the client's
+    20 s socket timeout."""
+    net = Net()
+    b = net.layer(B_IP)
+    peer = ScriptedPeer(net, A_IP)
+    accepted = []
+    b.listen(80, accepted.append)
+    syn = TcpSegment(4000, 80, 5000, 0, SYN, 65535, mss=1460)
+    peer.send(B_IP, syn)
+    net.run(seconds=0.1)
+    [lost] = peer.take()                  # the peer never sees this one
+    net.run(seconds=0.7)                  # short of our own SYN-ACK timeout (1 s)
+    assert peer.take() == []
+    peer.send(B_IP, syn)                  # the peer's retransmitted SYN
+    net.run(seconds=0.1)
+    [synack] = peer.take()
+    assert synack.flags == SYN | ACK and synack.seq == lost.seq
+    assert b.counters["tcp.dup_syn.synack"] == 1
+    peer.send(B_IP, TcpSegment(4000, 80, 5001, synack.seq + 1, ACK, 65535))
+    net.run(seconds=0.1)
+    [conn] = accepted
+    assert conn.state is State.ESTABLISHED
+    assert conn.srtt is None              # Karn: an ambiguous ACK gives no sample
+    # one clean exchange gives the first real sample (about 20 ms)
+    conn.send(b"a" * 100)
+    net.run(seconds=0.05)
+    [data] = peer.take()
+    peer.send(B_IP, TcpSegment(4000, 80, 5001, seq_add(data.seq, 100), ACK, 65535))
+    net.run(seconds=0.05)
+    assert conn.srtt is not None and conn.srtt < 0.1
+    # a lost segment is now retransmitted after about min_rto, not after seconds
+    conn.send(b"b" * 100)
+    net.run(seconds=5)                    # the peer never acknowledges
+    times = [t for t, src, seg in net.log if src == B_IP and seg.payload == b"b" * 100]
+    assert len(times) >= 2
+    assert times[1] - times[0] < b.config.initial_rto
+    assert b.counters["tcp.retransmit.timeout"] >= 1
+
+
+# -- regression: ACKs sent while retransmitting are numbered snd_max, not snd_nxt ---------------
+
+
+def test_ack_sent_while_retransmitting_is_numbered_past_all_data_sent():
+    """After a timeout snd_nxt goes back to snd_una. An ACK numbered there is
+    behind what the peer already holds, outside its window: the peer (Linux
+    as much as ours) drops it, ACK field and all."""
+    net = Net()
+    b = net.layer(B_IP)
+    peer = ScriptedPeer(net, A_IP)
+    conn, iss = handshake(net, b, peer)
+    conn.send(b"x" * 1460 * 3)
+    net.run(seconds=0.05)
+    assert len(peer.take()) == 3          # the peer holds them all; its ACK is lost
+    net.run(seconds=0.4)                  # our RTO (0.3 s here): back to the first byte
+    [resent] = peer.take()
+    assert resent.seq == seq_add(iss, 1) and b.counters["tcp.retransmit.timeout"] == 1
+    peer.send(B_IP, TcpSegment(4000, 80, 5001, seq_add(iss, 1), ACK | PSH, 65535, b"hello"))
+    net.run(seconds=0.05)
+    [ack] = peer.take()
+    assert ack.payload == b"" and ack.ack == 5006
+    assert ack.seq == seq_add(iss, 1 + 1460 * 3)   # not iss + 1 + 1460
+
+
+def test_two_stacks_retransmitting_at_once_still_hear_each_others_acks():
+    """Both sides send a burst at once; every ACK and every retransmission is
+    lost for a while, so both time out and go back to snd_una although the
+    other side holds all their data. Numbered snd_nxt, each side's ACKs were
+    then outside the other's window, and each side's resent data was old to
+    the other: the two ACKed each other without progress until both gave up."""
+    net = Net()
+    a = net.layer(A_IP, seed=11)
+    b = net.layer(B_IP, seed=12)
+    blob_a, blob_b = random.Random(9).randbytes(8000), random.Random(10).randbytes(8000)
+    got_a, got_b = bytearray(), bytearray()
+
+    def accept(conn):
+        conn.on_data = got_b.extend
+        conn.send(blob_b)
+    b.listen(7, accept)
+    conn = a.connect(B_IP, 7)
+    conn.on_data = got_a.extend
+    conn.on_established = lambda: conn.send(blob_a)
+    lossy, seen = True, set()
+
+    def deliver(src, seg):
+        if not lossy or seg.flags & SYN:
+            return True
+        if not seg.payload or (src, seg.seq) in seen:
+            return False        # every ACK lost, every retransmission too
+        seen.add((src, seg.seq))
+        return True
+    net.filter = deliver
+    net.run(seconds=1.0)
+    assert bytes(got_a) == blob_b and bytes(got_b) == blob_a     # all data arrived once
+    assert a.counters["tcp.retransmit.timeout"] > 0 and b.counters["tcp.retransmit.timeout"] > 0
+    assert conn.snd_una == conn.iss + 1                           # but no ACK did
+    lossy = False
+    net.run(seconds=200, stop=lambda: conn.snd_una == seq_add(conn.iss, 1 + len(blob_a))
+            and all(c.snd_una == seq_add(c.iss, 1 + len(blob_b)) for c in b.connections.values()))
+    assert conn.state is State.ESTABLISHED and conn.snd_una == seq_add(conn.iss, 1 + len(blob_a))
+    [server] = b.connections.values()
+    assert server.snd_una == seq_add(server.iss, 1 + len(blob_b))
+    assert a.counters["tcp.retransmit.gave_up"] == 0 and b.counters["tcp.retransmit.gave_up"] == 0
+
+
+def test_ack_that_waited_on_a_partial_ack_resend_gives_no_rtt_sample():
+    """NewReno: new data sent during recovery is timed; a partial ACK then
+    resends an older hole, and the ACK that finally covers the timed data
+    waited on that resend (Karn: no sample from it)."""
+    net = Net()
+    b = net.layer(B_IP)
+    peer = ScriptedPeer(net, A_IP)
+    conn, iss = handshake(net, b, peer)
+    mss = conn.snd_mss
+    conn.send(b"x" * mss * 12)              # the initial window goes out, the rest waits
+    net.run(seconds=0.02)
+    burst_end = conn.snd_max
+    assert len(peer.take()) >= 10 and conn.snd_max != seq_add(iss, 1 + 12 * mss)
+    first = seq_add(iss, 1)
+    dup = TcpSegment(4000, 80, 5001, first, ACK, 65535)
+    for _ in range(6):                       # three start recovery, three inflate the window
+        peer.send(B_IP, dup)
+    net.run(seconds=0.02)
+    sent = peer.take()
+    assert sent[0].seq == first and b.counters["tcp.retransmit.fast"] == 1
+    assert any(seg.seq == burst_end for seg in sent)                  # new data, timed
+    srtt = conn.srtt
+    net.run(seconds=0.15)                    # the peer is slow to report the next hole
+    peer.send(B_IP, TcpSegment(4000, 80, 5001, seq_add(first, 3 * mss), ACK, 65535))   # partial ACK
+    net.run(seconds=0.02)
+    assert [seg.seq for seg in peer.take()][:1] == [seq_add(first, 3 * mss)]
+    assert b.counters["tcp.retransmit.partial_ack"] == 1
+    peer.send(B_IP, TcpSegment(4000, 80, 5001, conn.snd_max, ACK, 65535))             # all of it
+    net.run(seconds=0.02)
+    assert conn.snd_una == conn.snd_max and not conn.in_recovery
+    # only data sent after the resend was timed (a true 20 ms): the 0.19 s
+    # wait for the timed segment's ACK was not taken as a round trip
+    assert conn.srtt <= srtt
