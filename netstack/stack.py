@@ -124,8 +124,10 @@ class Stack:
             return False
         (dst_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
+        top = src >> 24
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
-                or total_len != length + 20 or total_len + 14 > len(frame)
+                or top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
+                or src == dst or total_len != length + 20 or total_len + 14 > len(frame)
                 or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
         handler = self.udp.bindings.get(dst_port)
@@ -160,6 +162,14 @@ class Stack:
         else:
             counters["ethernet.unknown_type.drop"] += 1
 
+    def _impossible_source(self, src: int) -> bool:
+        """A source no host can have (RFC 1122 3.2.1.3): this network (0/8),
+        loopback, multicast or reserved, a broadcast, or our own address. A
+        reply to one would go to everyone, or nowhere, or to ourselves."""
+        top = src >> 24
+        return (top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
+                or src == self.address)
+
     def _input_arp(self, packet: bytes) -> None:
         outcome = self.arp.input(self.now(), packet)
         if outcome.reply is not None:
@@ -173,6 +183,9 @@ class Stack:
         hdr = ip4.parse(packet)
         if hdr.dst != self.address:
             self.counters["ipv4.not_ours.drop"] += 1
+            return
+        if self._impossible_source(hdr.src):
+            self.counters["ipv4.bad_source.drop"] += 1
             return
         payload = packet[hdr.header_len:hdr.total_len]
         if hdr.is_fragment:

@@ -12,7 +12,15 @@ What is kept (RFC 2308, RFC 8767, RFC 9520):
   the forwarder can give them (with TTL ``stale_ttl``, RFC 8767) when no
   upstream answers.
 
-At most ``max_entries`` entries; the least recently used goes first.
+At most ``max_entries`` entries and ``max_bytes`` of memory (an estimate:
+the answer's wire size, times what dnspython's parsed form costs, plus each
+rendered fast-path variant); the least recently used goes first. A large
+answer (over TCP an upstream may give 64 KB) thus takes the room of many small
+ones, so a client asking for big answers cannot fill the appliance's memory.
+
+Only the answer RRsets on the question's chain are kept (the name, then each
+CNAME target, and DNAMEs above them): an upstream's answer section holding
+anything else is what a poisoner sends, and it is not relayed.
 
 The clock is injected: every method that needs the time takes ``now`` (the
 forwarder passes its clock's reading), so tests move time by hand.
@@ -48,6 +56,14 @@ KIND_POSITIVE = "positive"
 KIND_NEGATIVE = "negative"
 KIND_SERVFAIL = "servfail"
 OUR_PAYLOAD = 1232             # the EDNS payload size our answers advertise
+MAX_BYTES = 32 * 1024 * 1024   # the cache's memory budget (see _cost)
+# What an entry costs: a fixed part plus twice its wire size for the parsed
+# records, and twice the length of each rendered variant (template and its
+# counted-down copy). Measured with tracemalloc, this overestimates by up to a
+# quarter: a long-named NXDOMAIN really takes about 4.3 KB, a 30 KB TXT
+# answer about 97 KB.
+ENTRY_OVERHEAD = 2048
+PARSED_FACTOR = 2
 
 _TTL = struct.Struct("!I")
 
@@ -91,6 +107,7 @@ class Entry:
     question: tuple[dns.name.Name, int, int]
     do: bool
     rendered: dict[int, _Rendered] = field(default_factory=dict)
+    cost: int = 0                                # bytes charged to the cache's budget
 
     @property
     def expires_at(self) -> float:
@@ -102,12 +119,14 @@ class Entry:
 
 
 class Cache:
-    def __init__(self, *, max_entries: int = 10000, min_ttl: int = 0, max_ttl: int = 86400,
-                 negative_max_ttl: int = 3600, servfail_ttl: int = 2, serve_stale: bool = False,
-                 stale_ttl: int = 30, max_stale: int = 86400, counters=None) -> None:
+    def __init__(self, *, max_entries: int = 10000, max_bytes: int = MAX_BYTES, min_ttl: int = 0,
+                 max_ttl: int = 86400, negative_max_ttl: int = 3600, servfail_ttl: int = 2,
+                 serve_stale: bool = False, stale_ttl: int = 30, max_stale: int = 86400, counters=None) -> None:
         if max_entries < 1:
             raise ValueError("cache needs room for at least one entry")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0                      # the sum of the kept entries' costs
         self.min_ttl = min_ttl
         self.max_ttl = max_ttl
         self.negative_max_ttl = negative_max_ttl
@@ -129,7 +148,7 @@ class Cache:
         is not cacheable (SERVFAIL, REFUSED, a referral, a negative answer
         without SOA...)."""
         rcode = reply.rcode()
-        answer = [self._clamped(r) for r in reply.answer]
+        answer = [self._clamped(r) for r in on_chain(qname, rdtype, reply.answer)]
         authority = [self._clamped(r) for r in reply.authority]
         additional = [self._clamped(r) for r in reply.additional
                       if r.rdtype != dns.rdatatype.OPT]
@@ -145,8 +164,10 @@ class Cache:
         negative_ttl = min(soa.ttl, soa[0].minimum, self.negative_max_ttl)
         negative_ttl = max(negative_ttl, min(self.min_ttl, self.negative_max_ttl))
         authority = [with_ttl(r, min(r.ttl, negative_ttl)) for r in authority]
+        # a CNAME chain ending in NXDOMAIN is part of the answer (RFC 2308 2.1)
+        answer = [with_ttl(r, min(r.ttl, negative_ttl)) for r in answer]
         ttl = min(r.ttl for r in authority)
-        return Entry(KIND_NEGATIVE, rcode, [], authority, [], now, ttl, question, do)
+        return Entry(KIND_NEGATIVE, rcode, answer, authority, [], now, ttl, question, do)
 
     def servfail_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry:
         return Entry(KIND_SERVFAIL, dns.rcode.SERVFAIL, [], [], [], now, self.servfail_ttl,
@@ -164,13 +185,27 @@ class Cache:
                 and self.serve_stale and self._stale_usable(old, entry.stored_at)):
             self.counters["cache.store.servfail_kept_stale"] += 1
             return False
+        entry.cost = _cost(entry)
+        if entry.cost > self.max_bytes // 4:
+            self.counters["cache.store.too_big"] += 1     # answered, never kept
+            return False
+        if old is not None:
+            self._remove(key)
         self._entries[key] = entry
-        self._entries.move_to_end(key)
+        self.size += entry.cost
         self.counters[f"cache.store.{entry.kind}"] += 1
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-            self.counters["cache.evict"] += 1
+        self._trim()
         return True
+
+    def _remove(self, key: bytes) -> None:
+        self.size -= self._entries.pop(key).cost
+
+    def _trim(self) -> None:
+        """Evicts the least recently used until both bounds hold."""
+        while self._entries and (len(self._entries) > self.max_entries or self.size > self.max_bytes):
+            _, evicted = self._entries.popitem(last=False)
+            self.size -= evicted.cost
+            self.counters["cache.evict"] += 1
 
     # -- looking up ---------------------------------------------------------
     def get(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry | None:
@@ -184,7 +219,7 @@ class Cache:
             self._entries.move_to_end(key)
             return entry
         if not (self.serve_stale and entry.kind != KIND_SERVFAIL and self._stale_usable(entry, now)):
-            del self._entries[key]
+            self._remove(key)
         return None
 
     def get_stale(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry | None:
@@ -276,10 +311,49 @@ class Cache:
             return None
         rendered = _Rendered(wire, tuple(ttl_fields(wire)))
         entry.rendered[flags] = rendered
+        grown = 2 * len(wire)                  # the template, and its counted-down copy
+        entry.cost += grown
+        key = entry_key(question_key(qname, rdtype, rdclass), entry.do)
+        if self._entries.get(key) is entry:
+            self.size += grown
+            self._entries.move_to_end(key)     # not the one to evict for its own growth
+            self._trim()
         return rendered
 
     def _clamped(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset:
         return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
+
+
+def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+    """The RRsets of an answer section that the question leads to, in their
+    order: those owned by the name or a CNAME target reached from it (RRSIGs
+    included), and DNAMEs (with their RRSIGs) owned by an ancestor of one."""
+    names = {qname.canonicalize()}
+    kept: set[int] = set()
+    changed = True
+    while changed:                     # a chain may be given in any order
+        changed = False
+        for index, rrset in enumerate(answer):
+            if index in kept:
+                continue
+            owner = rrset.name.canonicalize()
+            dname = dns.rdatatype.DNAME in (rrset.rdtype, rrset.covers)
+            if owner in names or (dname and any(n.is_subdomain(owner) and n != owner for n in names)):
+                kept.add(index)
+                changed = True
+                if rrset.rdtype == dns.rdatatype.CNAME and owner in names and rdtype != dns.rdatatype.CNAME:
+                    names.update(rd.target.canonicalize() for rd in rrset)
+    return [rrset for index, rrset in enumerate(answer) if index in kept]
+
+
+def _cost(entry: Entry) -> int:
+    """What an entry is charged against the cache's byte budget."""
+    wire = 0
+    for rrset in (*entry.answer, *entry.authority, *entry.additional):
+        owner = len(rrset.name.to_wire())
+        for rdata in rrset:
+            wire += owner + 10 + len(rdata.to_digestable())
+    return ENTRY_OVERHEAD + PARSED_FACTOR * wire + sum(2 * len(r.template) for r in entry.rendered.values())
 
 
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:

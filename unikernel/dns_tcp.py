@@ -6,8 +6,15 @@ is written as soon as it is ready, so answers may leave out of order (RFC 7766
 6.2.1.1). What the server bounds:
 
 * connections: at most ``max_connections`` at once; one more is reset;
-* pending queries per connection: at most ``max_pending``; beyond that the
-  server stops reading, so TCP's window pushes back on the client;
+* pending queries per connection: at most ``max_pending``, counted until
+  their answer has been handed to TCP; beyond that the server stops reading,
+  so TCP's window pushes back on the client. Answers are written one at a
+  time, each after the previous one has drained, so a client that does not
+  read holds at most one answer in our send queue;
+* memory: answers made but not yet taken by TCP hold at most
+  ``max_answer_bytes`` over all connections; an answer beyond that is
+  dropped and its connection reset (the client may retry), so clients that
+  pipeline queries for large answers and never read cannot exhaust memory;
 * time: a connection with no pending query and no traffic for
   ``idle_timeout`` seconds is closed (RFC 7766 6.2.3 suggests seconds, not
   minutes); a message that stalls half-way is dropped after the same time;
@@ -35,6 +42,7 @@ Handle = Callable[[Endpoint, Endpoint, bytes], Awaitable[bytes | None]]
 
 DNS_HEADER_LEN = 12
 MAX_MESSAGE = 65535
+MAX_ANSWER_BYTES = 8 * 1024 * 1024     # answers waiting for their clients, all connections together
 
 
 class DnsTcpServer:
@@ -42,7 +50,7 @@ class DnsTcpServer:
 
     def __init__(self, tcp_layer: TcpLayer, port: int, handle: Handle, *, idle_timeout: float = 10.0,
                  max_connections: int = 64, max_pending: int = 32, answer_timeout: float = 15.0,
-                 clock: Callable[[], float] | None = None) -> None:
+                 max_answer_bytes: int = MAX_ANSWER_BYTES, clock: Callable[[], float] | None = None) -> None:
         self.tcp = tcp_layer
         self.port = port
         self.handle = handle
@@ -50,6 +58,8 @@ class DnsTcpServer:
         self.max_connections = max_connections
         self.max_pending = max_pending
         self.answer_timeout = answer_timeout
+        self.max_answer_bytes = max_answer_bytes
+        self.answer_bytes = 0          # answers made and not yet written and drained
         self.clock = clock
         self.counters = tcp_layer.counters
         self.sessions: dict[Connection, asyncio.Task] = {}
@@ -92,6 +102,7 @@ class DnsTcpServer:
         dst = (ipaddress.IPv4Address(conn.local[0]), conn.local[1])
         pending: set[asyncio.Task] = set()
         slots = asyncio.Semaphore(self.max_pending)
+        writing = asyncio.Lock()   # one answer in the writer's queue at a time
         activity = [self.now()]   # last query read or answer written, shared with the answer tasks
         try:
             while True:
@@ -100,7 +111,7 @@ class DnsTcpServer:
                     break
                 await slots.acquire()
                 task = asyncio.get_running_loop().create_task(
-                    self._answer(src, dst, query, writer, slots, activity))
+                    self._answer(src, dst, query, writer, slots, writing, activity))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             if pending:   # the client finished sending; answer what it asked, then FIN
@@ -153,29 +164,41 @@ class DnsTcpServer:
         return query
 
     async def _answer(self, src: Endpoint, dst: Endpoint, query: bytes, writer: TcpStreamWriter,
-                      slots: asyncio.Semaphore, activity: list) -> None:
+                      slots: asyncio.Semaphore, writing: asyncio.Lock, activity: list) -> None:
+        # the slot is held until the answer is written: a query whose answer
+        # still waits in memory counts against the connection's bound
         try:
-            try:
-                answer = await asyncio.wait_for(self.handle(src, dst, query), self.answer_timeout)
-            except TimeoutError:
-                self.counters["dns_tcp.answer.timeout"] += 1
-                return
-            except Exception:
-                self.counters["dns_tcp.handle.exception"] += 1
-                log.exception("DNS handler failed for a TCP query from %s", src)
-                return
+            await self._answer_and_write(src, dst, query, writer, writing, activity)
         finally:
             slots.release()
+
+    async def _answer_and_write(self, src: Endpoint, dst: Endpoint, query: bytes, writer: TcpStreamWriter,
+                                writing: asyncio.Lock, activity: list) -> None:
+        try:
+            answer = await asyncio.wait_for(self.handle(src, dst, query), self.answer_timeout)
+        except TimeoutError:
+            self.counters["dns_tcp.answer.timeout"] += 1
+            return
+        except Exception:
+            self.counters["dns_tcp.handle.exception"] += 1
+            log.exception("DNS handler failed for a TCP query from %s", src)
+            return
         if answer is None:
             self.counters["dns_tcp.no_answer"] += 1
             return
         if len(answer) > MAX_MESSAGE:
             self.counters["dns_tcp.answer_too_big.drop"] += 1
             return
+        if self.answer_bytes + len(answer) > self.max_answer_bytes:
+            self.counters["dns_tcp.answer_memory.reset"] += 1
+            writer.abort()
+            return
+        self.answer_bytes += len(answer)
         try:
-            writer.write(len(answer).to_bytes(2, "big") + answer)
-            # a client that stops reading must not hold the answer (and the connection) forever
-            await asyncio.wait_for(writer.drain(), self.idle_timeout)
+            async with writing:
+                writer.write(len(answer).to_bytes(2, "big") + answer)
+                # a client that stops reading must not hold the answer (and the connection) forever
+                await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except TimeoutError:
             self.counters["dns_tcp.write.timeout.reset"] += 1
             writer.abort()
@@ -183,5 +206,7 @@ class DnsTcpServer:
         except ConnectionError:
             self.counters["dns_tcp.answer.lost"] += 1
             return
+        finally:
+            self.answer_bytes -= len(answer)
         activity[0] = self.now()
         self.counters["dns_tcp.answer"] += 1

@@ -47,15 +47,24 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from .cache import KIND_NEGATIVE, KIND_POSITIVE, Cache, Entry, entry_key, question_key, with_ttl
+from .cache import (KIND_NEGATIVE, KIND_POSITIVE, Cache, Entry, entry_key, on_chain, question_key,
+                    with_ttl)
 from .process import Answer, Endpoint
 from .stub import CaseMismatch, Reply, StubError, StubResolver, StubTimeout
 
 log = logging.getLogger("unikernel.forwarder")
 
 _USABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+HEALTH_LOG_INTERVAL = 60.0     # seconds between two down/up log lines of one upstream
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-_NEVER_FORWARDED = (dns.rdatatype.AXFR, dns.rdatatype.IXFR)
+# Zone transfers, and meta types no question may carry (the server answers
+# them FORMERR/NOTIMP itself; upstream they would only provoke errors).
+_NEVER_FORWARDED = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.OPT,
+                              dns.rdatatype.TSIG, dns.rdatatype.TKEY, dns.rdatatype.MAILA,
+                              dns.rdatatype.MAILB})
+# Replies about the question rather than the upstream: they say nothing about
+# its health (else a client could sideline an upstream by asking such things).
+_QUESTION_ERRORS = (dns.rcode.SERVFAIL, dns.rcode.FORMERR, dns.rcode.NOTIMP)
 
 
 def parse_upstream(text: str, default_port: int = 53) -> tuple[int, int]:
@@ -116,6 +125,7 @@ class Upstream:
     fails: int = 0                     # consecutive failures
     down_until: float = 0.0            # on the injected clock; 0: not down
     bogus: set[str] = field(default_factory=set)   # addresses it answers non-existent names with
+    health_logged_at: float | None = None          # when its last down/up line was logged
 
     @property
     def name(self) -> str:
@@ -176,7 +186,9 @@ class Forwarder:
         self.max_attempts = max(3, 2 * len(self.upstreams))
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._background: asyncio.Task | None = None
-        self.fast_lookup = cache.fast_lookup(self.allowed)
+        # looked up on every hit, so that replacing ``allowed`` takes effect
+        # on the fast path as on the slow one
+        self.fast_lookup = cache.fast_lookup(lambda ip: self.allowed(ip))
 
     # -- the process ---------------------------------------------------------
     async def __call__(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
@@ -188,7 +200,7 @@ class Forwarder:
             return None
         q = query.question[0]
         if q.rdtype in _NEVER_FORWARDED:
-            c["forward.refused.zone_transfer"] += 1
+            c["forward.refused.qtype"] += 1
             return None
         do = query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
         now = self.clock()
@@ -302,6 +314,7 @@ class Forwarder:
                 if not pending:
                     if not can_launch:
                         return failure
+                    next_launch = t          # nothing left to wait for: launch now, not spin
                     continue
                 wake = min(next_launch, deadline) if can_launch else deadline
                 done, _ = await asyncio.wait(list(pending), timeout=max(wake - loop.time(), 0),
@@ -331,18 +344,21 @@ class Forwarder:
                     if rcode in _USABLE or reply.truncated:
                         self._succeeded(upstream)
                         return upstream, reply
-                    if rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and upstream.edns:
-                        # an old server that does not know EDNS (RFC 6891 section 7)
+                    if (rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and upstream.edns
+                            and reply.message.edns < 0):
+                        # an old server that does not know EDNS (RFC 6891 section 7);
+                        # one that does puts an OPT in its error, and keeps EDNS
                         upstream.edns = False
                         log.warning("upstream %s rejects EDNS: asking it without", upstream.name)
                         self.counters["forward.upstream.edns_off"] += 1
                         again.append(upstream)
                         next_launch = loop.time()
                         continue
-                    # SERVFAIL may be the far authorities' fault; REFUSED and
-                    # the like mean this upstream will not serve us.
+                    # SERVFAIL may be the far authorities' fault, FORMERR and
+                    # NOTIMP the question's; REFUSED and the like mean this
+                    # upstream will not serve us.
                     self.counters[f"forward.upstream.{dns.rcode.to_text(rcode).lower()}"] += 1
-                    if rcode != dns.rcode.SERVFAIL:
+                    if rcode not in _QUESTION_ERRORS:
                         self._failed(upstream)
                     failure = (upstream, reply)
                     refusals += 1
@@ -363,16 +379,29 @@ class Forwarder:
         if upstream.fails >= self.max_fails:
             now = self.clock()
             if not upstream.is_down(now):
-                log.warning("upstream %s is not answering: skipped until it does", upstream.name)
+                if self._may_log_health(upstream, now):
+                    log.warning("upstream %s is not answering: skipped until it does", upstream.name)
                 self.counters["forward.upstream.marked_down"] += 1
             upstream.down_until = now + self.down_time
 
     def _succeeded(self, upstream: Upstream) -> None:
         if upstream.fails >= self.max_fails:
-            log.warning("upstream %s answers again", upstream.name)
+            if self._may_log_health(upstream, self.clock()):
+                log.warning("upstream %s answers again", upstream.name)
             self.counters["forward.upstream.marked_up"] += 1
         upstream.fails = 0
         upstream.down_until = 0.0
+
+    def _may_log_health(self, upstream: Upstream, now: float) -> bool:
+        """Whether a down/up line may be logged for ``upstream`` now. Clients can
+        make an upstream flap (names whose authorities never answer time it
+        out), so the lines are limited to one per ``HEALTH_LOG_INTERVAL`` per
+        upstream; the counters still count every change."""
+        if upstream.health_logged_at is not None and now - upstream.health_logged_at < HEALTH_LOG_INTERVAL:
+            self.counters["forward.upstream.log_suppressed"] += 1
+            return False
+        upstream.health_logged_at = now
+        return True
 
     async def probe_health(self) -> None:
         """Asks each upstream that is down for ``. NS``; any reply brings it back."""
@@ -485,8 +514,9 @@ def _servfail(query: dns.message.Message) -> dns.message.Message:
 def _transient_entry(qname, rdtype, rdclass, do, message: dns.message.Message, now: float) -> Entry:
     """A usable reply the cache will not keep (TTL 0, no SOA...), shaped as an
     entry so it is answered the same way."""
-    kind = KIND_POSITIVE if message.answer else KIND_NEGATIVE
-    return Entry(kind, message.rcode(), [with_ttl(r, r.ttl) for r in message.answer],
+    answer = on_chain(qname, rdtype, message.answer)
+    kind = KIND_POSITIVE if answer and message.rcode() == dns.rcode.NOERROR else KIND_NEGATIVE
+    return Entry(kind, message.rcode(), [with_ttl(r, r.ttl) for r in answer],
                  [with_ttl(r, r.ttl) for r in message.authority],
                  [with_ttl(r, r.ttl) for r in message.additional if r.rdtype != dns.rdatatype.OPT],
                  now, 0, (qname.canonicalize(), rdtype, rdclass), do)

@@ -51,7 +51,10 @@ def check(appliance: Appliance) -> list:
     from unikernel.forwarder import AccessList, parse_upstream
     try:
         for upstream in appliance.forward:
-            parse_upstream(upstream)
+            address, _port = parse_upstream(upstream)
+            if address == int(appliance.interface.ip) or address >> 24 in (0, 127):
+                raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
+                                  "or to a loopback address (its stack has no loopback)")
         AccessList(appliance.allow)
         for address in appliance.bogus_nxdomain:
             ipaddress.IPv4Address(address)

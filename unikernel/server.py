@@ -14,7 +14,7 @@ Two paths for a UDP query:
   query and the reply is rendered to fit the client's size (512 bytes
   without EDNS, at most 1232 with it), by NSD's rules for what is cut and
   when TC is set (:func:`render`). A static answer rendered whole is kept
-  for the hot path (bounded; the oldest goes first).
+  for the hot path (bounded in count and bytes; the oldest goes first).
 
 A rendered answer never depends on the size limit when it fits, so a kept
 answer served to a client whose limit it fits is byte-identical to what the
@@ -23,8 +23,10 @@ slow path would have sent (tests/unit/test_wire.py checks this).
 TCP queries (length-prefixed, up to 65535 bytes, never truncated) go through
 the slow path via :class:`unikernel.dns_tcp.DnsTcpServer` when the stack has
 TCP. A query is never left unanswered for its content; only a message too
-short for a header, or one that is itself a response, is dropped (and
-counted). Counters: ``dns.*`` in ``stack.counters``.
+short for a header, one that is itself a response, or one from a source port
+that would start a packet loop (:data:`BAD_SOURCE_PORTS`) or from an address
+no reply should go to (broadcast, multicast, loopback, ourselves) is dropped
+(and counted). Counters: ``dns.*`` in ``stack.counters``.
 """
 from __future__ import annotations
 
@@ -53,11 +55,28 @@ UDP_PAYLOAD = 1232
 TCP_LIMIT = 65535
 OPT_SIZE = 11                     # an OPT RR without options
 MAX_STATIC = 100_000              # kept answers; the oldest goes first when full
+MAX_STATIC_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
+STATIC_OVERHEAD = 330             # what one kept answer costs beyond its key and bytes (measured)
 MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
+# Source ports never answered: 0 is no port, and echo (7), daytime (13),
+# chargen (19) and time (37) answer whatever they are sent, so a query forged
+# from one of them would start a loop of packets between it and us.
+BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
+# Source addresses never answered: a reply to them would go to no one
+# (0.0.0.0), back to ourselves (127/8, our own address) or to many hosts at
+# once (multicast, 240/4 and limited broadcast, the subnet's broadcast): a
+# forged query from one of those is a reflection, not a question.
+_MULTICAST_AND_ABOVE = 0xE0000000
+_LOOPBACK_OCTET = 127
 
 FastLookup = Callable[[bytes, int, float], "bytes | None"]
 _ADDITIONAL_ORDER = {dns.rdatatype.A: 0, dns.rdatatype.AAAA: 1}
 _TRANSFERS = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+# Meta types no question may ask for (BIND's answers): OPT, TSIG and TKEY are
+# FORMERR, the obsolete MAILA/MAILB NOTIMP. Answering them from a zone is
+# wrong, and forwarding them lets a client provoke upstream errors.
+_META_FORMERR = frozenset({dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
+_META_NOTIMP = frozenset({dns.rdatatype.MAILA, dns.rdatatype.MAILB})
 
 
 def render(response: dns.message.Message, query: dns.message.Message, limit: int) -> tuple[bytes, bool]:
@@ -131,7 +150,8 @@ class DnsServer:
     def __init__(self, stack, port: int, processor: Processor, *,
                  fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
                  udp_payload: int = UDP_PAYLOAD, max_static: int = MAX_STATIC,
-                 max_pending: int = MAX_PENDING, clock: Callable[[], float] | None = None) -> None:
+                 max_static_bytes: int = MAX_STATIC_BYTES, max_pending: int = MAX_PENDING,
+                 clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
         self.processor = processor
@@ -139,6 +159,8 @@ class DnsServer:
         self.log_queries = log_queries
         self.udp_payload = udp_payload
         self.max_static = max_static
+        self.max_static_bytes = max_static_bytes
+        self.static_bytes = 0             # what the kept answers cost, by _static_cost
         self.max_pending = max_pending
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
@@ -147,6 +169,9 @@ class DnsServer:
         self.pending: set[asyncio.Task] = set()
         self.tcp_server = None
         self._sendto = stack.udp.sendto
+        self._own_addresses = frozenset(a for a in (0, getattr(stack, "address", None),
+                                                    getattr(stack, "subnet_broadcast", None))
+                                        if a is not None)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life cycle -------------------------------------------------------------
@@ -175,6 +200,13 @@ class DnsServer:
 
     # -- the hot path -----------------------------------------------------------
     def on_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int, dst_port: int) -> None:
+        if src_port in BAD_SOURCE_PORTS:
+            self.counters["dns.bad_source_port.drop"] += 1
+            return
+        if (src_ip >= _MULTICAST_AND_ABOVE or src_ip >> 24 == _LOOPBACK_OCTET
+                or src_ip in self._own_addresses):
+            self.counters["dns.bad_source_address.drop"] += 1
+            return
         parsed = wire.fast_key(payload)
         if parsed is not None:
             key, name_end, client_size = parsed
@@ -227,16 +259,30 @@ class DnsServer:
         # kept only under a key read by the validating parser (see wire.fast_key)
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
-            if len(self.static) >= self.max_static:
-                self.static.pop(next(iter(self.static)))
-                self.counters["dns.static.evicted"] += 1
             key, name_end, _ = validated
             header = reply[2:12]
             without_rd = bytes((header[0] & 0xFE,)) + header[1:]
             with_rd = bytes((header[0] | 0x01,)) + header[1:]
-            self.static[key] = (len(reply), (without_rd, with_rd), reply[name_end:])
-            self.counters["dns.static.stored"] += 1
+            self._keep(key, (len(reply), (without_rd, with_rd), reply[name_end:]))
         self._sendto(reply, self.port, src_ip, src_port)
+
+    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, bytes], bytes]) -> None:
+        """Keeps a static answer, the oldest going first while the table is
+        over its count or its bytes."""
+        old = self.static.pop(key, None)
+        if old is not None:
+            self.static_bytes -= _static_cost(key, old)
+        cost = _static_cost(key, kept)
+        if cost > self.max_static_bytes:
+            return
+        while self.static and (len(self.static) >= self.max_static
+                               or self.static_bytes + cost > self.max_static_bytes):
+            oldest = next(iter(self.static))
+            self.static_bytes -= _static_cost(oldest, self.static.pop(oldest))
+            self.counters["dns.static.evicted"] += 1
+        self.static[key] = kept
+        self.static_bytes += cost
+        self.counters["dns.static.stored"] += 1
 
     async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
         """DnsTcpServer's handler: the slow path with TCP's limit, no truncation."""
@@ -286,7 +332,10 @@ class DnsServer:
         if question.rdclass != dns.rdataclass.IN:
             counters["dns.refused"] += 1
             return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
-        if question.rdtype in _TRANSFERS:
+        if question.rdtype in _META_FORMERR:
+            counters["dns.formerr"] += 1
+            return self._reply(query, _error(query, dns.rcode.FORMERR), limit, src, "formerr"), False
+        if question.rdtype in _TRANSFERS or question.rdtype in _META_NOTIMP:
             # zone transfers are not offered (NSD says NOTIMP over UDP too)
             counters["dns.notimp"] += 1
             return self._reply(query, _error(query, dns.rcode.NOTIMP), limit, src, "notimp"), False
@@ -328,6 +377,10 @@ class DnsServer:
             what = "?"
         outcome = "" if rcode is None else " " + dns.rcode.to_text(rcode)
         log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
+
+
+def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, bytes], bytes]) -> int:
+    return len(key) + len(kept[2]) + STATIC_OVERHEAD
 
 
 def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:

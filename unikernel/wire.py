@@ -24,8 +24,12 @@ echo the question as asked.
 
 Only plain queries take the fast path: QR clear, opcode QUERY, exactly one
 question and nothing else but an optional OPT (EDNS version 0, no extended
-rcode), and no trailing bytes. Anything else returns ``None`` from
-:func:`parse_query` and goes to the slow path.
+rcode), and no trailing bytes. The OPT's options are not part of the key, so
+they must be ones the slow path would accept too: each within the OPT's data,
+and of a kind whose content cannot be wrong (NSID, keepalive, padding, an
+unknown code) or is checked here (COOKIE); any other (ECS...) goes to the slow
+path. Anything else returns ``None`` from :func:`parse_query` and goes to the
+slow path.
 """
 from __future__ import annotations
 
@@ -37,6 +41,10 @@ _COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _OPT_HEAD = b"\x00\x00\x29"            # root owner, type OPT (41)
 MAX_NAME_WIRE = 255
 CLASSIC_UDP_SIZE = 512
+OPTION_COOKIE = 10
+# EDNS option codes whose content the slow path's parser (dnspython) checks
+# and that are not checked here: a query carrying one is not a plain query.
+_OPTIONS_FOR_THE_SLOW_PATH = frozenset({8, 15, 18, 22, 23, 24, 25})
 
 
 def parse_query(payload: bytes) -> tuple[bytes, int, int] | None:
@@ -75,10 +83,30 @@ def parse_query(payload: bytes) -> tuple[bytes, int, int] | None:
         return None
     if tail + 11 + ((payload[tail + 9] << 8) | payload[tail + 10]) != size:
         return None
+    if tail + 11 != size and not _options_well_formed(payload, tail + 11):
+        return None
     udp_size = (payload[tail + 3] << 8) | payload[tail + 4]
     flag = b"\x03" if payload[tail + 7] & 0x80 else b"\x01"
     return (payload[12:end].lower() + payload[end:tail] + flag, end,
             udp_size if udp_size > CLASSIC_UDP_SIZE else CLASSIC_UDP_SIZE)
+
+
+def _options_well_formed(payload: bytes, offset: int) -> bool:
+    """Whether the OPT options from ``offset`` to the end are ones the slow
+    path would accept (see the module's docstring)."""
+    size = len(payload)
+    while offset < size:
+        if offset + 4 > size:
+            return False
+        code = (payload[offset] << 8) | payload[offset + 1]
+        length = (payload[offset + 2] << 8) | payload[offset + 3]
+        offset += 4 + length
+        if offset > size or code in _OPTIONS_FOR_THE_SLOW_PATH:
+            return False
+        # a client cookie of 8 bytes, then none or 8 to 32 of the server's
+        if code == OPTION_COOKIE and length != 8 and not 16 <= length <= 40:
+            return False
+    return True
 
 
 def fast_key(payload: bytes) -> tuple[bytes, int, int] | None:

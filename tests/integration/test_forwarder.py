@@ -593,6 +593,8 @@ def test_serve_stale_while_upstreams_are_down(net, upstreams, tmp_path):
     (["--forward", "not-an-address"], "bad upstream 'not-an-address'"),
     (["--forward", UP_A, "--allow", "10.0.0.0/33"], "10.0.0.0/33"),
     (["--hosts", "HOSTS"], "hosts:2: bad address '192.0.2.300'"),
+    (["--forward", APPLIANCE], "cannot forward to itself"),
+    (["--forward", "127.0.0.1:5353"], "cannot forward to itself or to a loopback"),
 ])
 def test_serve_rejects_bad_forwarder_settings(net, tmp_path, flags, message):
     ns, _, _ = net

@@ -144,3 +144,15 @@ def test_small_mtu_fragments_our_replies():
     assert len(frames) == 3 and all(len(f[IP]) <= 576 for f in frames)
     [reply] = defragment([f[IP] for f in frames])
     assert reply[ICMP].type == 0 and bytes(reply[ICMP].payload) == b"p" * 1200
+
+
+@pytest.mark.parametrize("source", ["192.0.2.255", "255.255.255.255", "127.0.0.1", "224.0.0.1",
+                                    "0.0.0.0", "240.0.0.1", OUR_IP])
+def test_impossible_sources_get_no_reply(source):
+    """A reply to a forged broadcast or multicast source would go to everyone."""
+    stack, link, _ = make_stack()
+    stack.udp.bind(53, lambda payload, *a: stack.udp.sendto(payload, 53, a[0], a[1]))
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=source, dst=OUR_IP) / ICMP()))
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=source, dst=OUR_IP) / UDP(dport=53) / b"q"))
+    assert link.take() == []
+    assert stack.counters["ipv4.bad_source.drop"] == 2
