@@ -214,7 +214,7 @@ class DnsServer:
             if kept is not None and kept[0] <= client_size:
                 self.counters["dns.fast.hit"] += 1
                 # wire.patch, with the two header variants made in advance
-                self._sendto(payload[:2] + kept[1][payload[2] & 1] + payload[12:name_end] + kept[2],
+                self._sendto(payload[:2] + kept[1][wire.variant(payload)] + payload[12:name_end] + kept[2],
                              self.port, src_ip, src_port)
                 if self.log_queries:
                     self._log(src_ip, src_port, payload, "static", kept[1][0][1] & 0x0F)
@@ -260,13 +260,10 @@ class DnsServer:
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
             key, name_end, _ = validated
-            header = reply[2:12]
-            without_rd = bytes((header[0] & 0xFE,)) + header[1:]
-            with_rd = bytes((header[0] | 0x01,)) + header[1:]
-            self._keep(key, (len(reply), (without_rd, with_rd), reply[name_end:]))
+            self._keep(key, (len(reply), wire.header_variants(reply), reply[name_end:]))
         self._sendto(reply, self.port, src_ip, src_port)
 
-    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, bytes], bytes]) -> None:
+    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> None:
         """Keeps a static answer, the oldest going first while the table is
         over its count or its bytes."""
         old = self.static.pop(key, None)
@@ -379,7 +376,7 @@ class DnsServer:
         log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
 
 
-def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, bytes], bytes]) -> int:
+def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> int:
     return len(key) + len(kept[2]) + STATIC_OVERHEAD
 
 
@@ -391,12 +388,13 @@ def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
 
 def _normalised(answer: Answer, query: dns.message.Message) -> dns.message.Message:
     """The processor's message as a reply to this query: same ID and question,
-    QR set, RD copied; EDNS is added by :func:`render`. TC is kept: a
+    QR set, RD and CD copied; EDNS is added by :func:`render`. TC is kept: a
     forwarder relaying a truncated upstream reply must say it is truncated."""
     response = answer.message
     response.id = query.id
-    flags = response.flags & ~dns.flags.RD
-    response.flags = flags | dns.flags.QR | (query.flags & dns.flags.RD)
+    # RD and CD are the client's to set and ours to echo (RFC 1035 4.1.1, RFC 4035 3.2.2)
+    echoed = dns.flags.RD | dns.flags.CD
+    response.flags = (response.flags & ~echoed) | dns.flags.QR | (query.flags & echoed)
     if not response.question:
         response.question = list(query.question)
     return response

@@ -136,11 +136,30 @@ def fast_key(payload: bytes) -> tuple[bytes, int, int] | None:
     return parse_query(payload)
 
 
+# The header bits a reply echoes from its query: RD (byte 2) and CD (byte 3).
+_RD, _CD = 0x01, 0x10
+
+
 def patch(answer: bytes, query: bytes, name_end: int) -> bytes:
     """``answer`` (kept for the same key) made the reply to ``query``: the
-    query's ID, RD copied from the query, the question's letter case as asked."""
-    return (query[:2] + bytes(((answer[2] & 0xFE) | (query[2] & 0x01),))
-            + answer[3:12] + query[12:name_end] + answer[name_end:])
+    query's ID, RD and CD copied from the query, the question's letter case
+    as asked."""
+    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD),
+                               (answer[3] & ~_CD & 0xFF) | (query[3] & _CD)))
+            + answer[4:12] + query[12:name_end] + answer[name_end:])
+
+
+def header_variants(answer: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """Bytes 2..11 of ``answer`` for each RD/CD combination a query may have,
+    made in advance so the hot path only indexes them (see :func:`variant`)."""
+    flags, rest = answer[2:4], answer[4:12]
+    return tuple(bytes(((flags[0] & ~_RD & 0xFF) | (i & 1 and _RD),
+                        (flags[1] & ~_CD & 0xFF) | (i & 2 and _CD))) + rest for i in range(4))
+
+
+def variant(query: bytes) -> int:
+    """Which of :func:`header_variants` answers ``query``: bit 0 RD, bit 1 CD."""
+    return (query[2] & _RD) | ((query[3] & _CD) >> 3)
 
 
 def header_id(payload: bytes) -> int:

@@ -22,12 +22,14 @@ from unikernel.zone import load_zones, zone_process
 ZONES = Path(__file__).resolve().parent.parent / "integration" / "zones"
 
 
-def make_query(name, rdtype="A", *, edns=-1, payload=1232, do=False, rd=True, qid=0x1234):
+def make_query(name, rdtype="A", *, edns=-1, payload=1232, do=False, rd=True, cd=False, qid=0x1234):
     q = dns.message.make_query(name, rdtype, use_edns=edns if edns >= 0 else False,
                                payload=payload, want_dnssec=do)
     q.id = qid
     if not rd:
         q.flags &= ~dns.flags.RD
+    if cd:
+        q.flags |= dns.flags.CD
     return q.to_wire()
 
 
@@ -195,7 +197,8 @@ def test_hot_path_answers_are_byte_identical_to_the_slow_path(zones):
                 for edns, payload, do in EDNS:
                     for round_ in range(3):
                         query = make_query(random_case(name, rng), rdtype, edns=edns, payload=payload,
-                                           do=do, rd=rng.random() < 0.5, qid=rng.randrange(65536))
+                                           do=do, rd=rng.random() < 0.5, cd=rng.random() < 0.3,
+                                           qid=rng.randrange(65536))
                         before = stack.counters["dns.fast.hit"]
                         got = await exchange(stack, server, query)
                         hits += stack.counters["dns.fast.hit"] - before
@@ -235,19 +238,21 @@ def test_truncated_answers_are_never_kept(zones):
 
 
 @settings(max_examples=60, deadline=None)
-@given(qid=st.integers(0, 65535), rd=st.booleans(), case_seed=st.integers(0, 2**32),
+@given(qid=st.integers(0, 65535), rd=st.booleans(), cd=st.booleans(), case_seed=st.integers(0, 2**32),
        name=st.sampled_from(NAMES), rdtype=st.sampled_from(["A", "MX", "TXT", "NS"]))
-def test_patched_answer_echoes_id_rd_and_case(zones, qid, rd, case_seed, name, rdtype):
+def test_patched_answer_echoes_id_rd_cd_and_case(zones, qid, rd, cd, case_seed, name, rdtype):
     asked = random_case(name, random.Random(case_seed))
 
     async def check():
         stack, server = new_server(zones)
         await exchange(stack, server, make_query(name.lower(), rdtype, qid=1))
-        return await exchange(stack, server, make_query(asked, rdtype, qid=qid, rd=rd)), stack
+        return await exchange(stack, server, make_query(asked, rdtype, qid=qid, rd=rd, cd=cd)), stack
 
     reply, stack = asyncio.run(check())
     msg = dns.message.from_wire(reply)
     assert msg.id == qid and bool(msg.flags & dns.flags.RD) == rd
+    assert bool(msg.flags & dns.flags.CD) == cd          # RFC 4035 3.2.2
+    assert stack.counters["dns.fast.hit"] == 1
     assert msg.question[0].name.to_text() == asked
     if msg.answer and msg.answer[0].name == dns.name.from_text(asked):
         assert msg.answer[0].name.to_text() == asked   # compressed against the question
