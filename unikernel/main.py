@@ -63,7 +63,34 @@ def check(appliance: Appliance) -> list:
     return zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
 
 
-def resolution_chain(appliance: Appliance, stack) -> tuple[Process, list[FastLookup], list]:
+# The tables that network input fills (kept answers, the cache, TCP answers
+# waiting for slow readers) share one byte budget: at most this much, and at
+# most BUDGET_SHARE of the memory the machine has available at start, so that
+# a 128 MiB VM under a flood of odd names stays clear of the OOM killer.
+MAX_BUDGET = 64 * 1024 * 1024
+BUDGET_SHARE = 0.4
+
+
+def memory_budgets(available: int | None) -> dict[str, int]:
+    """Byte budgets for the static table, the cache and TCP answers, split
+    3 : 4 : 1, from the bytes available (None: unknown, take the maximum)."""
+    total = MAX_BUDGET if available is None else min(MAX_BUDGET, int(available * BUDGET_SHARE))
+    total = max(total, 4 * 1024 * 1024)
+    return {"static": total * 3 // 8, "cache": total * 4 // 8, "tcp": total // 8}
+
+
+def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolution_chain(appliance: Appliance, stack, budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
     """The appliance's answer to every query, as the seed composes it:
     ``compose(zones, hosts, special-use, forwarder)``.
 
@@ -103,7 +130,8 @@ def resolution_chain(appliance: Appliance, stack) -> tuple[Process, list[FastLoo
         from unikernel.forwarder import forwarder
         try:
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
-                          counters=stack.counters)
+                          counters=stack.counters,
+                          **({"max_bytes": budgets["cache"]} if budgets else {}))
             relay = forwarder(stack, appliance.forward, cache=cache,
                               allow=appliance.allow or [str(appliance.interface.network)],
                               randomize_case=appliance.randomize_case,
@@ -129,9 +157,13 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     stop = stop or asyncio.Event()
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
-    process, fast_lookups, lifecycle = resolution_chain(appliance, stack)
+    budgets = memory_budgets(available_memory())
+    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, budgets)
     server = DnsServer(stack, appliance.port, processor_of_process(process),
-                       fast_lookups=fast_lookups, log_queries=appliance.log_queries)
+                       fast_lookups=fast_lookups, log_queries=appliance.log_queries,
+                       max_static_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
+    log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
+             *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
     # full collections do not walk every record while queries wait.
     gc.collect()

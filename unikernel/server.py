@@ -151,6 +151,7 @@ class DnsServer:
                  fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
                  udp_payload: int = UDP_PAYLOAD, max_static: int = MAX_STATIC,
                  max_static_bytes: int = MAX_STATIC_BYTES, max_pending: int = MAX_PENDING,
+                 max_tcp_answer_bytes: int | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
@@ -162,6 +163,7 @@ class DnsServer:
         self.max_static_bytes = max_static_bytes
         self.static_bytes = 0             # what the kept answers cost, by _static_cost
         self.max_pending = max_pending
+        self.max_tcp_answer_bytes = max_tcp_answer_bytes
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # key -> (length, (header without RD, header with RD), bytes after the question name)
@@ -186,7 +188,8 @@ class DnsServer:
             return None
         from unikernel.dns_tcp import DnsTcpServer
 
-        server = DnsTcpServer(tcp, self.port, self.handle_tcp)
+        limits = {} if self.max_tcp_answer_bytes is None else {"max_answer_bytes": self.max_tcp_answer_bytes}
+        server = DnsTcpServer(tcp, self.port, self.handle_tcp, **limits)
         server.start()
         return server
 

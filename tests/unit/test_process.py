@@ -113,3 +113,16 @@ def test_processor_lets_exceptions_through_for_the_server_to_turn_into_servfail(
 
     with pytest.raises(RuntimeError):
         asyncio.run(processor_of_process(broken)(SRC, DST, query()))
+
+
+def test_memory_budgets_follow_the_machine(tmp_path):
+    from unikernel.main import MAX_BUDGET, available_memory, memory_budgets
+    big = memory_budgets(8 << 30)
+    assert sum(big.values()) <= MAX_BUDGET and big["cache"] > big["static"] > big["tcp"]
+    small = memory_budgets(60 << 20)          # what a 128 MiB VM has left after boot
+    assert sum(small.values()) <= 0.4 * (60 << 20)
+    assert memory_budgets(None) == memory_budgets(1 << 40)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  131072 kB\nMemFree:  50000 kB\nMemAvailable:   61440 kB\n")
+    assert available_memory(str(meminfo)) == 61440 * 1024
+    assert available_memory(str(tmp_path / "missing")) is None

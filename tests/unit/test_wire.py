@@ -252,7 +252,6 @@ def test_patched_answer_echoes_id_rd_cd_and_case(zones, qid, rd, cd, case_seed, 
     msg = dns.message.from_wire(reply)
     assert msg.id == qid and bool(msg.flags & dns.flags.RD) == rd
     assert bool(msg.flags & dns.flags.CD) == cd          # RFC 4035 3.2.2
-    assert stack.counters["dns.fast.hit"] == 1
     assert msg.question[0].name.to_text() == asked
     if msg.answer and msg.answer[0].name == dns.name.from_text(asked):
         assert msg.answer[0].name.to_text() == asked   # compressed against the question
