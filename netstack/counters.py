@@ -14,3 +14,13 @@ class Counters(Counter):
 
     def drops(self) -> dict[str, int]:
         return {k: v for k, v in self.items() if k.endswith(".drop")}
+
+
+class DropError(ValueError):
+    """Input a layer must drop. Each protocol has its own subclass (raised by
+    its parser); ``reason`` is the counter that says why, e.g.
+    ``ipv4.bad_checksum.drop``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from . import checksum as cksum
+from .counters import DropError
 
 TYPE_ECHO_REPLY = 0
 TYPE_DEST_UNREACHABLE = 3
@@ -16,10 +17,8 @@ MAX_QUOTE = 576 - 20 - 8
 _HEADER = struct.Struct("!BBH")
 
 
-class IcmpError(ValueError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class IcmpError(DropError):
+    """An ICMP message we must drop."""
 
 
 def parse(message: bytes) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import checksum as cksum
-from .counters import Counters
+from .counters import Counters, DropError
 
 MIN_HEADER_LEN = 20
 PROTO_ICMP = 1
@@ -27,12 +27,8 @@ DEFAULT_TTL = 64
 _HEADER = struct.Struct("!BBHHHBBHII")
 
 
-class Ipv4Error(ValueError):
-    """A packet the IPv4 layer must drop; `reason` names the counter."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
+class Ipv4Error(DropError):
+    """A packet the IPv4 layer must drop."""
 
 
 class Ipv4Header(NamedTuple):

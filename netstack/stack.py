@@ -17,7 +17,7 @@ from typing import Callable
 from . import arp as arp_mod
 from . import ethernet, icmp, udp
 from . import ipv4 as ip4
-from .counters import Counters
+from .counters import Counters, DropError
 from .link import Link
 from .tcp import TcpConfig, TcpLayer
 
@@ -107,7 +107,7 @@ class Stack:
         try:
             if not self._input_plain_udp(frame):
                 self._input_frame(frame)
-        except (ip4.Ipv4Error, udp.UdpError, icmp.IcmpError) as e:
+        except DropError as e:
             self.counters[e.reason] += 1
         except arp_mod.ArpError:
             self.counters["arp.malformed.drop"] += 1

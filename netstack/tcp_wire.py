@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from . import checksum as cksum
+from .counters import DropError
 
 PROTO_TCP = 6
 MIN_HEADER_LEN = 20
@@ -38,12 +39,8 @@ OPT_WSCALE = 3
 _HEADER = struct.Struct("!HHIIBBHHH")
 
 
-class TcpError(ValueError):
-    """A segment the TCP layer must drop; ``reason`` names the counter."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
+class TcpError(DropError):
+    """A segment the TCP layer must drop."""
 
 
 def flag_names(flags: int) -> str:

@@ -6,7 +6,7 @@ import struct
 from typing import Callable
 
 from . import checksum as cksum
-from .counters import Counters
+from .counters import Counters, DropError
 
 HEADER_LEN = 8
 PROTO_UDP = 17
@@ -16,10 +16,8 @@ _HEADER = struct.Struct("!HHHH")
 OnDatagram = Callable[[bytes, int, int, int, int], None]
 
 
-class UdpError(ValueError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class UdpError(DropError):
+    """A datagram UDP must drop."""
 
 
 def parse(segment: bytes, src_ip: int, dst_ip: int) -> tuple[int, int, bytes]:

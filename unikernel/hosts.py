@@ -30,7 +30,7 @@ import dns.reversename
 import dns.rrset
 
 from .config import ConfigError
-from .process import Answer, Endpoint
+from .process import Answer, Endpoint, single_in_question
 
 DEFAULT_TTL = 60
 
@@ -101,10 +101,8 @@ def hosts_process(table: HostsTable, *, ttl: int = DEFAULT_TTL, recursion_availa
     """The process answering from ``table``."""
 
     async def hosts(*, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
-        if len(query.question) != 1:
-            return None
-        q = query.question[0]
-        if q.rdclass != dns.rdataclass.IN:
+        q = single_in_question(query)
+        if q is None:
             return None
         name = q.name.canonicalize()
         rdtype = q.rdtype

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 import dns.message
+import dns.rdataclass
 import dns.rcode
+import dns.rrset
 
 Endpoint = tuple[ipaddress.IPv4Address, int]
 
@@ -74,3 +76,13 @@ def processor_of_process(process: Process) -> Processor:
 
     processor.process = process  # type: ignore[attr-defined]
     return processor
+
+
+def single_in_question(query: dns.message.Message) -> dns.rrset.RRset | None:
+    """The query's one question when it is of class IN; None when there are
+    several or it is another class (then the question is not a local table's:
+    the server answers FORMERR or REFUSED itself)."""
+    if len(query.question) != 1:
+        return None
+    question = query.question[0]
+    return question if question.rdclass == dns.rdataclass.IN else None

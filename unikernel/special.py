@@ -24,7 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from .process import Answer, Endpoint
+from .process import Answer, Endpoint, single_in_question
 
 ZONE_TTL = 10800
 
@@ -72,10 +72,8 @@ def special_process(*, recursion_available: bool = False, extra_zones=()):
             name = name.parent()
 
     async def special(*, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
-        if len(query.question) != 1:
-            return None
-        q = query.question[0]
-        if q.rdclass != dns.rdataclass.IN:
+        q = single_in_question(query)
+        if q is None:
             return None
         name = q.name.canonicalize()
         apex = apex_of(name)
