@@ -15,8 +15,10 @@ How upstreams are used (after CoreDNS's forward plugin and RFC 5452):
   garbage) is marked down: it is skipped (used only when every upstream is
   down) until a health probe (``. NS``, every ``probe_interval``) gets a reply
   from it, or ``down_time`` has passed;
-- 0x20 is used unless switched off; an upstream that echoes the question in
-  another case loses 0x20 (logged) and the question is asked again without it;
+- 0x20 is used unless switched off; a reply that echoes the question in
+  another case makes the forwarder ask that question again without 0x20, and
+  an upstream that does so CASE_MISMATCH_LIMIT times in a row loses 0x20
+  (logged), so a single forged reply cannot switch it off;
 - identical questions in flight are sent upstream once: later askers wait for
   the first one's outcome;
 - no usable reply before the deadline: the stale answer when serve-stale
@@ -56,6 +58,7 @@ log = logging.getLogger("unikernel.forwarder")
 
 _USABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 HEALTH_LOG_INTERVAL = 60.0     # seconds between two down/up log lines of one upstream
+CASE_MISMATCH_LIMIT = 3        # wrong-case replies in a row before 0x20 goes off for an upstream
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 # Zone transfers, and meta types no question may carry (the server answers
 # them FORMERR/NOTIMP itself; upstream they would only provoke errors).
@@ -121,6 +124,7 @@ class Upstream:
     ip: int
     port: int
     use_0x20: bool = True
+    case_mismatches: int = 0           # replies in the wrong case since the last right one
     edns: bool = True                  # off once it answers an EDNS query with FORMERR/NOTIMP
     fails: int = 0                     # consecutive failures
     down_until: float = 0.0            # on the injected clock; 0: not down
@@ -288,6 +292,7 @@ class Forwarder:
         order = self._order()
         pending: dict[asyncio.Future, tuple[Upstream, float]] = {}
         again: list[Upstream] = []           # re-ask at once (0x20 or EDNS just switched off)
+        plain_case: set[int] = set()         # upstreams (by id) re-asked without 0x20 for this question
         launched = 0
         failure: tuple[Upstream, Reply] | None = None
         refusals = 0
@@ -306,7 +311,8 @@ class Forwarder:
                         launched += 1
                     attempt = asyncio.ensure_future(self.stub.query(
                         upstream.endpoint, qname, rdtype, rdclass, timeout=deadline - t,
-                        do=do and upstream.edns, use_0x20=upstream.use_0x20,
+                        do=do and upstream.edns,
+                        use_0x20=upstream.use_0x20 and id(upstream) not in plain_case,
                         **({} if upstream.edns else {"payload": None})))
                     pending[attempt] = (upstream, t)
                     self.counters["forward.upstream.query"] += 1
@@ -324,11 +330,18 @@ class Forwarder:
                     try:
                         reply = attempt.result()
                     except CaseMismatch:
+                        # This question is asked again in plain case. 0x20 goes off for
+                        # the upstream only after several mismatches in a row, so that one
+                        # forged reply (it must match ID and port) cannot switch it off.
                         self.counters["forward.upstream.case_mismatch"] += 1
-                        if upstream.use_0x20:
+                        upstream.case_mismatches += 1
+                        if upstream.use_0x20 and upstream.case_mismatches >= CASE_MISMATCH_LIMIT:
                             upstream.use_0x20 = False
                             log.warning("upstream %s does not preserve letter case: 0x20 off for it",
                                         upstream.name)
+                        if id(upstream) in plain_case:
+                            continue                 # a mismatch without 0x20: a forgery, ignore it
+                        plain_case.add(id(upstream))
                         again.append(upstream)
                         next_launch = loop.time()
                         continue
@@ -340,6 +353,8 @@ class Forwarder:
                         log.debug("upstream %s: %s", upstream.name, e)
                         self._failed(upstream)
                         continue
+                    if upstream.use_0x20 and id(upstream) not in plain_case:
+                        upstream.case_mismatches = 0     # it kept our letter case
                     rcode = reply.message.rcode()
                     if rcode in _USABLE or reply.truncated:
                         self._succeeded(upstream)

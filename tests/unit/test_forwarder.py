@@ -308,9 +308,17 @@ def test_0x20_is_used_and_falls_back_for_an_upstream_that_lowercases():
         assert sent.lower() == "www.example.com." and sent != "www.example.com."
         up.lowercase = True
         answer = await ask(fwd, "mail.example.com.")
-        assert answer.message.answer[0][0].address == "192.0.2.25"
-        assert not fwd.upstreams[0].use_0x20 and stack.counters["stub.reply.case_mismatch.drop"] == 1
+        assert answer.message.answer[0][0].address == "192.0.2.25"     # asked again in plain case
         assert up.queries[-1].question[0].name.to_text() == "mail.example.com."
+        # one wrong-case reply (a forger's, perhaps) does not switch 0x20 off ...
+        assert fwd.upstreams[0].use_0x20 and stack.counters["stub.reply.case_mismatch.drop"] == 1
+        for name in ("a.example.com.", "b.example.com."):
+            await ask(fwd, name)
+        # ... an upstream that lowercases every time loses it
+        assert not fwd.upstreams[0].use_0x20 and stack.counters["stub.reply.case_mismatch.drop"] == 3
+        await ask(fwd, "c.example.com.")
+        assert up.queries[-1].question[0].name.to_text() == "c.example.com."
+        assert stack.counters["stub.reply.case_mismatch.drop"] == 3
     run(main())
 
 
@@ -543,4 +551,20 @@ def test_garbage_from_the_upstream_is_dropped_and_the_real_reply_wins():
         assert answer.message.answer[0][0].address == "192.0.2.80"
         drops = sum(v for k, v in stack.counters.items() if k.startswith("stub.reply.") and k.endswith(".drop"))
         assert drops == 22
+    run(main())
+
+
+def test_a_reply_in_the_right_case_forgives_earlier_mismatches():
+    async def main():
+        stack, (up,), fwd, _ = make()
+        up.lowercase = True
+        for name in ("a.example.com.", "b.example.com."):
+            await ask(fwd, name)
+        assert fwd.upstreams[0].case_mismatches == 2
+        up.lowercase = False
+        await ask(fwd, "c.example.com.")
+        assert fwd.upstreams[0].case_mismatches == 0
+        up.lowercase = True
+        await ask(fwd, "d.example.com.")
+        assert fwd.upstreams[0].use_0x20 and fwd.upstreams[0].case_mismatches == 1
     run(main())
