@@ -112,8 +112,9 @@ def resolution_chain(appliance: Appliance, stack, budgets: dict[str, int] | None
     lifecycle: list = []
 
     if appliance.zones:
-        zones = zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
-        chain.append(zones_mod.zone_process(zones))
+        zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones)
+        chain.append(zone_files.process)
+        lifecycle.append(zone_files)          # reloadable on SIGHUP
     recursion = bool(appliance.forward)
     if appliance.hosts:
         from unikernel.hosts import hosts_process, load_hosts
@@ -170,12 +171,27 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     gc.freeze()
     started: list = []
     loop = asyncio.get_running_loop()
+    def reload() -> None:
+        """SIGHUP: read the zone files again; on any error keep serving the
+        zones already loaded."""
+        try:
+            count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
+        except ConfigError as e:
+            stack.counters["dns.reload.failed"] += 1
+            log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+            return
+        server.forget_static()
+        stack.counters["dns.reload.done"] += 1
+        log.warning("reloaded %d zone file(s)", count)
+
+    signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
+               signal.SIGHUP: reload}
     try:
-        # `kill -USR1` writes every counter to the log (where packets went)
-        loop.add_signal_handler(signal.SIGUSR1, stack.log_counters)
-        counters_on_signal = True
+        for signum, handler in signals.items():
+            loop.add_signal_handler(signum, handler)
+        signals_installed = True
     except (NotImplementedError, RuntimeError, ValueError):   # not the main thread
-        counters_on_signal = False
+        signals_installed = False
     try:
         await stack.start()
         server.start()
@@ -193,12 +209,13 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     finally:
         for item in reversed(started):
             try:
-                outcome = item.close()
+                outcome = item.close() if hasattr(item, "close") else None
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
                 log.exception("closing %r failed", item)
         server.close()
         stack.close()
-        if counters_on_signal:
-            loop.remove_signal_handler(signal.SIGUSR1)
+        if signals_installed:
+            for signum in signals:
+                loop.remove_signal_handler(signum)

@@ -193,6 +193,12 @@ class DnsServer:
         server.start()
         return server
 
+    def forget_static(self) -> None:
+        """Drops every kept answer (the zones behind them changed)."""
+        self.static.clear()
+        self.static_bytes = 0
+        self.counters["dns.static.forgotten"] += 1
+
     def close(self) -> None:
         self.stack.udp.unbind(self.port)
         if self.tcp_server is not None:

@@ -447,3 +447,28 @@ def zone_process(zones: Iterable[str | os.PathLike | dns.zone.Zone] | Zones) -> 
 
     authoritative.zones = table  # type: ignore[attr-defined]
     return authoritative
+
+
+class ZoneFiles:
+    """The zone process for a set of zone files, reloadable while serving.
+
+    ``reload()`` reads every file again and swaps the new zones in whole, only
+    once all of them loaded: a file with an error leaves the zones being
+    served untouched (and raises the error, naming file and line)."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
+        self.paths = list(paths)
+        self.zones = Zones(load_zones(self.paths))
+        zones_now = self
+
+        async def authoritative(*, src: Endpoint, dst: Endpoint,
+                                query: dns.message.Message) -> Answer | None:
+            return await zones_now._process(src=src, dst=dst, query=query)
+
+        self._process = zone_process(self.zones)
+        self.process: Process = authoritative
+
+    def reload(self) -> int:
+        zones = Zones(load_zones(self.paths))     # raises before anything changes
+        self.zones, self._process = zones, zone_process(zones)
+        return len(self.paths)

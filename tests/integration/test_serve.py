@@ -194,3 +194,28 @@ def test_log_queries_and_pcap(tmp_path):
         dump = subprocess.run(["tcpdump", "-nr", str(trace)], capture_output=True, text=True, timeout=30)
         assert dump.stdout.count("A? mail.hard.example.") == 2       # two queries
         assert dump.stdout.count("1/2/3 A 192.0.2.25") == 2          # two answers
+
+
+@needs_root
+@needs_dig
+def test_sighup_reloads_zones_and_keeps_the_old_ones_on_error(tmp_path):
+    zone = tmp_path / "reload.test.zone"
+    zone.write_text("$ORIGIN reload.test.\n$TTL 300\n"
+                    "@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 192.0.2.53\nwww A 192.0.2.80\n")
+    with Namespace() as ns:
+        ns.add_tap("tap0", "192.0.2.1/24")
+        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
+                        "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none", "--zone", str(zone),
+                        cwd=str(ROOT))
+        read_until(proc, "ready")
+        for _ in range(2):                     # the second answer comes from the kept bytes
+            assert "192.0.2.80" in dig(ns, "192.0.2.2", "www.reload.test", "+short")
+        zone.write_text(zone.read_text().replace("192.0.2.80", "192.0.2.81").replace(" 1 3600", " 2 3600"))
+        proc.send_signal(signal.SIGHUP)
+        assert "reloaded 1 zone file" in read_until(proc, "reloaded")
+        assert dig(ns, "192.0.2.2", "www.reload.test", "+short").strip() == "192.0.2.81"
+        zone.write_text(zone.read_text() + "broken IN A not-an-address\n")
+        proc.send_signal(signal.SIGHUP)
+        failed = read_until(proc, "reload failed")
+        assert f"{zone}:7" in failed                          # file and line of the error
+        assert dig(ns, "192.0.2.2", "www.reload.test", "+short").strip() == "192.0.2.81"
