@@ -133,8 +133,12 @@ def fetch_deb(deb: packages.Deb, cache: Path) -> Path:
     if path.exists() and sha256(path) == deb.sha256:
         return path
     path.unlink(missing_ok=True)
-    result = subprocess.run(["apt-get", "download", "-q", f"{deb.name}={deb.version}"], cwd=folder,
-                            capture_output=True, text=True)
+    command = ["apt-get", "download", "-q", f"{deb.name}={deb.version}"]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    if result.returncode != 0 and os.geteuid() == 0:
+        # apt's package lists may be missing or stale (a fresh machine): refresh once
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     if result.returncode != 0 or not path.exists():
         raise BuildError(f"apt-get download {deb.name}={deb.version} failed:\n{result.stderr.strip()}\n"
                          f"(the mirror may have moved on: `apt-cache policy {deb.name}` shows what it "
