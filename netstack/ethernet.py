@@ -32,12 +32,12 @@ def mac_to_str(mac: bytes) -> str:
 
 def mac_from_str(text: str) -> bytes:
     parts = text.replace("-", ":").split(":")
-    if len(parts) != 6:
-        raise ValueError(f"not a MAC address: {text!r}")
+    if len(parts) != 6 or any(not 1 <= len(p) <= 2 for p in parts):
+        raise ValueError(f"{text!r} is not six hex octets like 02:00:00:00:00:01")
     try:
         mac = bytes(int(p, 16) for p in parts)
     except ValueError:
-        raise ValueError(f"not a MAC address: {text!r}") from None
+        raise ValueError(f"{text!r} is not six hex octets like 02:00:00:00:00:01") from None
     if mac[0] & 1:
         raise ValueError(f"{text} is a multicast address, not usable as a station address")
     return mac

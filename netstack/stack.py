@@ -124,7 +124,7 @@ class Stack:
             return False
         (dst_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
-        top = src >> 24
+        top = src >> 24      # _impossible_source, inlined on the hot path
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
                 or top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
                 or src == dst or total_len != length + 20 or total_len + 14 > len(frame)
@@ -232,11 +232,6 @@ class Stack:
 
     def _transmit_tcp(self, dst_ip: int, segment: bytes) -> None:
         self.send_ip(dst_ip, ip4.PROTO_TCP, segment, dont_fragment=True)
-
-    def next_hop(self, dst_ip: int) -> int | None:
-        if dst_ip & self.netmask == self.network:
-            return dst_ip
-        return self.gateway
 
     def send_ip(self, dst_ip: int, protocol: int, payload: bytes, *, dont_fragment: bool = False) -> None:
         """Routes, fragments and sends one datagram; never raises."""

@@ -52,6 +52,20 @@ def make_stack(mtu: int = 1500, gateway: str | None = GATEWAY):
     return stack, link, clock
 
 
+def stack_pair(**faults):
+    """Two stacks (10.9.0.1 and .2) over a MemoryWire with `faults`, pumped by
+    hand on one virtual clock: (wire, clock, a, b)."""
+    from netstack.link.memory import MemoryWire
+    wire = MemoryWire(**faults)
+    a_end, b_end = wire.ends()
+    clock = Clock()
+    a = Stack(a_end, "10.9.0.1/24", clock=clock)
+    b = Stack(b_end, "10.9.0.2/24", clock=clock)
+    a_end.attach(None, a.receive)
+    b_end.attach(None, b.receive)
+    return wire, clock, a, b
+
+
 def prime_arp(stack: Stack, ip: str = PEER_IP, mac: bytes = PEER_MAC) -> None:
     """Puts the peer in the ARP cache, as if it had asked for us."""
     from scapy.layers.l2 import ARP, Ether
@@ -63,15 +77,21 @@ def prime_arp(stack: Stack, ip: str = PEER_IP, mac: bytes = PEER_MAC) -> None:
 KERNEL_SIDE, STACK_SIDE = "192.0.2.1", "192.0.2.2"
 
 
+def tap_link(ns: Namespace, lossy: int = 0) -> TapLink:
+    """tap0 in `ns`, its kernel side at KERNEL_SIDE/24, opened from this
+    process; `lossy` percent of frames are dropped each way by nftables."""
+    ns.add_tap("tap0", f"{KERNEL_SIDE}/24")
+    if lossy:
+        ns.add_loss("tap0", lossy)
+    with ns.entered():
+        return TapLink("tap0")
+
+
 def with_stack(body, *, lossy: int = 0):
-    """Runs ``await body(ns, stack)`` with our stack on tap0 in a fresh namespace;
-    `lossy` percent of frames are dropped each way by nftables in the namespace."""
+    """Runs ``await body(ns, stack)`` with our stack on tap0 in a fresh namespace
+    (see tap_link for `lossy`)."""
     with Namespace() as ns:
-        ns.add_tap("tap0", f"{KERNEL_SIDE}/24")
-        if lossy:
-            ns.add_loss("tap0", lossy)
-        with ns.entered():
-            link = TapLink("tap0")
+        link = tap_link(ns, lossy)
 
         async def main():
             stack = Stack(link, ipaddress.IPv4Interface(f"{STACK_SIDE}/24"), ipaddress.IPv4Address(KERNEL_SIDE))

@@ -14,6 +14,7 @@ import logging
 import signal
 from typing import Callable
 
+from netstack import ethernet
 from netstack.stack import Stack
 from unikernel import zone as zones_mod
 from unikernel.config import Appliance, ConfigError
@@ -26,14 +27,10 @@ log = logging.getLogger("unikernel.main")
 def parse_mac(text: str | None) -> bytes | None:
     if not text:
         return None
-    parts = text.replace("-", ":").split(":")
     try:
-        mac = bytes(int(p, 16) for p in parts)
-    except ValueError:
-        mac = b""
-    if len(mac) != 6 or any(len(p) not in (1, 2) for p in parts):
-        raise ConfigError(f"mac {text!r} is not six hex octets like 02:00:00:00:00:01")
-    return mac
+        return ethernet.mac_from_str(text)
+    except ValueError as e:
+        raise ConfigError(f"mac {e}") from None
 
 
 def check(appliance: Appliance) -> list:

@@ -9,8 +9,8 @@ import asyncio
 import sys
 import textwrap
 
-from netstack.link.tap import TapLink
 from tests.netns import Namespace, exec_in, needs_root
+from tests.stackutil import tap_link
 from unikernel.config import Appliance
 from unikernel.main import serve
 
@@ -36,11 +36,7 @@ def with_appliance(tmp_path, body, *, lossy: int = 0):
     zone.write_text(ZONE)
     appliance = Appliance(tap="tap0", ipv4=f"{APPLIANCE}/24", ipv4_gateway=HOST, zones=[str(zone)])
     with Namespace() as ns:
-        ns.add_tap("tap0", f"{HOST}/24")
-        if lossy:
-            ns.add_loss("tap0", lossy)
-        with ns.entered():
-            link = TapLink("tap0")
+        link = tap_link(ns, lossy)
 
         async def main():
             stop = asyncio.Event()

@@ -189,14 +189,20 @@ def test_malformed_queries_get_nsds_rcode(nsd, zone_files):
     assert not problems, "\n".join(problems)
 
 
+def serve_args(zone_files) -> list[str]:
+    """The unix target, authoritative-only, on tap0 at 192.0.2.2 serving the zones."""
+    args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
+            "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none"]
+    for f in zone_files:
+        args += ["--zone", str(f)]
+    return args
+
+
 @needs_root
 def test_answers_through_our_stack_agree_with_nsd(nsd, zone_files):
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0", "--ipv4", "192.0.2.2/24",
-                "--ipv4-gateway", "none"]
-        for f in zone_files:
-            args += ["--zone", str(f)]
+        args = serve_args(zone_files)
         proc = ns.popen(*args, cwd=str(ROOT))
         read_until(proc, "ready")
         with ns.entered():
@@ -235,10 +241,7 @@ def test_names_outside_the_zones_are_refused_like_nsd(nsd, zone_files):
     so special-use and other names outside the zones are REFUSED, as by NSD."""
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0", "--ipv4", "192.0.2.2/24",
-                "--ipv4-gateway", "none"]
-        for f in zone_files:
-            args += ["--zone", str(f)]
+        args = serve_args(zone_files)
         read_until(ns.popen(*args, cwd=str(ROOT)), "ready")
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -5,20 +5,7 @@ import random
 
 import pytest
 
-from netstack.link.memory import MemoryWire
-from netstack.stack import Stack
-from tests.stackutil import Clock
-
-
-def pair(**faults):
-    wire = MemoryWire(**faults)
-    a_end, b_end = wire.ends()
-    clock = Clock()
-    a = Stack(a_end, "10.9.0.1/24", clock=clock)
-    b = Stack(b_end, "10.9.0.2/24", clock=clock)
-    a_end.attach(None, a.receive)
-    b_end.attach(None, b.receive)
-    return wire, clock, a, b
+from tests.stackutil import stack_pair as pair
 
 
 def run(wire, clock, stacks, seconds, step=0.05):

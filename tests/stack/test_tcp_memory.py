@@ -799,17 +799,9 @@ def test_client_reset_mid_stream_is_survived():
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_two_stacks_over_a_faulty_memory_wire(seed):
-    from netstack.link.memory import MemoryWire
-    from netstack.stack import Stack
-    from tests.stackutil import Clock
+    from tests.stackutil import stack_pair
 
-    wire = MemoryWire(seed=seed, drop=0.05, duplicate=0.05, reorder=0.1, corrupt=0.02)
-    a_end, b_end = wire.ends()
-    clock = Clock()
-    a = Stack(a_end, "10.9.0.1/24", clock=clock)
-    b = Stack(b_end, "10.9.0.2/24", clock=clock)
-    a_end.attach(None, a.receive)
-    b_end.attach(None, b.receive)
+    wire, clock, a, b = stack_pair(seed=seed, drop=0.05, duplicate=0.05, reorder=0.1, corrupt=0.02)
     got = bytearray()
     closed = []
 
