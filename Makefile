@@ -5,8 +5,13 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # System tools the tests and the image builder use, installed when missing.
+# Services among them (nsd, unbound, knot, avahi) must never start on the
+# host: apt runs under a policy-rc.d that refuses every start, and the tests
+# run each one in the foreground inside a namespace of their own.
 APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
-            dnsmasq-base qemu-system-x86 cpio xz-utils zstd
+            dnsmasq-base qemu-system-x86 cpio xz-utils zstd \
+            unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
+            ca-certificates avahi-daemon chromium chromium-driver prometheus
 PYTEST_ARGS ?=
 
 .PHONY: deps test unit bench run boot image smoke serve clean
@@ -18,7 +23,12 @@ deps: $(STAMP)
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing with apt: $$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "deps: need root for apt-get (missing: $$missing)" >&2; exit 1; fi; \
+	  made_policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made_policy=1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  rc=$$?; [ -n "$$made_policy" ] && rm -f /usr/sbin/policy-rc.d; \
+	  for s in nsd unbound knot avahi-daemon; do systemctl disable --now $$s >/dev/null 2>&1 || true; done; \
+	  [ $$rc = 0 ] || exit $$rc; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mac", metavar="XX:XX:XX:XX:XX:XX")
     serve.add_argument("--log-queries", action="store_true", default=None, help="log every query")
     serve.add_argument("--pcap", metavar="FILE", help="write every frame to a pcap file")
-    # forwarder, cache, hosts overrides (unikernel/forwarder.py, cache.py, hosts.py)
+    # forwarder, cache, hosts overrides (unikernel/resolver/forwarder.py, cache.py, sources/hosts.py)
     serve.add_argument("--forward", action="append", metavar="ADDR[:PORT]",
                        help="upstream resolver for what no local data answers; repeat for several")
     serve.add_argument("--hosts", action="append", metavar="FILE", type=lambda v: str(Path(v).resolve()),
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clients that may use forwarding and the cache (default: our own subnet)")
     serve.add_argument("--bogus-nxdomain", action="append", metavar="ADDR",
                        help="answers carrying this address become NXDOMAIN (as dnsmasq's option)")
-    from unikernel.forwarder import yes_or_no
+    from unikernel.resolver.forwarder import yes_or_no
     serve.add_argument("--no-0x20", dest="randomize_case", action="store_false", default=None,
                        help="do not randomise the letter case of upstream queries")
     serve.add_argument("--randomize-case", nargs="?", const=True, type=yes_or_no, metavar="yes|no",

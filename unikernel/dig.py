@@ -32,7 +32,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
 
-from .stub import DEFAULT_PAYLOAD, StubError, StubResolver, StubTimeout
+from unikernel.resolver.stub import DEFAULT_PAYLOAD, StubError, StubResolver, StubTimeout
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_REPLY = 0, 2, 9
 

@@ -16,10 +16,10 @@ from typing import Callable
 
 from netstack import ethernet
 from netstack.stack import Stack
-from unikernel import zone as zones_mod
+from unikernel.sources import zone as zones_mod
 from unikernel.config import Appliance, ConfigError
 from unikernel.process import Process, compose, processor_of_process
-from unikernel.server import DnsServer, FastLookup
+from unikernel.serve.server import DnsServer, FastLookup
 
 log = logging.getLogger("unikernel.main")
 
@@ -43,9 +43,9 @@ def check(appliance: Appliance) -> list:
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
     if appliance.hosts:
-        from unikernel.hosts import load_hosts
+        from unikernel.sources.hosts import load_hosts
         load_hosts(appliance.path(h) for h in appliance.hosts)
-    from unikernel.forwarder import AccessList, parse_upstream
+    from unikernel.resolver.forwarder import AccessList, parse_upstream
     try:
         for upstream in appliance.forward:
             address, _port = parse_upstream(upstream)
@@ -114,18 +114,18 @@ def resolution_chain(appliance: Appliance, stack, budgets: dict[str, int] | None
         lifecycle.append(zone_files)          # reloadable on SIGHUP
     recursion = bool(appliance.forward)
     if appliance.hosts:
-        from unikernel.hosts import hosts_process, load_hosts
+        from unikernel.sources.hosts import hosts_process, load_hosts
         table = load_hosts(appliance.path(h) for h in appliance.hosts)
         chain.append(hosts_process(table, recursion_available=recursion))
     if recursion:
         # special-use names are answered here so that they never leak upstream;
         # without a forwarder the appliance is authoritative-only and, like
         # NSD, refuses every name its zones and hosts do not hold (issue 3)
-        from unikernel.special import special_process
+        from unikernel.sources.special import special_process
         chain.append(special_process(recursion_available=recursion))
     if appliance.forward:
-        from unikernel.cache import Cache
-        from unikernel.forwarder import forwarder
+        from unikernel.resolver.cache import Cache
+        from unikernel.resolver.forwarder import forwarder
         try:
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
                           counters=stack.counters,

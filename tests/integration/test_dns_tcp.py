@@ -1,5 +1,5 @@
 """DNS over TCP end to end: the appliance (unikernel.main.serve, whose TCP
-side is unikernel.dns_tcp on netstack.tcp) on a tap in a namespace, and the
+side is unikernel.serve.tcp on netstack.tcp) on a tap in a namespace, and the
 Linux kernel's TCP as the client: dig +tcp, 50 pipelined queries on one
 connection, a large answer over many segments (truncated over UDP, whole over
 TCP), clients that close early or reset, and 15% loss both ways."""

@@ -27,8 +27,8 @@ from tests.nsd import nsd_conf
 from tests.netns import Namespace, needs_root, read_until
 from tests.unit.fake_stack import FakeStack
 from unikernel.process import processor_of_process
-from unikernel.server import DnsServer
-from unikernel.zone import load_zones, zone_process
+from unikernel.serve.server import DnsServer
+from unikernel.sources.zone import load_zones, zone_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ZONES = Path(__file__).resolve().parent / "zones"

@@ -13,7 +13,7 @@ from netstack.counters import Counters
 from netstack.tcp import State, TcpConfig, TcpLayer, seq_add
 from netstack.tcp_stream import open_connection, wrap
 from netstack.tcp_wire import ACK, FIN, PSH, RST, SYN, TcpSegment
-from unikernel.dns_tcp import DnsTcpServer
+from unikernel.serve.tcp import DnsTcpServer
 
 # -- the simulated network -------------------------------------------------------------------
 

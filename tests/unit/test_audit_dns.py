@@ -19,12 +19,12 @@ import pytest
 from tests.unit import test_forwarder as tf
 from tests.unit.fake_stack import FakeStack, exchange
 from tests.unit.test_server import ZONE
-from unikernel.cache import Cache, question_key
-from unikernel.forwarder import AccessList
+from unikernel.resolver.cache import Cache, question_key
+from unikernel.resolver.forwarder import AccessList
 from unikernel.process import processor_of_process
-from unikernel.server import DnsServer
-from unikernel.stub import StubError
-from unikernel.zone import zone_process
+from unikernel.serve.server import DnsServer
+from unikernel.resolver.stub import StubError
+from unikernel.sources.zone import zone_process
 
 
 def serve_zone(**options):
@@ -393,7 +393,7 @@ def test_tcp_answers_queued_for_a_client_that_does_not_read_are_bounded():
     """Each answer task released its slot before writing, so a client that
     pipelines many queries and never reads had every answer queued in the
     writer (64 KB each at worst) until the first drain timed out."""
-    from unikernel.dns_tcp import DnsTcpServer
+    from unikernel.serve.tcp import DnsTcpServer
 
     answer = b"\x12\x34\x81\x80" + b"\x00" * 8 + b"z" * 20_000
 
@@ -480,7 +480,7 @@ def test_tcp_answers_held_for_clients_that_do_not_read_are_bounded_over_all_conn
     to be written; across 64 connections x 32 queries x 64 KB that is
     128 MiB. Over a server-wide budget an answer is dropped and its
     connection reset."""
-    from unikernel.dns_tcp import DnsTcpServer
+    from unikernel.serve.tcp import DnsTcpServer
 
     answer = b"\x12\x34\x81\x80" + b"\x00" * 8 + b"z" * 20_000
 
@@ -525,7 +525,7 @@ def test_a_flapping_upstream_does_not_flood_the_log(caplog):
             clock.t += 3
         return stack.counters
 
-    with caplog.at_level("WARNING", logger="unikernel.forwarder"):
+    with caplog.at_level("WARNING", logger="unikernel.resolver.forwarder"):
         counters = asyncio.run(main())
     health_lines = [r for r in caplog.records if "answers again" in r.message or "not answering" in r.message]
     assert counters["forward.upstream.marked_down"] >= 5 and counters["forward.upstream.marked_up"] >= 5

@@ -15,7 +15,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from unikernel.cache import Cache, edns_flags_of, question_key, ttl_fields
+from unikernel.resolver.cache import Cache, edns_flags_of, question_key, ttl_fields
 
 NAME = dns.name.from_text("www.example.com.")
 A, IN = dns.rdatatype.A, dns.rdataclass.IN

@@ -18,9 +18,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from unikernel.cache import Cache
-from unikernel.forwarder import AccessList, Forwarder, parse_upstream
-from unikernel.stub import CaseMismatch, StubResolver, StubTimeout, randomize_case
+from unikernel.resolver.cache import Cache
+from unikernel.resolver.forwarder import AccessList, Forwarder, parse_upstream
+from unikernel.resolver.stub import CaseMismatch, StubResolver, StubTimeout, randomize_case
 
 CLIENT = (ipaddress.IPv4Address("192.0.2.99"), 40000)
 OUTSIDER = (ipaddress.IPv4Address("203.0.113.5"), 40000)
@@ -188,7 +188,7 @@ def test_cache_hit_never_reaches_upstream_and_counts_down():
         assert len(up.queries) == 1 and stack.counters["forward.cache.hit"] == 1
         assert answer.message.answer[0].ttl == 200
         # and the fast path agrees
-        from unikernel.cache import question_key
+        from unikernel.resolver.cache import question_key
         key = question_key(dns.name.from_text("www.example.com."), 1, 1) + b"\x00"
         wire = fwd.fast_lookup(key, int(CLIENT[0]), clock.t)
         assert dns.message.from_wire(wire).answer[0].ttl == 200

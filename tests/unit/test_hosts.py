@@ -9,7 +9,7 @@ import dns.reversename
 import pytest
 
 from unikernel.config import ConfigError
-from unikernel.hosts import HostsError, hosts_process, load_hosts, parse_hosts
+from unikernel.sources.hosts import HostsError, hosts_process, load_hosts, parse_hosts
 
 SRC = (ipaddress.IPv4Address("192.0.2.99"), 5000)
 DST = (ipaddress.IPv4Address("192.0.2.2"), 53)

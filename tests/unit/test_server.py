@@ -12,8 +12,8 @@ import pytest
 
 from tests.unit.fake_stack import FakeStack, exchange
 from unikernel.process import Answer, processor_of_process
-from unikernel.server import DnsServer, serve_with_zonefile
-from unikernel.zone import zone_process
+from unikernel.serve.server import DnsServer, serve_with_zonefile
+from unikernel.sources.zone import zone_process
 
 ZONE = Path(__file__).resolve().parent.parent / "integration" / "zones" / "hard.example.zone"
 
@@ -238,7 +238,7 @@ def test_mangled_queries_get_one_reply_or_a_counted_drop(seed, flips, cut, noise
 
 
 def test_an_internal_error_still_answers_servfail(monkeypatch):
-    import unikernel.server as server_mod
+    import unikernel.serve.server as server_mod
 
     def broken_render(*args, **kwargs):
         raise RuntimeError("renderer bug")

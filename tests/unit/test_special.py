@@ -10,7 +10,7 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from unikernel.special import special_process
+from unikernel.sources.special import special_process
 
 SRC = (ipaddress.IPv4Address("192.0.2.99"), 5000)
 DST = (ipaddress.IPv4Address("192.0.2.2"), 53)

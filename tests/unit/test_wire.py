@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 from tests.unit.fake_stack import FakeStack, exchange
 from unikernel import wire
 from unikernel.process import Answer, processor_of_process
-from unikernel.server import DnsServer
-from unikernel.zone import load_zones, zone_process
+from unikernel.serve.server import DnsServer
+from unikernel.sources.zone import load_zones, zone_process
 
 ZONES = Path(__file__).resolve().parent.parent / "integration" / "zones"
 

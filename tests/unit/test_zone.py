@@ -12,7 +12,7 @@ import dns.rdatatype
 import pytest
 
 from unikernel.config import ConfigError
-from unikernel.zone import Zones, load_zone, load_zones, zone_process
+from unikernel.sources.zone import Zones, load_zone, load_zones, zone_process
 
 ZONES = Path(__file__).resolve().parent.parent / "integration" / "zones"
 HEADER = "$ORIGIN t.example.\n$TTL 60\n@ IN SOA ns h 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.1\n"

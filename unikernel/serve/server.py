@@ -21,7 +21,7 @@ answer served to a client whose limit it fits is byte-identical to what the
 slow path would have sent (tests/unit/test_wire.py checks this).
 
 TCP queries (length-prefixed, up to 65535 bytes, never truncated) go through
-the slow path via :class:`unikernel.dns_tcp.DnsTcpServer` when the stack has
+the slow path via :class:`unikernel.serve.tcp.DnsTcpServer` when the stack has
 TCP. A query is never left unanswered for its content; only a message too
 short for a header, one that is itself a response, or one from a source port
 that would start a packet loop (:data:`BAD_SOURCE_PORTS`) or from an address
@@ -47,7 +47,7 @@ import dns.renderer
 from unikernel import wire
 from unikernel.process import Answer, Endpoint, Processor, processor_of_process
 
-log = logging.getLogger("unikernel.server")
+log = logging.getLogger("unikernel.serve.server")
 
 # The EDNS size we advertise and the most we send over UDP (NSD's default:
 # no IP fragmentation on the paths that matter, RFC 9715).
@@ -186,7 +186,7 @@ class DnsServer:
         tcp = getattr(self.stack, "tcp", None)
         if tcp is None:          # a stack without TCP (or a test's fake): UDP only
             return None
-        from unikernel.dns_tcp import DnsTcpServer
+        from unikernel.serve.tcp import DnsTcpServer
 
         limits = {} if self.max_tcp_answer_bytes is None else {"max_answer_bytes": self.max_tcp_answer_bytes}
         server = DnsTcpServer(tcp, self.port, self.handle_tcp, **limits)
@@ -429,7 +429,7 @@ def serve_with_processor(stack, port: int = 53, processor: Processor | None = No
 
 def serve_with_zonefile(stack, port: int = 53, zonefile=None, **options) -> DnsServer:
     """The tutorial's one-liner: serve one zone file (or several, as a list)."""
-    from unikernel.zone import zone_process
+    from unikernel.sources.zone import zone_process
 
     if zonefile is None:
         raise ValueError("serve_with_zonefile needs a zonefile")

@@ -49,12 +49,12 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from .cache import (KIND_NEGATIVE, KIND_POSITIVE, Cache, Entry, entry_key, on_chain, question_key,
+from unikernel.resolver.cache import (KIND_NEGATIVE, KIND_POSITIVE, Cache, Entry, entry_key, on_chain, question_key,
                     with_ttl)
-from .process import Answer, Endpoint
-from .stub import CaseMismatch, Reply, StubError, StubResolver, StubTimeout
+from unikernel.process import Answer, Endpoint
+from unikernel.resolver.stub import CaseMismatch, Reply, StubError, StubResolver, StubTimeout
 
-log = logging.getLogger("unikernel.forwarder")
+log = logging.getLogger("unikernel.resolver.forwarder")
 
 _USABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 HEALTH_LOG_INTERVAL = 60.0     # seconds between two down/up log lines of one upstream

@@ -24,7 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from .process import Answer, Endpoint, single_in_question
+from unikernel.process import Answer, Endpoint, single_in_question
 
 ZONE_TTL = 10800
 

@@ -29,8 +29,8 @@ import dns.rdatatype
 import dns.reversename
 import dns.rrset
 
-from .config import ConfigError
-from .process import Answer, Endpoint, single_in_question
+from unikernel.config import ConfigError
+from unikernel.process import Answer, Endpoint, single_in_question
 
 DEFAULT_TTL = 60
 

@@ -1,0 +1,1 @@
+"""Answers from elsewhere: the forwarder, its stub resolver, the cache."""

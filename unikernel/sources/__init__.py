@@ -1,0 +1,1 @@
+"""Answers that are ours: zone files, hosts overrides, special-use names."""
