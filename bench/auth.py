@@ -155,7 +155,7 @@ def measure(ns, name: str, pid: int, address: str, queries: Path, seconds: float
 
 
 def nsd_config(work: Path, zone: Path) -> Path:
-    from tests.nsd import nsd_conf   # tests/ is put on sys.path by run()
+    from tests.nsd import nsd_conf  # tests/ is put on sys.path by run()
     return nsd_conf(work, {ORIGIN: zone}, address="127.0.0.1", port=53)
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"

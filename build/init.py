@@ -365,10 +365,10 @@ def stage_serve() -> None:
             cmdline = f.read()
         import logging
 
+        from netstack.link.packet import PacketLink
         from unikernel.cli import UsageError, parse_serve
         from unikernel.config import ConfigError, load
         from unikernel.main import check, serve
-        from netstack.link.packet import PacketLink
 
         argv, ignored = serve_argv(cmdline, appliance_settings())
         if ignored:

@@ -117,7 +117,7 @@ class Machine:
     started: float = 0.0
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "Machine":
+    def start(self) -> Machine:
         self.started = time.monotonic()
         self.proc = subprocess.Popen([*self.prefix, *self.cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -189,7 +189,7 @@ class Machine:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -33,7 +33,7 @@ class ArpPacket:
     target_ip: int
 
     @classmethod
-    def parse(cls, data: bytes) -> "ArpPacket":
+    def parse(cls, data: bytes) -> ArpPacket:
         if len(data) < PACKET_LEN:
             raise ArpError(f"{len(data)} bytes, an ARP packet needs {PACKET_LEN}")
         htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _PACKET.unpack_from(data)

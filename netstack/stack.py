@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import random
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from . import arp as arp_mod
 from . import ethernet, icmp, udp

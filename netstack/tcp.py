@@ -35,8 +35,8 @@ import hashlib
 import logging
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .tcp_wire import ACK, FIN, PSH, RST, SYN, TcpError, TcpSegment  # noqa: F401  (TcpError re-exported)
 
@@ -164,7 +164,7 @@ class Connection:
     on_state(state): after every transition of the state machine.
     """
 
-    def __init__(self, layer: "TcpLayer", local_port: int, remote_ip: int, remote_port: int,
+    def __init__(self, layer: TcpLayer, local_port: int, remote_ip: int, remote_port: int,
                  iss: int, state: State) -> None:
         cfg = layer.config
         self.layer = layer

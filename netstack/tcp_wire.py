@@ -59,7 +59,7 @@ class TcpView:
         self.header_len = header_len
 
     @classmethod
-    def checked(cls, buf: bytes) -> "TcpView":
+    def checked(cls, buf: bytes) -> TcpView:
         if len(buf) < MIN_HEADER_LEN:
             raise TcpError("tcp.truncated.drop")
         header_len = (buf[12] >> 4) * 4
@@ -131,7 +131,7 @@ class TcpSegment:
 
     # -- parse -----------------------------------------------------------------
     @classmethod
-    def parse(cls, src_ip: int, dst_ip: int, buf: bytes, *, verify_checksum: bool = True) -> "TcpSegment":
+    def parse(cls, src_ip: int, dst_ip: int, buf: bytes, *, verify_checksum: bool = True) -> TcpSegment:
         view = TcpView.checked(buf)
         if verify_checksum and not cksum.verify(buf, cksum.pseudo_header_sum(src_ip, dst_ip, PROTO_TCP, len(buf))):
             raise TcpError("tcp.bad_checksum.drop")

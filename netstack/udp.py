@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from . import checksum as cksum
 from .counters import Counters, DropError

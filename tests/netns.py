@@ -39,7 +39,7 @@ class Namespace:
         self.name = f"{prefix}{os.getpid()}x{next(_ids)}"
         self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "Namespace":
+    def __enter__(self) -> Namespace:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.ip("link", "set", "lo", "up")
         return self

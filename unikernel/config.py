@@ -61,7 +61,7 @@ class Appliance:
         p = Path(name)
         return p if p.is_absolute() else self.base / p
 
-    def replace(self, **changes) -> "Appliance":
+    def replace(self, **changes) -> Appliance:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = set(changes) - known
         if unknown:

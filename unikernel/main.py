@@ -12,14 +12,14 @@ import inspect
 import ipaddress
 import logging
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from netstack import ethernet
 from netstack.stack import Stack
-from unikernel.sources import zone as zones_mod
 from unikernel.config import Appliance, ConfigError
 from unikernel.process import Process, compose, processor_of_process
 from unikernel.serve.server import DnsServer, FastLookup
+from unikernel.sources import zone as zones_mod
 
 log = logging.getLogger("unikernel.main")
 
@@ -87,7 +87,8 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
-def resolution_chain(appliance: Appliance, stack, budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
+def resolution_chain(appliance: Appliance, stack,
+                     budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
     """The appliance's answer to every query, as the seed composes it:
     ``compose(zones, hosts, special-use, forwarder)``.
 

@@ -13,12 +13,13 @@ chain. That is how the names of local zones never leak to a forwarder, while
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import dns.message
-import dns.rdataclass
 import dns.rcode
+import dns.rdataclass
 import dns.rrset
 
 Endpoint = tuple[ipaddress.IPv4Address, int]

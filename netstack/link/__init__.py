@@ -15,7 +15,8 @@ link and writes what crosses it to a pcap file.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 Receive = Callable[[bytes], None]
 

@@ -17,14 +17,14 @@ from . import Receive
 
 
 class MemoryEnd:
-    def __init__(self, wire: "MemoryWire", index: int, mac: bytes | None, mtu: int) -> None:
+    def __init__(self, wire: MemoryWire, index: int, mac: bytes | None, mtu: int) -> None:
         self.wire, self.index, self.mac, self.mtu = wire, index, mac, mtu
         self.receive: Receive | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.held: bytes | None = None   # a frame being reordered
 
     @property
-    def peer(self) -> "MemoryEnd":
+    def peer(self) -> MemoryEnd:
         return self.wire.endpoints[1 - self.index]
 
     def attach(self, loop: asyncio.AbstractEventLoop | None, receive: Receive) -> None:

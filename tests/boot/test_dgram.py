@@ -15,10 +15,9 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+import qemu  # noqa: E402  (build/, put on the path by conftest)
 
 from .conftest import needs_qemu
-
-import qemu  # noqa: E402  (build/, put on the path by conftest)
 
 pytestmark = [pytest.mark.qemu, needs_qemu]
 
@@ -54,7 +53,7 @@ class Wire:
             self.sock.settimeout(left)
             try:
                 data, _ = self.sock.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             frame = Ether(data)
             if frame.haslayer(ARP):

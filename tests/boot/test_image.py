@@ -13,15 +13,13 @@ import subprocess
 import zipfile
 from io import BytesIO
 
-import pytest
-
-from .conftest import needs_build_tools
-
 import cpio  # noqa: E402  (build/, put on the path by conftest)
 import init  # noqa: E402
 import make_image  # noqa: E402
+import pytest
 import xen  # noqa: E402
 
+from .conftest import needs_build_tools
 
 # -- PID 1's command line ---------------------------------------------------------
 
@@ -184,6 +182,7 @@ def test_boot_without_a_tap_uses_user_networking_and_keeps_upstreams_local(monke
 
     import boot
     import qemu
+
     from unikernel.config import Appliance
     appliance = Appliance(ipv4="192.168.1.2/24", ipv4_gateway="192.168.1.1", forward=["192.168.1.1"],
                           tap="no-such-tap0")

@@ -25,14 +25,13 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import floor  # noqa: E402  (build/, put on the path by conftest)
 import pytest
+import qemu  # noqa: E402
 
 from tests.netns import Namespace, needs_root
 
 from .conftest import needs_qemu
-
-import floor  # noqa: E402  (build/, put on the path by conftest)
-import qemu  # noqa: E402
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root, needs_root, needs_qemu]
 

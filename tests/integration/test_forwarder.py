@@ -124,7 +124,7 @@ class Upstream:
         while not self.stopping.is_set():
             try:
                 wire, peer = self.udp.recvfrom(4096)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -163,7 +163,7 @@ class Upstream:
         while not self.stopping.is_set():
             try:
                 conn, _ = self.tcp.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -230,7 +230,7 @@ class Appliance:
         self.error: BaseException | None = None
         self.stack = None
 
-    def __enter__(self) -> "Appliance":
+    def __enter__(self) -> Appliance:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         if not self.ready.wait(15):

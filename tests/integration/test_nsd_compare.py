@@ -23,8 +23,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.nsd import nsd_conf
 from tests.netns import Namespace, needs_root, read_until
+from tests.nsd import nsd_conf
 from tests.unit.fake_stack import FakeStack
 from unikernel.process import processor_of_process
 from unikernel.serve.server import DnsServer
@@ -113,7 +113,7 @@ def ask_udp(wire: bytes, address: str, port: int, sock: socket.socket | None = N
                     data, _ = sock.recvfrom(65535)
                     if data[:2] == wire[:2]:
                         return data
-            except socket.timeout:
+            except TimeoutError:
                 continue
         raise AssertionError(f"no answer from {address}:{port}")
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Namespace, read_until, needs_root
+from tests.netns import Namespace, needs_root, read_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ZONES = Path(__file__).resolve().parent / "zones"

@@ -1,6 +1,7 @@
 """Hostile input: arbitrary bytes and mutated valid frames never raise out of
 the receive path, and every frame ends in a counter."""
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import ARP, Ether
 

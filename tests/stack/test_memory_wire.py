@@ -76,7 +76,7 @@ def test_corruption_is_caught_never_delivered():
 def test_truncation_is_counted():
     wire, clock, a, b = pair(seed=2, truncate=0.5)
     b.udp.bind(9, lambda payload, *rest: None)
-    for i in range(50):
+    for _i in range(50):
         a.udp.sendto(b"x" * 100, 1000, b.address, 9)
         run(wire, clock, (a, b), 0.05)
     assert wire.faults["truncated"] > 0

@@ -453,7 +453,7 @@ def test_zero_window_is_probed_and_reopens():
     net.run(seconds=1.5)
     probes = peer.take()
     assert probes and len(probes[0].payload) == 1 and b.counters["tcp.window_probe"] >= 1
-    for probe in probes:           # the peer answers each probe: still no room
+    for _probe in probes:           # the peer answers each probe: still no room
         peer.send(B_IP, TcpSegment(4000, 80, 5001, iss + 1, ACK, 0))
     net.run(seconds=6)
     later = [(t, seg) for t, src, seg in net.log if src == B_IP and seg.payload]

@@ -19,11 +19,11 @@ import pytest
 from tests.unit import test_forwarder as tf
 from tests.unit.fake_stack import FakeStack, exchange
 from tests.unit.test_server import ZONE
+from unikernel.process import processor_of_process
 from unikernel.resolver.cache import Cache, question_key
 from unikernel.resolver.forwarder import AccessList
-from unikernel.process import processor_of_process
-from unikernel.serve.server import DnsServer
 from unikernel.resolver.stub import StubError
+from unikernel.serve.server import DnsServer
 from unikernel.sources.zone import zone_process
 
 
@@ -233,7 +233,7 @@ def test_static_answers_are_bounded_in_bytes():
     async def main():
         stack, server = serve_zone(max_static_bytes=60_000)
         for i in range(300):
-            name = ".".join([("%03d" % i) + "a" * 60] * 3) + ".hard.example."
+            name = ".".join([f"{i:03d}" + "a" * 60] * 3) + ".hard.example."
             q = dns.message.make_query(name, "A", use_edns=0)
             reply = await exchange(stack, server, q.to_wire())
             assert dns.message.from_wire(reply).rcode() == dns.rcode.NXDOMAIN
@@ -577,7 +577,8 @@ def test_well_formed_cookies_still_take_the_fast_path():
     assert hits == 3 and all(dns.message.from_wire(r).rcode() == dns.rcode.NOERROR for r in replies)
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 _OPTION = st.tuples(st.sampled_from([3, 8, 10, 11, 12, 15, 18, 65001]), st.binary(max_size=44))
 

@@ -116,7 +116,7 @@ def test_servfail_is_kept_briefly():
 def test_lru_eviction_keeps_recently_used():
     cache = Cache(max_entries=2, counters=Counter())
     names = [dns.name.from_text(f"n{i}.example.") for i in range(3)]
-    for i, n in enumerate(names[:2]):
+    for _i, n in enumerate(names[:2]):
         cache.store(cache.entry_from_reply(n, A, IN, False, reply(n.to_text(), answer=[(n.to_text(), 60, "IN", "A", "192.0.2.1")]), 0.0))
     assert cache.get(names[0], A, IN, False, 1.0) is not None        # n0 now most recent
     cache.store(cache.entry_from_reply(names[2], A, IN, False, reply(names[2].to_text(), answer=[(names[2].to_text(), 60, "IN", "A", "192.0.2.1")]), 1.0))

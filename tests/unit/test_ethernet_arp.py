@@ -1,4 +1,5 @@
 """Ethernet and ARP, checked against scapy's encoders and decoders."""
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
@@ -6,8 +7,6 @@ from netstack import ethernet
 from netstack.arp import Arp, ArpError, ArpPacket
 from netstack.counters import Counters
 from tests.stackutil import GATEWAY, OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, make_stack, prime_arp
-
-import pytest
 
 
 def test_answers_a_request_for_our_address():

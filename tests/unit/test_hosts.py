@@ -21,7 +21,7 @@ HOSTS = """\
 2001:db8::11 nas.lan
 192.0.2.10   other-name.lan
    
-"""
+"""  # noqa: W293 (a blank line of spaces is part of the test)
 
 
 def ask(process, name, rdtype="A"):

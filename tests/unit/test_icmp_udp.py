@@ -1,6 +1,6 @@
 """ICMP echo and errors, and UDP, against scapy."""
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP, UDPerror, IPerror
+from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 
 from netstack import icmp, udp

@@ -9,7 +9,7 @@ from scapy.utils import rdpcap
 
 from netstack.link.pcap import PcapTee
 from netstack.stack import Stack
-from tests.stackutil import CaptureLink, Clock, OUR_IP, OUR_MAC, PEER_IP, PEER_MAC
+from tests.stackutil import OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, CaptureLink, Clock
 
 
 def _trace(tmp_path):

@@ -211,7 +211,8 @@ def test_slow_path_is_bounded():
 
 # -- nothing a datagram holds escapes, and everything is accounted for -------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 SEEDS = [query().to_wire(), query(use_edns=0, want_dnssec=True).to_wire(),
          query("big.hard.example.", "TXT").to_wire(), query("x.org.", "MX").to_wire()]

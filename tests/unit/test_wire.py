@@ -11,7 +11,8 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.fake_stack import FakeStack, exchange
 from unikernel import wire

@@ -38,11 +38,11 @@ upstream sends); with and without OPT share one entry.
 """
 from __future__ import annotations
 
-import struct
 import collections
+import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import dns.flags
 import dns.message
@@ -236,7 +236,8 @@ class Cache:
         return now < entry.expires_at + self.max_stale
 
     # -- answers ------------------------------------------------------------
-    def response(self, query: dns.message.Message, entry: Entry, now: float, *, stale: bool = False) -> dns.message.Message:
+    def response(self, query: dns.message.Message, entry: Entry, now: float, *,
+                 stale: bool = False) -> dns.message.Message:
         """The answer to ``query`` from ``entry``: question as asked, RA set, AA
         clear, every TTL counted down (``stale_ttl`` when serving stale)."""
         response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)

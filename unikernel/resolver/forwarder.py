@@ -39,8 +39,8 @@ import ipaddress
 import logging
 import random
 import string
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import dns.flags
 import dns.message
@@ -49,9 +49,17 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from unikernel.resolver.cache import (KIND_NEGATIVE, KIND_POSITIVE, Cache, Entry, entry_key, on_chain, question_key,
-                    with_ttl)
 from unikernel.process import Answer, Endpoint
+from unikernel.resolver.cache import (
+    KIND_NEGATIVE,
+    KIND_POSITIVE,
+    Cache,
+    Entry,
+    entry_key,
+    on_chain,
+    question_key,
+    with_ttl,
+)
 from unikernel.resolver.stub import CaseMismatch, Reply, StubError, StubResolver, StubTimeout
 
 log = logging.getLogger("unikernel.resolver.forwarder")

@@ -179,7 +179,7 @@ class StubResolver:
             self.stack.udp.sendto(wire, port, server_ip, server_port)
             try:
                 reply_wire, message = await asyncio.wait_for(result, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.counters["stub.timeout"] += 1
                 raise StubTimeout(f"no reply from {_ip_text(server_ip)}#{server_port} in {timeout:g} s") from None
         finally:
@@ -265,7 +265,7 @@ class StubResolver:
 
         try:
             reply = await asyncio.wait_for(exchange(), timeout)     # one bound for the whole exchange
-        except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError, BufferError):
+        except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, BufferError):
             self.counters["stub.tcp.failed"] += 1
             return None
         finally:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import dns.exception
 import dns.flags

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from netstack.tcp import Connection, TcpLayer
 from netstack.tcp_stream import TcpStreamWriter, wrap

@@ -16,9 +16,9 @@ Errors name the file and line: ``data/hosts:7: bad address '10.0.0.300'``.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import dns.exception
 import dns.flags

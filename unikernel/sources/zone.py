@@ -31,9 +31,9 @@ keeps their wire form on its fast path.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import dns.exception
 import dns.flags
@@ -41,11 +41,11 @@ import dns.message
 import dns.name
 import dns.node
 import dns.rcode
-import dns.rdataclass
 import dns.rdata
+import dns.rdataclass
 import dns.rdataset
-import dns.rdtypes.ANY.CNAME
 import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
 import dns.rrset
 import dns.tokenizer
 import dns.zone
