@@ -181,7 +181,8 @@ def test_identical_questions_in_flight_are_asked_once():
 
 @pytest.mark.parametrize("kwargs,counter", [
     ({"src": OFF_LINK}, "mdns.reply.off_link.drop"),
-    ({"ttl": 64}, "mdns.reply.ttl.drop"),                # crossed a router, or a unicast socket's default
+    ({"src": OFF_LINK, "port": MDNS_PORT, "dst": MDNS_GROUP}, "mdns.reply.off_link.drop"),
+    ({"ttl": 64, "port": MDNS_PORT, "dst": MDNS_GROUP}, "mdns.reply.ttl.drop"),     # matched by name: TTL 255 only
     ({"sport": 5000}, "mdns.reply.bad_port.drop"),
 ])
 def test_responses_not_from_the_link_are_ignored(kwargs, counter):
@@ -189,11 +190,36 @@ def test_responses_not_from_the_link_are_ignored(kwargs, counter):
         querier, udp, clock, counters, _ = make()
         task = await ask(querier, "printer.local")
         q = sent_query(udp)
-        reply(udp, response(q.id, [rr("printer.local", "A", a("6.6.6.6"))], ("printer.local", "A")), **kwargs)
+        ident = 0 if kwargs.get("port") == MDNS_PORT else q.id
+        reply(udp, response(ident, [rr("printer.local", "A", a("6.6.6.6"))], ("printer.local", "A")), **kwargs)
         assert counters[counter] == 1 and not task.done()
         clock.now += 1.1
         querier.tick(clock.now)
         assert (await task).message.rcode() == dns.rcode.NXDOMAIN
+    run(body())
+
+
+def test_unicast_reply_below_ttl_255_is_taken_as_zeroconf_sends_it_and_counted():
+    async def body():
+        querier, udp, clock, counters, _ = make()
+        task = await ask(querier, "printer.local")
+        q = sent_query(udp)
+        reply(udp, response(q.id, [rr("printer.local", "A", a("192.0.2.20"))], ("printer.local", "A")), ttl=64)
+        assert [r.address for r in (await task).message.answer[0]] == ["192.0.2.20"]
+        assert counters["mdns.reply.unicast.ttl_below_255"] == 1
+    run(body())
+
+
+def test_an_unreadable_record_is_skipped_and_an_empty_txt_read_as_one_empty_string():
+    async def body():
+        querier, udp, clock, counters, _ = make()
+        task = await ask(querier, "x._http._tcp.local", "TXT")
+        q = sent_query(udp)
+        reply(udp, response(q.id, [rr("x._http._tcp.local", "A", b"\x01"),          # 1-byte A: unreadable
+                                   rr("x._http._tcp.local", "TXT", b"")], ("x._http._tcp.local", "TXT")))
+        [txt] = (await task).message.answer
+        assert [r.strings for r in txt] == [(b"",)]
+        assert counters["mdns.record.unreadable.drop"] == 1
     run(body())
 
 
@@ -354,7 +380,8 @@ def test_a_unicast_domain_mapped_onto_local():
     (struct.pack("!HHHHHH", 1, 0x8400, 0, 1, 0, 0) + b"\x07printer", "mdns.reply.malformed.drop"),
     (struct.pack("!HHHHHH", 1, 0x8400, 0, 300, 0, 0), "mdns.reply.malformed.drop"),                 # too many records
     (struct.pack("!HHHHHH", 1, 0x8400, 0, 1, 0, 0) + b"\x00" * 9000, "mdns.reply.malformed.drop"),   # bigger than 9000
-    (struct.pack("!HHHHHH", 1, 0x8400, 0, 1, 0, 0) + rr("x.local", "A", b"\x01\x02"), "mdns.reply.malformed.drop"),
+    (struct.pack("!HHHHHH", 1, 0x8400, 0, 1, 0, 0) + rr("x.local", "A", b"\x01\x02"), "mdns.record.unreadable.drop"),
+    (struct.pack("!HHHHHH", 1, 0x8400, 0, 1, 0, 0) + rr("x.local", "A", b"\x01\x02")[:-1], "mdns.reply.malformed.drop"),
 ])
 def test_malformed_responses_are_counted_and_dropped(data, counter):
     async def body():

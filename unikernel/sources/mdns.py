@@ -7,11 +7,13 @@ RFC 8766's ``lan.example.`` -> ``local.``), and for the reverse name of an
 address on the link's own subnet (RFC 6762 4), the appliance sends one query
 to 224.0.0.251:5353 from a port other than 5353 with IP TTL 255, and waits:
 
-- responses are taken only from the link (RFC 6762 11): source on our subnet
-  and IP TTL 255 (a router would have lowered it), source port 5353, no error
-  rcode. Unicast replies (RFC 6762 6.7) must carry our query's ID and
-  question; responses multicast to the group (some responders send those
-  too, python-zeroconf among them) are matched by the names they carry;
+- responses are taken only from the link (RFC 6762 11): source on our
+  subnet, source port 5353, no error rcode. Unicast replies (RFC 6762 6.7)
+  must come to our random query port with our query's ID and question;
+  responses to 224.0.0.251:5353 (some responders send those too,
+  python-zeroconf among them) are matched by the names they carry, so they
+  must also have IP TTL 255 (a router would have lowered it). Unicast
+  replies are not held to TTL 255 because python-zeroconf sends them at 64;
 - only records that answer the question are kept, plus, for PTR and SRV
   answers, the SRV, TXT and address records of the names they point to: no
   other name is cached or answered, so a responder cannot plant one;
@@ -107,6 +109,7 @@ class Packet:
     flags: int
     questions: list[tuple[dns.name.Name, int]]
     records: list[Record]          # every section: responders differ in where they put what
+    unreadable: int = 0            # records framed right whose rdata dnspython cannot read
 
 
 def _read_name(wire: bytes, offset: int) -> tuple[dns.name.Name, int]:
@@ -178,6 +181,7 @@ def parse(wire: bytes) -> Packet:
         pos += 4
         questions.append((name, qtype))
     records = []
+    unreadable = 0
     for _ in range(ancount + nscount + arcount):
         name, pos = _read_name(wire, pos)
         if pos + _RR.size > len(wire):
@@ -189,13 +193,15 @@ def parse(wire: bytes) -> Packet:
             raise MdnsFormatError("rdata runs past the end")
         if rdclass & ~_CACHE_FLUSH == dns.rdataclass.IN and rdtype != dns.rdatatype.OPT:
             rdata_wire = _uncompressed_rdata(wire, rdtype, pos, end)
+            if rdtype == dns.rdatatype.TXT and not rdata_wire:
+                rdata_wire = b"\0"       # RFC 6763 6.1: no strings means one empty one (zeroconf sends these)
             try:
-                rdata = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, rdata_wire, 0, len(rdata_wire))
-            except (dns.exception.DNSException, ValueError, IndexError) as e:
-                raise MdnsFormatError(f"bad {dns.rdatatype.to_text(rdtype)} rdata: {e}") from None
-            records.append(Record(name, rdtype, ttl, rdata))
+                records.append(Record(name, rdtype, ttl, dns.rdata.from_wire(
+                    dns.rdataclass.IN, rdtype, rdata_wire, 0, len(rdata_wire))))
+            except (dns.exception.DNSException, ValueError, IndexError):
+                unreadable += 1          # its length was right, so the records after it still are
         pos = end
-    return Packet(ident, flags, questions, records)
+    return Packet(ident, flags, questions, records, unreadable)
 
 
 def _nsec_denies(rdata, rdtype: int) -> bool:
@@ -401,17 +407,25 @@ class MdnsQuerier:
                 self._finish(now, lookup)
 
     # -- what comes back ---------------------------------------------------------
-    def _on_link(self, src: int, ttl: int) -> bool:
+    def _on_link(self, src: int, ttl: int, *, matched_by_name: bool) -> bool:
+        """RFC 6762 11. The source must be on our subnet. What comes to
+        5353 is matched by name alone, so it must also show that no router
+        forwarded it (TTL 255). A unicast reply to our query port must match
+        a random port, ID and question, and python-zeroconf sends those with
+        its socket's default TTL (64), so for them the subnet is the test
+        (RFC 6762 11's own test for unicast responses); the TTL is counted."""
         if src & self._mask != self._net:
             self.counters["mdns.reply.off_link.drop"] += 1
             return False
         if ttl != LINK_TTL:
-            self.counters["mdns.reply.ttl.drop"] += 1
-            return False
+            if matched_by_name:
+                self.counters["mdns.reply.ttl.drop"] += 1
+                return False
+            self.counters["mdns.reply.unicast.ttl_below_255"] += 1
         return True
 
-    def _read(self, data: bytes, src: int, src_port: int, ttl: int) -> Packet | None:
-        if not self._on_link(src, ttl):
+    def _read(self, data: bytes, src: int, src_port: int, ttl: int, *, matched_by_name: bool) -> Packet | None:
+        if not self._on_link(src, ttl, matched_by_name=matched_by_name):
             return None
         if src_port != MDNS_PORT:
             self.counters["mdns.reply.bad_port.drop"] += 1
@@ -421,6 +435,7 @@ class MdnsQuerier:
         except MdnsFormatError:
             self.counters["mdns.reply.malformed.drop"] += 1
             return None
+        self.counters["mdns.record.unreadable.drop"] += packet.unreadable
         if not packet.flags & _FLAG_QR:
             self.counters["mdns.query_seen.ignored"] += 1
             return None
@@ -431,7 +446,7 @@ class MdnsQuerier:
 
     def _on_reply(self, data: bytes, src: int, src_port: int, dst: int, dst_port: int, ttl: int) -> None:
         """A unicast reply to our query port (RFC 6762 6.7)."""
-        packet = self._read(data, src, src_port, ttl)
+        packet = self._read(data, src, src_port, ttl, matched_by_name=False)
         if packet is None:
             return
         lookup = self._by_ident.get(packet.ident)
@@ -449,7 +464,7 @@ class MdnsQuerier:
         if not self._in_flight:
             self.counters["mdns.multicast.unasked.ignored"] += 1
             return
-        packet = self._read(data, src, src_port, ttl)
+        packet = self._read(data, src, src_port, ttl, matched_by_name=True)
         if packet is None:
             return
         names = {record.name for record in packet.records}
