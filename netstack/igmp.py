@@ -233,5 +233,6 @@ class Memberships:
         return out
 
     def _count(self, messages: list[Message]) -> list[Message]:
-        self.counters["igmp.report.sent"] += len(messages)
+        if messages:     # not on every tick: a zero counter would still show in the dump
+            self.counters["igmp.report.sent"] += len(messages)
         return messages

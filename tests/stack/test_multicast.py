@@ -264,3 +264,11 @@ def test_join_refuses_non_groups_and_is_bounded():
     with pytest.raises(OSError):
         stack.join_group(0xEF0000FF)
     assert stack.counters["igmp.groups_full.drop"] == 1
+
+
+def test_idle_ticks_add_no_counters():
+    stack, link, clock = make_stack()
+    for _ in range(3):
+        clock.advance(0.05)
+        stack.tick(clock.now)
+    assert not [k for k in stack.counters if k.startswith("igmp.")]

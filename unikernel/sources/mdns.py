@@ -58,7 +58,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from unikernel.process import Answer, Endpoint, single_in_question
+from unikernel.process import Answer, Endpoint, Process, single_in_question
 
 log = logging.getLogger("unikernel.sources.mdns")
 
@@ -242,6 +242,17 @@ def _is_browse(name: dns.name.Name, rdtype: int) -> bool:
     return rdtype == dns.rdatatype.PTR and bool(name.labels) and name.labels[0].startswith(b"_")
 
 
+def check_domain(text: str) -> dns.name.Name:
+    """The unicast domain to map onto ``local.``; ValueError when it cannot be one."""
+    try:
+        domain = dns.name.from_text(text)
+    except dns.exception.DNSException as e:
+        raise ValueError(f"mdns-domain {text!r}: {e}") from None
+    if domain == dns.name.root or domain.is_subdomain(LOCAL) or domain.is_subdomain(IN_ADDR_ARPA):
+        raise ValueError(f"mdns-domain {text}: must be a unicast domain, not the root, local. or in-addr.arpa.")
+    return domain
+
+
 class MdnsQuerier:
     """The mDNS source: ``querier.process`` is a Process; ``start`` binds
     its ports and joins 224.0.0.251, ``close`` undoes it.
@@ -264,9 +275,7 @@ class MdnsQuerier:
         self.counters = counters
         self.clock = clock
         self.rng = rng or random.SystemRandom()
-        self.domain = dns.name.from_text(domain) if domain else None
-        if self.domain is not None and (self.domain == dns.name.root or self.domain.is_subdomain(LOCAL)):
-            raise ValueError(f"mdns-domain {domain}: must be a unicast domain, not the root or under local.")
+        self.domain = check_domain(domain) if domain else None
         self.recursion_available = recursion_available
         self.max_cache, self.max_in_flight = max_cache, max_in_flight
         self.cache: OrderedDict[tuple[dns.name.Name, int], tuple[float, Outcome]] = OrderedDict()
@@ -314,6 +323,19 @@ class MdnsQuerier:
             if address & self._mask == self._net and address != self._own:
                 return name
         return None
+
+    def not_kept(self, process: Process) -> Process:
+        """``process`` (the special-use names) with its answers about names
+        this source asks the link for made not static: a reverse name that
+        nobody claimed may be claimed next minute, so the empty zone's answer
+        for it must not be kept on the server's fast path."""
+        async def unkept(*, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
+            answer = await process(src=src, dst=dst, query=query)
+            q = single_in_question(query)
+            if answer is not None and answer.static and q is not None and self.link_name(q.name.canonicalize()):
+                answer.static = False
+            return answer
+        return unkept
 
     async def process(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
         q = single_in_question(query)
@@ -435,7 +457,8 @@ class MdnsQuerier:
         except MdnsFormatError:
             self.counters["mdns.reply.malformed.drop"] += 1
             return None
-        self.counters["mdns.record.unreadable.drop"] += packet.unreadable
+        if packet.unreadable:
+            self.counters["mdns.record.unreadable.drop"] += packet.unreadable
         if not packet.flags & _FLAG_QR:
             self.counters["mdns.query_seen.ignored"] += 1
             return None
