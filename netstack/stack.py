@@ -19,7 +19,8 @@ from . import ethernet, icmp, udp
 from . import ipv4 as ip4
 from .counters import Counters, DropError
 from .link import Link
-from .tcp import TcpConfig, TcpLayer
+from .tcp.config import TcpConfig
+from .tcp.layer import TcpLayer
 
 log = logging.getLogger("netstack")
 

@@ -10,9 +10,12 @@ import random
 import pytest
 
 from netstack.counters import Counters
-from netstack.tcp import State, TcpConfig, TcpLayer, seq_add
-from netstack.tcp_stream import open_connection, wrap
-from netstack.tcp_wire import ACK, FIN, PSH, RST, SYN, TcpSegment
+from netstack.tcp.config import TcpConfig
+from netstack.tcp.layer import TcpLayer
+from netstack.tcp.segment import ACK, FIN, PSH, RST, SYN, TcpSegment
+from netstack.tcp.sequence import seq_add
+from netstack.tcp.state import State
+from netstack.tcp.stream import open_connection, wrap
 from unikernel.serve.tcp import DnsTcpServer
 
 # -- the simulated network -------------------------------------------------------------------

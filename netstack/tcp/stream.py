@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from .tcp import Connection, State, TcpLayer
+from .connection import Connection
+from .layer import TcpLayer
+from .state import State
 
 READ_LIMIT = 64 * 1024  # the reader pauses the window beyond twice this
 
