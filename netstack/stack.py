@@ -125,10 +125,8 @@ class Stack:
             return False
         (dst_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
-        top = src >> 24      # _impossible_source, inlined on the hot path
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
-                or top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
-                or src == dst or total_len != length + 20 or total_len + 14 > len(frame)
+                or self._impossible_source(src) or total_len != length + 20 or total_len + 14 > len(frame)
                 or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
         handler = self.udp.bindings.get(dst_port)
@@ -166,7 +164,8 @@ class Stack:
     def _impossible_source(self, src: int) -> bool:
         """A source no host can have (RFC 1122 3.2.1.3): this network (0/8),
         loopback, multicast or reserved, a broadcast, or our own address. A
-        reply to one would go to everyone, or nowhere, or to ourselves."""
+        reply to one would go to everyone, or nowhere, or to ourselves. The
+        one rule for both receive paths: the hot path asks it too."""
         top = src >> 24
         return (top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
                 or src == self.address)
