@@ -71,7 +71,6 @@ class Connection:
         self._on_accept: Callable[[Connection], None] | None = None
         self._ws_agreed = False     # both SYNs carried a window scale option
         self._cookie = False        # opened from a SYN cookie: no options were remembered
-        self.peer_finished = False
         self.error: str | None = None
         # send side
         self.iss = iss
@@ -130,10 +129,6 @@ class Connection:
     @property
     def send_space(self) -> int:
         return max(0, self.layer.config.send_buffer - len(self.send_buf))
-
-    @property
-    def closed(self) -> bool:
-        return self.state is S.CLOSED
 
     def send(self, data: bytes) -> None:
         """Queues data; raises BufferError past the send buffer's bound and
@@ -642,7 +637,6 @@ class Connection:
             self.rcv_nxt = seq_add(self.rcv_nxt, 1)
             self.ooo.clear()
             self._apply(E.RECV_FIN)
-            self.peer_finished = True
             if self.on_close is not None:
                 self.on_close(None)
 

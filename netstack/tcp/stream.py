@@ -63,10 +63,6 @@ class TcpStreamWriter:
         self._queued += data
         self._flush()
 
-    def writelines(self, chunks) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
     async def drain(self) -> None:
         while True:
             if self._error is not None:
@@ -77,9 +73,6 @@ class TcpStreamWriter:
                 self._drained = self._loop.create_future()
             await self._drained
 
-    def can_write_eof(self) -> bool:
-        return True
-
     def write_eof(self) -> None:
         self.close()
 
@@ -89,9 +82,6 @@ class TcpStreamWriter:
             return
         self._closing = True
         self._flush()
-
-    def is_closing(self) -> bool:
-        return self._closing or self.conn.closed
 
     async def wait_closed(self) -> None:
         """Returns once our FIN is acknowledged or the connection is gone."""

@@ -2,6 +2,7 @@
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
+from scapy.utils import str2mac
 
 from netstack import ethernet
 from netstack.arp import Arp, ArpError, ArpPacket
@@ -15,9 +16,9 @@ def test_answers_a_request_for_our_address():
     stack.receive(bytes(request))
     [reply] = link.take()
     frame = Ether(reply)
-    assert frame.dst == ethernet.mac_to_str(PEER_MAC) and frame.src == ethernet.mac_to_str(OUR_MAC)
-    assert frame[ARP].op == 2 and frame[ARP].psrc == OUR_IP and frame[ARP].hwsrc == ethernet.mac_to_str(OUR_MAC)
-    assert frame[ARP].pdst == PEER_IP and frame[ARP].hwdst == ethernet.mac_to_str(PEER_MAC)
+    assert frame.dst == str2mac(PEER_MAC) and frame.src == str2mac(OUR_MAC)
+    assert frame[ARP].op == 2 and frame[ARP].psrc == OUR_IP and frame[ARP].hwsrc == str2mac(OUR_MAC)
+    assert frame[ARP].pdst == PEER_IP and frame[ARP].hwdst == str2mac(PEER_MAC)
     assert stack.counters["arp.request.replied"] == 1
 
 
@@ -67,7 +68,7 @@ def test_resolution_queues_then_releases_packets():
     stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst=OUR_MAC, pdst=OUR_IP)))
     released = [Ether(f) for f in link.take()]
     assert [bytes(f[UDP].payload) for f in released] == [b"one", b"two"]
-    assert all(f.dst == ethernet.mac_to_str(PEER_MAC) for f in released)
+    assert all(f.dst == str2mac(PEER_MAC) for f in released)
 
 
 def test_off_link_destinations_go_through_the_gateway():
@@ -127,7 +128,7 @@ def test_our_arp_packets_parse_in_scapy():
     arp = Arp(OUR_MAC, int.from_bytes(bytes([192, 0, 2, 2]), "big"), Counters())
     parsed = ARP(arp.request(int.from_bytes(bytes([192, 0, 2, 9]), "big")))
     assert parsed.op == 1 and parsed.psrc == OUR_IP and parsed.pdst == "192.0.2.9"
-    assert parsed.hwsrc == ethernet.mac_to_str(OUR_MAC)
+    assert parsed.hwsrc == str2mac(OUR_MAC)
 
 
 def test_mac_text_round_trip():
