@@ -305,7 +305,7 @@ class Connection:
         if self.ack_needed and not sent and self.state is not S.CLOSED:
             self._send(self.snd_max, ACK)
 
-    def _resend_syn(self) -> None:
+    def _schedule_syn_resend(self) -> None:
         """The next _output sends our SYN (or SYN-ACK) again; from now on the
         handshake is not timed. Without this, a SYN-ACK resent for the peer's
         retransmitted SYN (about 1 s later on Linux) was timed from the first,
@@ -348,7 +348,7 @@ class Connection:
                 return
             counters["tcp.retransmit.syn"] += 1
             self.rto_estimate.back_off()
-            self._resend_syn()
+            self._schedule_syn_resend()
             self.rto_at = None
             self._output(now)
             return
@@ -439,7 +439,7 @@ class Connection:
         else:
             self._apply(E.RECV_SYN)      # simultaneous open: answer with SYN-ACK
             self.snd_wnd = self.max_snd_wnd = seg.window
-            self._resend_syn()           # our SYN's sequence number goes out again
+            self._schedule_syn_resend()  # our SYN's sequence number goes out again
             self.rto_at = None
 
     def _acceptable(self, seg: TcpSegment) -> bool:
@@ -457,7 +457,7 @@ class Connection:
     def _challenge_ack(self, reason: str) -> None:
         counters = self.layer.counters
         counters[reason] += 1
-        if self.layer._challenge_allowed():
+        if self.layer._take_challenge_token():
             counters["tcp.challenge_ack"] += 1
             self._send(self.snd_max, ACK)
         else:
@@ -469,7 +469,7 @@ class Connection:
         # a duplicate of the SYN that opened a half-open connection: our SYN-ACK was lost
         if self.state is S.SYN_RECEIVED and flags & SYN and not flags & ACK and seg.seq == self.irs:
             counters["tcp.dup_syn.synack"] += 1
-            self._resend_syn()
+            self._schedule_syn_resend()
             return
         if not self._acceptable(seg):
             if not flags & RST:

@@ -144,7 +144,7 @@ class TcpLayer:
             return
         if flags & ACK:
             if not flags & SYN and self.config.syn_cookies \
-                    and self._from_cookie(now, src_ip, seg, on_accept):
+                    and self._open_from_cookie(now, src_ip, seg, on_accept):
                 return
             self.counters["tcp.listen.ack.rst"] += 1
             self._send_rst_for(src_ip, seg)
@@ -191,7 +191,7 @@ class TcpLayer:
                            min(self.config.rcv_window, 0xFFFF), mss=self._COOKIE_MSS[index])
         self._transmit(src_ip, reply)
 
-    def _from_cookie(self, now: float, src_ip: int, seg: TcpSegment,
+    def _open_from_cookie(self, now: float, src_ip: int, seg: TcpSegment,
                      on_accept: Callable[[Connection], None]) -> bool:
         """True when the ACK answers one of our cookies (accepted, or refused for want of room)."""
         cookie = seq_add(seg.ack, -1)
@@ -235,7 +235,8 @@ class TcpLayer:
         victim._finish(E.TIMEOUT, None)
         return True
 
-    def _challenge_allowed(self) -> bool:
+    def _take_challenge_token(self) -> bool:
+        """Spends one of this second's challenge ACKs (RFC 5961 7); False once they are gone."""
         second = int(self.now_hint)
         if second != self._challenge_window:
             self._challenge_window, self._challenge_count = second, 0
