@@ -174,7 +174,7 @@ class Stack:
         outcome = self.arp.input(self.now(), packet)
         if outcome.reply is not None:
             self._send_arp(outcome.reply[18:24], outcome.reply)   # target hardware address
-        if outcome.released:
+        if outcome.resolved_mac is not None:
             prefix = outcome.resolved_mac + self._src_mac_type
             for ip_packet in outcome.released:
                 self.link.send(prefix + ip_packet)
@@ -189,9 +189,10 @@ class Stack:
             return
         payload = packet[hdr.header_len:hdr.total_len]
         if hdr.is_fragment:
-            payload = self.reassembler.input(self.now(), hdr, payload)
-            if payload is None:
+            whole = self.reassembler.input(self.now(), hdr, payload)
+            if whole is None:
                 return
+            payload = whole
         protocol = hdr.protocol
         if protocol == ip4.PROTO_UDP:
             self._input_udp(hdr, payload)
@@ -251,6 +252,7 @@ class Stack:
                 self.counters[e.reason] += 1
                 return
             self.counters["ipv4.fragmented"] += 1
+        mac: bytes | None
         if hop == self.subnet_broadcast:
             mac = ethernet.BROADCAST
         else:

@@ -20,6 +20,7 @@ import random
 import struct
 from collections.abc import Callable
 
+from ..counters import Counters
 from .config import TcpConfig
 from .connection import Connection
 from .segment import ACK, RST, SYN, TcpError, TcpSegment
@@ -34,7 +35,8 @@ S, E = State, Event
 class TcpLayer:
     """Every connection of one IPv4 address, and its listeners."""
 
-    def __init__(self, local_ip: int, transmit: Callable[[int, bytes], None], counters, clock,
+    def __init__(self, local_ip: int, transmit: Callable[[int, bytes], None], counters: Counters,
+                 clock: Callable[[], float] | None,
                  *, max_connections: int = 256, rng: random.Random | None = None,
                  config: TcpConfig | None = None) -> None:
         self.local_ip = local_ip
