@@ -110,8 +110,6 @@ class Stack:
                 self._input_frame(frame)
         except DropError as e:
             self.counters[e.reason] += 1
-        except arp_mod.ArpError:
-            self.counters["arp.malformed.drop"] += 1
         except Exception:  # a bug, not an input: count it, log it, keep serving
             self.counters["stack.exception.drop"] += 1
             log.exception("frame handling failed")

@@ -29,6 +29,19 @@ def test_request_for_someone_else_is_counted_and_not_answered():
     assert stack.counters["arp.not_for_us.drop"] == 1
 
 
+@pytest.mark.parametrize("packet", [
+    bytes(ARP(op=1, psrc=PEER_IP, pdst=OUR_IP, hwsrc=PEER_MAC))[:20],            # truncated
+    bytes(ARP(op=1, ptype=0x86DD, psrc=PEER_IP, pdst=OUR_IP, hwsrc=PEER_MAC)),  # not IPv4
+    bytes(ARP(op=9, psrc=PEER_IP, pdst=OUR_IP, hwsrc=PEER_MAC)),                # unknown op
+    bytes(ARP(op=1, psrc=PEER_IP, pdst=OUR_IP, hwsrc="01:00:5e:00:00:01")),     # multicast sender
+])
+def test_malformed_arp_is_counted_and_dropped_by_the_stack(packet):
+    stack, link, _ = make_stack()
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC, type=0x0806)) + packet)
+    assert stack.counters["arp.malformed.drop"] == 1 and stack.counters["stack.exception.drop"] == 0
+    assert link.take() == []
+
+
 def test_frames_for_other_stations_are_dropped():
     stack, link, _ = make_stack()
     stack.receive(bytes(Ether(dst="02:11:11:11:11:11", src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP) / UDP()))
