@@ -24,9 +24,10 @@ TCP queries (length-prefixed, up to 65535 bytes, never truncated) go through
 the slow path via :class:`unikernel.serve.tcp.DnsTcpServer` when the stack has
 TCP. A query is never left unanswered for its content; only a message too
 short for a header, one that is itself a response, or one from a source port
-that would start a packet loop (:data:`BAD_SOURCE_PORTS`) or from an address
-no reply should go to (broadcast, multicast, loopback, ourselves) is dropped
-(and counted). Counters: ``dns.*`` in ``stack.counters``.
+that would start a packet loop (:data:`BAD_SOURCE_PORTS`) is dropped (and
+counted). Sources no reply should go to (broadcast, multicast, loopback,
+ourselves) never reach the server: the stack drops them
+(``ipv4.bad_source.drop``). Counters: ``dns.*`` in ``stack.counters``.
 """
 from __future__ import annotations
 
@@ -62,12 +63,6 @@ MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped
 # chargen (19) and time (37) answer whatever they are sent, so a query forged
 # from one of them would start a loop of packets between it and us.
 BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
-# Source addresses never answered: a reply to them would go to no one
-# (0.0.0.0), back to ourselves (127/8, our own address) or to many hosts at
-# once (multicast, 240/4 and limited broadcast, the subnet's broadcast): a
-# forged query from one of those is a reflection, not a question.
-_MULTICAST_AND_ABOVE = 0xE0000000
-_LOOPBACK_OCTET = 127
 
 FastLookup = Callable[[bytes, int, float], "bytes | None"]
 _ADDITIONAL_ORDER = {dns.rdatatype.A: 0, dns.rdatatype.AAAA: 1}
@@ -171,9 +166,6 @@ class DnsServer:
         self.pending: set[asyncio.Task] = set()
         self.tcp_server = None
         self._sendto = stack.udp.sendto
-        self._own_addresses = frozenset(a for a in (0, getattr(stack, "address", None),
-                                                    getattr(stack, "subnet_broadcast", None))
-                                        if a is not None)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life cycle -------------------------------------------------------------
@@ -211,10 +203,6 @@ class DnsServer:
     def on_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int, dst_port: int) -> None:
         if src_port in BAD_SOURCE_PORTS:
             self.counters["dns.bad_source_port.drop"] += 1
-            return
-        if (src_ip >= _MULTICAST_AND_ABOVE or src_ip >> 24 == _LOOPBACK_OCTET
-                or src_ip in self._own_addresses):
-            self.counters["dns.bad_source_address.drop"] += 1
             return
         parsed = wire.fast_key(payload)
         if parsed is not None:
