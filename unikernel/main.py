@@ -160,7 +160,7 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     process, fast_lookups, lifecycle = resolution_chain(appliance, stack, budgets)
     server = DnsServer(stack, appliance.port, processor_of_process(process),
                        fast_lookups=fast_lookups, log_queries=appliance.log_queries,
-                       max_static_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
+                       max_kept_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -178,7 +178,7 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
             stack.counters["dns.reload.failed"] += 1
             log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
             return
-        server.forget_static()
+        server.forget_kept_answers()
         stack.counters["dns.reload.done"] += 1
         log.warning("reloaded %d zone file(s)", count)
 

@@ -113,6 +113,31 @@ def test_fast_path_follows_a_changed_access_list():
     assert fast is None                      # and the fast path agrees
 
 
+def test_cache_fast_path_echoes_cd():
+    """The cache's hot-path answers were patched by a copy of wire.patch that
+    copied RD but not CD (RFC 4035 3.2.2): a CD query hitting the cache got
+    its answer without CD."""
+    async def main():
+        _, _, fwd, clock = tf.make()
+        await tf.ask(fwd)                                 # now in the cache
+
+        async def nothing(src, dst, query):
+            return None
+
+        stack = FakeStack()
+        server = DnsServer(stack, 53, nothing, fast_lookups=[fwd.fast_lookup], clock=clock)
+        server.start()
+        query = dns.message.make_query("www.example.com.", "A")
+        query.flags |= dns.flags.CD
+        reply = await exchange(stack, server, query.to_wire())
+        server.close()
+        return dns.message.from_wire(reply), stack.counters
+
+    reply, counters = asyncio.run(main())
+    assert counters["dns.fast.lookup_hit"] == 1
+    assert reply.flags & dns.flags.CD and reply.flags & dns.flags.RD and reply.answer
+
+
 # -- reflection loops --------------------------------------------------------------------
 
 @pytest.mark.parametrize("src_port", [0, 7, 13, 19, 37])
@@ -231,7 +256,7 @@ def test_static_answers_are_bounded_in_bytes():
     """Every NXDOMAIN of a zone is a static answer: random long names filled
     100,000 entries of ~600 bytes (60 MB in a 128 MiB VM)."""
     async def main():
-        stack, server = serve_zone(max_static_bytes=60_000)
+        stack, server = serve_zone(max_kept_bytes=60_000)
         for i in range(300):
             name = ".".join([f"{i:03d}" + "a" * 60] * 3) + ".hard.example."
             q = dns.message.make_query(name, "A", use_edns=0)
@@ -245,7 +270,7 @@ def test_static_answers_are_bounded_in_bytes():
         return server, reply, stack.counters["dns.fast.hit"] - hit_before
 
     server, reply, hits = asyncio.run(main())
-    assert server.static_bytes <= 60_000 and 0 < len(server.static) < 300
+    assert server.kept_bytes <= 60_000 and 0 < len(server.kept_answers) < 300
     assert hits == 1 and dns.message.from_wire(reply).rcode() == dns.rcode.NXDOMAIN
 
 

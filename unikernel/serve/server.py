@@ -55,9 +55,9 @@ log = logging.getLogger("unikernel.serve.server")
 UDP_PAYLOAD = 1232
 TCP_LIMIT = 65535
 OPT_SIZE = 11                     # an OPT RR without options
-MAX_STATIC = 100_000              # kept answers; the oldest goes first when full
-MAX_STATIC_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
-STATIC_OVERHEAD = 330             # what one kept answer costs beyond its key and bytes (measured)
+MAX_KEPT = 100_000                # kept answers; the oldest goes first when full
+MAX_KEPT_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
+KEPT_OVERHEAD = 330               # what one kept answer costs beyond its key and bytes (measured)
 MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
 # Source ports never answered: 0 is no port, and echo (7), daytime (13),
 # chargen (19) and time (37) answer whatever they are sent, so a query forged
@@ -144,8 +144,8 @@ class DnsServer:
 
     def __init__(self, stack, port: int, processor: Processor, *,
                  fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
-                 udp_payload: int = UDP_PAYLOAD, max_static: int = MAX_STATIC,
-                 max_static_bytes: int = MAX_STATIC_BYTES, max_pending: int = MAX_PENDING,
+                 udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
+                 max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
                  max_tcp_answer_bytes: int | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
@@ -154,15 +154,16 @@ class DnsServer:
         self.fast_lookups = tuple(fast_lookups)
         self.log_queries = log_queries
         self.udp_payload = udp_payload
-        self.max_static = max_static
-        self.max_static_bytes = max_static_bytes
-        self.static_bytes = 0             # what the kept answers cost, by _static_cost
+        self.max_kept = max_kept
+        self.max_kept_bytes = max_kept_bytes
+        self.kept_bytes = 0               # what the kept answers cost, by _kept_cost
         self.max_pending = max_pending
         self.max_tcp_answer_bytes = max_tcp_answer_bytes
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
-        # key -> (length, (header without RD, header with RD), bytes after the question name)
-        self.static: dict[bytes, tuple[int, tuple[bytes, bytes], bytes]] = {}
+        # static answers rendered whole, by fast-path key, oldest first (bounded
+        # by max_kept and max_kept_bytes); served by wire.patch
+        self.kept_answers: dict[bytes, bytes] = {}
         self.pending: set[asyncio.Task] = set()
         self.tcp_server = None
         self._sendto = stack.udp.sendto
@@ -185,10 +186,10 @@ class DnsServer:
         server.start()
         return server
 
-    def forget_static(self) -> None:
+    def forget_kept_answers(self) -> None:
         """Drops every kept answer (the zones behind them changed)."""
-        self.static.clear()
-        self.static_bytes = 0
+        self.kept_answers.clear()
+        self.kept_bytes = 0
         self.counters["dns.static.forgotten"] += 1
 
     def close(self) -> None:
@@ -207,14 +208,12 @@ class DnsServer:
         parsed = wire.fast_key(payload)
         if parsed is not None:
             key, name_end, client_size = parsed
-            kept = self.static.get(key)
-            if kept is not None and kept[0] <= client_size:
+            kept = self.kept_answers.get(key)
+            if kept is not None and len(kept) <= client_size:
                 self.counters["dns.fast.hit"] += 1
-                # wire.patch, with the two header variants made in advance
-                self._sendto(payload[:2] + kept[1][wire.variant(payload)] + payload[12:name_end] + kept[2],
-                             self.port, src_ip, src_port)
+                self._sendto(wire.patch(kept, payload, name_end), self.port, src_ip, src_port)
                 if self.log_queries:
-                    self._log(src_ip, src_port, payload, "static", kept[1][0][1] & 0x0F)
+                    self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
                 return
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
@@ -228,9 +227,7 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._sendto(payload[:2] + bytes(((answer[2] & 0xFE) | (payload[2] & 0x01),))
-                                     + answer[3:12] + payload[12:name_end] + answer[name_end:],
-                                     self.port, src_ip, src_port)            # wire.patch, inlined
+                        self._sendto(wire.patch(answer, payload, name_end), self.port, src_ip, src_port)
                         if self.log_queries:
                             self._log(src_ip, src_port, payload, "fast")
                         return
@@ -256,26 +253,25 @@ class DnsServer:
         # kept only under a key read by the validating parser (see wire.fast_key)
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
-            key, name_end, _ = validated
-            self._keep(key, (len(reply), wire.header_variants(reply), reply[name_end:]))
+            self._keep(validated[0], reply)
         self._sendto(reply, self.port, src_ip, src_port)
 
-    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> None:
+    def _keep(self, key: bytes, answer: bytes) -> None:
         """Keeps a static answer, the oldest going first while the table is
         over its count or its bytes."""
-        old = self.static.pop(key, None)
+        old = self.kept_answers.pop(key, None)
         if old is not None:
-            self.static_bytes -= _static_cost(key, old)
-        cost = _static_cost(key, kept)
-        if cost > self.max_static_bytes:
+            self.kept_bytes -= _kept_cost(key, old)
+        cost = _kept_cost(key, answer)
+        if cost > self.max_kept_bytes:
             return
-        while self.static and (len(self.static) >= self.max_static
-                               or self.static_bytes + cost > self.max_static_bytes):
-            oldest = next(iter(self.static))
-            self.static_bytes -= _static_cost(oldest, self.static.pop(oldest))
+        while self.kept_answers and (len(self.kept_answers) >= self.max_kept
+                                     or self.kept_bytes + cost > self.max_kept_bytes):
+            oldest = next(iter(self.kept_answers))
+            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest))
             self.counters["dns.static.evicted"] += 1
-        self.static[key] = kept
-        self.static_bytes += cost
+        self.kept_answers[key] = answer
+        self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
 
     async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
@@ -373,8 +369,8 @@ class DnsServer:
         log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
 
 
-def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> int:
-    return len(key) + len(kept[2]) + STATIC_OVERHEAD
+def _kept_cost(key: bytes, answer: bytes) -> int:
+    return len(key) + len(answer) + KEPT_OVERHEAD
 
 
 def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
