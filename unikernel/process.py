@@ -20,9 +20,20 @@ from typing import Protocol
 import dns.message
 import dns.rcode
 import dns.rdataclass
+import dns.rdatatype
 import dns.rrset
 
 Endpoint = tuple[ipaddress.IPv4Address, int]
+
+# Question types no process answers. Zone transfers are not offered (NSD says
+# NOTIMP over UDP too). Meta types no question may ask for (BIND's answers):
+# OPT, TSIG and TKEY are FORMERR, the obsolete MAILA/MAILB NOTIMP. Answering
+# them from a zone is wrong, and forwarding them lets a client provoke
+# upstream errors.
+TRANSFER_QTYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+META_QTYPES_FORMERR = frozenset({dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
+META_QTYPES_NOTIMP = frozenset({dns.rdatatype.MAILA, dns.rdatatype.MAILB})
+UNANSWERED_QTYPES = TRANSFER_QTYPES | META_QTYPES_FORMERR | META_QTYPES_NOTIMP
 
 
 @dataclass(slots=True)

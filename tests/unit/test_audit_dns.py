@@ -19,9 +19,9 @@ import pytest
 from tests.unit import test_forwarder as tf
 from tests.unit.fake_stack import FakeStack, exchange
 from tests.unit.test_server import ZONE
+from unikernel.config import AccessList
 from unikernel.process import processor_of_process
 from unikernel.resolver.cache import Cache, question_key
-from unikernel.resolver.forwarder import AccessList
 from unikernel.resolver.stub import StubError
 from unikernel.serve.server import DnsServer
 from unikernel.sources.zone import zone_process

@@ -49,7 +49,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from unikernel.process import Answer, Endpoint
+from unikernel.config import AccessList, parse_upstream
+from unikernel.process import UNANSWERED_QTYPES, Answer, Endpoint
 from unikernel.resolver.cache import (
     KIND_NEGATIVE,
     KIND_POSITIVE,
@@ -68,63 +69,9 @@ _USABLE = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 HEALTH_LOG_INTERVAL = 60.0     # seconds between two down/up log lines of one upstream
 CASE_MISMATCH_LIMIT = 3        # wrong-case replies in a row before 0x20 goes off for an upstream
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-# Zone transfers, and meta types no question may carry (the server answers
-# them FORMERR/NOTIMP itself; upstream they would only provoke errors).
-_NEVER_FORWARDED = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.OPT,
-                              dns.rdatatype.TSIG, dns.rdatatype.TKEY, dns.rdatatype.MAILA,
-                              dns.rdatatype.MAILB})
 # Replies about the question rather than the upstream: they say nothing about
 # its health (else a client could sideline an upstream by asking such things).
 _QUESTION_ERRORS = (dns.rcode.SERVFAIL, dns.rcode.FORMERR, dns.rcode.NOTIMP)
-
-
-def parse_upstream(text: str, default_port: int = 53) -> tuple[int, int]:
-    """``ADDR``, ``ADDR:PORT`` or ``ADDR#PORT`` (dnsmasq's spelling) -> (ip as
-    int, port). IPv4 only: the stack speaks IPv4. Raises ValueError."""
-    text = text.strip()
-    addr, sep, port_text = text.replace("#", ":").partition(":")
-    try:
-        ip = int(ipaddress.IPv4Address(addr))
-        port = int(port_text) if sep else default_port
-    except ValueError:
-        raise ValueError(f"bad upstream {text!r}: want ADDR[:PORT] with an IPv4 address") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad upstream {text!r}: port out of range")
-    return ip, port
-
-
-def yes_or_no(text: str) -> bool:
-    """A switch's value as the command line (or a kernel command-line word
-    such as ``serve-stale=yes``) spells it."""
-    value = text.strip().lower()
-    if value in ("yes", "y", "true", "on", "1"):
-        return True
-    if value in ("no", "n", "false", "off", "0"):
-        return False
-    raise ValueError(f"{text!r} is not yes or no")
-
-
-class AccessList:
-    """Which clients may use forwarding (and the cache): ``acl(ip_int)``."""
-
-    def __init__(self, networks: Iterable[ipaddress.IPv4Network | str]) -> None:
-        nets = []
-        for n in networks:
-            try:
-                nets.append(ipaddress.IPv4Network(n, strict=False))
-            except ValueError as e:
-                raise ValueError(f"bad allowed network {str(n)!r}: {e}") from None
-        self.networks = nets
-        self._pairs = tuple((int(n.network_address), int(n.netmask)) for n in nets)
-
-    def __call__(self, ip: int) -> bool:
-        for network, mask in self._pairs:
-            if ip & mask == network:
-                return True
-        return False
-
-    def __repr__(self) -> str:
-        return f"AccessList({[str(n) for n in self.networks]})"
 
 
 @dataclass(eq=False)
@@ -155,27 +102,26 @@ class Forwarder:
     """A process (``await forwarder(src=, dst=, query=)``) plus its lifecycle:
     ``start()`` runs the health and wildcard probes, ``stop()`` ends them.
 
-    clock: the injected clock (seconds, float) for the cache and health; the
-    timeouts themselves run on the event loop's time.
+    stub: the StubResolver that asks upstreams; cache: the Cache (its
+    ``serve_stale`` decides whether stale answers are given), both handed in
+    by the composition root (unikernel.main). clock: the injected clock
+    (seconds, float) for the cache and health; the timeouts themselves run on
+    the event loop's time.
     """
 
-    def __init__(self, stack, upstreams: Iterable[str | tuple[int, int]], *, cache: Cache,
+    def __init__(self, upstreams: Iterable[str | tuple[int, int]], *, stub: StubResolver, cache: Cache,
                  allow: AccessList | Iterable[str], deadline: float = 4.0, attempt_timeout: float = 1.0,
                  randomize_case: bool = True, bogus_nxdomain: Iterable[str] = (),
-                 serve_stale: bool = False, clock: Callable[[], float] | None = None,
+                 clock: Callable[[], float] | None = None,
                  rng: random.Random | None = None, max_fails: int = 2, down_time: float = 10.0,
                  probe_interval: float = 1.0, wildcard_interval: float = 3600.0,
                  wildcard_probes: int = 2, max_inflight: int = 1024, stale_answer_timeout: float = 1.8,
-                 counters=None,
-                 stub: StubResolver | None = None) -> None:
+                 counters=None) -> None:
         self.upstreams = [Upstream(*(parse_upstream(u) if isinstance(u, str) else u), use_0x20=randomize_case)
                           for u in upstreams]
         if not self.upstreams:
             raise ValueError("a forwarder needs at least one upstream")
-        self.stack = stack
         self.cache = cache
-        if serve_stale:
-            cache.serve_stale = True
         self.allowed = allow if isinstance(allow, AccessList) else AccessList(allow)
         self.deadline = deadline
         self.attempt_timeout = attempt_timeout
@@ -186,8 +132,8 @@ class Forwarder:
             raise ValueError(f"bad bogus-nxdomain address: {e}") from None
         self.clock = clock or _loop_time
         self.rng = rng or random.SystemRandom()
-        self.counters = counters if counters is not None else stack.counters
-        self.stub = stub or StubResolver(stack, counters=self.counters, rng=self.rng)
+        self.counters = counters if counters is not None else stub.counters
+        self.stub = stub
         self.max_fails = max_fails
         self.down_time = down_time
         self.probe_interval = probe_interval
@@ -211,7 +157,7 @@ class Forwarder:
         if len(query.question) != 1:
             return None
         q = query.question[0]
-        if q.rdtype in _NEVER_FORWARDED:
+        if q.rdtype in UNANSWERED_QTYPES:
             c["forward.refused.qtype"] += 1
             return None
         do = query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
@@ -521,10 +467,10 @@ class Forwarder:
     close = stop        # the name main.serve's lifecycle calls
 
 
-def forwarder(stack, upstreams, **options) -> Forwarder:
+def forwarder(upstreams, **options) -> Forwarder:
     """The seed's ``forwarder(upstreams)``: a Process (the Forwarder is
     callable) that also has ``start``/``stop`` and ``fast_lookup``."""
-    return Forwarder(stack, upstreams, **options)
+    return Forwarder(upstreams, **options)
 
 
 def _servfail(query: dns.message.Message) -> dns.message.Message:
