@@ -149,13 +149,6 @@ def patch(answer: bytes, query: bytes, name_end: int) -> bytes:
             + answer[4:12] + query[12:name_end] + answer[name_end:])
 
 
-def key_of(question_name: bytes, qtype: int, qclass: int, edns_flags: int) -> bytes:
-    """The fast-path key for a question given as its wire name and numbers
-    (for producers such as the cache)."""
-    return (question_name.lower() + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")
-            + bytes((edns_flags,)))
-
-
 def error_reply(query: bytes, rcode: int) -> bytes | None:
     """A header-only reply (FORMERR for a message dnspython cannot read):
     the query's ID, opcode and RD, QR set, no sections. None when not even
