@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdataclass
@@ -98,3 +99,13 @@ def single_in_question(query: dns.message.Message) -> dns.rrset.RRset | None:
         return None
     question = query.question[0]
     return question if question.rdclass == dns.rdataclass.IN else None
+
+
+def authoritative_response(query: dns.message.Message, *, recursion_available: bool) -> dns.message.Message:
+    """The reply a local table starts from: AA set, and RA when the appliance
+    also forwards (it then offers recursion, RFC 1035 4.1.1)."""
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.AA
+    if recursion_available:
+        response.flags |= dns.flags.RA
+    return response
