@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from unikernel import config as config_mod
 from unikernel.config import Appliance, ConfigError, yes_or_no
@@ -50,7 +51,7 @@ def _address_or_none(text: str) -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line and an exception, not usage + exit."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 

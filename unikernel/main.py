@@ -66,8 +66,8 @@ def check(appliance: Appliance) -> Loaded:
                 raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
                                   "or to a loopback address (its stack has no loopback)")
         AccessList(appliance.allow)
-        for address in appliance.bogus_nxdomain:
-            ipaddress.IPv4Address(address)
+        for bogus in appliance.bogus_nxdomain:
+            ipaddress.IPv4Address(bogus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None

@@ -104,7 +104,10 @@ class Forwarder:
         self._background: asyncio.Task | None = None
         # looked up on every hit, so that replacing ``allowed`` takes effect
         # on the fast path as on the slow one
-        self.fast_lookup = cache.fast_lookup(lambda ip: self.allowed(ip))
+        self.fast_lookup = cache.fast_lookup(self._allowed_now)
+
+    def _allowed_now(self, ip: int) -> bool:
+        return self.allowed(ip)
 
     # -- the process ---------------------------------------------------------
     async def __call__(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
@@ -268,8 +271,8 @@ class Forwarder:
                 await task
             except asyncio.CancelledError:
                 pass
-        for task in list(self._inflight.values()):
-            task.cancel()
+        for question in list(self._inflight.values()):
+            question.cancel()
 
     close = stop        # the name main.serve's lifecycle calls
 

@@ -29,7 +29,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from unikernel.resolver.stub import CaseMismatch, Reply, StubError, StubResolver, StubTimeout
+from unikernel.resolver.stub import DEFAULT_PAYLOAD, CaseMismatch, Reply, StubError, StubResolver, StubTimeout
 
 log = logging.getLogger("unikernel.resolver.upstream")
 
@@ -132,7 +132,7 @@ class Upstreams:
                         upstream.endpoint, qname, rdtype, rdclass, timeout=deadline - t,
                         do=do and upstream.edns,
                         use_0x20=upstream.use_0x20 and id(upstream) not in plain_case,
-                        **({} if upstream.edns else {"payload": None})))
+                        payload=DEFAULT_PAYLOAD if upstream.edns else None))
                     pending[attempt] = (upstream, t)
                     self.counters["forward.upstream.query"] += 1
                     next_launch = t + self.attempt_timeout
@@ -144,10 +144,10 @@ class Upstreams:
                 wake = min(next_launch, deadline) if can_launch else deadline
                 done, _ = await asyncio.wait(list(pending), timeout=max(wake - loop.time(), 0),
                                              return_when=asyncio.FIRST_COMPLETED)
-                for attempt in done:
-                    upstream, _started = pending.pop(attempt)
+                for finished in done:
+                    upstream, _started = pending.pop(finished)
                     try:
-                        reply = attempt.result()
+                        reply = finished.result()
                     except CaseMismatch:
                         # This question is asked again in plain case. 0x20 goes off for
                         # the upstream only after several mismatches in a row, so that one
@@ -201,8 +201,8 @@ class Upstreams:
                     next_launch = loop.time()
         finally:
             t = loop.time()
-            for attempt, (upstream, started) in pending.items():
-                attempt.cancel()
+            for unanswered, (upstream, started) in pending.items():
+                unanswered.cancel()
                 if t - started >= self.attempt_timeout:
                     self.failed(upstream)     # silent for a whole attempt: counts against it
 

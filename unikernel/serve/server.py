@@ -105,7 +105,7 @@ class DnsServer:
         # wires the server (main, serve_with_processor); closed with it
         self.tcp_server: DnsTcpServer | None = None
         self._sendto = stack.udp.sendto
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop     # set by start(), before any datagram
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
@@ -275,7 +275,7 @@ class DnsServer:
         return reply, bool(answer.static and whole)
 
     def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
-               src: tuple[int, int], path: str) -> bytes:
+               src: tuple[int, int], path: str) -> bytes | None:
         reply, _ = render(response, query, limit)
         return self._logged(src, reply, path)
 
