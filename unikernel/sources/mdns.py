@@ -58,7 +58,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from unikernel.process import Answer, Endpoint, Process, single_in_question
+from unikernel.process import UNANSWERED_QTYPES, Answer, Endpoint, Process, single_in_question
 
 log = logging.getLogger("unikernel.sources.mdns")
 
@@ -84,8 +84,6 @@ _RR = struct.Struct("!HHIH")
 _FLAG_QR = 0x8000
 _CACHE_FLUSH = 0x8000
 _NAME_TYPES = {dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS, dns.rdatatype.DNAME}
-_NOT_ASKED = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.OPT, dns.rdatatype.TSIG,
-                        dns.rdatatype.TKEY, dns.rdatatype.MAILA, dns.rdatatype.MAILB})
 _SERVICE_DATA = (dns.rdatatype.SRV, dns.rdatatype.TXT, dns.rdatatype.A, dns.rdatatype.AAAA)
 
 
@@ -339,7 +337,7 @@ class MdnsQuerier:
 
     async def process(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
         q = single_in_question(query)
-        if q is None or q.rdtype in _NOT_ASKED:
+        if q is None or q.rdtype in UNANSWERED_QTYPES:
             return None
         asked = q.name.canonicalize()
         name = self.link_name(asked)
