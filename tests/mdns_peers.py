@@ -57,6 +57,8 @@ def start_avahi(ns: Namespace, *, interface: str, hosts: dict[str, str],
     ({"printer.local": "192.0.2.20"}, forward and reverse) and `services`
     ([(instance name, "_http._tcp", port, host)]); returns once every one is
     established."""
+    if shutil.which("avahi-daemon") is None:
+        pytest.skip("needs avahi-daemon (apt install avahi-daemon) as the mDNS responder")
     etc = Path(f"/etc/netns/{ns.name}/avahi")
     (etc / "services").mkdir(parents=True, exist_ok=True)
     (etc / "avahi-daemon.conf").write_text(_AVAHI_CONF.format(host_name=host_name, interface=interface))

@@ -272,3 +272,11 @@ def test_idle_ticks_add_no_counters():
         clock.advance(0.05)
         stack.tick(clock.now)
     assert not [k for k in stack.counters if k.startswith("igmp.")]
+
+
+def test_v3_max_response_codes_above_127_are_floating_point():
+    from netstack import igmp
+    # RFC 3376 4.1.1: (mant | 0x10) << (exp + 3) tenths; 0xFF is the largest, 3174.4 s
+    assert igmp._v3_max_response(100) == 10.0
+    assert igmp._v3_max_response(0x80) == 12.8
+    assert igmp._v3_max_response(0xFF) == 3174.4
