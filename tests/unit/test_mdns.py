@@ -369,6 +369,9 @@ def test_a_unicast_domain_mapped_onto_local():
         querier.tick(clock.now)
         m = (await nobody).message
         assert m.rcode() == dns.rcode.NXDOMAIN and m.authority[0].name == dns.name.from_text("lan.example.")
+        for apex in ("lan.example", "local"):
+            assert await querier.process(src=CLIENT, dst=SERVER, query=query(apex, "SOA")) is None
+        assert len(udp.sent) == 2
         with pytest.raises(ValueError):
             make(domain="x.local")
     run(body())

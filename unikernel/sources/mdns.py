@@ -308,7 +308,10 @@ class MdnsQuerier:
 
     # -- the process -------------------------------------------------------------
     def link_name(self, name: dns.name.Name) -> dns.name.Name | None:
-        """The name to ask the link for ``name``, or None when it is not ours."""
+        """The name to ask the link for ``name``, or None when it is not ours
+        (the apexes themselves are not: no device is called ``local.``)."""
+        if name == LOCAL or name == self.domain:
+            return None
         if name.is_subdomain(LOCAL):
             return name
         if self.domain is not None and name.is_subdomain(self.domain):
