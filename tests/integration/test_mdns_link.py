@@ -171,3 +171,46 @@ def test_spoofed_off_link_responses_are_ignored():
     message, counters = with_querier(body, responder=responder)
     assert message.rcode() == dns.rcode.NXDOMAIN and message.answer == []
     assert counters["mdns.reply.off_link.drop"] == 2 and counters["mdns.reply.ttl.drop"] == 1
+
+
+@needs_avahi
+def test_a_flood_of_junk_forged_and_huge_responses_changes_no_answer():
+    from scapy.layers.inet import fragment
+
+    def responder(ns):
+        start_avahi(ns, interface="tap0", hosts=HOSTS)
+
+    async def body(ns, stack, querier):
+        # built before the questions are asked (scapy is slow, and the loop would wait)
+        forged = dns.message.make_response(dns.message.make_query("printer.local", "A"))
+        forged.answer.append(dns.rrset.from_text("printer.local.", 120, "IN", "A", "6.6.6.6"))
+        forged.answer.append(dns.rrset.from_text("bank.example.", 120, "IN", "A", "6.6.6.6"))
+        wire = forged.to_wire()
+        group = Ether(dst="01:00:5e:00:00:fb") / IP(src="192.0.2.77", dst="224.0.0.251", ttl=255) / UDP(sport=5353, dport=5353)
+        frames = [bytes(f) for f in fragment(group / (wire + b"\0" * 12000), fragsize=1400)]   # past 9000 bytes
+        frames += [bytes(group / (bytes([n % 256]) * (n % 40))) for n in range(300)]          # junk
+        spoof = bytes(Ether(dst=stack.mac) / IP(src="198.51.100.7", dst=STACK_SIDE, ttl=255)
+                      / UDP(sport=5353, dport=querier.port, chksum=0) / wire)              # off-link
+
+        nobody = asyncio.ensure_future(ask(querier, "nobody.local"))    # open for a second
+        task = asyncio.ensure_future(ask(querier, "printer.local"))
+        await asyncio.sleep(0)
+        lookup = querier._in_flight[(dns.name.from_text("printer.local."), dns.rdatatype.A)]
+        forged_id = spoof[:42] + lookup.ident.to_bytes(2, "big") + spoof[44:]       # with the right ID
+        frames += [forged_id] * 300
+
+        def send():
+            with ns.entered():
+                sendp([Ether(f) for f in frames], iface="tap0", verbose=False)
+        await asyncio.to_thread(send)
+        printer = await task
+        bank = await ask(querier, "bank.example")
+        return printer, await nobody, bank, dict(stack.counters)
+
+    printer, nobody, bank, counters = with_querier(body, responder=responder)
+    assert addresses(printer) == ["192.0.2.20"]          # avahi's, not the forger's
+    assert nobody.rcode() == dns.rcode.NXDOMAIN and nobody.answer == []
+    assert bank is None                                  # not ours to answer, and nothing kept for it
+    assert counters["mdns.reply.off_link.drop"] >= 1
+    assert counters["mdns.reply.malformed.drop"] >= 1    # the huge one and the junk, while a question was open
+    assert counters.get("stack.exception.drop", 0) == 0
