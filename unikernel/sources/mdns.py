@@ -453,6 +453,9 @@ class MdnsQuerier:
         if src_port != MDNS_PORT:
             self.counters["mdns.reply.bad_port.drop"] += 1
             return None
+        if len(data) > 2 and not data[2] & _FLAG_QR >> 8:     # others' queries: not worth parsing
+            self.counters["mdns.query_seen.ignored"] += 1
+            return None
         try:
             packet = parse(data)
         except MdnsFormatError:
@@ -460,9 +463,6 @@ class MdnsQuerier:
             return None
         if packet.unreadable:
             self.counters["mdns.record.unreadable.drop"] += packet.unreadable
-        if not packet.flags & _FLAG_QR:
-            self.counters["mdns.query_seen.ignored"] += 1
-            return None
         if packet.flags & 0x780F:      # opcode or rcode not zero: ignored (RFC 6762 18.3, 18.11)
             self.counters["mdns.reply.bad_opcode_rcode.drop"] += 1
             return None
