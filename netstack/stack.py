@@ -103,6 +103,7 @@ class Stack:
         self._multicast_macs.add(ethernet.multicast_mac(address))
 
     def leave_group(self, group: ipaddress.IPv4Address | int) -> None:
+        """Says goodbye to the group (IGMP leave) and stops accepting its frames."""
         address = int(group)
         self._send_igmp(self.igmp.leave(self.now(), address))
         # groups can share a MAC (only 23 bits are mapped): keep those still joined

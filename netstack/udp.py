@@ -15,7 +15,7 @@ _HEADER = struct.Struct("!HHHH")
 
 OnDatagram = Callable[[bytes, int, int, int, int], None]
 # (payload, src_ip, src_port, dst_ip, dst_port, ip_ttl): for a protocol that
-# must see how far a datagram came (mDNS takes only TTL 255, RFC 6762 11)
+# must see how far a datagram came (mDNS: TTL 255 means no router forwarded it)
 OnDatagramWithTtl = Callable[[bytes, int, int, int, int, int], None]
 
 
@@ -68,18 +68,18 @@ class UdpLayer:
     def _free(self, port: int) -> bool:
         return port not in self.bindings and port not in self.bindings_with_ttl
 
-    def bind(self, port: int, on_datagram: OnDatagram) -> None:
+    def _check_free(self, port: int) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} out of range")
         if not self._free(port):
             raise OSError(f"UDP port {port} is already bound")
+
+    def bind(self, port: int, on_datagram: OnDatagram) -> None:
+        self._check_free(port)
         self.bindings[port] = on_datagram
 
     def bind_with_ttl(self, port: int, on_datagram: OnDatagramWithTtl) -> None:
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range")
-        if not self._free(port):
-            raise OSError(f"UDP port {port} is already bound")
+        self._check_free(port)
         self.bindings_with_ttl[port] = on_datagram
 
     def bind_ephemeral(self, on_datagram: OnDatagram) -> int:
