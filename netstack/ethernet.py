@@ -32,3 +32,9 @@ def stable_mac(ipv4: int) -> bytes:
     """A locally administered unicast MAC derived from our address, so the same
     configuration keeps the same MAC across restarts (peers' ARP caches stay right)."""
     return b"\x02\x00" + ipv4.to_bytes(4, "big")
+
+
+def multicast_mac(group: int) -> bytes:
+    """The MAC an IPv4 multicast group is sent to (RFC 1112 6.4): 01:00:5e
+    and the group's low 23 bits."""
+    return b"\x01\x00\x5e" + (group & 0x7FFFFF).to_bytes(3, "big")

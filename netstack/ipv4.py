@@ -16,6 +16,7 @@ from .counters import Counters, DropError
 
 MIN_HEADER_LEN = 20
 PROTO_ICMP = 1
+PROTO_IGMP = 2
 PROTO_TCP = 6
 PROTO_UDP = 17
 FLAG_DF = 0x4000
@@ -78,6 +79,17 @@ def header(src: int, dst: int, protocol: int, payload_len: int, ident: int,
              + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
     return _HEADER.pack(0x45, 0, total, ident, flags_offset, ttl, protocol,
                         0xFFFF - words % 0xFFFF, src, dst)
+
+
+def header_with_options(src: int, dst: int, protocol: int, payload_len: int, ident: int,
+                        options: bytes, ttl: int = DEFAULT_TTL) -> bytes:
+    """A header carrying IP options (padded to 32 bits), e.g. IGMP's Router
+    Alert (RFC 2113). Rare, so it is packed plainly and checksummed after."""
+    options = options + b"\0" * (-len(options) % 4)
+    header_len = MIN_HEADER_LEN + len(options)
+    raw = _HEADER.pack(0x40 | header_len // 4, 0, header_len + payload_len, ident, 0, ttl, protocol,
+                       0, src, dst) + options
+    return raw[:10] + cksum.checksum(raw).to_bytes(2, "big") + raw[12:]
 
 
 def fragment(src: int, dst: int, protocol: int, payload: bytes, ident: int, mtu: int,

@@ -1,9 +1,14 @@
-"""The stack: link -> Ethernet -> ARP / IPv4 -> ICMP / UDP / TCP, on one
+"""The stack: link -> Ethernet -> ARP / IPv4 -> ICMP / IGMP / UDP / TCP, on one
 asyncio loop. This is the only module that knows every layer; the layers
 themselves do no I/O and are handed the time.
 
 Nothing a frame does raises out of `receive`: every malformed or unwanted
 frame ends in a counter (`stack.counters`) whose name says why it was dropped.
+
+Multicast: `join_group` makes the stack accept a group's frames and
+datagrams (and report it with IGMP); UDP datagrams to a joined group go to
+the bound port like unicast ones, but a closed port never gets an ICMP
+error back; other multicast is counted and dropped.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import struct
 from collections.abc import Callable
 
 from . import arp as arp_mod
-from . import ethernet, icmp, udp
+from . import ethernet, icmp, igmp, udp
 from . import ipv4 as ip4
 from .counters import Counters, DropError
 from .link import Link
@@ -55,6 +60,8 @@ class Stack:
         self.icmp_errors = icmp.RateLimiter(rate=10, burst=10)
         self.udp = udp.UdpLayer(self.address, self._transmit_udp, self.counters, self.rng)
         self.tcp = self._make_tcp()
+        self.igmp = igmp.Memberships(self.counters, self.rng)
+        self._multicast_macs = {ethernet.multicast_mac(igmp.ALL_HOSTS)}
         self._ident = self.rng.randrange(65536)
         self._src_mac_type = self.mac + _TYPE_IPV4
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,7 +91,23 @@ class Stack:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._loop is not None:
+            self._send_igmp(self.igmp.leave_all(self.now()))
         self.link.close()
+
+    def join_group(self, group: ipaddress.IPv4Address | int) -> None:
+        """Accepts the group's frames and datagrams from now on, and says so
+        with IGMP. Raises ValueError (not a group) or OSError (too many)."""
+        address = int(group)
+        self._send_igmp(self.igmp.join(self.now(), address))
+        self._multicast_macs.add(ethernet.multicast_mac(address))
+
+    def leave_group(self, group: ipaddress.IPv4Address | int) -> None:
+        """Says goodbye to the group (IGMP leave) and stops accepting its frames."""
+        address = int(group)
+        self._send_igmp(self.igmp.leave(self.now(), address))
+        # groups can share a MAC (only 23 bits are mapped): keep those still joined
+        self._multicast_macs = {ethernet.multicast_mac(g) for g in (igmp.ALL_HOSTS, *self.igmp.groups)}
 
     def log_counters(self) -> None:
         """Writes every counter to the log (the appliance does it on SIGUSR1).
@@ -102,6 +125,7 @@ class Stack:
             self._send_arp(ethernet.BROADCAST, request)
         self.reassembler.tick(now)
         self.tcp.tick(now)
+        self._send_igmp(self.igmp.tick(now))
 
     # -- receive path ---------------------------------------------------------------
     def receive(self, frame: bytes) -> None:
@@ -148,7 +172,7 @@ class Stack:
             counters["ethernet.truncated.drop"] += 1
             return
         dst = frame[:6]
-        if dst != self.mac and dst != ethernet.BROADCAST:
+        if dst != self.mac and dst != ethernet.BROADCAST and dst not in self._multicast_macs:
             counters["ethernet.not_ours.drop"] += 1
             return
         ethertype = frame[12:14]
@@ -180,7 +204,10 @@ class Stack:
     def _input_ipv4(self, packet: bytes) -> None:
         hdr = ip4.parse(packet)
         if hdr.dst != self.address:
-            self.counters["ipv4.not_ours.drop"] += 1
+            if self.igmp.listening(hdr.dst):
+                self._input_multicast(hdr, packet)
+            else:
+                self.counters["ipv4.not_ours.drop"] += 1
             return
         if self._impossible_source(hdr.src):
             self.counters["ipv4.bad_source.drop"] += 1
@@ -201,12 +228,40 @@ class Stack:
         else:
             self.counters["ipv4.unknown_protocol.drop"] += 1
 
+    def _input_multicast(self, hdr: ip4.Ipv4Header, packet: bytes) -> None:
+        """A datagram to a group we are in. IGMP queries may come from 0.0.0.0
+        (snooping switches ask so): nothing is ever sent back to the source of
+        one, reports go to groups. Anything else from an impossible source is dropped."""
+        protocol = hdr.protocol
+        if self._impossible_source(hdr.src) and not (protocol == ip4.PROTO_IGMP and hdr.src == 0):
+            self.counters["ipv4.bad_source.drop"] += 1
+            return
+        data = packet[hdr.header_len:hdr.total_len]
+        payload = self.reassembler.input(self.now(), hdr, data) if hdr.is_fragment else data
+        if payload is None:
+            return
+        if protocol == ip4.PROTO_UDP:
+            self.counters["ipv4.multicast.received"] += 1
+            self._input_udp(hdr, payload)
+        elif protocol == ip4.PROTO_IGMP:
+            self.igmp.input(self.now(), payload)
+        else:
+            self.counters["ipv4.multicast.unknown_protocol.drop"] += 1
+
     def _input_udp(self, hdr: ip4.Ipv4Header, segment: bytes) -> None:
         src_port, dst_port, data = udp.parse(segment, hdr.src, hdr.dst)
         handler = self.udp.bindings.get(dst_port)
         if handler is not None:
             self.counters["udp.delivered"] += 1
             handler(data, hdr.src, src_port, hdr.dst, dst_port)
+            return
+        handler_with_ttl = self.udp.bindings_with_ttl.get(dst_port)
+        if handler_with_ttl is not None:
+            self.counters["udp.delivered"] += 1
+            handler_with_ttl(data, hdr.src, src_port, hdr.dst, dst_port, hdr.ttl)
+            return
+        if hdr.dst != self.address:     # RFC 1122 3.2.2: no ICMP error about a multicast datagram
+            self.counters["udp.multicast.closed_port.drop"] += 1
             return
         self.counters["udp.closed_port.drop"] += 1
         if self.icmp_errors.allow(self.now()):
@@ -226,32 +281,37 @@ class Stack:
             self.counters[f"icmp.type{icmp_type}.ignored"] += 1
 
     # -- send path ---------------------------------------------------------------------
-    def _transmit_udp(self, dst_ip: int, segment: bytes) -> None:
-        self.send_ip(dst_ip, ip4.PROTO_UDP, segment)
+    def _transmit_udp(self, dst_ip: int, segment: bytes, ttl: int | None = None) -> None:
+        self.send_ip(dst_ip, ip4.PROTO_UDP, segment, ttl=ttl or ip4.DEFAULT_TTL)
 
     def _transmit_tcp(self, dst_ip: int, segment: bytes) -> None:
         self.send_ip(dst_ip, ip4.PROTO_TCP, segment, dont_fragment=True)
 
-    def send_ip(self, dst_ip: int, protocol: int, payload: bytes, *, dont_fragment: bool = False) -> None:
-        """Routes, fragments and sends one datagram; never raises."""
-        hop = dst_ip if dst_ip & self.netmask == self.network else self.gateway
+    def send_ip(self, dst_ip: int, protocol: int, payload: bytes, *, dont_fragment: bool = False,
+                ttl: int = ip4.DEFAULT_TTL) -> None:
+        """Routes, fragments and sends one datagram; never raises. A multicast
+        destination goes to its group's MAC on our link, never to a router."""
+        multicast = dst_ip >> 28 == 0xE          # igmp.is_multicast, inlined: every reply passes here
+        hop = dst_ip if multicast or dst_ip & self.netmask == self.network else self.gateway
         if hop is None:
             self.counters["ipv4.no_route.drop"] += 1
             return
         ident = self._ident = (self._ident + 1) & 0xFFFF
         if len(payload) + 20 <= self.mtu:
             packets = [ip4.header(self.address, dst_ip, protocol, len(payload), ident,
-                                  ip4.FLAG_DF if dont_fragment else 0) + payload]
+                                  ip4.FLAG_DF if dont_fragment else 0, ttl) + payload]
         else:
             try:
                 packets = ip4.fragment(self.address, dst_ip, protocol, payload, ident, self.mtu,
-                                       dont_fragment)
+                                       dont_fragment, ttl)
             except ip4.Ipv4Error as e:
                 self.counters[e.reason] += 1
                 return
             self.counters["ipv4.fragmented"] += 1
         mac: bytes | None
-        if hop == self.subnet_broadcast:
+        if multicast:
+            mac = ethernet.multicast_mac(dst_ip)
+        elif hop == self.subnet_broadcast:
             mac = ethernet.BROADCAST
         else:
             mac = self.arp.lookup(hop, self.now())
@@ -265,6 +325,15 @@ class Stack:
             request = self.arp.resolve(now, hop, packet)
             if request is not None:
                 self._send_arp(ethernet.BROADCAST, request)
+
+    def _send_igmp(self, messages: list[igmp.Message]) -> None:
+        """IGMP goes out with TTL 1 and Router Alert (RFC 2236 2, RFC 3376 4)."""
+        for dst, message in messages:
+            self._ident = (self._ident + 1) & 0xFFFF
+            header = ip4.header_with_options(self.address, dst, ip4.PROTO_IGMP, len(message), self._ident,
+                                             igmp.ROUTER_ALERT, igmp.TTL)
+            self.link.send(ethernet.header(ethernet.multicast_mac(dst), self.mac, ethernet.TYPE_IPV4)
+                           + header + message)
 
     def _send_arp(self, dst_mac: bytes, packet: bytes) -> None:
         self.link.send(ethernet.header(dst_mac, self.mac, ethernet.TYPE_ARP) + packet)

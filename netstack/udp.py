@@ -14,6 +14,9 @@ EPHEMERAL = (1024, 65535)
 _HEADER = struct.Struct("!HHHH")
 
 OnDatagram = Callable[[bytes, int, int, int, int], None]
+# (payload, src_ip, src_port, dst_ip, dst_port, ip_ttl): for a protocol that
+# must see how far a datagram came (mDNS: TTL 255 means no router forwarded it)
+OnDatagramWithTtl = Callable[[bytes, int, int, int, int, int], None]
 
 
 class UdpError(DropError):
@@ -47,36 +50,61 @@ def build(src_ip: int, src_port: int, dst_ip: int, dst_port: int, payload: bytes
 
 class UdpLayer:
     """Bound ports and their handlers. Sending goes through `transmit(dst_ip,
-    segment)`, which the stack wires to IPv4 output."""
+    segment, ttl)`, which the stack wires to IPv4 output (ttl None: its default).
 
-    def __init__(self, local_ip: int, transmit: Callable[[int, bytes], None], counters: Counters,
+    Ports bound with ``with_ttl`` live in their own table, so the stack's hot
+    path (which reads only `bindings`) leaves them to the general path, the
+    one that knows the IP header."""
+
+    def __init__(self, local_ip: int, transmit: Callable[[int, bytes, int | None], None], counters: Counters,
                  rng: random.Random | None = None) -> None:
         self.local_ip = local_ip
         self.transmit = transmit
         self.counters = counters
         self.rng = rng or random.SystemRandom()
         self.bindings: dict[int, OnDatagram] = {}
+        self.bindings_with_ttl: dict[int, OnDatagramWithTtl] = {}
 
-    def bind(self, port: int, on_datagram: OnDatagram) -> None:
+    def _free(self, port: int) -> bool:
+        return port not in self.bindings and port not in self.bindings_with_ttl
+
+    def _check_free(self, port: int) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} out of range")
-        if port in self.bindings:
+        if not self._free(port):
             raise OSError(f"UDP port {port} is already bound")
+
+    def bind(self, port: int, on_datagram: OnDatagram) -> None:
+        self._check_free(port)
         self.bindings[port] = on_datagram
+
+    def bind_with_ttl(self, port: int, on_datagram: OnDatagramWithTtl) -> None:
+        self._check_free(port)
+        self.bindings_with_ttl[port] = on_datagram
 
     def bind_ephemeral(self, on_datagram: OnDatagram) -> int:
         """Binds a random free port from a wide range (RFC 6056, RFC 5452)."""
+        port = self._ephemeral_port()
+        self.bindings[port] = on_datagram
+        return port
+
+    def bind_ephemeral_with_ttl(self, on_datagram: OnDatagramWithTtl) -> int:
+        port = self._ephemeral_port()
+        self.bindings_with_ttl[port] = on_datagram
+        return port
+
+    def _ephemeral_port(self) -> int:
         low, high = EPHEMERAL
         for _ in range(64):
             port = self.rng.randint(low, high)
-            if port not in self.bindings:
-                self.bindings[port] = on_datagram
+            if self._free(port):
                 return port
         raise OSError("no free ephemeral UDP port")
 
     def unbind(self, port: int) -> None:
         self.bindings.pop(port, None)
+        self.bindings_with_ttl.pop(port, None)
 
-    def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int) -> None:
+    def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int, *, ttl: int | None = None) -> None:
         self.counters["udp.sent"] += 1
-        self.transmit(dst_ip, build(self.local_ip, src_port, dst_ip, dst_port, payload))
+        self.transmit(dst_ip, build(self.local_ip, src_port, dst_ip, dst_port, payload), ttl)

@@ -88,6 +88,8 @@ class Appliance:
     bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
     randomize_case: bool = True             # 0x20 letter-case randomisation of upstream queries
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
+    mdns: bool = True                       # .local (and our subnet's reverse names) asked on the link, RFC 6762
+    mdns_domain: str | None = None          # a unicast domain answered from .local (RFC 8766), e.g. lan.example
     log_queries: bool = False
     base: Path = REPO                       # relative paths are resolved against this
 

@@ -26,6 +26,7 @@ from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
 from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
+from unikernel.sources.mdns import MdnsQuerier, check_domain
 from unikernel.sources.special import special_process
 
 log = logging.getLogger("unikernel.main")
@@ -66,6 +67,8 @@ def check(appliance: Appliance) -> Loaded:
                 raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
                                   "or to a loopback address (its stack has no loopback)")
         AccessList(appliance.allow)
+        if appliance.mdns and appliance.mdns_domain:
+            check_domain(appliance.mdns_domain)
         for bogus in appliance.bogus_nxdomain:
             ipaddress.IPv4Address(bogus)
     except ValueError as e:
@@ -104,7 +107,7 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
 def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                      budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
     """The appliance's answer to every query, as the seed composes it:
-    ``compose(zones, hosts, special-use, forwarder)``.
+    ``compose(zones, hosts, mdns, special-use, forwarder)``.
 
     Returns ``(process, fast_lookups, lifecycle)``:
 
@@ -129,11 +132,18 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
         chain.append(hosts_process(loaded.hosts, recursion_available=recursion))
+    querier = mdns_querier(appliance, stack) if appliance.mdns else None
+    if querier is not None:
+        # .local and our subnet's reverse names are asked on the link, whether
+        # or not there is a forwarder, and never go upstream (issue 13)
+        chain.append(querier.process)
+        lifecycle.append(querier)
     if recursion:
         # special-use names are answered here so that they never leak upstream;
         # without a forwarder the appliance is authoritative-only and, like
         # NSD, refuses every name its zones and hosts do not hold (issue 3)
-        chain.append(special_process(recursion_available=recursion))
+        special = special_process(recursion_available=recursion)
+        chain.append(querier.not_kept(special) if querier is not None else special)
     if appliance.forward:
         try:
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
@@ -154,6 +164,16 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
             return None
         chain.append(nothing)
     return compose(*chain), fast_lookups, lifecycle
+
+
+def mdns_querier(appliance: Appliance, stack):
+    """The mDNS source on the stack's link; answers only the clients that
+    may use the forwarder (``allow``, by default our subnet)."""
+    return MdnsQuerier(stack.udp, interface=appliance.interface,
+                       allowed=AccessList(appliance.allow or [str(appliance.interface.network)]),
+                       join=stack.join_group, leave=stack.leave_group, counters=stack.counters,
+                       clock=stack.now, domain=appliance.mdns_domain,
+                       recursion_available=bool(appliance.forward))
 
 
 async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,

@@ -3,7 +3,8 @@
 It boots images/dns.vmlinuz + dns.initrd (built by `make image` if needed),
 asks ns0.d1.signpo.st (an authoritative answer from the baked-in zone) and a
 name that only dnsmasq, running as the forwarder's upstream in the same
-namespace, knows; pings the guest; powers it off with Ctrl-Alt-Del through the
+namespace, knows; a .local name that avahi-daemon publishes on the tap's host
+side (found by the guest's mDNS querier); pings the guest; powers it off with Ctrl-Alt-Del through the
 QEMU monitor and checks that the shutdown was clean. It prints the image size
 and the seconds from QEMU start to the first answer.
 
@@ -29,6 +30,7 @@ import floor  # noqa: E402  (build/, put on the path by conftest)
 import pytest
 import qemu  # noqa: E402
 
+from tests.mdns_peers import start_avahi
 from tests.netns import Namespace, needs_root
 
 from .conftest import needs_qemu
@@ -39,6 +41,8 @@ HOST = "192.0.2.1"
 GUEST = "192.0.2.2"
 UPSTREAM_NAME = "upstream.smoke.example.org."   # not a special-use name (those never leave)
 UPSTREAM_ADDRESS = "198.51.100.7"
+LINK_NAME = "printer.local."                    # published by avahi on the host side, found by mDNS
+LINK_ADDRESS = "192.0.2.20"
 BOOT_TIMEOUT = 300        # seconds; TCG on a slow, busy CI machine
 
 
@@ -109,6 +113,15 @@ def test_smoke_boot(image, tmp_path, capsys):
             assert relayed.rcode() == dns.rcode.NOERROR
             assert not relayed.flags & dns.flags.AA
             assert [rr.address for rr in relayed.answer[0]] == [UPSTREAM_ADDRESS]
+
+            # a device on the link, published by avahi on the tap's host side:
+            # the guest asks 224.0.0.251 and answers by unicast (issue 13)
+            ns.ip("route", "add", "224.0.0.0/4", "dev", "tap0")
+            start_avahi(ns, interface="tap0", hosts={LINK_NAME: LINK_ADDRESS})
+            local = ask(ns, LINK_NAME, timeout=5)
+            assert local is not None, "no answer for the .local name"
+            assert local.rcode() == dns.rcode.NOERROR and local.flags & dns.flags.AA
+            assert [rr.address for rr in local.answer[0]] == [LINK_ADDRESS] and local.answer[0].ttl <= 10
 
             # the kernel's ping against our ICMP
             ping = ns.run("ping", "-c", "3", "-i", "0.2", "-W", "3", GUEST)

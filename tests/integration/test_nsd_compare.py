@@ -190,8 +190,9 @@ def test_malformed_queries_get_nsds_rcode(nsd, zone_files):
 
 
 def serve_args(zone_files) -> list[str]:
-    """The unix target, authoritative-only, on tap0 at 192.0.2.2 serving the zones."""
-    args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
+    """The unix target, authoritative-only, on tap0 at 192.0.2.2 serving the zones
+    (without mDNS, which would answer .local where NSD refuses)."""
+    args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--mdns", "no", "--tap", "tap0",
             "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none"]
     for f in zone_files:
         args += ["--zone", str(f)]

@@ -33,9 +33,16 @@ class FakeStack:
         self.counters = Counters()
         self.tcp = None
         self.address = SERVER_IP
+        self.groups: set[int] = set()
 
     def now(self) -> float:
         return 0.0
+
+    def join_group(self, group: int) -> None:
+        self.groups.add(group)
+
+    def leave_group(self, group: int) -> None:
+        self.groups.discard(group)
 
 
 async def exchange(stack: FakeStack, server, payload: bytes, src_port: int = 40000) -> bytes | None:
