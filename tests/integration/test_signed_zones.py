@@ -11,14 +11,19 @@ so must what survives truncation.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
+import time
 
+import dns.flags
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 
 from tests.integration.test_nsd_compare import (
+    ROOT,
     VARIANTS,
     ZONE_FILES,
     ZONES,
@@ -27,8 +32,10 @@ from tests.integration.test_nsd_compare import (
     free_port,
     make,
     questions,
+    serve_args,
     summary,
 )
+from tests.netns import Namespace, needs_root, read_until
 from tests.nsd import nsd_conf
 from tests.signing import SignedZone, needs_ldns, sign_zone
 from tests.unit.fake_stack import FakeStack
@@ -160,3 +167,105 @@ def test_signed_answers_over_tcp_agree_with_nsd(signed_nsd):
 
     problems = asyncio.run(run())
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:40])
+
+
+# -- a validating resolver finds our answers secure -----------------------------
+
+# Names whose answers stay inside hard.example (no delegation, no CNAME out of
+# it): positive, CNAME chains, wildcards and wildcard CNAMEs, empty
+# non-terminals, NXDOMAIN at several depths, NODATA, DS at insecure cuts, keys,
+# a TXT RRset too big for UDP (Unbound asks again over TCP).
+VALIDATED = [
+    ("www.hard.example", "A"), ("www.hard.example", "AAAA"), ("hard.example", "MX"), ("hard.example", "DNSKEY"),
+    ("hard.example", "SOA"), ("alias1.hard.example", "A"), ("foo.wild.hard.example", "A"),
+    ("foo.wild.hard.example", "MX"), ("foo.cwild.hard.example", "A"), ("a.b.ent.hard.example", "A"),
+    ("b.ent.hard.example", "A"), ("ent.hard.example", "TXT"), ("nope.hard.example", "A"),
+    ("x.nope.hard.example", "A"), ("a.b.c.d.hard.example", "AAAA"), ("zzz.hard.example", "A"),
+    ("www.hard.example", "TXT"), ("dangling.hard.example", "A"), ("child.hard.example", "DS"),
+    ("nochild.hard.example", "DS"), ("sub.exists.wild.hard.example", "A"), ("x.exists.wild.hard.example", "A"),
+    ("_sip._udp.hard.example", "SRV"), ("q.deep.hard.example", "A"), ("y.x.ent2.hard.example", "A"),
+    ("big.hard.example", "TXT"), ("c15.hard.example", "A"), ("mxcname.hard.example", "MX"),
+]
+
+# With opt-out, an NSEC3 that covers the next closer name may span unsigned
+# delegations, so NXDOMAIN and wildcard answers are insecure by design (RFC
+# 5155 9.2): Unbound gives them without AD, and never SERVFAIL.
+OPT_OUT_INSECURE = {
+    ("foo.wild.hard.example", "A"), ("foo.wild.hard.example", "MX"), ("foo.cwild.hard.example", "A"),
+    ("nope.hard.example", "A"), ("x.nope.hard.example", "A"), ("a.b.c.d.hard.example", "AAAA"),
+    ("zzz.hard.example", "A"), ("dangling.hard.example", "A"), ("x.exists.wild.hard.example", "A"),
+    ("q.deep.hard.example", "A"), ("y.x.ent2.hard.example", "A"),
+}
+
+
+def read_until_file(path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {text!r} in {path} within {timeout} s")
+
+
+def unbound_conf(work, port: int, appliance: str, anchor: str):
+    conf = work / "unbound.conf"
+    (work / "anchor").write_text(anchor + "\n")
+    # the root is stubbed to the appliance too (which refuses it), so no
+    # query can go anywhere but the namespace's own tap
+    conf.write_text(f"""server:
+    interface: 127.0.0.1@{port}
+    port: {port}
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{work}"
+    pidfile: "{work}/unbound.pid"
+    use-syslog: no
+    logfile: "{work}/unbound.log"
+    verbosity: 1
+    val-log-level: 2
+    do-ip6: no
+    do-not-query-localhost: no
+    qname-minimisation: no
+    target-fetch-policy: "0 0 0 0 0"
+    module-config: "validator iterator"
+    trust-anchor-file: "{work}/anchor"
+remote-control:
+    control-enable: no
+stub-zone:
+    name: "hard.example"
+    stub-addr: {appliance}
+stub-zone:
+    name: "."
+    stub-addr: {appliance}
+""")
+    return conf
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unbound") is None, reason="needs Unbound (apt install unbound)")
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_unbound_validates_every_answer(tmp_path, scheme):
+    """Unbound, with hard.example's key as its trust anchor and the appliance
+    (through our own stack) as the zone's server, finds every answer secure
+    (AD set), but those opt-out makes insecure; none is bogus."""
+    signed = sign_zone(ZONES / "hard.example.zone", "hard.example", tmp_path / "zone", **SCHEMES[scheme])
+    with Namespace() as ns:
+        ns.add_tap("tap0", "192.0.2.1/24")
+        appliance = ns.popen(*serve_args([signed.path]), cwd=str(ROOT))
+        read_until(appliance, "ready")
+        port = 5300
+        conf = unbound_conf(tmp_path, port, "192.0.2.2", signed.ds)
+        ns.popen("unbound", "-d", "-c", str(conf))
+        read_until_file(tmp_path / "unbound.log", "start of service")
+        problems = []
+        for name, rdtype in VALIDATED:
+            out = ns.run("dig", "@127.0.0.1", "-p", str(port), name, rdtype, "+dnssec", "+time=5",
+                         "+tries=2", timeout=30).stdout
+            header = re.search(r"status: (\w+),.*\n;; flags: ([a-z ]*);", out)
+            secure = not (scheme == "nsec3-optout" and (name, rdtype) in OPT_OUT_INSECURE)
+            if header is None or header[1] not in ("NOERROR", "NXDOMAIN") or secure != ("ad" in header[2].split()):
+                problems.append(f"{name} {rdtype}: {header.groups() if header else out[-300:]}")
+        log = (tmp_path / "unbound.log").read_text()
+        assert not problems, "\n".join(problems) + "\n" + log[-1500:]
+        assert "validation failure" not in log
