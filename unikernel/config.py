@@ -89,6 +89,12 @@ class Appliance:
     randomize_case: bool = True             # 0x20 letter-case randomisation of upstream queries
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
     log_queries: bool = False
+    # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
+    # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries
+    # told of a new serial by NOTIFY (ADDR[:PORT])
+    allow_transfer: list[str] = field(default_factory=list)
+    tsig: str | None = None
+    notify: list[str] = field(default_factory=list)
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:

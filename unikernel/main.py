@@ -15,6 +15,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dns.tsig
+
 from netstack import ethernet
 from netstack.stack import Stack
 from unikernel.config import AccessList, Appliance, ConfigError, parse_upstream
@@ -27,6 +29,9 @@ from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
 from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
 from unikernel.sources.special import special_process
+from unikernel.transfer.notify import Notifier, NotifyService, parse_target
+from unikernel.transfer.outbound import TransferServer
+from unikernel.transfer.tsig import parse_tsig
 
 log = logging.getLogger("unikernel.main")
 
@@ -46,6 +51,7 @@ class Loaded:
     to :func:`serve` so that each file is parsed once."""
     zone_files: zones_mod.ZoneFiles | None
     hosts: HostsTable | None
+    tsig: dns.tsig.Key | None = None
 
 
 def check(appliance: Appliance) -> Loaded:
@@ -70,8 +76,16 @@ def check(appliance: Appliance) -> Loaded:
             ipaddress.IPv4Address(bogus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    tsig = parse_tsig(appliance.tsig) if appliance.tsig else None
+    try:
+        for cidr in appliance.allow_transfer:
+            ipaddress.IPv4Network(cidr, strict=False)
+        for target in appliance.notify:
+            parse_target(target)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
-    return Loaded(zone_files, hosts)
+    return Loaded(zone_files, hosts, tsig)
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -156,6 +170,20 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     return compose(*chain), fast_lookups, lifecycle
 
 
+def zone_transfers(appliance: Appliance, stack, loaded: Loaded) -> tuple[TransferServer | None, NotifyService | None]:
+    """AXFR/IXFR out to ``allow_transfer`` and NOTIFY to ``notify``, for the
+    zone files served (none without zones or without either setting)."""
+    if loaded.zone_files is None or not (appliance.allow_transfer or appliance.notify):
+        return None, None
+    transfers = TransferServer(loaded.zone_files.zones, allow=appliance.allow_transfer, key=loaded.tsig,
+                               counters=stack.counters)
+    notify = None
+    if appliance.notify:
+        notifier = Notifier((parse_target(t) for t in appliance.notify), key=loaded.tsig, counters=stack.counters)
+        notify = NotifyService(stack, notifier, clock=stack.now)
+    return transfers, notify
+
+
 async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 stop: asyncio.Event | None = None, ready: Callable[[str], object] = print,
                 clock: Callable[[], float] | None = None) -> None:
@@ -175,6 +203,10 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                        max_kept_bytes=budgets["static"])
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=budgets["tcp"])
+    transfers, notify = zone_transfers(appliance, stack, loaded)
+    server.transfers = transfers
+    if notify is not None:
+        lifecycle.append(notify)
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -195,6 +227,11 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
         server.forget_kept_answers()
         stack.counters["dns.reload.done"] += 1
         log.warning("reloaded %d zone file(s)", count)
+        if transfers is not None and loaded.zone_files is not None:
+            for zone in transfers.update(loaded.zone_files.zones):
+                log.warning("zone %s: serial %d", zone.origin, zone.soa[0].serial)
+                if notify is not None:
+                    notify.zone_changed(zone.origin, zone.soa)
 
     signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
                signal.SIGHUP: reload}

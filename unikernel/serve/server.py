@@ -37,6 +37,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.flags
@@ -59,6 +60,9 @@ from unikernel.process import (
 )
 from unikernel.serve.render import UDP_PAYLOAD, render
 from unikernel.serve.tcp import DnsTcpServer
+
+if TYPE_CHECKING:
+    from unikernel.transfer.outbound import TransferServer
 
 log = logging.getLogger("unikernel.serve.server")
 
@@ -104,6 +108,8 @@ class DnsServer:
         # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
         # wires the server (main, serve_with_processor); closed with it
         self.tcp_server: DnsTcpServer | None = None
+        # zone transfers (AXFR/IXFR over TCP), when main wires a TransferServer
+        self.transfers: TransferServer | None = None
         self._sendto = stack.udp.sendto
         self._loop: asyncio.AbstractEventLoop     # set by start(), before any datagram
 
@@ -200,11 +206,14 @@ class DnsServer:
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
 
-    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
-        """DnsTcpServer's handler: the slow path with TCP's limit, no truncation."""
+    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | list[bytes] | None:
+        """DnsTcpServer's handler: zone transfers to the TransferServer (when
+        there is one), the rest to the slow path with TCP's limit, no truncation."""
         self.counters["dns.tcp.query"] += 1
         try:
             src_ip, src_port = _endpoint_ints(src)
+            if self.transfers is not None and self.transfers.wants(query_wire):
+                return self.transfers.handle(ipaddress.IPv4Address(src_ip), query_wire)
             dst_ip, dst_port = _endpoint_ints(dst)
             reply, _ = await self.respond(query_wire, (src_ip, src_port), (dst_ip, dst_port), udp=False)
         except Exception:

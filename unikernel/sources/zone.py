@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,6 +226,7 @@ class AuthoritativeZone:
         hashed = {name: node for name, node in self.nodes.items() if _only_nsec3(node)}
         for name in hashed:
             del self.nodes[name]
+        self.hashed = hashed
         self.nsec_owners = sorted(name for name, node in self.nodes.items()
                                   if node.get_rdataset(IN, NSEC) is not None)
         params = apex.get_rdataset(IN, NSEC3PARAM)
@@ -238,6 +239,7 @@ class AuthoritativeZone:
         self.negative_soa = dns.rrset.RRset(self.origin, IN, SOA)
         self.negative_soa.update(soa)
         self.negative_soa.ttl = min(soa.ttl, soa[0].minimum)
+        self.soa = _rrset(self.origin, soa)
         self.dnames = frozenset(name for name, node in self.nodes.items()
                                 if node.get_rdataset(IN, DNAME) is not None)
         self.cuts = frozenset(name for name, node in self.nodes.items()
@@ -251,6 +253,13 @@ class AuthoritativeZone:
                 if name in self.nonterminals:
                     break
                 self.nonterminals.add(name)
+
+    def records(self) -> Iterator[tuple[dns.name.Name, dns.rdataset.Rdataset]]:
+        """Every RRset of the zone, its NSEC3 chain included (what a transfer carries)."""
+        for nodes in (self.nodes, self.hashed):
+            for name, node in nodes.items():
+                for rdataset in node.rdatasets:
+                    yield name, rdataset
 
     # -- the algorithm of RFC 1034 §4.3.2 -----------------------------------
     def step(self, name: dns.name.Name, qtype: int, result: Lookup, first: bool) -> dns.name.Name | None:
