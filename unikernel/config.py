@@ -95,6 +95,8 @@ class Appliance:
     allow_transfer: list[str] = field(default_factory=list)
     tsig: str | None = None
     notify: list[str] = field(default_factory=list)
+    # zones pulled from a primary and kept by its SOA timers and NOTIFY: ZONE@ADDR[:PORT]
+    secondary: list[str] = field(default_factory=list)
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
 from unikernel.sources.special import special_process
 from unikernel.transfer.notify import Notifier, NotifyService, parse_target
 from unikernel.transfer.outbound import TransferServer
+from unikernel.transfer.secondary import SecondaryService, SecondaryZones, parse_secondary
 from unikernel.transfer.tsig import parse_tsig
 
 log = logging.getLogger("unikernel.main")
@@ -82,6 +83,8 @@ def check(appliance: Appliance) -> Loaded:
             ipaddress.IPv4Network(cidr, strict=False)
         for target in appliance.notify:
             parse_target(target)
+        for secondary in appliance.secondary:
+            parse_secondary(secondary)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
@@ -140,6 +143,11 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     if loaded.zone_files is not None:
         chain.append(loaded.zone_files.process)
         lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
+    if appliance.secondary:
+        secondaries = SecondaryZones(appliance.secondary, key=loaded.tsig, counters=stack.counters,
+                                     clock=stack.now)
+        chain.append(secondaries.process)
+        lifecycle.append(SecondaryService(stack, secondaries))   # transfers at start, then by the timers
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
         chain.append(hosts_process(loaded.hosts, recursion_available=recursion))
@@ -205,6 +213,10 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                                      max_answer_bytes=budgets["tcp"])
     transfers, notify = zone_transfers(appliance, stack, loaded)
     server.transfers = transfers
+    for item in lifecycle:
+        if isinstance(item, SecondaryService):
+            server.notify_handler = item.zones.handle_notify
+            item.zones.on_change.append(server.forget_kept_answers)
     if notify is not None:
         lifecycle.append(notify)
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",

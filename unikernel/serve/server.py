@@ -110,6 +110,8 @@ class DnsServer:
         self.tcp_server: DnsTcpServer | None = None
         # zone transfers (AXFR/IXFR over TCP), when main wires a TransferServer
         self.transfers: TransferServer | None = None
+        # NOTIFY (opcode 4) for secondary zones: (source address, message) -> reply
+        self.notify_handler: Callable[[int, bytes], bytes | None] | None = None
         self._sendto = stack.udp.sendto
         self._loop: asyncio.AbstractEventLoop     # set by start(), before any datagram
 
@@ -234,6 +236,9 @@ class DnsServer:
             counters["dns.response.drop"] += 1       # never answer an answer
             return None, False
         opcode = (payload[2] >> 3) & 0x0F
+        if opcode == dns.opcode.NOTIFY and self.notify_handler is not None:
+            counters["dns.notify"] += 1
+            return self.notify_handler(src[0], payload), False
         if opcode != dns.opcode.QUERY:
             counters["dns.notimp"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
