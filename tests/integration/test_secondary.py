@@ -40,10 +40,11 @@ QUESTIONS = [("sec.example", "SOA"), ("sec.example", "NS"), ("www.sec.example", 
              ("x.wild.sec.example", "TXT"), ("nope.sec.example", "A"), ("mail.sec.example", "MX")]
 
 
-def knot_conf(work) -> str:
+def knot_conf(work, appliances: tuple[str, ...] = ("192.0.2.2",)) -> str:
     (work / "sec.example.zone").write_text(ZONE)
     (work / "db").mkdir()         # the journal, where knotc commits go
     conf = work / "knot.conf"
+    remotes = "".join(f"  - id: appliance{i}\n    address: {a}@53\n    key: xfr-key\n" for i, a in enumerate(appliances))
     conf.write_text(f"""server:
     listen: 192.0.2.1@5301
     rundir: "{work}"
@@ -60,12 +61,10 @@ key:
     algorithm: hmac-sha256
     secret: {SECRET}
 remote:
-  - id: appliance
-    address: 192.0.2.2@53
-    key: xfr-key
+{remotes}
 acl:
-  - id: appliance
-    address: 192.0.2.2
+  - id: appliances
+    address: [{", ".join(appliances)}]
     key: xfr-key
     action: transfer
 template:
@@ -74,8 +73,8 @@ template:
 zone:
   - domain: sec.example
     file: sec.example.zone
-    notify: appliance
-    acl: appliance
+    notify: [{", ".join(f"appliance{i}" for i in range(len(appliances)))}]
+    acl: appliances
 """)
     return str(conf)
 
@@ -135,6 +134,7 @@ def test_secondary_of_knot(tmp_path):
         assert ask(sock, "192.0.2.2", 53, "sec.example", "SOA")["answer"] == \
             ask(sock, "192.0.2.1", 5301, "sec.example", "SOA")["answer"]
         assert counter(appliance, "notify.in.accepted") >= 1
+        assert "IXFR, outgoing, remote 192.0.2.2" in (tmp_path / "knot.log").read_text()   # Knot's word for it
         assert counter(appliance, "secondary.transfer.done") >= 2
 
         # a NOTIFY from an address that is not the primary is refused
@@ -152,3 +152,53 @@ def test_secondary_of_knot(tmp_path):
         wait_for(lambda: ask(sock, "192.0.2.2", 53, "www.sec.example", "A")["rcode"] == "SERVFAIL", 12, "expiry")
         assert time.monotonic() - stopped > 4       # not before the data could have expired
         assert counter(appliance, "secondary.transfer.failed") >= 1
+
+
+def serve_secondary(ns, tap: str, address: str):
+    return ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", tap,
+                    "--ipv4", f"{address}/24", "--ipv4-gateway", "none",
+                    "--secondary", "sec.example@192.0.2.1:5301", "--tsig", KEY, cwd=str(ROOT))
+
+
+def test_three_appliances_scale_out(tmp_path):
+    """A hidden primary (Knot) and three appliances at the edge, each on its
+    own tap on one bridge: a change reaches all three within 5 s; with the
+    primary gone they serve until expire, then SERVFAIL."""
+    addresses = ("192.0.2.2", "192.0.2.3", "192.0.2.4")
+    with Namespace() as ns:
+        ns.ip("link", "add", "br0", "type", "bridge")
+        ns.ip("addr", "add", "192.0.2.1/24", "dev", "br0")
+        ns.ip("link", "set", "br0", "up")
+        appliances = []
+        for i in range(len(addresses)):
+            ns.ip("tuntap", "add", "dev", f"tap{i}", "mode", "tap")
+            ns.ip("link", "set", f"tap{i}", "master", "br0")
+            ns.ip("link", "set", f"tap{i}", "up")
+        conf = knot_conf(tmp_path, addresses)
+        knot = ns.popen("knotd", "-c", conf)
+        with ns.entered():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        wait_for(lambda: ask(sock, "192.0.2.1", 5301, "sec.example", "SOA")["rcode"] == "NOERROR", 20, "Knot up")
+        for i, address in enumerate(addresses):
+            appliances.append(serve_secondary(ns, f"tap{i}", address))
+        for proc in appliances:
+            read_until(proc, "ready")
+        for address in addresses:
+            wait_for(lambda a=address: ask(sock, a, 53, "www.sec.example", "A")["rcode"] == "NOERROR", 10,
+                     f"first AXFR by {address}")
+        for command in (["zone-begin", "sec.example"], ["zone-set", "sec.example", "edge", "300", "TXT", "v2"],
+                        ["zone-commit", "sec.example"]):
+            result = ns.run("knotc", "-c", conf, *command)
+            assert result.returncode == 0, (command, result.stdout + result.stderr)
+        committed = time.monotonic()
+        for address in addresses:
+            wait_for(lambda a=address: ask(sock, a, 53, "edge.sec.example", "TXT")["answer"],
+                     5 - (time.monotonic() - committed), f"the change at {address}")
+        print(f"all three serve the change {time.monotonic() - committed:.2f} s after zone-commit")
+        knot.send_signal(signal.SIGTERM)
+        knot.wait(10)
+        for address in addresses:
+            assert ask(sock, address, 53, "edge.sec.example", "TXT")["rcode"] == "NOERROR"
+        for address in addresses:
+            wait_for(lambda a=address: ask(sock, a, 53, "edge.sec.example", "TXT")["rcode"] == "SERVFAIL", 12,
+                     f"expiry at {address}")
