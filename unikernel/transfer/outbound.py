@@ -46,6 +46,7 @@ IN = dns.rdataclass.IN
 SOA = dns.rdatatype.SOA
 TRANSFER_TYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
 MESSAGE_SIZE = 16384          # records per transfer message, in bytes (BIND's and NSD's order of size)
+MAX_MESSAGE = 65535           # what TCP's two-byte length allows
 TSIG_ROOM = 256               # kept free in each message for its TSIG record
 FUDGE = 300                   # seconds of clock difference a TSIG may show (RFC 8945 10)
 MAX_VERSIONS = 32             # differences kept per zone for IXFR
@@ -250,14 +251,20 @@ class TransferServer:
             try:
                 renderer.add_rrset(dns.renderer.ANSWER, rrset)
             except dns.exception.TooBig:
-                ctx = self._finish(query, renderer, ctx, messages)
-                renderer = self._renderer(query, first=False)
-                renderer.add_rrset(dns.renderer.ANSWER, rrset)    # one record always fits
+                if renderer.counts[dns.renderer.ANSWER]:
+                    ctx = self._finish(query, renderer, ctx, messages)
+                    renderer = self._renderer(query, first=False)
+                try:
+                    renderer.add_rrset(dns.renderer.ANSWER, rrset)
+                except dns.exception.TooBig:
+                    # a record bigger than our message size starts a message as big as it needs
+                    renderer = self._renderer(query, first=not messages, size=MAX_MESSAGE - TSIG_ROOM)
+                    renderer.add_rrset(dns.renderer.ANSWER, rrset)
         self._finish(query, renderer, ctx, messages)
         return messages
 
-    def _renderer(self, query: dns.message.Message, first: bool) -> dns.renderer.Renderer:
-        renderer = dns.renderer.Renderer(query.id, dns.flags.QR | dns.flags.AA, MESSAGE_SIZE + TSIG_ROOM)
+    def _renderer(self, query: dns.message.Message, first: bool, size: int = MESSAGE_SIZE) -> dns.renderer.Renderer:
+        renderer = dns.renderer.Renderer(query.id, dns.flags.QR | dns.flags.AA, size + TSIG_ROOM)
         renderer.reserve(TSIG_ROOM)
         if first:
             question = query.question[0]
