@@ -225,7 +225,7 @@ def test_secondary_timers_follow_the_soa_and_expiry_is_servfail():
     ask_it = lambda: asyncio.run(secondaries.process(src=(CLIENT, 1), dst=(CLIENT, 53), query=query))
     assert ask_it().message.rcode() == dns.rcode.SERVFAIL           # nothing transferred yet
     state.data = zone(1)
-    state.transferred(now[0])
+    state.transferred(now[0], changed=True)
     secondaries.rebuild()
     assert (state.next_at, state.expire_at) == (3600.0, 86400.0)     # refresh, expire from the SOA
     assert ask_it().message.answer[0][0].address == "192.0.2.80"

@@ -69,6 +69,7 @@ class SecondaryZone:
     served: AuthoritativeZone | None = None
     next_at: float = 0.0
     expire_at: float = 0.0
+    expiry_noted: bool = False      # the expiry has been logged and kept answers forgotten
 
     def __post_init__(self) -> None:
         self.data = dns.zone.Zone(self.origin, relativize=False)
@@ -80,12 +81,14 @@ class SecondaryZone:
     def expired(self, now: float) -> bool:
         return self.served is None or now >= self.expire_at
 
-    def transferred(self, now: float) -> None:
+    def transferred(self, now: float, changed: bool) -> None:
         """A transfer (or a check that found us up to date) succeeded."""
-        self.served = AuthoritativeZone(self.data)
+        if changed or self.served is None:
+            self.served = AuthoritativeZone(self.data)
         soa = self.served.soa[0]
         self.next_at = now + soa.refresh
         self.expire_at = now + soa.expire
+        self.expiry_noted = False
 
     def failed(self, now: float) -> None:
         self.next_at = now + (self.served.soa[0].retry if self.served is not None else FIRST_RETRY)
@@ -131,11 +134,8 @@ class SecondaryZones:
             response = dns.message.make_response(query)
             response.set_rcode(dns.rcode.SERVFAIL)
             return Answer(response, final=True, static=False)
-        answer = await self._answer(src=src, dst=dst, query=query)
-        if answer is not None:
-            # a kept answer would outlive the zone's expiry: only the slow path serves them
-            answer.static = False
-        return answer
+        # kept answers are forgotten when the zone changes or expires (SecondaryService)
+        return await self._answer(src=src, dst=dst, query=query)
 
     def handle_notify(self, src_ip: int, payload: bytes) -> bytes | None:
         """A NOTIFY (opcode 4) for one of our zones: from its primary, signed
@@ -203,8 +203,13 @@ class SecondaryService:
                 await asyncio.wait_for(zones.wake.wait(), max(deadline - now, 0.01))
             except TimeoutError:
                 pass
-            if any(z.served is not None and z.expired(zones.clock()) for z in zones.zones.values()):
-                zones.rebuild()     # forget kept answers of what just expired
+            for zone in zones.zones.values():
+                if zone.served is not None and zone.expired(zones.clock()) and not zone.expiry_noted:
+                    zone.expiry_noted = True
+                    zones.counters["secondary.expired"] += 1
+                    log.warning("zone %s expired (serial %d): SERVFAIL until a transfer succeeds",
+                                zone.origin, zone.serial)
+                    zones.rebuild()     # forget the answers kept from it
 
     async def refresh(self, zone: SecondaryZone) -> None:
         counters = self.zones.counters
@@ -218,12 +223,14 @@ class SecondaryService:
                         zone.origin, ipaddress.IPv4Address(zone.primary[0]), zone.primary[1],
                         type(e).__name__, e, before)
             return
-        zone.transferred(self.zones.clock())
+        was_expired = zone.expired(self.zones.clock())
+        zone.transferred(self.zones.clock(), changed)
         if changed:
             counters["secondary.transfer.done"] += 1
             log.warning("zone %s: serial %s -> %d from %s (%d names)", zone.origin, before, zone.serial,
                         ipaddress.IPv4Address(zone.primary[0]), len(zone.data.nodes))
-        self.zones.rebuild()
+        if changed or was_expired:
+            self.zones.rebuild()
 
     async def _transfer(self, zone: SecondaryZone) -> bool:
         """One IXFR (or AXFR) into ``zone.data``; True when a new version came."""
