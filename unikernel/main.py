@@ -213,6 +213,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                                      max_answer_bytes=budgets["tcp"])
     transfers, notify = zone_transfers(appliance, stack, loaded)
     server.transfers = transfers
+    if loaded.tsig is not None:
+        server.keyring = {loaded.tsig.name: loaded.tsig}
     for item in lifecycle:
         if isinstance(item, SecondaryService):
             server.notify_handler = item.zones.handle_notify

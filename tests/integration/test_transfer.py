@@ -134,14 +134,15 @@ def test_nsd_as_secondary_gets_axfr_then_ixfr(tmp_path):
         print(f"NOTIFY + IXFR served by NSD {took:.2f} s after SIGHUP")
 
 
-def test_dig_checks_signed_axfr_and_refusals(tmp_path):
+@pytest.mark.parametrize("algorithm", ["hmac-sha256", "hmac-sha512"])
+def test_dig_checks_signed_axfr_and_refusals(tmp_path, algorithm):
     signed = sign_zone(ZONES / "hard.example.zone", "hard.example", tmp_path / "zone", nsec3=True)
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        appliance = ns.popen(*serve_args([signed.path]), "--allow-transfer", "192.0.2.1/32", "--tsig", KEY,
-                             cwd=str(ROOT))
+        appliance = ns.popen(*serve_args([signed.path]), "--allow-transfer", "192.0.2.1/32",
+                             "--tsig", f"xfr-key:{algorithm}:{SECRET}", cwd=str(ROOT))
         read_until(appliance, "ready")
-        good = ns.run("dig", "-y", f"hmac-sha256:xfr-key:{SECRET}", "@192.0.2.2", "hard.example", "AXFR",
+        good = ns.run("dig", "-y", f"{algorithm}:xfr-key:{SECRET}", "@192.0.2.2", "hard.example", "AXFR",
                       "+onesoa", timeout=30)
         records = [line for line in good.stdout.splitlines() if line and not line.startswith(";")]
         expected = sum(1 for line in signed.path.read_text().splitlines() if line.strip() and not line.startswith(";"))
@@ -151,9 +152,99 @@ def test_dig_checks_signed_axfr_and_refusals(tmp_path):
         assert len([r for r in records if "\tTSIG\t" in r]) >= 2      # one per message, and it takes several
         unsigned = ns.run("dig", "@192.0.2.2", "hard.example", "AXFR", timeout=30)
         assert "Transfer failed" in unsigned.stdout, unsigned.stdout[-300:]
-        wrong = ns.run("dig", "-y", f"hmac-sha256:xfr-key:{base64.b64encode(bytes(32)).decode()}", "@192.0.2.2",
+        wrong = ns.run("dig", "-y", f"{algorithm}:xfr-key:{base64.b64encode(bytes(32)).decode()}", "@192.0.2.2",
                        "hard.example", "AXFR", timeout=30)
         assert "Transfer failed" in wrong.stdout or "tsig" in wrong.stdout.lower(), wrong.stdout[-300:]
         assert counter(appliance, "transfer.axfr") == 1
         assert counter(appliance, "transfer.refused.unsigned") == 1
         assert counter(appliance, "transfer.tsig.bad") == 1
+
+
+def knot_secondary_conf(work) -> str:
+    conf = work / "knot.conf"
+    conf.write_text(f"""server:
+    listen: 192.0.2.1@5301
+    rundir: "{work}"
+    user: root:root
+log:
+  - target: "{work}/knot.log"
+    any: info
+database:
+    storage: "{work}/db"
+key:
+  - id: xfr-key
+    algorithm: hmac-sha256
+    secret: {SECRET}
+remote:
+  - id: primary
+    address: 192.0.2.2@53
+    key: xfr-key
+acl:
+  - id: primary
+    address: 192.0.2.2
+    key: xfr-key
+    action: notify
+template:
+  - id: default
+    storage: "{work}"
+zone:
+  - domain: hard.example
+    file: hard.example.secondary
+    master: primary
+    acl: primary
+""")
+    (work / "db").mkdir()
+    return str(conf)
+
+
+@pytest.mark.skipif(shutil.which("knotd") is None, reason="needs Knot (apt install knot)")
+def test_knot_as_secondary_gets_axfr_then_ixfr(tmp_path):
+    """Knot, a stricter IXFR client than NSD, as our secondary: AXFR at start,
+    NOTIFY and IXFR after a reload; it serves what we serve (its answers are
+    minimal, so rcode, AA and the answer section are compared, with DO)."""
+    from tests.integration.test_signed_zones import VALIDATED
+
+    first = sign_zone(ZONES / "hard.example.zone", "hard.example", tmp_path / "zone", nsec3=True)
+    work = tmp_path / "knot"
+    work.mkdir()
+    with Namespace() as ns:
+        ns.add_tap("tap0", "192.0.2.1/24")
+        zone = tmp_path / "served.zone"
+        zone.write_text(first.path.read_text())
+        appliance = ns.popen(*serve_args([zone]), "--allow-transfer", "192.0.2.1/32", "--tsig", KEY,
+                             "--notify", "192.0.2.1:5301", cwd=str(ROOT))
+        read_until(appliance, "ready")
+        ns.popen("knotd", "-c", knot_secondary_conf(work))
+        with ns.entered():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+        def serial_at_knot() -> str:
+            return " ".join(ask(sock, "192.0.2.1", 5301, "hard.example", "SOA", do=False)["answer"])
+
+        def compare() -> list[str]:
+            problems = []
+            for name, rdtype in VALIDATED + [("added.hard.example", "TXT")]:
+                theirs, ours = (ask(sock, server, port, name, rdtype) for server, port in (("192.0.2.1", 5301),
+                                                                                          ("192.0.2.2", 53)))
+                problems += diff(name, rdtype, "knot", *({k: v[k] for k in ("rcode", "aa", "answer")}
+                                                         for v in (theirs, ours)))
+            return problems
+
+        deadline = time.monotonic() + 20
+        while " 2026113001 " not in serial_at_knot():
+            assert time.monotonic() < deadline, (work / "knot.log").read_text()[-1500:]
+            time.sleep(0.2)
+        assert not compare()
+        source = tmp_path / "v2.zone"
+        source.write_text((ZONES / "hard.example.zone").read_text().replace("2026113001", "2026113002"))
+        second = sign_zone(source, "hard.example", tmp_path / "zone", nsec3=True, extra=UPDATE, key=first.key)
+        zone.write_text(second.path.read_text())
+        appliance.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while " 2026113002 " not in serial_at_knot():
+            assert time.monotonic() < deadline, (work / "knot.log").read_text()[-1500:]
+            time.sleep(0.1)
+        problems = compare()
+        assert not problems, "\n".join(problems[:20])
+        assert "IXFR, incoming" in (work / "knot.log").read_text() or counter(appliance, "transfer.ixfr") == 1
+        assert counter(appliance, "transfer.ixfr") == 1

@@ -240,3 +240,26 @@ def test_secondary_timers_follow_the_soa_and_expiry_is_servfail():
 def test_bad_secondary_declarations(text):
     with pytest.raises(ConfigError):
         parse_secondary(text)
+
+
+def test_signed_soa_question_gets_a_signed_answer_and_a_bad_signature_notauth():
+    """A secondary's refresh asks the SOA with TSIG (Knot does): it was FORMERR."""
+    import asyncio
+
+    from tests.unit.fake_stack import FakeStack
+    from unikernel.process import processor_of_process
+    from unikernel.serve.server import DnsServer
+    from unikernel.sources.zone import zone_process
+
+    server = DnsServer(FakeStack(), 53, processor_of_process(zone_process([zone(5)])))
+    server.keyring = {KEY.name: KEY}
+    query = dns.message.make_query("t.example.", "SOA")
+    query.use_tsig(KEY)
+    wire = query.to_wire()
+    reply_wire, kept = asyncio.run(server.respond(wire, (0xC0000201, 1000), (0xC0000202, 53), udp=True))
+    reply = dns.message.from_wire(reply_wire, keyring={KEY.name: KEY}, request_mac=query.mac)
+    assert reply.had_tsig and reply.answer[0][0].serial == 5 and not kept
+    forged = dns.message.make_query("t.example.", "SOA")
+    forged.use_tsig(dns.tsig.Key("xfr-key.", bytes(32), dns.tsig.HMAC_SHA256))
+    reply_wire, _ = asyncio.run(server.respond(forged.to_wire(), (0xC0000201, 1000), (0xC0000202, 53), udp=True))
+    assert reply_wire[3] & 0x0F == dns.rcode.NOTAUTH and server.counters["dns.tsig.bad"] == 1

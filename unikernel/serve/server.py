@@ -47,6 +47,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.renderer
+import dns.tsig
 
 from unikernel import wire
 from unikernel.process import (
@@ -110,6 +111,8 @@ class DnsServer:
         self.tcp_server: DnsTcpServer | None = None
         # zone transfers (AXFR/IXFR over TCP), when main wires a TransferServer
         self.transfers: TransferServer | None = None
+        # TSIG keys questions may be signed with ({name: key}; main sets it when there is one)
+        self.keyring: dict | None = None
         # NOTIFY (opcode 4) for secondary zones: (source address, message) -> reply
         self.notify_handler: Callable[[int, bytes], bytes | None] | None = None
         self._sendto = stack.udp.sendto
@@ -243,7 +246,11 @@ class DnsServer:
             counters["dns.notimp"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
         try:
-            query = dns.message.from_wire(payload, ignore_trailing=True)
+            query = dns.message.from_wire(payload, ignore_trailing=True, keyring=self.keyring)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.BadAlgorithm,
+                dns.tsig.PeerError):
+            counters["dns.tsig.bad"] += 1            # RFC 8945 5.2: NOTAUTH, unsigned
+            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTAUTH), "notauth"), False
         except Exception:
             counters["dns.formerr"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
@@ -280,6 +287,13 @@ class DnsServer:
             counters["dns.refused"] += 1
             return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
         response = _normalised(answer, query)
+        if query.had_tsig:
+            # a signed question (a secondary's SOA check) gets a signed answer, never kept
+            counters["dns.tsig.signed"] += 1
+            response.use_tsig(query.keyring, query.keyname, original_id=query.id, algorithm=query.keyalgorithm)
+            response.request_mac = query.mac
+            response.use_edns(0 if query.edns >= 0 else -1, query.ednsflags & dns.flags.DO, UDP_PAYLOAD)
+            return response.to_wire(max_size=limit, prefer_truncation=True), False
         reply, whole = render(response, query, limit)
         if not whole:
             counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
