@@ -266,7 +266,7 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 if inspect.isawaitable(outcome):
                     await outcome
             started.append(item)
-        zones = ", ".join(str(z) for z in appliance.zones) or "none"
+        zones = ", ".join([str(z) for z in appliance.zones] + [f"secondary {s}" for s in appliance.secondary]) or "none"
         ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
               f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
         await stop.wait()

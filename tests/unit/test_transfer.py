@@ -263,3 +263,36 @@ def test_signed_soa_question_gets_a_signed_answer_and_a_bad_signature_notauth():
     forged.use_tsig(dns.tsig.Key("xfr-key.", bytes(32), dns.tsig.HMAC_SHA256))
     reply_wire, _ = asyncio.run(server.respond(forged.to_wire(), (0xC0000201, 1000), (0xC0000202, 53), udp=True))
     assert reply_wire[3] & 0x0F == dns.rcode.NOTAUTH and server.counters["dns.tsig.bad"] == 1
+
+
+def test_no_bytes_crash_the_transfer_and_notify_handlers():
+    """Whatever arrives (TCP to a transfer, a NOTIFY by UDP), an answer or a
+    drop, never an exception: arbitrary bytes and mutated valid requests."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    transfers = server(zone(1), key=KEY)
+    secondaries = SecondaryZones(["t.example@192.0.2.1"], key=KEY, counters=Counters(), clock=lambda: 0.0)
+    query = dns.message.make_query("t.example.", "IXFR")
+    query.authority.append(dns.rrset.from_text("t.example.", 0, "IN", "SOA", "ns.t.example. h.t.example. 0 0 0 0 0"))
+    query.use_tsig(KEY)
+    valid = query.to_wire()
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=300),
+                     st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)), max_size=6)
+                     .map(lambda edits: bytes(_edit(valid, edits)))))
+    def check(payload):
+        if transfers.wants(payload):
+            for message in transfers.handle(CLIENT, payload):
+                assert len(message) >= 12
+        secondaries.handle_notify(0xC0000201, payload)
+
+    check()
+
+
+def _edit(data: bytes, edits) -> bytearray:
+    out = bytearray(data)
+    for index, value in edits:
+        out[index] = value
+    return out
