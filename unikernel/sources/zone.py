@@ -188,7 +188,6 @@ class Nsec3Chain:
     the apex's NSEC3PARAM (flags 0, SHA-1), as NSD takes them."""
 
     def __init__(self, origin: dns.name.Name, param, nodes: dict[dns.name.Name, dns.node.Node]) -> None:
-        self.origin = origin
         self.salt: bytes = param.salt
         self.iterations: int = param.iterations
         self.algorithm: int = param.algorithm

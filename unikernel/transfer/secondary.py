@@ -34,6 +34,7 @@ import dns.xfr
 import dns.zone
 
 from netstack.tcp.stream import open_connection
+from unikernel import wire
 from unikernel.config import ConfigError
 from unikernel.process import Answer, Endpoint, single_in_question
 from unikernel.sources.zone import AuthoritativeZone, Zones, zone_process
@@ -168,7 +169,6 @@ def _reply(query: dns.message.Message, rcode: int) -> bytes:
 
 
 def _header_reply(payload: bytes, rcode: int) -> bytes | None:
-    from unikernel import wire
     return wire.error_reply(payload, rcode)
 
 
@@ -243,8 +243,8 @@ class SecondaryService:
         reader, writer = await open_connection(self.stack.tcp, zone.primary[0], zone.primary[1],
                                                timeout=CONNECT_TIMEOUT)
         try:
-            wire = query.to_wire()
-            writer.write(len(wire).to_bytes(2, "big") + wire)
+            request = query.to_wire()
+            writer.write(len(request).to_bytes(2, "big") + request)
             received = records = 0
             tsig_ctx = None
             first = True
