@@ -91,6 +91,14 @@ class Appliance:
     mdns: bool = True                       # .local (and our subnet's reverse names) asked on the link, RFC 6762
     mdns_domain: str | None = None          # a unicast domain answered from .local (RFC 8766), e.g. lan.example
     log_queries: bool = False
+    # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
+    # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries
+    # told of a new serial by NOTIFY (ADDR[:PORT])
+    allow_transfer: list[str] = field(default_factory=list)
+    tsig: str | None = None
+    notify: list[str] = field(default_factory=list)
+    # zones pulled from a primary and kept by its SOA timers and NOTIFY: ZONE@ADDR[:PORT]
+    secondary: list[str] = field(default_factory=list)
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:

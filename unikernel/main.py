@@ -15,6 +15,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dns.tsig
+
 from netstack import ethernet
 from netstack.stack import Stack
 from unikernel.config import AccessList, Appliance, ConfigError, parse_upstream
@@ -28,6 +30,10 @@ from unikernel.sources import zone as zones_mod
 from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
 from unikernel.sources.mdns import MdnsQuerier, check_domain
 from unikernel.sources.special import special_process
+from unikernel.transfer.notify import Notifier, NotifyService, parse_target
+from unikernel.transfer.outbound import TransferServer
+from unikernel.transfer.secondary import SecondaryService, SecondaryZones, parse_secondary
+from unikernel.transfer.tsig import parse_tsig
 
 log = logging.getLogger("unikernel.main")
 
@@ -47,6 +53,7 @@ class Loaded:
     to :func:`serve` so that each file is parsed once."""
     zone_files: zones_mod.ZoneFiles | None
     hosts: HostsTable | None
+    tsig: dns.tsig.Key | None = None
 
 
 def check(appliance: Appliance) -> Loaded:
@@ -73,8 +80,18 @@ def check(appliance: Appliance) -> Loaded:
             ipaddress.IPv4Address(bogus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    tsig = parse_tsig(appliance.tsig) if appliance.tsig else None
+    try:
+        for cidr in appliance.allow_transfer:
+            ipaddress.IPv4Network(cidr, strict=False)
+        for target in appliance.notify:
+            parse_target(target)
+        for secondary in appliance.secondary:
+            parse_secondary(secondary)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
-    return Loaded(zone_files, hosts)
+    return Loaded(zone_files, hosts, tsig)
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -129,6 +146,11 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     if loaded.zone_files is not None:
         chain.append(loaded.zone_files.process)
         lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
+    if appliance.secondary:
+        secondaries = SecondaryZones(appliance.secondary, key=loaded.tsig, counters=stack.counters,
+                                     clock=stack.now)
+        chain.append(secondaries.process)
+        lifecycle.append(SecondaryService(stack, secondaries))   # transfers at start, then by the timers
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
         chain.append(hosts_process(loaded.hosts, recursion_available=recursion))
@@ -176,6 +198,20 @@ def mdns_querier(appliance: Appliance, stack):
                        recursion_available=bool(appliance.forward))
 
 
+def zone_transfers(appliance: Appliance, stack, loaded: Loaded) -> tuple[TransferServer | None, NotifyService | None]:
+    """AXFR/IXFR out to ``allow_transfer`` and NOTIFY to ``notify``, for the
+    zone files served (none without zones or without either setting)."""
+    if loaded.zone_files is None or not (appliance.allow_transfer or appliance.notify):
+        return None, None
+    transfers = TransferServer(loaded.zone_files.zones, allow=appliance.allow_transfer, key=loaded.tsig,
+                               counters=stack.counters)
+    notify = None
+    if appliance.notify:
+        notifier = Notifier((parse_target(t) for t in appliance.notify), key=loaded.tsig, counters=stack.counters)
+        notify = NotifyService(stack, notifier, clock=stack.now)
+    return transfers, notify
+
+
 async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 stop: asyncio.Event | None = None, ready: Callable[[str], object] = print,
                 clock: Callable[[], float] | None = None) -> None:
@@ -195,6 +231,16 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                        max_kept_bytes=budgets["static"])
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=budgets["tcp"])
+    transfers, notify = zone_transfers(appliance, stack, loaded)
+    server.transfers = transfers
+    if loaded.tsig is not None:
+        server.keyring = {loaded.tsig.name: loaded.tsig}
+    for item in lifecycle:
+        if isinstance(item, SecondaryService):
+            server.notify_handler = item.zones.handle_notify
+            item.zones.on_change.append(server.forget_kept_answers)
+    if notify is not None:
+        lifecycle.append(notify)
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -215,6 +261,11 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
         server.forget_kept_answers()
         stack.counters["dns.reload.done"] += 1
         log.warning("reloaded %d zone file(s)", count)
+        if transfers is not None and loaded.zone_files is not None:
+            for zone in transfers.update(loaded.zone_files.zones):
+                log.warning("zone %s: serial %d", zone.origin, zone.soa[0].serial)
+                if notify is not None:
+                    notify.zone_changed(zone.origin, zone.soa)
 
     signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
                signal.SIGHUP: reload}
@@ -235,7 +286,7 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 if inspect.isawaitable(outcome):
                     await outcome
             started.append(item)
-        zones = ", ".join(str(z) for z in appliance.zones) or "none"
+        zones = ", ".join([str(z) for z in appliance.zones] + [f"secondary {s}" for s in appliance.secondary]) or "none"
         ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
               f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
         await stop.wait()

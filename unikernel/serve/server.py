@@ -37,6 +37,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.flags
@@ -46,6 +47,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.renderer
+import dns.tsig
 
 from unikernel import wire
 from unikernel.process import (
@@ -59,6 +61,9 @@ from unikernel.process import (
 )
 from unikernel.serve.render import UDP_PAYLOAD, render
 from unikernel.serve.tcp import DnsTcpServer
+
+if TYPE_CHECKING:
+    from unikernel.transfer.outbound import TransferServer
 
 log = logging.getLogger("unikernel.serve.server")
 
@@ -104,6 +109,12 @@ class DnsServer:
         # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
         # wires the server (main, serve_with_processor); closed with it
         self.tcp_server: DnsTcpServer | None = None
+        # zone transfers (AXFR/IXFR over TCP), when main wires a TransferServer
+        self.transfers: TransferServer | None = None
+        # TSIG keys questions may be signed with ({name: key}; main sets it when there is one)
+        self.keyring: dict | None = None
+        # NOTIFY (opcode 4) for secondary zones: (source address, message) -> reply
+        self.notify_handler: Callable[[int, bytes], bytes | None] | None = None
         self._sendto = stack.udp.sendto
         self._loop: asyncio.AbstractEventLoop     # set by start(), before any datagram
 
@@ -200,11 +211,14 @@ class DnsServer:
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
 
-    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
-        """DnsTcpServer's handler: the slow path with TCP's limit, no truncation."""
+    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | list[bytes] | None:
+        """DnsTcpServer's handler: zone transfers to the TransferServer (when
+        there is one), the rest to the slow path with TCP's limit, no truncation."""
         self.counters["dns.tcp.query"] += 1
         try:
             src_ip, src_port = _endpoint_ints(src)
+            if self.transfers is not None and self.transfers.wants(query_wire):
+                return self.transfers.handle(ipaddress.IPv4Address(src_ip), query_wire)
             dst_ip, dst_port = _endpoint_ints(dst)
             reply, _ = await self.respond(query_wire, (src_ip, src_port), (dst_ip, dst_port), udp=False)
         except Exception:
@@ -225,11 +239,18 @@ class DnsServer:
             counters["dns.response.drop"] += 1       # never answer an answer
             return None, False
         opcode = (payload[2] >> 3) & 0x0F
+        if opcode == dns.opcode.NOTIFY and self.notify_handler is not None:
+            counters["dns.notify"] += 1
+            return self.notify_handler(src[0], payload), False
         if opcode != dns.opcode.QUERY:
             counters["dns.notimp"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
         try:
-            query = dns.message.from_wire(payload, ignore_trailing=True)
+            query = dns.message.from_wire(payload, ignore_trailing=True, keyring=self.keyring)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.BadAlgorithm,
+                dns.tsig.PeerError):
+            counters["dns.tsig.bad"] += 1            # RFC 8945 5.2: NOTAUTH, unsigned
+            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTAUTH), "notauth"), False
         except Exception:
             counters["dns.formerr"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
@@ -266,6 +287,13 @@ class DnsServer:
             counters["dns.refused"] += 1
             return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
         response = _normalised(answer, query)
+        if query.had_tsig:
+            # a signed question (a secondary's SOA check) gets a signed answer, never kept
+            counters["dns.tsig.signed"] += 1
+            response.use_tsig(query.keyring, query.keyname, original_id=query.id, algorithm=query.keyalgorithm)
+            response.request_mac = query.mac
+            response.use_edns(0 if query.edns >= 0 else -1, query.ednsflags & dns.flags.DO, UDP_PAYLOAD)
+            return response.to_wire(max_size=limit, prefer_truncation=True), False
         reply, whole = render(response, query, limit)
         if not whole:
             counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
