@@ -228,6 +228,11 @@ class DnsServer:
         if opcode != dns.opcode.QUERY:
             counters["dns.notimp"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
+        if payload[6:10] != b"\x00\x00\x00\x00":
+            # NSD (query.c): a query has no answer or authority records; refused
+            # from the header, before a parser reads what may be 64 KB of them
+            counters["dns.formerr.records"] += 1
+            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
         try:
             query = dns.message.from_wire(payload, ignore_trailing=True)
         except Exception:

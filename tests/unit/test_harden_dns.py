@@ -1,0 +1,236 @@
+"""Issue 10, the DNS half: each test is a hardening item, seen failing before
+its fix. Peers are dnspython-built messages, hand-made bytes and the scripted
+upstreams of tests/unit/test_forwarder.py; times are a clock the test moves."""
+import asyncio
+import random
+import struct
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from tests.unit import test_forwarder as tf
+from tests.unit.fake_stack import FakeStack, exchange
+from tests.unit.test_server import ZONE
+from unikernel.process import processor_of_process
+from unikernel.resolver.cache import Cache, on_chain
+from unikernel.resolver.stub import StubResolver
+from unikernel.serve.server import DnsServer
+from unikernel.sources.hosts import hosts_process, parse_hosts
+from unikernel.sources.zone import zone_process
+
+WWW = b"\x03www\x04hard\x07example\x00"
+
+
+def serve_zone(**options):
+    stack = FakeStack()
+    server = DnsServer(stack, 53, processor_of_process(zone_process([ZONE])), **options)
+    server.start()
+    return stack, server
+
+
+# -- queries with records in answer or authority: FORMERR, as NSD --------------------------
+
+@pytest.mark.parametrize("ancount, nscount", [(1, 0), (0, 1), (0xFFFF, 0xFFFF)])
+def test_a_query_with_answer_or_authority_records_gets_formerr(ancount, nscount):
+    """NSD (query.c) answers FORMERR to a query whose ANCOUNT or NSCOUNT is not
+    0, before reading any record; we parsed them with dnspython (up to 64 KB
+    over TCP) and answered the question."""
+    record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+    payload = (struct.pack("!HHHHHH", 0x4242, 0x0100, 1, ancount, nscount, 0)
+               + WWW + struct.pack("!HH", 1, 1) + record)
+
+    async def main():
+        stack, server = serve_zone()
+        reply = await exchange(stack, server, payload)
+        server.close()
+        return reply, stack.counters
+
+    reply, counters = asyncio.run(main())
+    assert reply is not None and reply[:2] == b"\x42\x42" and reply[2] & 0x80
+    assert reply[3] & 0x0F == dns.rcode.FORMERR and reply[4:12] == b"\x00" * 8
+    assert counters["dns.formerr.records"] == 1 and counters["dns.slow.answered"] == 0
+
+
+# -- hosts NODATA carries a SOA ----------------------------------------------------------
+
+def test_hosts_nodata_carries_a_soa_for_negative_caching():
+    """RFC 2308 section 5: a NODATA without SOA cannot be cached by the
+    client's resolver, so glibc and every cache behind us asked again each
+    time. Like an RFC 6303 empty zone, the name is answered with a SOA."""
+    process = hosts_process(parse_hosts("192.0.2.10 printer.lan\n", "hosts"), ttl=60)
+    query = dns.message.make_query("printer.lan.", "AAAA")
+    answer = asyncio.run(process(src=tf.CLIENT, dst=tf.SERVER, query=query))
+    message = answer.message
+    assert answer.final and message.rcode() == dns.rcode.NOERROR and not message.answer
+    (soa,) = message.authority
+    assert soa.rdtype == dns.rdatatype.SOA and soa.name == dns.name.from_text("printer.lan.")
+    assert soa.ttl == 60 and soa[0].minimum == 60
+    # the positive answer is unchanged: no authority section
+    a = asyncio.run(process(src=tf.CLIENT, dst=tf.SERVER, query=dns.message.make_query("printer.lan.", "A")))
+    assert a.message.answer and not a.message.authority
+
+
+# -- NODATA behind a CNAME: RFC 2308's negative TTL -----------------------------------
+
+def _reply(q, answer=(), authority=(), rcode=dns.rcode.NOERROR):
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    r.answer = list(answer)
+    r.authority = list(authority)
+    return r
+
+
+def test_nodata_behind_a_cname_is_cached_with_the_negative_ttl():
+    """An answer that is a CNAME whose target has no record of the type is
+    NODATA (RFC 2308 section 2.2): it was cached as a positive answer for
+    min(CNAME TTL, SOA TTL), an hour here, not min(SOA TTL, MINIMUM)."""
+    cache = Cache()
+    q = dns.message.make_query("alias.example.com.", "AAAA")
+    reply = _reply(q, [dns.rrset.from_text("alias.example.com.", 3600, "IN", "CNAME", "end.example.com.")],
+                   [dns.rrset.from_text("example.com.", 3600, "IN", "SOA", "ns. host. 1 2 3 4 60")])
+    entry = cache.entry_from_reply(q.question[0].name, dns.rdatatype.AAAA, 1, False, reply, 0.0)
+    assert entry is not None and entry.kind == "negative" and entry.ttl == 60
+    assert [r.rdtype for r in entry.answer] == [dns.rdatatype.CNAME]      # the chain is kept
+    # capped by negative_max_ttl like any negative answer
+    capped = Cache(negative_max_ttl=30).entry_from_reply(
+        q.question[0].name, dns.rdatatype.AAAA, 1, False, reply, 0.0)
+    assert capped.ttl == 30
+    # a CNAME asked for itself is a positive answer
+    cname_q = dns.message.make_query("alias.example.com.", "CNAME")
+    positive = cache.entry_from_reply(cname_q.question[0].name, dns.rdatatype.CNAME, 1, False,
+                                      _reply(cname_q, reply.answer, reply.authority), 0.0)
+    assert positive.kind == "positive" and positive.ttl == 3600
+
+
+def test_a_cname_without_its_target_and_without_soa_is_not_cached():
+    cache = Cache()
+    q = dns.message.make_query("alias.example.com.", "A")
+    reply = _reply(q, [dns.rrset.from_text("alias.example.com.", 3600, "IN", "CNAME", "end.example.com.")])
+    assert cache.entry_from_reply(q.question[0].name, dns.rdatatype.A, 1, False, reply, 0.0) is None
+
+
+# -- on_chain is bounded ---------------------------------------------------------------------
+
+def _shuffled_chain(length, rng):
+    names = [dns.name.from_text(f"n{i}.example.") for i in range(length + 1)]
+    rrsets = [dns.rrset.from_text(names[i], 60, "IN", "CNAME", names[i + 1].to_text()) for i in range(length)]
+    rrsets.append(dns.rrset.from_text(names[-1], 60, "IN", "A", "192.0.2.1"))
+    rng.shuffle(rrsets)
+    return names[0], rrsets
+
+
+def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
+    """on_chain looped over the answer until nothing changed, comparing every
+    name with every DNAME: O(n^2) (O(n^3) with DNAMEs) in what an upstream
+    sends. Counted, not timed: name comparisons per RRset."""
+    calls = {"n": 0}
+    real = dns.name.Name.is_subdomain
+
+    def counting(self, other):
+        calls["n"] += 1
+        return real(self, other)
+
+    monkeypatch.setattr(dns.name.Name, "is_subdomain", counting)
+    rng = random.Random(3)
+    qname, rrsets = _shuffled_chain(12, rng)
+    # noise an upstream may add: DNAMEs owned by names that are no ancestor, many records
+    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
+    rng.shuffle(rrsets)
+    kept = on_chain(qname, dns.rdatatype.A, rrsets)
+    assert len(kept) == 13
+    assert calls["n"] <= 4 * len(rrsets)
+
+
+def test_on_chain_follows_at_most_a_bounded_number_of_cnames():
+    qname, rrsets = _shuffled_chain(40, random.Random(4))
+    kept = on_chain(qname, dns.rdatatype.A, rrsets)
+    from unikernel.resolver.cache import MAX_CHAIN
+    assert len(kept) == MAX_CHAIN + 1         # the name's CNAME and MAX_CHAIN targets' records
+    assert all(r.rdtype == dns.rdatatype.CNAME for r in kept)
+
+
+def test_on_chain_still_follows_dnames():
+    rrsets = [dns.rrset.from_text("b.example.", 60, "IN", "A", "192.0.2.7"),
+              dns.rrset.from_text("a.x.example.", 60, "IN", "CNAME", "a.y.example."),
+              dns.rrset.from_text("x.example.", 60, "IN", "DNAME", "y.example."),
+              dns.rrset.from_text("y.example.", 60, "IN", "DNAME", "b.example."),
+              dns.rrset.from_text("a.y.example.", 60, "IN", "CNAME", "b.example."),
+              dns.rrset.from_text("z.example.", 60, "IN", "A", "192.0.2.8")]
+    kept = on_chain(dns.name.from_text("a.x.example."), dns.rdatatype.A, rrsets)
+    assert [r.name.to_text() for r in kept] == ["b.example.", "a.x.example.", "x.example.", "y.example.",
+                                                "a.y.example."]
+
+
+# -- a wrong-case reply does not end the wait -------------------------------------------
+
+def test_a_wrong_case_reply_does_not_end_the_wait_for_the_genuine_one():
+    """A reply with our ID and port but another letter case ended the query
+    (CaseMismatch), and the genuine reply arriving just after was dropped as
+    late: a forger who guessed the ID but not the case still broke the query."""
+    async def main():
+        stack = tf.FakeStack()
+
+        def forge(real, port):
+            wrong = bytearray(real)
+            wrong[12:12 + 17] = bytes(wrong[12:12 + 17]).swapcase()
+            return [(bytes(wrong), tf.UP1[0], tf.UP1[1])]
+
+        up = tf.FakeUpstream(stack, tf.UP1, dict(tf.RECORDS), forge=forge, delay=0.04)
+        stub = StubResolver(stack, rng=random.Random(3))
+        reply = await stub.query(tf.UP1, dns.name.from_text("www.example.com."), 1, timeout=1, use_0x20=True)
+        return reply, stack.counters, up
+
+    reply, counters, up = asyncio.run(main())
+    assert reply.message.answer[0][0].address == "192.0.2.80"
+    assert counters["stub.reply.case_mismatch.drop"] == 1 and counters["stub.reply.ok"] == 1
+    assert len(up.queries) == 1
+
+
+def test_an_upstream_that_changes_case_is_still_answered_quickly_through_the_forwarder():
+    """The wait goes on, but the question is asked again in plain case at once."""
+    async def main():
+        # one attempt's time is the whole deadline: waiting it out would be SERVFAIL
+        stack, (up,), fwd, _ = tf.make(deadline=1.0, attempt_timeout=1.0)
+        up.lowercase = True
+        answer = await tf.ask(fwd, "mail.example.com.")
+        return answer, up
+
+    answer, up = asyncio.run(main())
+    assert answer.message.answer[0][0].address == "192.0.2.25"
+    assert up.queries[-1].question[0].name.to_text() == "mail.example.com."
+
+
+# -- downgrades are probed again ------------------------------------------------------------
+
+def test_0x20_and_edns_are_tried_again_after_the_recheck_time():
+    """Turning 0x20 or EDNS off for an upstream was for good: one bad hour of
+    an upstream (or a middlebox) downgraded it for the life of the appliance.
+    As Unbound's infra cache (infra-host-ttl, 900 s) forgets what it learnt."""
+    async def main():
+        stack, (up,), fwd, clock = tf.make()
+        up.no_edns = True
+        await tf.ask(fwd)
+        assert not fwd.upstreams[0].edns
+        up.no_edns = False
+        up.lowercase = True
+        for name in ("a.example.com.", "b.example.com.", "c.example.com."):
+            await tf.ask(fwd, name)
+        assert not fwd.upstreams[0].use_0x20
+        up.lowercase = False
+        clock.t += 899
+        await tf.ask(fwd, "d.example.com.")
+        assert up.queries[-1].edns < 0 and up.queries[-1].question[0].name.to_text() == "d.example.com."
+        clock.t += 2
+        await tf.ask(fwd, "e.example.com.")
+        last = up.queries[-1]
+        return last, fwd.upstreams[0], stack.counters
+
+    last, upstream, counters = asyncio.run(main())
+    assert last.edns == 0 and last.question[0].name.to_text() != "e.example.com."
+    assert upstream.edns and upstream.use_0x20
+    assert counters["forward.upstream.edns_retry"] == 1 and counters["forward.upstream.0x20_retry"] == 1
