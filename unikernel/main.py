@@ -101,6 +101,32 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
+def allowed_clients(appliance: Appliance) -> AccessList:
+    """Who may recurse: ``allow``, or the appliance's own subnet."""
+    return AccessList(appliance.allow or [str(appliance.interface.network)])
+
+
+def reload_zones(lifecycle: list, server, counters) -> bool:
+    """SIGHUP: reads the zone files again; on any error keeps serving the
+    zones already loaded (False). Then kept answers are forgotten, and cached
+    forwarded answers for names the zones now hold are flushed, so a new zone
+    is not shadowed by what the forwarder said before."""
+    try:
+        count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
+    except ConfigError as e:
+        counters["dns.reload.failed"] += 1
+        log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+        return False
+    server.forget_kept_answers()
+    origins = [origin for item in lifecycle for origin in getattr(item, "origins", ())]
+    for item in lifecycle:
+        if hasattr(item, "forget_under"):
+            item.forget_under(origins)
+    counters["dns.reload.done"] += 1
+    log.warning("reloaded %d zone file(s)", count)
+    return True
+
+
 def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                      budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
     """The appliance's answer to every query, as the seed composes it:
@@ -140,7 +166,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
             relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
-                              allow=appliance.allow or [str(appliance.interface.network)],
+                              allow=allowed_clients(appliance),
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
         except ValueError as e:
@@ -148,6 +174,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
         chain.append(relay)
         fast_lookups.append(relay.fast_lookup)
         lifecycle.append(relay)
+        lifecycle.append(cache)               # flushed of what a reloaded zone shadows
 
     if not chain:
         async def nothing(*, src, dst, query):
@@ -172,7 +199,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     process, fast_lookups, lifecycle = resolution_chain(appliance, stack, loaded, budgets)
     server = DnsServer(stack, appliance.port, processor_of_process(process),
                        fast_lookups=fast_lookups, log_queries=appliance.log_queries,
-                       max_kept_bytes=budgets["static"])
+                       max_kept_bytes=budgets["static"],
+                       recursion_for=allowed_clients(appliance) if appliance.forward else None)
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=budgets["tcp"])
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
@@ -183,21 +211,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     gc.freeze()
     started: list = []
     loop = asyncio.get_running_loop()
-    def reload() -> None:
-        """SIGHUP: read the zone files again; on any error keep serving the
-        zones already loaded."""
-        try:
-            count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
-        except ConfigError as e:
-            stack.counters["dns.reload.failed"] += 1
-            log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
-            return
-        server.forget_kept_answers()
-        stack.counters["dns.reload.done"] += 1
-        log.warning("reloaded %d zone file(s)", count)
-
     signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
-               signal.SIGHUP: reload}
+               signal.SIGHUP: lambda: reload_zones(lifecycle, server, stack.counters)}
     try:
         for signum, handler in signals.items():
             loop.add_signal_handler(signum, handler)

@@ -234,3 +234,180 @@ def test_0x20_and_edns_are_tried_again_after_the_recheck_time():
     assert last.edns == 0 and last.question[0].name.to_text() != "e.example.com."
     assert upstream.edns and upstream.use_0x20
     assert counters["forward.upstream.edns_retry"] == 1 and counters["forward.upstream.0x20_retry"] == 1
+
+
+# -- kept answers keep what is asked for -----------------------------------------------
+
+def _deliver(stack, server, payload, src_ip, src_port=40000):
+    before = len(stack.udp.sent)
+    stack.udp.bindings[server.port](payload, src_ip, src_port, 0xC0000202, server.port)
+    return before
+
+
+async def _settle(server):
+    while server.pending:
+        await asyncio.gather(*list(server.pending), return_exceptions=True)
+
+
+def test_a_flood_of_new_names_does_not_push_out_the_answers_asked_for():
+    """Kept answers went first-in first-out and a hit did not refresh one: a
+    random-subdomain NXDOMAIN flood under a served zone pushed the popular
+    answers out of the fast path. Answers asked for again are protected."""
+    popular = ["www.hard.example.", "mail.hard.example.", "ns1.hard.example."]
+
+    async def main():
+        stack, server = serve_zone(max_kept=40)
+        for _ in range(3):
+            for name in popular:
+                await exchange(stack, server, dns.message.make_query(name, "A").to_wire())
+        hits = stack.counters["dns.fast.hit"]
+        for i in range(500):
+            await exchange(stack, server, dns.message.make_query(f"r{i}x.hard.example.", "A").to_wire())
+        before = stack.counters["dns.fast.hit"]
+        for name in popular:
+            reply = await exchange(stack, server, dns.message.make_query(name, "A").to_wire())
+            assert dns.message.from_wire(reply).answer
+        server.close()
+        return hits, stack.counters["dns.fast.hit"] - before, server
+
+    hits, after_flood, server = asyncio.run(main())
+    assert hits == 6                       # asked three times: two hits each
+    assert after_flood == 3                # still on the fast path after 500 new names
+    assert len(server.kept_answers) <= 40 and server.counters["dns.static.evicted"] >= 460
+
+
+# -- serve-stale: the failure recheck timer -----------------------------------------------
+
+def test_after_a_failed_refresh_stale_answers_are_given_at_once_for_a_while():
+    """RFC 8767 section 5 (and BIND's stale-refresh-time, 30 s): once a
+    refresh failed, the stale answer is given at once, without asking again,
+    for 30 s. Every query during an outage waited for the upstreams (1.8 s)."""
+    async def main():
+        stack, (up,), fwd, clock = tf.make(serve_stale=True, deadline=0.2)
+        await tf.ask(fwd)
+        up.alive = False
+        clock.t += 400
+        first = await tf.ask(fwd)                     # waits, the refresh fails, stale
+        asked = len(up.queries)
+        clock.t += 10
+        second = await tf.ask(fwd)                    # at once, nothing asked upstream
+        during = len(up.queries) - asked, len(fwd._inflight)
+        clock.t += 21
+        await tf.ask(fwd)                             # the recheck timer ran out: asked again
+        return first, second, during, len(up.queries) - asked, stack.counters
+
+    first, second, during, after, counters = asyncio.run(main())
+    assert first.message.answer[0].ttl == 30 and second.message.answer[0].ttl == 30
+    assert second.message.answer[0][0].address == "192.0.2.80"
+    assert during == (0, 0)
+    assert after >= 1
+    assert counters["forward.stale.recheck_wait"] == 1
+
+
+# -- SIGHUP: what a reloaded zone now serves leaves the cache ----------------------------
+
+def test_a_reload_flushes_cached_forwarded_answers_that_a_new_zone_shadows(tmp_path):
+    from unikernel import main as main_mod
+    from unikernel.config import Appliance
+
+    zone = tmp_path / "a.zone"
+    zone.write_text("$ORIGIN a.test.\n$TTL 300\n@ SOA ns host 1 2 3 4 60\n@ NS ns\nns A 192.0.2.53\n")
+    appliance = Appliance(ipv4="192.0.2.2/24", ipv4_gateway=None, zones=[str(zone)], forward=["192.0.2.1"])
+    loaded = main_mod.check(appliance)
+    stack = tf.FakeStack()
+    stack.now = lambda: 0.0
+    _process, _fast, lifecycle = main_mod.resolution_chain(appliance, stack, loaded)
+    (cache,) = [item for item in lifecycle if isinstance(item, Cache)]
+    for name in ("www.b.test.", "www.c.test."):
+        q = dns.message.make_query(name, "A")
+        reply = _reply(q, [dns.rrset.from_text(name, 300, "IN", "A", "192.0.2.9")])
+        cache.store(cache.entry_from_reply(q.question[0].name, 1, 1, False, reply, 0.0))
+    zone.write_text("$ORIGIN b.test.\n$TTL 300\n@ SOA ns host 1 2 3 4 60\n@ NS ns\nns A 192.0.2.53\n")
+
+    class Server:
+        forgotten = 0
+
+        def forget_kept_answers(self):
+            self.forgotten += 1
+
+    server = Server()
+    assert main_mod.reload_zones(lifecycle, server, stack.counters)
+    assert cache.get(dns.name.from_text("www.b.test."), 1, 1, False, 1.0) is None
+    assert cache.get(dns.name.from_text("www.c.test."), 1, 1, False, 1.0) is not None
+    assert server.forgotten == 1 and stack.counters["cache.flushed"] == 1
+
+
+# -- RA: only for clients that may recurse ---------------------------------------------
+
+def test_ra_is_set_only_for_clients_allowed_to_recurse():
+    """Clients outside --allow got hosts answers (and PTR) with RA set, on both
+    paths, though recursion is not available to them."""
+    from unikernel.config import AccessList
+    from unikernel.process import compose
+
+    hosts = hosts_process(parse_hosts("192.0.2.10 printer.lan\n", "hosts"), recursion_available=True)
+
+    async def refuse(*, src, dst, query):
+        return None
+
+    async def main():
+        stack = FakeStack()
+        server = DnsServer(stack, 53, processor_of_process(compose(hosts, refuse)),
+                           recursion_for=AccessList(["192.0.2.0/24"]))
+        server.start()
+        flags = {}
+        for who, ip in (("outsider", 0xCB007105), ("insider", 0xC0000263)):
+            for path in ("slow", "fast"):
+                for name, rdtype in (("printer.lan.", "A"), ("10.2.0.192.in-addr.arpa.", "PTR")):
+                    before = _deliver(stack, server, dns.message.make_query(name, rdtype).to_wire(), ip)
+                    await _settle(server)
+                    flags[who, path, rdtype] = dns.message.from_wire(stack.udp.sent[before][0]).flags
+            before = _deliver(stack, server, dns.message.make_query("www.example.org.", "A").to_wire(), ip)
+            await _settle(server)
+            flags[who, "refused"] = dns.message.from_wire(stack.udp.sent[before][0])
+        server.close()
+        return flags, stack.counters
+
+    flags, counters = asyncio.run(main())
+    assert counters["dns.fast.hit"] == 6            # kept from the outsider's first queries on
+    for path in ("slow", "fast"):
+        for rdtype in ("A", "PTR"):
+            assert not flags["outsider", path, rdtype] & dns.flags.RA
+            assert flags["insider", path, rdtype] & dns.flags.RA
+            assert flags["outsider", path, rdtype] & dns.flags.AA
+    for who in ("outsider", "insider"):
+        assert flags[who, "refused"].rcode() == dns.rcode.REFUSED
+    assert not flags["outsider", "refused"].flags & dns.flags.RA
+
+
+# -- the scrubber keeps what the chain accounts for ---------------------------------------
+
+def test_scrub_keeps_the_zones_records_and_the_addresses_they_point_to():
+    from collections import Counter
+
+    from unikernel.resolver.scrub import scrub
+
+    q = dns.message.make_query("www.example.com.", "MX")
+    r = dns.message.make_response(q)
+    r.answer = [dns.rrset.from_text("www.example.com.", 60, "IN", "MX", "10 mail.example.org.")]
+    r.authority = [dns.rrset.from_text("example.com.", 60, "IN", "NS", "ns1.example.com.", "ns.other.net."),
+                   dns.rrset.from_text("bank.example.", 60, "IN", "NS", "ns.evil.example."),
+                   dns.rrset.from_text("www.example.com.", 60, "IN", "A", "203.0.113.1")]
+    r.additional = [dns.rrset.from_text("mail.example.org.", 60, "IN", "A", "192.0.2.25"),
+                    dns.rrset.from_text("ns1.example.com.", 60, "IN", "A", "192.0.2.53"),
+                    dns.rrset.from_text("ns.other.net.", 60, "IN", "A", "203.0.113.53"),     # glue out of zone
+                    dns.rrset.from_text("ns.evil.example.", 60, "IN", "A", "203.0.113.66"),
+                    dns.rrset.from_text("mail.example.org.", 60, "IN", "TXT", "x")]
+    counters = Counter()
+    scrub(q.question[0].name, dns.rdatatype.MX, r, counters)
+    assert [(x.name.to_text(), x.rdtype) for x in r.authority] == [("example.com.", dns.rdatatype.NS)]
+    assert [x.name.to_text() for x in r.additional] == ["mail.example.org.", "ns1.example.com."]
+    assert counters == {"forward.scrub.authority": 2, "forward.scrub.additional": 3}
+
+    nx = dns.message.make_response(dns.message.make_query("a.b.example.com.", "A"))
+    nx.set_rcode(dns.rcode.NXDOMAIN)
+    nx.authority = [dns.rrset.from_text("example.com.", 60, "IN", "SOA", "ns. host. 1 2 3 4 60"),
+                    dns.rrset.from_text("a.example.com.", 60, "IN", "NSEC", "c.example.com. A"),
+                    dns.rrset.from_text("other.", 60, "IN", "SOA", "ns. host. 1 2 3 4 60")]
+    scrub(dns.name.from_text("a.b.example.com."), dns.rdatatype.A, nx, counters)
+    assert [x.name.to_text() for x in nx.authority] == ["example.com.", "a.example.com."]

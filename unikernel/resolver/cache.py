@@ -41,7 +41,7 @@ from __future__ import annotations
 import collections
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -104,6 +104,7 @@ class Entry:
     do: bool
     rendered: dict[int, _Rendered] = field(default_factory=dict)
     cost: int = 0                                # bytes charged to the cache's budget
+    refresh_failed_at: float | None = None       # serve-stale: when a refresh last got nothing
 
     @property
     def expires_at(self) -> float:
@@ -227,6 +228,17 @@ class Cache:
         if entry is None or entry.kind == KIND_SERVFAIL or not self._stale_usable(entry, now):
             return None
         return entry
+
+    def forget_under(self, names: Iterable[dns.name.Name]) -> int:
+        """Drops every entry for a name at or below one of ``names`` (zones
+        that now answer those names themselves); returns how many."""
+        apexes = [name.canonicalize() for name in names]
+        shadowed = [key for key, entry in self._entries.items()
+                    if any(entry.question[0].is_subdomain(apex) for apex in apexes)]
+        for key in shadowed:
+            self._remove(key)
+        self.counters["cache.flushed"] += len(shadowed)
+        return len(shadowed)
 
     def _stale_usable(self, entry: Entry, now: float) -> bool:
         return now < entry.expires_at + self.max_stale

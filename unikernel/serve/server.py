@@ -14,7 +14,17 @@ Two paths for a UDP query:
   query and the reply is rendered to fit the client's size (512 bytes
   without EDNS, at most 1232 with it), by NSD's rules for what is cut and
   when TC is set (:func:`unikernel.serve.render.render`). A static answer rendered whole is kept
-  for the hot path (bounded in count and bytes; the oldest goes first).
+  for the hot path, bounded in count and bytes.
+
+Kept answers are a segmented LRU (SLRU): a new answer goes to the probation
+segment, one asked for again moves to the protected segment (at most
+PROTECTED_SHARE of the count), and room is made from probation's least
+recently used first. A flood of names asked once (a random-subdomain attack)
+thus only churns probation and never pushes out the answers clients use.
+
+RA says whether recursion is available to the client (RFC 1035 4.1.1): with
+``recursion_for`` (main hands in the forwarder's access list) it is set on
+every answer, slow path and fast path alike, to that client's verdict.
 
 A rendered answer never depends on the size limit when it fits, so a kept
 answer served to a client whose limit it fits is byte-identical to what the
@@ -36,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import dns.exception
@@ -63,7 +74,8 @@ from unikernel.serve.tcp import DnsTcpServer
 log = logging.getLogger("unikernel.serve.server")
 
 TCP_LIMIT = 65535
-MAX_KEPT = 100_000                # kept answers; the oldest goes first when full
+MAX_KEPT = 100_000                # kept answers; probation's least recently used goes first when full
+PROTECTED_SHARE = 0.8             # of MAX_KEPT, for answers asked for more than once
 MAX_KEPT_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
 KEPT_OVERHEAD = 330               # what one kept answer costs beyond its key and bytes (measured)
 MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
@@ -84,6 +96,7 @@ class DnsServer:
                  fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
                  udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
                  max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
+                 recursion_for: Callable[[int], bool] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
@@ -97,9 +110,14 @@ class DnsServer:
         self.max_pending = max_pending
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
-        # static answers rendered whole, by fast-path key, oldest first (bounded
-        # by max_kept and max_kept_bytes); served by wire.patch
+        # static answers rendered whole, by fast-path key (bounded by max_kept
+        # and max_kept_bytes); served by wire.patch. Their order of use is kept
+        # in the two SLRU segments, least recently used first.
         self.kept_answers: dict[bytes, bytes] = {}
+        self._probation: OrderedDict[bytes, None] = OrderedDict()
+        self._protected: OrderedDict[bytes, None] = OrderedDict()
+        self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
+        self.recursion_for = recursion_for
         self.pending: set[asyncio.Task] = set()
         # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
         # wires the server (main, serve_with_processor); closed with it
@@ -115,6 +133,8 @@ class DnsServer:
     def forget_kept_answers(self) -> None:
         """Drops every kept answer (the zones behind them changed)."""
         self.kept_answers.clear()
+        self._probation.clear()
+        self._protected.clear()
         self.kept_bytes = 0
         self.counters["dns.static.forgotten"] += 1
 
@@ -137,7 +157,11 @@ class DnsServer:
             kept = self.kept_answers.get(key)
             if kept is not None and len(kept) <= client_size:
                 self.counters["dns.fast.hit"] += 1
-                self._sendto(wire.patch(kept, payload, name_end), self.port, src_ip, src_port)
+                self._used(key)
+                reply = wire.patch(kept, payload, name_end)
+                if self.recursion_for is not None:
+                    reply = _with_ra(reply, self.recursion_for(src_ip))
+                self._sendto(reply, self.port, src_ip, src_port)
                 if self.log_queries:
                     self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
                 return
@@ -182,21 +206,40 @@ class DnsServer:
             self._keep(validated[0], reply)
         self._sendto(reply, self.port, src_ip, src_port)
 
+    def _used(self, key: bytes) -> None:
+        """A hit: the answer goes to (or stays at the young end of) the
+        protected segment; protected's least recently used falls back to
+        probation when the segment is full."""
+        protected = self._protected
+        if key in protected:
+            protected.move_to_end(key)
+            return
+        self._probation.pop(key, None)
+        protected[key] = None
+        if len(protected) > self.max_protected:
+            demoted, _ = protected.popitem(last=False)
+            self._probation[demoted] = None
+
     def _keep(self, key: bytes, answer: bytes) -> None:
-        """Keeps a static answer, the oldest going first while the table is
-        over its count or its bytes."""
+        """Keeps a static answer in probation, making room from probation's
+        least recently used (then protected's) while the table is over its
+        count or its bytes."""
         old = self.kept_answers.pop(key, None)
         if old is not None:
             self.kept_bytes -= _kept_cost(key, old)
+            self._probation.pop(key, None)
+            self._protected.pop(key, None)
         cost = _kept_cost(key, answer)
         if cost > self.max_kept_bytes:
             return
         while self.kept_answers and (len(self.kept_answers) >= self.max_kept
                                      or self.kept_bytes + cost > self.max_kept_bytes):
-            oldest = next(iter(self.kept_answers))
+            segment = self._probation or self._protected
+            oldest, _ = segment.popitem(last=False)
             self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest))
             self.counters["dns.static.evicted"] += 1
         self.kept_answers[key] = answer
+        self._probation[key] = None
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
 
@@ -271,6 +314,11 @@ class DnsServer:
             counters["dns.refused"] += 1
             return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
         response = _normalised(answer, query)
+        if self.recursion_for is not None:
+            if self.recursion_for(src[0]):
+                response.flags |= dns.flags.RA
+            else:
+                response.flags &= ~dns.flags.RA
         reply, whole = render(response, query, limit)
         if not whole:
             counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
@@ -297,6 +345,13 @@ class DnsServer:
             what = "?"
         outcome = "" if rcode is None else " " + dns.rcode.to_text(rcode)
         log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
+
+
+def _with_ra(reply: bytes, available: bool) -> bytes:
+    """``reply`` with RA set or cleared (a kept answer serves every client)."""
+    if bool(reply[3] & 0x80) == available:
+        return reply
+    return reply[:3] + bytes((reply[3] ^ 0x80,)) + reply[4:]
 
 
 def _kept_cost(key: bytes, answer: bytes) -> int:
