@@ -88,6 +88,9 @@ class Appliance:
     bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
     randomize_case: bool = True             # 0x20 letter-case randomisation of upstream queries
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
+    rrl_rate: int = 200                     # UDP responses a second per client /24 (NSD's default); 0: off
+    rrl_slip: int = 2                       # every N-th limited response goes out truncated (0: none)
+    rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
     log_queries: bool = False
     base: Path = REPO                       # relative paths are resolved against this
 

@@ -22,6 +22,7 @@ from unikernel.process import Process, compose, processor_of_process
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import forwarder
 from unikernel.resolver.stub import StubResolver
+from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
@@ -55,6 +56,8 @@ def check(appliance: Appliance) -> Loaded:
     parse_mac(appliance.mac)
     if not 0 < appliance.port < 65536:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
+    if appliance.rrl_rate < 0 or appliance.rrl_slip < 0:
+        raise ConfigError("rrl-rate and rrl-slip must be 0 or more")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
@@ -104,6 +107,14 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
 def allowed_clients(appliance: Appliance) -> AccessList:
     """Who may recurse: ``allow``, or the appliance's own subnet."""
     return AccessList(appliance.allow or [str(appliance.interface.network)])
+
+
+def rate_limiter(appliance: Appliance, counters) -> ResponseRateLimiter | None:
+    """RRL as declared (None when ``rrl_rate`` is 0)."""
+    if not appliance.rrl_rate:
+        return None
+    return ResponseRateLimiter(appliance.rrl_rate, appliance.rrl_slip, counters=counters,
+                               exempt=allowed_clients(appliance) if appliance.rrl_exempt_allowed else None)
 
 
 def reload_zones(lifecycle: list, server, counters) -> bool:
@@ -200,7 +211,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     server = DnsServer(stack, appliance.port, processor_of_process(process),
                        fast_lookups=fast_lookups, log_queries=appliance.log_queries,
                        max_kept_bytes=budgets["static"],
-                       recursion_for=allowed_clients(appliance) if appliance.forward else None)
+                       recursion_for=allowed_clients(appliance) if appliance.forward else None,
+                       rrl=rate_limiter(appliance, stack.counters))
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=budgets["tcp"])
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",

@@ -411,3 +411,79 @@ def test_scrub_keeps_the_zones_records_and_the_addresses_they_point_to():
                     dns.rrset.from_text("other.", 60, "IN", "SOA", "ns. host. 1 2 3 4 60")]
     scrub(dns.name.from_text("a.b.example.com."), dns.rdatatype.A, nx, counters)
     assert [x.name.to_text() for x in nx.authority] == ["example.com.", "a.example.com."]
+
+
+# -- response rate limiting --------------------------------------------------------------
+
+def test_responses_to_one_client_net_are_rate_limited_with_slip():
+    """Up to 1,232-byte answers went to any source at any rate (about 30x
+    amplification toward a forged victim). NSD's and BIND's RRL: per client
+    /24, limited answers dropped, every second one truncated and empty."""
+    from unikernel.serve.rrl import ResponseRateLimiter
+
+    async def main():
+        stack = FakeStack()
+        limiter = ResponseRateLimiter(10, 2, counters=stack.counters, salt=0)
+        server = DnsServer(stack, 53, processor_of_process(zone_process([ZONE])), rrl=limiter)
+        clock = {"t": 100.0}
+        server.clock = lambda: clock["t"]
+        server.start()
+        big = dns.message.make_query("big.hard.example.", "TXT", use_edns=0, payload=1232).to_wire()
+        victim, neighbour, other = 0xC6336401, 0xC63364FE, 0xC6336501     # 198.51.100.1, .254, 198.51.101.1
+        replies = []
+        for i in range(100):
+            before = _deliver(stack, server, big, victim if i % 2 else neighbour)
+            await _settle(server)
+            replies.append(stack.udp.sent[before][0] if len(stack.udp.sent) > before else None)
+        before = _deliver(stack, server, big, other)
+        await _settle(server)
+        other_reply = stack.udp.sent[before][0]
+        clock["t"] += 5                                  # quiet for a while: answered again
+        before = _deliver(stack, server, big, victim)
+        await _settle(server)
+        later = stack.udp.sent[before][0] if len(stack.udp.sent) > before else None
+        server.close()
+        return replies, other_reply, later, stack.counters
+
+    replies, other_reply, later, counters = asyncio.run(main())
+    whole = [r for r in replies if r is not None and not r[2] & 0x02]
+    slipped = [r for r in replies if r is not None and r[2] & 0x02]
+    assert len(whole) == 19                               # the /24's share: under 2 x 10 this second
+    assert counters["dns.rrl.limited"] == 81
+    assert len(slipped) == counters["dns.rrl.slipped"] == 40
+    assert replies.count(None) == counters["dns.rrl.dropped"] == 41
+    message = dns.message.from_wire(slipped[0])
+    assert message.flags & dns.flags.TC and not message.answer and not message.additional
+    assert message.question[0].name == dns.name.from_text("big.hard.example.")
+    assert len(slipped[0]) < 40 < len(whole[0])
+    assert dns.message.from_wire(other_reply).answer            # another /24 is not limited
+    assert later is not None and dns.message.from_wire(later).answer
+
+
+def test_rrl_exempts_allowed_clients_only_when_asked_and_zero_turns_it_off():
+    from collections import Counter
+
+    from unikernel import main as main_mod
+    from unikernel.config import Appliance
+    from unikernel.serve.rrl import SEND
+
+    counters = Counter()
+    base = Appliance(ipv4="192.0.2.2/24", ipv4_gateway=None)
+    assert main_mod.rate_limiter(base.replace(rrl_rate=0), counters) is None
+    default = main_mod.rate_limiter(base, counters)
+    assert default.rate_limit == 200 and default.slip == 2 and default.exempt is None
+    exempting = main_mod.rate_limiter(base.replace(rrl_rate=1, rrl_exempt_allowed=True), counters)
+    assert all(exempting.verdict(0xC0000263, 0.0) == SEND for _ in range(50))     # 192.0.2.99: allowed
+    assert any(exempting.verdict(0xCB007105, 0.0) != SEND for _ in range(50))     # 203.0.113.5: not
+
+
+def test_rrl_buckets_are_a_fixed_table():
+    from collections import Counter
+
+    from unikernel.serve.rrl import ResponseRateLimiter
+
+    counters = Counter()
+    limiter = ResponseRateLimiter(5, 2, counters=counters, buckets=16, salt=0)
+    for net in range(1000):
+        limiter.verdict(net << 8, 0.0)
+    assert len(limiter._owner) == 16 and counters["dns.rrl.bucket_reset"] >= 1000 - 16

@@ -68,7 +68,9 @@ from unikernel.process import (
     Processor,
     processor_of_process,
 )
+from unikernel.serve import rrl as rrl_mod
 from unikernel.serve.render import UDP_PAYLOAD, render
+from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.tcp import DnsTcpServer
 
 log = logging.getLogger("unikernel.serve.server")
@@ -97,6 +99,7 @@ class DnsServer:
                  udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
                  max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
                  recursion_for: Callable[[int], bool] | None = None,
+                 rrl: ResponseRateLimiter | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
@@ -118,6 +121,7 @@ class DnsServer:
         self._protected: OrderedDict[bytes, None] = OrderedDict()
         self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
         self.recursion_for = recursion_for
+        self.rrl = rrl
         self.pending: set[asyncio.Task] = set()
         # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
         # wires the server (main, serve_with_processor); closed with it
@@ -161,7 +165,7 @@ class DnsServer:
                 reply = wire.patch(kept, payload, name_end)
                 if self.recursion_for is not None:
                     reply = _with_ra(reply, self.recursion_for(src_ip))
-                self._sendto(reply, self.port, src_ip, src_port)
+                self._send(reply, src_ip, src_port)
                 if self.log_queries:
                     self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
                 return
@@ -177,7 +181,7 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._sendto(wire.patch(answer, payload, name_end), self.port, src_ip, src_port)
+                        self._send(wire.patch(answer, payload, name_end), src_ip, src_port)
                         if self.log_queries:
                             self._log(src_ip, src_port, payload, "fast")
                         return
@@ -204,6 +208,20 @@ class DnsServer:
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
             self._keep(validated[0], reply)
+        self._send(reply, src_ip, src_port)
+
+    def _send(self, reply: bytes, src_ip: int, src_port: int) -> None:
+        """Sends a UDP reply, or what RRL lets go to ``src_ip``: its
+        truncated empty form, or nothing."""
+        if self.rrl is not None:
+            verdict = self.rrl.verdict(src_ip, self.clock())
+            if verdict == rrl_mod.DROP:
+                return
+            if verdict == rrl_mod.SLIP:
+                slipped = rrl_mod.truncated_empty(reply)
+                if slipped is None:
+                    return
+                reply = slipped
         self._sendto(reply, self.port, src_ip, src_port)
 
     def _used(self, key: bytes) -> None:
