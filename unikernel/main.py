@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from netstack import ethernet
 from netstack.stack import Stack
@@ -138,16 +139,33 @@ def reload_zones(lifecycle: list, server, counters) -> bool:
     return True
 
 
+class Chain(NamedTuple):
+    """What :func:`resolution_chain` builds; see there."""
+    local: Process
+    forwarded: Process | None
+    fast_lookups: list[FastLookup]
+    lifecycle: list
+
+    @property
+    def process(self) -> Process:
+        """The whole chain as one process: the seed's ``compose(local..., forwarder)``."""
+        return self.local if self.forwarded is None else compose(self.local, self.forwarded)
+
+
 def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
-                     budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
+                     budgets: dict[str, int] | None = None) -> Chain:
     """The appliance's answer to every query, as the seed composes it:
-    ``compose(zones, hosts, special-use, forwarder)``.
+    ``compose(zones, hosts, special-use, forwarder)``, in two parts so that
+    the server bounds local and forwarded work apart (a flood of names whose
+    upstreams never answer must not starve the names that are ours).
 
-    Returns ``(process, fast_lookups, lifecycle)``:
+    Returns a :class:`Chain`:
 
-    * ``process``: the composed process (local zones first; each later link
+    * ``local``: the composed local process (zones first; each later link
       only sees what the earlier ones left unanswered or answered with an
       error without being final);
+    * ``forwarded``: the forwarder (None when the appliance does not forward),
+      asked what ``local`` left, as ``compose`` would;
     * ``fast_lookups``: hot-path callables ``(key, src_ip, now) -> wire | None``
       (e.g. the cache's), tried after the server's own static answers;
     * ``lifecycle``: objects whose ``start()`` (optional, may be async) runs
@@ -157,6 +175,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     add its fast lookup / lifecycle object if it has one.
     """
     chain: list[Process] = []
+    forwarded: Process | None = None
     fast_lookups: list[FastLookup] = []
     lifecycle: list = []
 
@@ -182,7 +201,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        chain.append(relay)
+        forwarded = relay
         fast_lookups.append(relay.fast_lookup)
         lifecycle.append(relay)
         lifecycle.append(cache)               # flushed of what a reloaded zone shadows
@@ -191,7 +210,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
         async def nothing(*, src, dst, query):
             return None
         chain.append(nothing)
-    return compose(*chain), fast_lookups, lifecycle
+    return Chain(compose(*chain), forwarded, fast_lookups, lifecycle)
 
 
 async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
@@ -207,9 +226,11 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
-    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, loaded, budgets)
-    server = DnsServer(stack, appliance.port, processor_of_process(process),
-                       fast_lookups=fast_lookups, log_queries=appliance.log_queries,
+    chain = resolution_chain(appliance, stack, loaded, budgets)
+    lifecycle = chain.lifecycle
+    server = DnsServer(stack, appliance.port, processor_of_process(chain.local),
+                       forwarder=processor_of_process(chain.forwarded) if chain.forwarded else None,
+                       fast_lookups=chain.fast_lookups, log_queries=appliance.log_queries,
                        max_kept_bytes=budgets["static"],
                        recursion_for=allowed_clients(appliance) if appliance.forward else None,
                        rrl=rate_limiter(appliance, stack.counters))

@@ -245,8 +245,8 @@ def _deliver(stack, server, payload, src_ip, src_port=40000):
 
 
 async def _settle(server):
-    while server.pending:
-        await asyncio.gather(*list(server.pending), return_exceptions=True)
+    while server.pending or server.forwarding:
+        await asyncio.gather(*server.pending, *server.forwarding, return_exceptions=True)
 
 
 def test_a_flood_of_new_names_does_not_push_out_the_answers_asked_for():
@@ -316,7 +316,7 @@ def test_a_reload_flushes_cached_forwarded_answers_that_a_new_zone_shadows(tmp_p
     loaded = main_mod.check(appliance)
     stack = tf.FakeStack()
     stack.now = lambda: 0.0
-    _process, _fast, lifecycle = main_mod.resolution_chain(appliance, stack, loaded)
+    lifecycle = main_mod.resolution_chain(appliance, stack, loaded).lifecycle
     (cache,) = [item for item in lifecycle if isinstance(item, Cache)]
     for name in ("www.b.test.", "www.c.test."):
         q = dns.message.make_query(name, "A")
@@ -487,3 +487,46 @@ def test_rrl_buckets_are_a_fixed_table():
     for net in range(1000):
         limiter.verdict(net << 8, 0.0)
     assert len(limiter._owner) == 16 and counters["dns.rrl.bucket_reset"] >= 1000 - 16
+
+
+# -- local answers never wait behind forwarded ones ------------------------------------------
+
+def test_forwarded_queries_that_never_end_do_not_starve_local_answers():
+    """One pool of slow-path tasks served everything: queries for names whose
+    upstream never answers filled it, and the zone's own names (not yet on
+    the fast path) were dropped as overload. Forwarded work now has a pool
+    of its own; past its bound it gets SERVFAIL at once."""
+    gate = asyncio.Event()
+
+    async def never(src, dst, query):
+        await gate.wait()
+        return None
+
+    async def main():
+        stack = FakeStack()
+        server = DnsServer(stack, 53, processor_of_process(zone_process([ZONE])), forwarder=never,
+                           max_pending=4, max_forwarded=4)
+        server.start()
+        for i in range(10):
+            _deliver(stack, server, dns.message.make_query(f"n{i}.example.org.", "A").to_wire(), 0xC0000263, 2000 + i)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        waiting = len(server.forwarding), len(server.pending)
+        servfails = [dns.message.from_wire(p).rcode() for p, *_ in stack.udp.sent]
+        local = []
+        for name in ("www.hard.example.", "mail.hard.example.", "ns1.hard.example.", "x.hard.example.",
+                     "big.hard.example.", "alias1.hard.example."):
+            before = _deliver(stack, server, dns.message.make_query(name, "A").to_wire(), 0xC0000263)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            local.append(stack.udp.sent[before][0] if len(stack.udp.sent) > before else None)
+        gate.set()
+        await _settle(server)
+        server.close()
+        return waiting, servfails, local, stack.counters
+
+    waiting, servfails, local, counters = asyncio.run(main())
+    assert waiting == (4, 0)
+    assert servfails == [dns.rcode.SERVFAIL] * 6 and counters["dns.slow.forward_overload.servfail"] == 6
+    assert all(reply is not None for reply in local) and counters["dns.slow.overload.drop"] == 0
+    assert dns.message.from_wire(local[0]).answer[0][0].address == "192.0.2.80"

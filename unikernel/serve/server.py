@@ -80,7 +80,8 @@ MAX_KEPT = 100_000                # kept answers; probation's least recently use
 PROTECTED_SHARE = 0.8             # of MAX_KEPT, for answers asked for more than once
 MAX_KEPT_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
 KEPT_OVERHEAD = 330               # what one kept answer costs beyond its key and bytes (measured)
-MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
+MAX_PENDING = 1024                # slow-path queries in flight locally; beyond, dropped and counted
+MAX_FORWARDED = 1024              # and those waiting on the forwarder; beyond, SERVFAIL at once
 # Source ports never answered: 0 is no port, and echo (7), daytime (13),
 # chargen (19) and time (37) answer whatever they are sent, so a query forged
 # from one of them would start a loop of packets between it and us.
@@ -100,6 +101,7 @@ class DnsServer:
                  max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
                  recursion_for: Callable[[int], bool] | None = None,
                  rrl: ResponseRateLimiter | None = None,
+                 forwarder: Processor | None = None, max_forwarded: int = MAX_FORWARDED,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
@@ -123,6 +125,11 @@ class DnsServer:
         self.recursion_for = recursion_for
         self.rrl = rrl
         self.pending: set[asyncio.Task] = set()
+        # UDP queries handed to the forwarder leave ``pending`` for this pool of
+        # their own, so local answers never wait behind forwarded ones
+        self.forwarder = forwarder
+        self.max_forwarded = max_forwarded
+        self.forwarding: set[asyncio.Task] = set()
         # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
         # wires the server (main, serve_with_processor); closed with it
         self.tcp_server: DnsTcpServer | None = None
@@ -147,7 +154,7 @@ class DnsServer:
         if self.tcp_server is not None:
             self.tcp_server.close()
             self.tcp_server = None
-        for task in list(self.pending):
+        for task in [*self.pending, *self.forwarding]:
             task.cancel()
 
     # -- the hot path -----------------------------------------------------------
@@ -191,7 +198,11 @@ class DnsServer:
             return
         task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port))
         self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        self.forwarding.discard(task)
 
     async def _udp_slow(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
                         dst_port: int) -> None:
@@ -324,6 +335,13 @@ class DnsServer:
         dst_ep: Endpoint = (ipaddress.IPv4Address(dst[0]), dst[1])
         try:
             answer = await self.processor(src_ep, dst_ep, query)
+            if self.forwarder is not None and (
+                    answer is None or not (answer.final or answer.message.rcode() == dns.rcode.NOERROR)):
+                # what compose(local, forwarder) would do, in the forwarded pool
+                if not self._to_forwarding_pool():
+                    counters["dns.slow.forward_overload.servfail"] += 1
+                    return self._reply(query, _error(query, dns.rcode.SERVFAIL), limit, src, "servfail"), False
+                answer = await self.forwarder(src_ep, dst_ep, query)
         except Exception:
             counters["dns.servfail"] += 1
             log.exception("processor failed on %s", question)
@@ -344,6 +362,19 @@ class DnsServer:
         if self.log_queries:
             self._log(src[0], src[1], payload, "slow", reply[3] & 0x0F)
         return reply, bool(answer.static and whole)
+
+    def _to_forwarding_pool(self) -> bool:
+        """Moves the running UDP slow-path task from ``pending`` to
+        ``forwarding``; False when that pool is full. (TCP queries have the
+        TCP server's bounds and are not counted here.)"""
+        task = asyncio.current_task()
+        if task is None or task not in self.pending:
+            return True
+        if len(self.forwarding) >= self.max_forwarded:
+            return False
+        self.pending.discard(task)
+        self.forwarding.add(task)
+        return True
 
     def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
                src: tuple[int, int], path: str) -> bytes | None:
