@@ -147,11 +147,16 @@ def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
 
 
 def test_on_chain_follows_at_most_a_bounded_number_of_cnames():
-    qname, rrsets = _shuffled_chain(40, random.Random(4))
-    kept = on_chain(qname, dns.rdatatype.A, rrsets)
+    from collections import Counter
+
     from unikernel.resolver.cache import MAX_CHAIN
+
+    qname, rrsets = _shuffled_chain(40, random.Random(4))
+    counters = Counter()
+    kept = on_chain(qname, dns.rdatatype.A, rrsets, counters)
     assert len(kept) == MAX_CHAIN + 1         # the name's CNAME and MAX_CHAIN targets' records
     assert all(r.rdtype == dns.rdatatype.CNAME for r in kept)
+    assert counters["forward.chain_too_long"] == 1
 
 
 def test_on_chain_still_follows_dnames():

@@ -333,14 +333,16 @@ class Cache:
         return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
 
 
-def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
+             counters=None) -> list[dns.rrset.RRset]:
     """The RRsets of an answer section that the question leads to, in their
     order: those owned by the name or a CNAME target reached from it (RRSIGs
     included), and DNAMEs (with their RRSIGs) owned by an ancestor of one.
 
     The work is linear in the RRsets (each owner is read once, then looked up
     by name), and at most MAX_CHAIN targets are followed: an upstream's answer
-    of 64 KB cannot make this quadratic."""
+    of 64 KB cannot make this quadratic. A chain cut there is counted
+    (``forward.chain_too_long``) when ``counters`` are given."""
     by_owner: dict[dns.name.Name, list[int]] = {}
     dnames: dict[dns.name.Name, list[int]] = {}
     for index, rrset in enumerate(answer):
@@ -359,9 +361,14 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset]) -
             if rrset.rdtype == dns.rdatatype.CNAME and rdtype != dns.rdatatype.CNAME:
                 for rdata in rrset:
                     target = rdata.target.canonicalize()
-                    if target not in names and len(names) <= MAX_CHAIN:
-                        names.add(target)
-                        queue.append(target)
+                    if target in names:
+                        continue
+                    if len(names) > MAX_CHAIN:
+                        if counters is not None:
+                            counters["forward.chain_too_long"] += 1
+                        continue
+                    names.add(target)
+                    queue.append(target)
         if dnames:
             ancestor = name
             while len(ancestor) > 1:

@@ -40,7 +40,7 @@ _RRSIG = dns.rdatatype.RRSIG
 def scrub(qname: dns.name.Name, rdtype: int, message: dns.message.Message, counters) -> dns.message.Message:
     """``message`` with its authority and additional sections cut to what the
     question's chain accounts for (in place; returned for convenience)."""
-    answer = on_chain(qname, rdtype, message.answer)
+    answer = on_chain(qname, rdtype, message.answer, counters)
     chain = {qname.canonicalize()}
     chain.update(rd.target.canonicalize() for rrset in answer if rrset.rdtype == dns.rdatatype.CNAME
                  for rd in rrset)
