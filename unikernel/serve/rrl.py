@@ -23,7 +23,6 @@ Counters: ``dns.rrl.limited``, ``dns.rrl.slipped``, ``dns.rrl.dropped``,
 from __future__ import annotations
 
 import random
-from array import array
 from collections.abc import Callable
 
 SEND, SLIP, DROP = 0, 1, 2
@@ -48,10 +47,12 @@ class ResponseRateLimiter:
         self._mask = buckets - 1
         # the salt keeps a flood from aiming its /24s at one victim's bucket
         self._salt = random.SystemRandom().getrandbits(24) if salt is None else salt
-        self._owner = array("q", [_UNUSED]) * buckets       # the /24 (address >> 8) using the bucket
-        self._second = array("q", [0]) * buckets
-        self._count = array("l", [0]) * buckets
-        self._rate = array("l", [0]) * buckets
+        # four flat lists, one slot a bucket (allocated once; ints are shared)
+        self._owner = [_UNUSED] * buckets          # the /24 (address >> 8) using the bucket
+        self._second = [0] * buckets
+        self._count = [0] * buckets
+        self._rate = [0] * buckets
+        self._threshold = 2 * rate_limit           # NSD's rate is about twice the responses a second
         self._limited = 0
 
     def verdict(self, src_ip: int, now: float) -> int:
@@ -62,7 +63,11 @@ class ResponseRateLimiter:
         prefix = src_ip >> 8
         slot = (((prefix ^ self._salt) * _GOLDEN) >> 8) & self._mask
         second = int(now)
-        if self._owner[slot] != prefix:
+        if self._owner[slot] == prefix and self._second[slot] == second:
+            # the common case, kept short: this /24 again within the second
+            count = self._count[slot] = self._count[slot] + 1
+            rate = self._rate[slot]
+        elif self._owner[slot] != prefix:
             if self._owner[slot] != _UNUSED:
                 self.counters["dns.rrl.bucket_reset"] += 1
             self._owner[slot] = prefix
@@ -70,22 +75,20 @@ class ResponseRateLimiter:
             self._count[slot] = 1
             self._rate[slot] = 0
             return SEND
-        elapsed = second - self._second[slot]
-        if elapsed == 0:
-            self._count[slot] += 1
         else:
+            elapsed = second - self._second[slot]
+            rate = self._rate[slot]
             if elapsed == 1:
-                self._rate[slot] = self._rate[slot] // 2 + self._count[slot]
+                rate = rate // 2 + self._count[slot]
             elif 1 < elapsed <= 16:
                 # the seconds between had no responses: halved for each
-                self._rate[slot] = (self._rate[slot] >> elapsed) + (self._count[slot] >> (elapsed - 1))
+                rate = (rate >> elapsed) + (self._count[slot] >> (elapsed - 1))
             else:                     # long ago, or a clock that went back
-                self._rate[slot] = 0
+                rate = 0
+            self._rate[slot] = rate
             self._second[slot] = second
-            self._count[slot] = 1
-        rate = self._rate[slot]
-        projected = self._count[slot] + rate // 2
-        if max(projected, rate) < 2 * self.rate_limit:
+            count = self._count[slot] = 1
+        if count + rate // 2 < self._threshold and rate < self._threshold:
             return SEND
         self.counters["dns.rrl.limited"] += 1
         self._limited += 1

@@ -168,11 +168,12 @@ class DnsServer:
             kept = self.kept_answers.get(key)
             if kept is not None and len(kept) <= client_size:
                 self.counters["dns.fast.hit"] += 1
-                self._used(key)
-                reply = wire.patch(kept, payload, name_end)
-                if self.recursion_for is not None:
-                    reply = _with_ra(reply, self.recursion_for(src_ip))
-                self._send(reply, src_ip, src_port)
+                if key in self._protected:
+                    self._protected.move_to_end(key)
+                else:
+                    self._promote(key)
+                ra = None if self.recursion_for is None else self.recursion_for(src_ip)
+                self._send(wire.patch(kept, payload, name_end, ra), src_ip, src_port)
                 if self.log_queries:
                     self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
                 return
@@ -235,14 +236,12 @@ class DnsServer:
                 reply = slipped
         self._sendto(reply, self.port, src_ip, src_port)
 
-    def _used(self, key: bytes) -> None:
-        """A hit: the answer goes to (or stays at the young end of) the
-        protected segment; protected's least recently used falls back to
-        probation when the segment is full."""
+    def _promote(self, key: bytes) -> None:
+        """A first hit: the answer moves from probation to the young end of
+        the protected segment (hits on protected answers move them there in
+        on_datagram); protected's least recently used falls back to probation
+        when the segment is full."""
         protected = self._protected
-        if key in protected:
-            protected.move_to_end(key)
-            return
         self._probation.pop(key, None)
         protected[key] = None
         if len(protected) > self.max_protected:
@@ -394,13 +393,6 @@ class DnsServer:
             what = "?"
         outcome = "" if rcode is None else " " + dns.rcode.to_text(rcode)
         log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
-
-
-def _with_ra(reply: bytes, available: bool) -> bytes:
-    """``reply`` with RA set or cleared (a kept answer serves every client)."""
-    if bool(reply[3] & 0x80) == available:
-        return reply
-    return reply[:3] + bytes((reply[3] ^ 0x80,)) + reply[4:]
 
 
 def _kept_cost(key: bytes, answer: bytes) -> int:
