@@ -535,3 +535,22 @@ def test_forwarded_queries_that_never_end_do_not_starve_local_answers():
     assert servfails == [dns.rcode.SERVFAIL] * 6 and counters["dns.slow.forward_overload.servfail"] == 6
     assert all(reply is not None for reply in local) and counters["dns.slow.overload.drop"] == 0
     assert dns.message.from_wire(local[0]).answer[0][0].address == "192.0.2.80"
+
+
+def test_scrub_keeps_the_denial_proof_of_a_signed_wildcard_answer():
+    """A wildcard answer's NSEC3 proof comes without SOA or NS: the zone is
+    the one that signed the answer, and the validator needs the proof."""
+    from collections import Counter
+
+    from unikernel.resolver.scrub import scrub
+
+    q = dns.message.make_query("a.wild.example.com.", "A", want_dnssec=True)
+    r = dns.message.make_response(q)
+    sig = "A 13 3 60 20300101000000 20200101000000 12345 example.com. AAAA"
+    r.answer = [dns.rrset.from_text("a.wild.example.com.", 60, "IN", "A", "192.0.2.1"),
+                dns.rrset.from_text("a.wild.example.com.", 60, "IN", "RRSIG", sig)]
+    nsec3 = "1 0 0 - 7MH2B5J5N0TNEJ0PH0DK3BF3NM6FBDL0 A RRSIG"
+    r.authority = [dns.rrset.from_text("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.com.", 60, "IN", "NSEC3", nsec3),
+                   dns.rrset.from_text("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.org.", 60, "IN", "NSEC3", nsec3)]
+    scrub(q.question[0].name, dns.rdatatype.A, r, Counter())
+    assert [x.name.to_text() for x in r.authority] == ["0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.com."]

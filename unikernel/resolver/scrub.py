@@ -9,8 +9,8 @@ The answer section is cut to the question's chain by
 
 - authority keeps SOA, NS and DS RRsets owned by one of those names or an
   ancestor of one (the zones the answer speaks for: the question's
-  bailiwick), then NSEC and NSEC3 RRsets inside such a zone, and the RRSIGs
-  over what is kept;
+  bailiwick), then NSEC and NSEC3 RRsets inside such a zone (or one whose
+  signature the answer carries), and the RRSIGs over what is kept;
 - additional keeps A and AAAA RRsets (with their RRSIGs) only for names that
   a kept record points to (NS, MX, SRV and KX targets, as Unbound's
   mark_additional_rrset), and the address of a name server only when it lies
@@ -47,8 +47,10 @@ def scrub(qname: dns.name.Name, rdtype: int, message: dns.message.Message, count
     zones = _ancestors(chain)
 
     authority = [r for r in message.authority if _type_of(r) in _ZONE_TYPES and r.name.canonicalize() in zones]
-    # the zones the kept SOA and NS records are for: denial proofs live there
+    # the zones the kept SOA and NS records are for, and those that signed the
+    # answer (a wildcard answer's NSEC3 comes with no SOA): denial proofs live there
     apexes = {r.name.canonicalize() for r in authority if _type_of(r) in (dns.rdatatype.SOA, dns.rdatatype.NS)}
+    apexes.update(signer for signer in _signers((*answer, *message.authority)) if signer in zones)
     authority += [r for r in message.authority if _type_of(r) in _DENIAL_TYPES and _inside(r.name, apexes)]
     kept_authority = {id(r) for r in authority}
     authority = [r for r in message.authority if id(r) in kept_authority]       # in their order
@@ -85,6 +87,10 @@ def scrub(qname: dns.name.Name, rdtype: int, message: dns.message.Message, count
 def _type_of(rrset: dns.rrset.RRset) -> int:
     """The type an RRset is about: an RRSIG goes with the type it covers."""
     return rrset.covers if rrset.rdtype == _RRSIG else rrset.rdtype
+
+
+def _signers(rrsets: Iterable[dns.rrset.RRset]) -> set[dns.name.Name]:
+    return {rd.signer.canonicalize() for rrset in rrsets if rrset.rdtype == _RRSIG for rd in rrset}
 
 
 def _ancestors(names: Iterable[dns.name.Name]) -> set[dns.name.Name]:
