@@ -9,8 +9,9 @@ Two paths for a UDP query:
   cache), patch ID, RD and letter case, send. A handful of dict and bytes
   operations, no dnspython.
 * the slow path, an asyncio task per query: dnspython parses, the error rules
-  apply (FORMERR, NOTIMP, REFUSED, BADVERS), the processor answers (an
-  exception becomes SERVFAIL, no answer becomes REFUSED), EDNS is set from the
+  apply (FORMERR, NOTIMP, REFUSED, BADVERS), the processor answers, and what
+  it leaves goes to the ``forwarder`` when one is given (an exception
+  becomes SERVFAIL, no answer becomes REFUSED), EDNS is set from the
   query and the reply is rendered to fit the client's size (512 bytes
   without EDNS, at most 1232 with it), by NSD's rules for what is cut and
   when TC is set (:func:`unikernel.serve.render.render`). A static answer rendered whole is kept
@@ -25,6 +26,12 @@ thus only churns probation and never pushes out the answers clients use.
 RA says whether recursion is available to the client (RFC 1035 4.1.1): with
 ``recursion_for`` (main hands in the forwarder's access list) it is set on
 every answer, slow path and fast path alike, to that client's verdict.
+
+Slow-path tasks come in two pools with bounds of their own: ``max_pending``
+for what is being answered here, ``max_forwarded`` for what waits on the
+forwarder (a task moves from the first to the second when it gets there), so
+queries whose upstreams never answer cannot starve the names that are ours.
+Every UDP reply passes RRL (:mod:`unikernel.serve.rrl`) when it is on.
 
 A rendered answer never depends on the size limit when it fits, so a kept
 answer served to a client whose limit it fits is byte-identical to what the
