@@ -184,6 +184,7 @@ def run(seconds: float = 10, rounds: int = 2, names: int = 3000, queries: int = 
         ns.add_tap("tap0", HOST_SIDE)
         appliance = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                              "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
+                             "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0: one client, full speed
                              cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, zone)),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

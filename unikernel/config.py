@@ -90,6 +90,9 @@ class Appliance:
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
     mdns: bool = True                       # .local (and our subnet's reverse names) asked on the link, RFC 6762
     mdns_domain: str | None = None          # a unicast domain answered from .local (RFC 8766), e.g. lan.example
+    rrl_rate: int = 200                     # UDP responses a second per client /24 (NSD's default); 0: off
+    rrl_slip: int = 2                       # every N-th limited response goes out truncated (0: none)
+    rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
     log_queries: bool = False
     # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
     # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries

@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dns.tsig
 
@@ -24,6 +25,7 @@ from unikernel.process import Process, compose, processor_of_process
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import forwarder
 from unikernel.resolver.stub import StubResolver
+from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
@@ -63,6 +65,8 @@ def check(appliance: Appliance) -> Loaded:
     parse_mac(appliance.mac)
     if not 0 < appliance.port < 65536:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
+    if appliance.rrl_rate < 0 or appliance.rrl_slip < 0:
+        raise ConfigError("rrl-rate and rrl-slip must be 0 or more")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
@@ -121,16 +125,67 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
+def allowed_clients(appliance: Appliance) -> AccessList:
+    """Who may recurse: ``allow``, or the appliance's own subnet."""
+    return AccessList(appliance.allow or [str(appliance.interface.network)])
+
+
+def rate_limiter(appliance: Appliance, counters) -> ResponseRateLimiter | None:
+    """RRL as declared (None when ``rrl_rate`` is 0)."""
+    if not appliance.rrl_rate:
+        return None
+    return ResponseRateLimiter(appliance.rrl_rate, appliance.rrl_slip, counters=counters,
+                               exempt=allowed_clients(appliance) if appliance.rrl_exempt_allowed else None)
+
+
+def reload_zones(lifecycle: list, server, counters) -> bool:
+    """SIGHUP: reads the zone files again; on any error keeps serving the
+    zones already loaded (False). Then kept answers are forgotten, and cached
+    forwarded answers for names the zones now hold are flushed, so a new zone
+    is not shadowed by what the forwarder said before."""
+    try:
+        count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
+    except ConfigError as e:
+        counters["dns.reload.failed"] += 1
+        log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+        return False
+    server.forget_kept_answers()
+    origins = [origin for item in lifecycle for origin in getattr(item, "origins", ())]
+    for item in lifecycle:
+        if hasattr(item, "forget_under"):
+            item.forget_under(origins)
+    counters["dns.reload.done"] += 1
+    log.warning("reloaded %d zone file(s)", count)
+    return True
+
+
+class Chain(NamedTuple):
+    """What :func:`resolution_chain` builds; see there."""
+    local: Process
+    forwarded: Process | None
+    fast_lookups: list[FastLookup]
+    lifecycle: list
+
+    @property
+    def process(self) -> Process:
+        """The whole chain as one process: the seed's ``compose(local..., forwarder)``."""
+        return self.local if self.forwarded is None else compose(self.local, self.forwarded)
+
+
 def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
-                     budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
+                     budgets: dict[str, int] | None = None) -> Chain:
     """The appliance's answer to every query, as the seed composes it:
-    ``compose(zones, hosts, mdns, special-use, forwarder)``.
+    ``compose(zones, hosts, mdns, special-use, forwarder)``, in two parts so
+    that the server bounds local and forwarded work apart (a flood of names
+    whose upstreams never answer must not starve the names that are ours).
 
-    Returns ``(process, fast_lookups, lifecycle)``:
+    Returns a :class:`Chain`:
 
-    * ``process``: the composed process (local zones first; each later link
+    * ``local``: the composed local process (zones first; each later link
       only sees what the earlier ones left unanswered or answered with an
       error without being final);
+    * ``forwarded``: the forwarder (None when the appliance does not forward),
+      asked what ``local`` left, as ``compose`` would;
     * ``fast_lookups``: hot-path callables ``(key, src_ip, now) -> wire | None``
       (e.g. the cache's), tried after the server's own static answers;
     * ``lifecycle``: objects whose ``start()`` (optional, may be async) runs
@@ -140,6 +195,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     add its fast lookup / lifecycle object if it has one.
     """
     chain: list[Process] = []
+    forwarded: Process | None = None
     fast_lookups: list[FastLookup] = []
     lifecycle: list = []
 
@@ -172,20 +228,21 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
             relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
-                              allow=appliance.allow or [str(appliance.interface.network)],
+                              allow=allowed_clients(appliance),
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        chain.append(relay)
+        forwarded = relay
         fast_lookups.append(relay.fast_lookup)
         lifecycle.append(relay)
+        lifecycle.append(cache)               # flushed of what a reloaded zone shadows
 
     if not chain:
         async def nothing(*, src, dst, query):
             return None
         chain.append(nothing)
-    return compose(*chain), fast_lookups, lifecycle
+    return Chain(compose(*chain), forwarded, fast_lookups, lifecycle)
 
 
 def mdns_querier(appliance: Appliance, stack):
@@ -225,10 +282,14 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
-    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, loaded, budgets)
-    server = DnsServer(stack, appliance.port, processor_of_process(process),
-                       fast_lookups=fast_lookups, log_queries=appliance.log_queries,
-                       max_kept_bytes=budgets["static"])
+    chain = resolution_chain(appliance, stack, loaded, budgets)
+    lifecycle = chain.lifecycle
+    server = DnsServer(stack, appliance.port, processor_of_process(chain.local),
+                       forwarder=processor_of_process(chain.forwarded) if chain.forwarded else None,
+                       fast_lookups=chain.fast_lookups, log_queries=appliance.log_queries,
+                       max_kept_bytes=budgets["static"],
+                       recursion_for=allowed_clients(appliance) if appliance.forward else None,
+                       rrl=rate_limiter(appliance, stack.counters))
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=budgets["tcp"])
     transfers, notify = zone_transfers(appliance, stack, loaded)
@@ -250,17 +311,10 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     started: list = []
     loop = asyncio.get_running_loop()
     def reload() -> None:
-        """SIGHUP: read the zone files again; on any error keep serving the
-        zones already loaded."""
-        try:
-            count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
-        except ConfigError as e:
-            stack.counters["dns.reload.failed"] += 1
-            log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+        """SIGHUP: the zone files again (all or nothing); a new serial goes
+        to the transfer journal and is NOTIFYed."""
+        if not reload_zones(lifecycle, server, stack.counters):
             return
-        server.forget_kept_answers()
-        stack.counters["dns.reload.done"] += 1
-        log.warning("reloaded %d zone file(s)", count)
         if transfers is not None and loaded.zone_files is not None:
             for zone in transfers.update(loaded.zone_files.zones):
                 log.warning("zone %s: serial %d", zone.origin, zone.soa[0].serial)

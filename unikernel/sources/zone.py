@@ -680,6 +680,11 @@ class ZoneFiles:
         self._process = zone_process(self.zones)
         self.process: Process = authoritative
 
+    @property
+    def origins(self) -> list[dns.name.Name]:
+        """The apex of every zone being served."""
+        return list(self.zones.by_origin)
+
     def reload(self) -> int:
         zones = Zones(load_zones(self.paths))     # raises before anything changes
         self.zones, self._process = zones, zone_process(zones)
