@@ -177,3 +177,53 @@ def test_the_udp_hot_path_and_the_general_path_judge_a_source_alike(source):
                             / UDP(sport=4000, dport=53) / payload))
     assert delivered in ([], [b"plain", b"options"])
     assert stack.counters["ipv4.bad_source.drop"] == (2 if not delivered else 0)
+
+
+def _fragment(offset, payload, more, ident=99):
+    """One hand-made fragment of datagram `ident` (offset in bytes)."""
+    raw = bytes(IP(src=PEER_IP, dst=OUR_IP, id=ident, proto=17, frag=offset // 8, flags="MF" if more else 0) / payload)
+    return ipv4.parse(raw), raw[20:]
+
+
+def test_a_last_fragment_short_of_pieces_already_held_is_inconsistent():
+    """[0,8)+MF, [32,40)+MF, then a last fragment [16,24): the byte count adds up
+    to the total, but [32,40) lies past the end and [8,16) is a hole."""
+    counters = Counters()
+    r = ipv4.Reassembler(counters)
+    results = [r.input(0.0, *_fragment(offset, bytes([offset]) * 8, more))
+               for offset, more in ((0, True), (32, True), (16, False))]
+    assert results == [None, None, None]
+    assert counters["ipv4.frag.inconsistent.drop"] == 1 and counters["ipv4.frag.reassembled"] == 0
+    assert not r.buffers and r.held_bytes == 0
+
+
+def test_a_fragment_past_a_known_end_drops_the_datagram():
+    counters = Counters()
+    r = ipv4.Reassembler(counters)
+    assert r.input(0.0, *_fragment(16, b"L" * 8, False)) is None
+    assert r.input(0.0, *_fragment(24, b"X" * 8, True)) is None
+    assert counters["ipv4.frag.inconsistent.drop"] == 1 and not r.buffers
+
+
+def test_fragments_per_datagram_are_capped():
+    """mirage-tcpip keeps at most 16 fragments of a datagram; a 17th drops it,
+    so thousands of 8-byte fragments cannot make each arrival costlier."""
+    counters = Counters()
+    r = ipv4.Reassembler(counters)
+    for i in range(ipv4.MAX_FRAGMENTS):
+        assert r.input(0.0, *_fragment(8 * i, b"f" * 8, True)) is None
+    assert len(r.buffers) == 1
+    assert r.input(0.0, *_fragment(8 * ipv4.MAX_FRAGMENTS, b"f" * 8, True)) is None
+    assert counters["ipv4.frag.too_many.drop"] == 1 and not r.buffers and r.held_bytes == 0
+
+
+def test_sixteen_fragments_in_any_order_still_reassemble():
+    payload = bytes(random.Random(4).randrange(256) for _ in range(16 * 64 - 8))
+    datagram = IP(src=PEER_IP, dst=OUR_IP, id=5) / UDP(sport=1, dport=2) / payload
+    pieces = [bytes(f) for f in fragment(datagram, fragsize=64)]
+    assert len(pieces) == ipv4.MAX_FRAGMENTS
+    random.Random(9).shuffle(pieces)
+    counters = Counters()
+    r = ipv4.Reassembler(counters)
+    out = [r.input(0.0, ipv4.parse(p), p[20:]) for p in pieces]
+    assert out[:-1] == [None] * 15 and out[-1] == bytes(datagram[UDP])
