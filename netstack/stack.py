@@ -124,7 +124,8 @@ class Stack:
         (dst_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
-                or self._impossible_source(src) or total_len != length + 20 or total_len + 14 > len(frame)
+                or self._impossible_source(src) or length < udp.HEADER_LEN or total_len != length + 20
+                or total_len + 14 > len(frame)
                 or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
         handler = self.udp.bindings.get(dst_port)

@@ -227,3 +227,66 @@ def test_sixteen_fragments_in_any_order_still_reassemble():
     r = ipv4.Reassembler(counters)
     out = [r.input(0.0, ipv4.parse(p), p[20:]) for p in pieces]
     assert out[:-1] == [None] * 15 and out[-1] == bytes(datagram[UDP])
+
+
+@pytest.mark.parametrize("udp_length", range(0, 9))
+def test_the_udp_hot_path_and_the_general_path_judge_a_short_udp_length_alike(udp_length):
+    """A UDP length below the 8-byte header is malformed: the hot path once
+    delivered it as an empty payload while the general path dropped it."""
+    stack, _link, _ = make_stack()
+    delivered = []
+    stack.udp.bind(53, lambda payload, *a: delivered.append(payload))
+    for options in (b"", b"\x01\x01\x01\x00"):
+        header_len = 20 + len(options)
+        stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC)
+                            / IP(src=PEER_IP, dst=OUR_IP, options=options, len=header_len + udp_length)
+                            / UDP(sport=4000, dport=53, len=udp_length, chksum=0) / (b"\0" * 30)))
+    if udp_length < 8:
+        assert delivered == []
+        assert stack.counters["udp.truncated.drop"] + stack.counters["udp.bad_length.drop"] == 2
+    else:
+        assert delivered == [b"", b""]
+
+
+def _with_ip_checksum(frame: bytearray) -> bytes:
+    """The frame with its IPv4 header checksum made right again (header length from the IHL)."""
+    from netstack import checksum
+    ihl = (frame[14] & 0x0F) * 4
+    frame[24:26] = b"\0\0"
+    if 20 <= ihl and 14 + ihl <= len(frame):
+        frame[24:26] = checksum.checksum(bytes(frame[14:14 + ihl])).to_bytes(2, "big")
+    return bytes(frame)
+
+
+PLAIN_UDP = bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP) / UDP(sport=4000, dport=53) / (b"q" * 20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(14, 45), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(0, 30), st.booleans(), st.none() | st.integers(0, 60))
+def test_the_udp_hot_path_never_decides_differently_from_the_general_path(flips, extra, fix_checksum, udp_length):
+    """Mutated plain UDP frames (IPv4 header re-checksummed so they get past it,
+    and sometimes a UDP length with the IPv4 total length to match): whatever
+    the hot path delivers, the general path alone delivers too, and the reverse."""
+    frame = bytearray(PLAIN_UDP + b"\0" * extra)
+    for offset, value in flips:
+        frame[offset] = value
+    if udp_length is not None:
+        frame[38:40] = udp_length.to_bytes(2, "big")
+        frame[16:18] = (udp_length + 20).to_bytes(2, "big")
+        frame[40:42] = b"\0\0"    # no UDP checksum: the length alone decides
+    raw = _with_ip_checksum(frame) if fix_checksum else bytes(frame)
+    outcomes = []
+    for general_only in (False, True):
+        stack, _link, _ = make_stack()
+        delivered = []
+        stack.udp.bind(53, lambda payload, *a, _d=delivered: _d.append((payload, *a)))
+        if general_only:
+            try:
+                stack._input_frame(raw)
+            except ipv4.DropError:
+                pass
+        else:
+            stack.receive(raw)
+        outcomes.append(delivered)
+    assert outcomes[0] == outcomes[1]
