@@ -27,8 +27,8 @@ log = logging.getLogger("netstack")
 TICK_INTERVAL = 0.05
 _TYPE_IPV4 = ethernet.TYPE_IPV4.to_bytes(2, "big")
 _TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
-# Ethernet destination, then the IPv4 and UDP fields the hot path reads.
-_PLAIN_UDP = struct.Struct("!6s10xHxxHBxxxII4H")
+# Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
+_PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
 
 
 class Stack:
@@ -121,11 +121,11 @@ class Stack:
         and counts; so this path never decides a drop."""
         if len(frame) < 42 or frame[12:14] != _TYPE_IPV4 or frame[14] != 0x45 or frame[23] != 17:
             return False
-        (dst_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
+        (dst_mac, src_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
-                or self._impossible_source(src) or length < udp.HEADER_LEN or total_len != length + 20
-                or total_len + 14 > len(frame)
+                or self._impossible_source(src) or self._spoofed_via_gateway(src_mac, src)
+                or length < udp.HEADER_LEN or total_len != length + 20 or total_len + 14 > len(frame)
                 or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
         handler = self.udp.bindings.get(dst_port)
@@ -154,7 +154,7 @@ class Stack:
             return
         ethertype = frame[12:14]
         if ethertype == _TYPE_IPV4:
-            self._input_ipv4(frame[14:])
+            self._input_ipv4(frame[14:], frame[6:12])
         elif ethertype == _TYPE_ARP:
             self._input_arp(frame[14:])
         else:
@@ -169,6 +169,17 @@ class Stack:
         return (top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
                 or src == self.address)
 
+    def _spoofed_via_gateway(self, src_mac: bytes, src: int) -> bool:
+        """A source on our own subnet, other than the gateway, arriving from the
+        gateway's MAC: a host on the subnet would have sent it from its own, so
+        it was forged off-link (the check Linux's rp_filter makes by route).
+        Without it, `--allow`'s own-subnet default could be borrowed from
+        outside. Both receive paths ask it."""
+        if src & self.netmask != self.network or self.gateway is None or src == self.gateway:
+            return False
+        entry = self.arp.cache.get(self.gateway)
+        return entry is not None and entry[0] == src_mac
+
     def _input_arp(self, packet: bytes) -> None:
         outcome = self.arp.input(self.now(), packet)
         if outcome.reply is not None:
@@ -178,13 +189,16 @@ class Stack:
             for ip_packet in outcome.released:
                 self.link.send(prefix + ip_packet)
 
-    def _input_ipv4(self, packet: bytes) -> None:
+    def _input_ipv4(self, packet: bytes, src_mac: bytes) -> None:
         hdr = ip4.parse(packet)
         if hdr.dst != self.address:
             self.counters["ipv4.not_ours.drop"] += 1
             return
         if self._impossible_source(hdr.src):
             self.counters["ipv4.bad_source.drop"] += 1
+            return
+        if self._spoofed_via_gateway(src_mac, hdr.src):
+            self.counters["ipv4.spoofed_via_gateway.drop"] += 1
             return
         payload = packet[hdr.header_len:hdr.total_len]
         if hdr.is_fragment:

@@ -1,4 +1,5 @@
 """IPv4 parsing, building, fragmentation and reassembly against scapy."""
+import ipaddress
 import random
 
 import pytest
@@ -290,3 +291,25 @@ def test_the_udp_hot_path_never_decides_differently_from_the_general_path(flips,
             stack.receive(raw)
         outcomes.append(delivered)
     assert outcomes[0] == outcomes[1]
+
+
+GATEWAY_MAC = bytes.fromhex("02ee00000001")
+
+
+@pytest.mark.parametrize("options", [b"", b"\x01\x01\x01\x00"])   # the hot path, then the general path
+def test_an_own_subnet_source_from_the_gateways_mac_is_a_spoof(options):
+    """Only the gateway itself may be on our subnet behind the gateway's MAC:
+    anything else there was forged off-link, to borrow `--allow`'s own-subnet default."""
+    from tests.stackutil import GATEWAY
+    stack, link, _ = make_stack()
+    prime_arp(stack, GATEWAY, GATEWAY_MAC)
+    delivered = []
+    stack.udp.bind(53, lambda payload, src, *a: delivered.append(str(ipaddress.IPv4Address(src))))
+    for mac, source in ((GATEWAY_MAC, "192.0.2.77"), (GATEWAY_MAC, GATEWAY), (GATEWAY_MAC, "198.51.100.7"),
+                        (PEER_MAC, "192.0.2.77")):
+        stack.receive(bytes(Ether(dst=OUR_MAC, src=mac) / IP(src=source, dst=OUR_IP, options=options)
+                            / UDP(sport=4000, dport=53) / b"q"))
+    assert delivered == [GATEWAY, "198.51.100.7", "192.0.2.77"]
+    assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 1
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=GATEWAY_MAC) / IP(src="192.0.2.77", dst=OUR_IP) / ICMP()))
+    assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 2 and link.take() == []
