@@ -187,7 +187,7 @@ class Stack:
         if outcome.resolved_mac is not None:
             prefix = outcome.resolved_mac + self._src_mac_type
             for ip_packet in outcome.released:
-                self.link.send(prefix + ip_packet)
+                self._send_frame(prefix + ip_packet)
 
     def _input_ipv4(self, packet: bytes, src_mac: bytes) -> None:
         hdr = ip4.parse(packet)
@@ -273,7 +273,7 @@ class Stack:
         if mac is not None:
             prefix = mac + self._src_mac_type
             for packet in packets:
-                self.link.send(prefix + packet)
+                self._send_frame(prefix + packet)
             return
         now = self.now()
         for packet in packets:
@@ -282,4 +282,8 @@ class Stack:
                 self._send_arp(ethernet.BROADCAST, request)
 
     def _send_arp(self, dst_mac: bytes, packet: bytes) -> None:
-        self.link.send(ethernet.header(dst_mac, self.mac, ethernet.TYPE_ARP) + packet)
+        self._send_frame(ethernet.header(dst_mac, self.mac, ethernet.TYPE_ARP) + packet)
+
+    def _send_frame(self, frame: bytes) -> None:
+        if not self.link.send(frame):
+            self.counters["link.tx.drop"] += 1
