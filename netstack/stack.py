@@ -98,8 +98,8 @@ class Stack:
 
     def tick(self, now: float) -> None:
         """Runs every layer's timers (tests call it with a virtual clock)."""
-        for request in self.arp.tick(now):
-            self._send_arp(ethernet.BROADCAST, request)
+        for dst_mac, request in self.arp.tick(now):
+            self._send_arp(dst_mac, request)
         self.reassembler.tick(now)
         self.tcp.tick(now)
 
