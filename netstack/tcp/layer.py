@@ -50,6 +50,7 @@ class TcpLayer:
         self.listeners: dict[int, Callable[[Connection], None]] = {}
         self.now_hint = 0.0  # the time of the input or tick being handled
         self._cookie_secret = self.rng.getrandbits(128).to_bytes(16, "big")
+        self._last_cookie_sent: float | None = None
         self._challenge_window = -1
         self._challenge_count = 0
 
@@ -145,7 +146,7 @@ class TcpLayer:
             self.counters["tcp.listen.rst.drop"] += 1
             return
         if flags & ACK:
-            if not flags & SYN and self.config.syn_cookies \
+            if not flags & SYN and self._cookies_in_use(now) \
                     and self._open_from_cookie(now, src_ip, seg, on_accept):
                 return
             self.counters["tcp.listen.ack.rst"] += 1
@@ -177,6 +178,16 @@ class TcpLayer:
 
     # -- SYN cookies: a SYN answered without keeping any state --------------------------
     _COOKIE_MSS = (536, 1220, 1440, 1460)
+    # A cookie names its 64 s slot, and the current and previous slots are
+    # accepted: a cookie is good for at most 128 s after it was sent.
+    _COOKIE_LIFETIME = 128.0
+
+    def _cookies_in_use(self, now: float) -> bool:
+        """An ACK is read as a cookie only while cookies were sent recently
+        (Linux's tcp_synq_no_recent_overflow); otherwise a guessed cookie
+        could open a connection that no SYN ever asked for."""
+        return (self.config.syn_cookies and self._last_cookie_sent is not None
+                and now - self._last_cookie_sent <= self._COOKIE_LIFETIME)
 
     def _cookie_hash(self, src_ip: int, seg_src_port: int, dst_port: int, irs: int, slot: int) -> int:
         data = struct.pack("!IHHIII", src_ip, seg_src_port, dst_port, irs, slot, self.local_ip)
@@ -189,6 +200,7 @@ class TcpLayer:
         cookie = (slot << 27) | (index << 24) | (self._cookie_hash(src_ip, seg.src_port, seg.dst_port, seg.seq, slot)
                                                  & 0xFFFFFF)
         self.counters["tcp.syn_cookie.sent"] += 1
+        self._last_cookie_sent = now
         reply = TcpSegment(seg.dst_port, seg.src_port, cookie, seq_add(seg.seq, 1), SYN | ACK,
                            min(self.config.rcv_window, 0xFFFF), mss=self._COOKIE_MSS[index])
         self._transmit(src_ip, reply)
