@@ -71,6 +71,7 @@ class Connection:
         self._on_accept: Callable[[Connection], None] | None = None
         self._ws_agreed = False     # both SYNs carried a window scale option
         self._cookie = False        # opened from a SYN cookie: no options were remembered
+        self._active_open = state is S.CLOSED   # connect() made it; a listener makes it in LISTEN
         self.error: str | None = None
         # send side
         self.iss = iss
@@ -433,9 +434,7 @@ class Connection:
             self._update_window(seg, unscaled=True, force=True)
             self._apply(E.RECV_SYN_ACK)
             self.ack_needed = True
-            counters["tcp.connect.established"] += 1
-            if self.on_established is not None:
-                self.on_established()
+            self._established_active()
         else:
             self._apply(E.RECV_SYN)      # simultaneous open: answer with SYN-ACK
             self.snd_wnd = self.max_snd_wnd = seg.window
@@ -502,7 +501,10 @@ class Connection:
                 return
             self._update_window(seg, unscaled=False, force=True)
             self._apply(E.RECV_ACK_OF_SYN)
-            self._established_passive()
+            if self._active_open:
+                self._established_active()   # a simultaneous open (RFC 9293 3.5) completed
+            else:
+                self._established_passive()
             if self.state is S.CLOSED:
                 return
         if not self._process_ack(now, seg):
@@ -511,6 +513,11 @@ class Connection:
             return
         if seg.payload or flags & FIN:
             self._process_data(now, seg)
+
+    def _established_active(self) -> None:
+        self.layer.counters["tcp.connect.established"] += 1
+        if self.on_established is not None:
+            self.on_established()
 
     def _established_passive(self) -> None:
         on_accept, self._on_accept = self._on_accept, None

@@ -48,3 +48,25 @@ def test_cookies_are_accepted_only_within_their_validity_after_the_last_one_sent
     peer.send(B_IP, _valid_cookie_ack(b, 2001, 9, net.clock.t))
     net.run(seconds=0.1)
     assert b.counters["tcp.syn_cookie.accepted"] == 1 and b.counters["tcp.listen.ack.rst"] == 1
+
+
+def test_simultaneous_open_reports_the_connection_established_to_its_opener():
+    """RFC 9293 3.5 figure 7: SYN crosses SYN, each side answers SYN-ACK, and
+    the ACK of our SYN makes the connection ESTABLISHED for the side that
+    called connect(), which must hear of it (on_established) like any opener."""
+    net = Net()
+    a = net.layer(A_IP)
+    peer = ScriptedPeer(net, B_IP)
+    conn = a.connect(B_IP, 80)
+    events = []
+    conn.on_established = lambda: events.append("established")
+    net.run(seconds=0.02)
+    [syn] = peer.take()
+    peer.send(A_IP, TcpSegment(80, syn.src_port, 9000, 0, SYN, 65535, mss=1460))   # crossing SYN
+    net.run(seconds=0.1)
+    [synack] = peer.take()
+    assert synack.flags == SYN | ACK and synack.seq == syn.seq and synack.ack == 9001
+    peer.send(A_IP, TcpSegment(80, syn.src_port, 9001, seq_add(syn.seq, 1), ACK, 65535))
+    net.run(seconds=0.1)
+    assert conn.state.value == "ESTABLISHED" and events == ["established"]
+    assert a.counters["tcp.connect.established"] == 1 and a.counters["tcp.accept"] == 0
