@@ -4,8 +4,9 @@ The connection does no I/O and reads no clock on the input path: its layer
 hands it segments and the time, and it sends through the layer. Its timers
 are data, each an absolute time or None: ``rto_at`` (retransmission, which
 doubles as the persist timer while the peer's window is shut),
-``time_wait_at``, and the idle deadline from ``last_activity``; the layer's
-``tick(now)`` runs them.
+``time_wait_at``, ``fin_wait_2_at``, and the idle deadline from
+``last_activity`` (the last acceptable segment, or data we queued); the
+layer's ``tick(now)`` runs them.
 
 What is here, and where it comes from:
 
@@ -112,6 +113,7 @@ class Connection:
         # timers, as data: each is an absolute time or None
         self.rto_at: float | None = None
         self.time_wait_at: float | None = None
+        self.fin_wait_2_at: float | None = None
         self.last_activity = 0.0
 
     def __repr__(self) -> str:
@@ -185,8 +187,10 @@ class Connection:
         self.state = new
         if self.on_state is not None:
             self.on_state(new)
-        if new is S.TIME_WAIT:
-            self.rto_at = None
+        if new is S.FIN_WAIT_2:
+            self.fin_wait_2_at = self.layer.now_hint + self.layer.config.fin_wait_2_timeout
+        elif new is S.TIME_WAIT:
+            self.rto_at = self.fin_wait_2_at = None
             self.time_wait_at = self.layer.now_hint + self.layer.config.time_wait
         elif new is S.CLOSED:
             self.layer._remove(self)
@@ -200,7 +204,7 @@ class Connection:
         if self.state is not S.CLOSED:  # the table must always allow this
             self.state = S.CLOSED
             self.layer._remove(self)
-        self.rto_at = self.time_wait_at = None
+        self.rto_at = self.time_wait_at = self.fin_wait_2_at = None
         if reason is not None and not was_passive_half_open and self.error is None:
             self.error = reason
             if self.on_close is not None:
@@ -322,17 +326,23 @@ class Connection:
             1 if self.fin_queued and seq_diff(self.snd_nxt, self.fin_seq) <= 0 else 0)
 
     # -- timers ----------------------------------------------------------------------------
-    def _tick(self, now: float) -> None:
-        cfg = self.layer.config
+    def _tick(self, now: float, idle_limit: float) -> None:
         if self.time_wait_at is not None and now >= self.time_wait_at:
             self.layer.counters["tcp.time_wait.expired"] += 1
             self._finish(E.TIMEOUT, None)
+            return
+        if self.fin_wait_2_at is not None and now >= self.fin_wait_2_at:
+            # Linux's tcp_fin_timeout: the peer ACKed our FIN and never sent its
+            # own; it ends with a RST, as Linux's tcp_send_active_reset
+            self.layer.counters["tcp.fin_wait_2.timeout"] += 1
+            self._send(self.snd_max, RST | ACK)
+            self._finish(E.TIMEOUT, "timeout")
             return
         if self.rto_at is not None and now >= self.rto_at:
             self._on_rto(now)
             return
         if self.state in SYNCHRONIZED and self.state is not S.TIME_WAIT \
-                and now - self.last_activity > cfg.idle_timeout:
+                and now - self.last_activity > idle_limit:
             self.layer.counters["tcp.idle.reset"] += 1
             self._send(self.snd_max, RST | ACK)
             self._finish(E.TIMEOUT, "timeout")
@@ -402,7 +412,6 @@ class Connection:
         self.cwnd = cfg.initial_cwnd_segments * self.snd_mss
 
     def _input(self, now: float, seg: TcpSegment) -> None:
-        self.last_activity = now
         if self.state is S.SYN_SENT:
             self._input_syn_sent(now, seg)
         else:
@@ -431,6 +440,7 @@ class Connection:
             self._take_rtt(now, seg.ack)
             self.retries = 0
             self.rto_at = None
+            self.last_activity = now
             self._update_window(seg, unscaled=True, force=True)
             self._apply(E.RECV_SYN_ACK)
             self.ack_needed = True
@@ -509,6 +519,9 @@ class Connection:
                 return
         if not self._process_ack(now, seg):
             return
+        # only a segment that passed every check restarts the idle timer: an
+        # unacceptable one (anyone can send those) must not keep a connection alive
+        self.last_activity = now
         if self.state is S.CLOSED:
             return
         if seg.payload or flags & FIN:

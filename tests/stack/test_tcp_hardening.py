@@ -70,3 +70,118 @@ def test_simultaneous_open_reports_the_connection_established_to_its_opener():
     net.run(seconds=0.1)
     assert conn.state.value == "ESTABLISHED" and events == ["established"]
     assert a.counters["tcp.connect.established"] == 1 and a.counters["tcp.accept"] == 0
+
+
+# -- the table, filled from one host ------------------------------------------------------------
+
+
+def _handshake_from(net: Net, peer: ScriptedPeer, dst: int, port: int, src_port: int, isn: int = 5000):
+    """A passive open from `peer` to dst:port (a listener must be there);
+    returns our SYN-ACK (None when the SYN got no answer)."""
+    peer.send(dst, TcpSegment(src_port, port, isn, 0, SYN, 65535, mss=1460))
+    net.run(seconds=0.05)
+    synacks = [s for s in peer.take() if s.flags == SYN | ACK and s.dst_port == src_port]
+    if not synacks:
+        return None
+    peer.send(dst, TcpSegment(src_port, port, isn + 1, seq_add(synacks[0].seq, 1), ACK, 65535))
+    net.run(seconds=0.05)
+    return synacks[0]
+
+
+def test_fin_wait_2_times_out_after_60_seconds():
+    """The server closed and the client ACKed our FIN but never sends its own:
+    Linux's tcp_fin_timeout (60 s) ends FIN_WAIT_2 with a RST, long before the
+    300 s idle reaper would."""
+    net = Net()
+    b = net.layer(B_IP)
+    peer = ScriptedPeer(net, A_IP)
+    accepted = []
+    b.listen(53, accepted.append)
+    synack = _handshake_from(net, peer, B_IP, 53, 4000)
+    [conn] = accepted
+    conn.close()
+    net.run(seconds=0.05)
+    [fin] = peer.take()
+    peer.send(B_IP, TcpSegment(4000, 53, 5001, seq_add(synack.seq, 2), ACK, 65535))
+    net.run(seconds=1)
+    assert conn.state.value == "FIN_WAIT_2"
+    net.run(seconds=58)
+    assert b.connections
+    net.run(seconds=2)
+    assert b.connections == {} and b.counters["tcp.fin_wait_2.timeout"] == 1
+    assert any(s.flags & 0x04 for s in peer.take())     # RST, as Linux's tcp_send_active_reset
+
+
+def test_unacceptable_segments_do_not_restart_the_idle_timer():
+    net = Net()
+    b = net.layer(B_IP, config=TcpConfig(idle_timeout=30))
+    peer = ScriptedPeer(net, A_IP)
+    b.listen(53, lambda c: None)
+    synack = _handshake_from(net, peer, B_IP, 53, 4000)
+    for _ in range(4):              # far outside the window: only a duplicate ACK in answer
+        net.run(seconds=9)
+        peer.send(B_IP, TcpSegment(4000, 53, 5001 + 10_000_000, seq_add(synack.seq, 1), ACK, 65535, b"x"))
+    net.run(seconds=0.1)
+    assert b.connections == {} and b.counters["tcp.idle.reset"] == 1
+
+
+def test_acceptable_segments_do_restart_the_idle_timer():
+    net = Net()
+    b = net.layer(B_IP, config=TcpConfig(idle_timeout=30))
+    peer = ScriptedPeer(net, A_IP)
+    b.listen(53, lambda c: None)
+    synack = _handshake_from(net, peer, B_IP, 53, 4000)
+    for _ in range(4):
+        net.run(seconds=9)
+        peer.send(B_IP, TcpSegment(4000, 53, 5001, seq_add(synack.seq, 1), ACK, 65535))
+    net.run(seconds=0.1)
+    assert len(b.connections) == 1 and b.counters["tcp.idle.reset"] == 0
+
+
+def test_one_client_may_hold_only_so_many_connections():
+    """Unbound's tcp-connection-limit, per address: one host cannot take the
+    whole table, so others still reach DNS over TCP."""
+    net = Net()
+    b = net.layer(B_IP, config=TcpConfig(max_per_client=4))
+    attacker, other = ScriptedPeer(net, A_IP), ScriptedPeer(net, 0xC0000203)
+    b.listen(53, lambda c: None)
+    answered = [_handshake_from(net, attacker, B_IP, 53, 4000 + i) is not None for i in range(6)]
+    assert answered == [True] * 4 + [False] * 2
+    assert b.counters["tcp.per_client_limit.drop"] == 2
+    assert _handshake_from(net, other, B_IP, 53, 4000) is not None
+    assert len(b.connections) == 5
+
+
+def test_a_full_table_evicts_its_oldest_idle_connection_for_a_proven_client():
+    """RFC 7766 6.2.3: near the limit, idle connections go first. A SYN that
+    finds the table full gets a cookie (no state kept); when its ACK proves
+    the client real, the connection idle longest makes room."""
+    net = Net()
+    b = net.layer(B_IP, max_connections=8, config=TcpConfig(max_per_client=4))
+    b.listen(53, lambda c: None)
+    holders = [ScriptedPeer(net, 0xC0000210 + i) for i in range(2)]
+    for peer in holders:
+        for i in range(4):
+            _handshake_from(net, peer, B_IP, 53, 4000 + i)
+            net.run(seconds=1)
+    assert len(b.connections) == 8
+    newcomer = ScriptedPeer(net, 0xC0000220)
+    assert _handshake_from(net, newcomer, B_IP, 53, 5555) is not None
+    assert b.counters["tcp.syn_cookie.sent"] == 1 and b.counters["tcp.syn_cookie.accepted"] == 1
+    assert b.counters["tcp.evicted.idle"] == 1 and len(b.connections) == 8
+    assert (0xC0000210, 4000, 53) not in b.connections     # the oldest
+    assert (0xC0000220, 5555, 53) in b.connections
+
+
+def test_a_nearly_full_table_shortens_the_idle_timeout():
+    net = Net()
+    b = net.layer(B_IP, max_connections=8, config=TcpConfig(max_per_client=8, busy_idle_timeout=10))
+    peer = ScriptedPeer(net, A_IP)
+    b.listen(53, lambda c: None)
+    for i in range(5):                  # under three quarters: the usual 300 s
+        _handshake_from(net, peer, B_IP, 53, 4000 + i)
+    net.run(seconds=11)
+    assert len(b.connections) == 5
+    _handshake_from(net, peer, B_IP, 53, 4010)    # six of eight: busy
+    net.run(seconds=1)
+    assert len(b.connections) == 1 and b.counters["tcp.idle.reset"] == 5
