@@ -233,10 +233,16 @@ class Stack:
             self.counters["icmp.port_unreachable.rate_limited"] += 1
 
     def _input_icmp(self, hdr: ip4.Ipv4Header, message: bytes) -> None:
-        icmp_type, _code = icmp.parse(message)
+        icmp_type, code = icmp.parse(message)
         if icmp_type == icmp.TYPE_ECHO_REQUEST:
             self.counters["icmp.echo.replied"] += 1
             self.send_ip(hdr.src, ip4.PROTO_ICMP, icmp.echo_reply(message))
+        elif icmp_type == icmp.TYPE_DEST_UNREACHABLE and code == icmp.CODE_FRAGMENTATION_NEEDED:
+            mtu, quoted = icmp.fragmentation_needed(message)
+            if quoted.src != self.address or quoted.protocol != ip4.PROTO_TCP:
+                self.counters["icmp.frag_needed.not_ours.drop"] += 1   # only TCP sends with DF
+                return
+            self.tcp.path_mtu(self.now(), quoted.dst, quoted.payload, mtu)
         else:
             self.counters[f"icmp.type{icmp_type}.ignored"] += 1
 

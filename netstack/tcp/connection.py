@@ -18,6 +18,8 @@ What is here, and where it comes from:
   Karn, exponential backoff), slow start and congestion avoidance, fast
   retransmit on the third duplicate ACK with NewReno-style recovery (RFC
   5681/6582), zero-window probes;
+* path MTU discovery (RFC 1191): "fragmentation needed" for a segment in
+  flight (RFC 5927) lowers the segment size and resends;
 * out-of-order segments kept in a bounded ``reassembly.Reassembly``;
 * FIN, RST, TIME_WAIT;
 * RFC 5961: an in-window RST or any SYN on a synchronized connection only
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 S, E = State, Event
+# Linux's ip_rt_min_pmtu (512 + 20 + 20): a "fragmentation needed" asking for
+# less is taken as this much, so a forged one cannot shrink segments to nothing.
+MIN_PATH_MTU = 552
 
 
 class Connection:
@@ -394,6 +399,26 @@ class Connection:
         self._output(now)
         if self.rto_at is None:
             self.rto_at = now + self.rto
+
+    def _lower_path_mtu(self, now: float, seq: int, mtu: int) -> None:
+        """RFC 1191 for TCP: segments shrink to what the path carries, and what
+        is in flight goes again at the new size, with no congestion response
+        (Linux's tcp_simple_retransmit). RFC 5927 5.1: the quoted sequence
+        number must be one in flight, or anyone could shrink our segments."""
+        counters = self.layer.counters
+        if self.state not in SENDS_DATA or not (
+                seq_diff(seq, self.snd_una) >= 0 and seq_diff(seq, self.snd_max) < 0):
+            counters["tcp.pmtu.not_in_flight.drop"] += 1
+            return
+        mss = max(mtu, MIN_PATH_MTU) - 40
+        if mss >= self.snd_mss:
+            counters["tcp.pmtu.not_lower.drop"] += 1
+            return
+        counters["tcp.pmtu.lowered"] += 1
+        self.snd_mss = mss
+        self.rtt_seq = None          # Karn: what is in flight is about to be sent again
+        self.snd_nxt = self.snd_una
+        self._output(now)
 
     # -- input -------------------------------------------------------------------------------
     def _negotiate(self, seg: TcpSegment) -> None:

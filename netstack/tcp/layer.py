@@ -186,6 +186,21 @@ class TcpLayer:
         self.counters["tcp.syn.accepted"] += 1
         conn._output(now)
 
+    def path_mtu(self, now: float, dst_ip: int, quoted: bytes, mtu: int) -> None:
+        """An ICMP "fragmentation needed" quoting `quoted` (the start of a
+        segment we sent to dst_ip) says the path takes `mtu` bytes (RFC 1191).
+        Only a live connection's segment counts (RFC 5927 5.1); never raises."""
+        self.now_hint = now
+        if len(quoted) < 8:
+            self.counters["tcp.pmtu.short_quote.drop"] += 1
+            return
+        our_port, their_port, seq = struct.unpack_from("!HHI", quoted)
+        conn = self.connections.get((dst_ip, their_port, our_port))
+        if conn is None:
+            self.counters["tcp.pmtu.no_connection.drop"] += 1
+            return
+        conn._lower_path_mtu(now, seq, mtu)
+
     # -- SYN cookies: a SYN answered without keeping any state --------------------------
     _COOKIE_MSS = (536, 1220, 1440, 1460)
     # A cookie names its 64 s slot, and the current and previous slots are

@@ -185,3 +185,63 @@ def test_a_nearly_full_table_shortens_the_idle_timeout():
     _handshake_from(net, peer, B_IP, 53, 4010)    # six of eight: busy
     net.run(seconds=1)
     assert len(b.connections) == 1 and b.counters["tcp.idle.reset"] == 5
+
+
+# -- path MTU discovery (RFC 1191), the quoted segment checked (RFC 5927) --------------------------
+
+
+def _stack_connection(payload_size: int = 3000):
+    """A stack whose listener on 53 accepted one connection from the peer and
+    wrote `payload_size` bytes to it; returns (stack, link, conn, our frames)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from tests.stackutil import OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, make_stack, prime_arp
+    stack, link, _clock = make_stack()
+    prime_arp(stack)
+    accepted = []
+    stack.tcp.listen(53, accepted.append)
+    base = Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP)
+    stack.receive(bytes(base / TCP(sport=4000, dport=53, flags="S", seq=100, options=[("MSS", 1460)])))
+    [synack] = [Ether(f) for f in link.take()]
+    stack.receive(bytes(base / TCP(sport=4000, dport=53, flags="A", seq=101, ack=synack[TCP].seq + 1, window=65535)))
+    [conn] = accepted
+    conn.send(bytes(payload_size))
+    return stack, link, conn, [Ether(f) for f in link.take()]
+
+
+def _frag_needed(quoted_ip, mtu: int, source: str = "192.0.2.254") -> bytes:
+    """ICMP 3/4 from a router, quoting the IPv4 header and the first 8 bytes of ours."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+
+    from tests.stackutil import OUR_IP, OUR_MAC
+    quote = bytes(quoted_ip)[:quoted_ip.ihl * 4 + 8]
+    return bytes(Ether(dst=OUR_MAC, src="02:ee:00:00:00:01") / IP(src=source, dst=OUR_IP)
+                 / ICMP(type=3, code=4, nexthopmtu=mtu) / quote)
+
+
+def test_fragmentation_needed_lowers_the_segment_size_and_resends():
+    from scapy.layers.inet import IP, TCP
+    stack, link, conn, sent = _stack_connection()
+    assert len(sent[0][IP]) == 1500 and all(f[IP].flags == "DF" for f in sent)
+    stack.receive(_frag_needed(sent[0][IP], 1000))
+    resent = [f for f in (type(sent[0])(x) for x in link.take()) if TCP in f]
+    assert resent and all(len(f[IP]) <= 1000 and f[IP].flags == "DF" for f in resent)
+    assert resent[0][TCP].seq == sent[0][TCP].seq            # from the first unacknowledged byte
+    assert conn.snd_mss == 960 and stack.counters["tcp.pmtu.lowered"] == 1
+
+
+def test_fragmentation_needed_for_no_live_segment_is_ignored():
+    """RFC 5927 5.1: the quoted sequence number must be in flight, and the
+    connection must exist; otherwise anyone could shrink our segments."""
+    from scapy.layers.inet import IP, TCP
+    stack, link, conn, sent = _stack_connection()
+    old = sent[0][IP].copy()
+    old[TCP].seq = (old[TCP].seq + 100_000) & 0xFFFFFFFF     # not a byte in flight
+    stack.receive(_frag_needed(old, 600))
+    stranger = sent[0][IP].copy()
+    stranger[TCP].dport = 4001                               # no such connection
+    stack.receive(_frag_needed(stranger, 600))
+    assert link.take() == [] and conn.snd_mss == 1460
+    assert stack.counters["tcp.pmtu.not_in_flight.drop"] == 1 and stack.counters["tcp.pmtu.no_connection.drop"] == 1
