@@ -151,6 +151,8 @@ class Arp:
             self.counters["arp.request.replied"] += 1
         elif not for_us and not waiting:
             self.counters["arp.not_for_us.drop"] += 1
+        elif not waiting:
+            self.counters["arp.reply.learned"] += 1   # a reply nobody awaited: RFC 826 learns it all the same
         return outcome
 
     # -- resolution -----------------------------------------------------------------

@@ -196,3 +196,12 @@ def test_an_unanswered_refresh_lets_the_entry_expire_and_an_idle_entry_is_not_pr
     [request] = [Ether(f) for f in link.take()]
     assert request.dst == "ff:ff:ff:ff:ff:ff" and stack.counters["arp.cache.expired"] == 1
     assert not stack.arp.refreshing
+
+
+def test_an_unsolicited_reply_for_us_is_learned_and_counted():
+    """Found by the frame fuzzer: RFC 826 learns it, and it was the one ARP outcome with no counter."""
+    stack, link, _ = make_stack()
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP,
+                                                              hwdst=OUR_MAC, pdst=OUR_IP)))
+    assert stack.counters["arp.reply.learned"] == 1 and sum(stack.counters.values()) == 1
+    assert stack.arp.lookup(stack.address - 1, 0.0) == PEER_MAC and link.take() == []
