@@ -811,10 +811,12 @@ SCENARIOS: list[tuple[str, Callable[[Example], None], float, bool]] = [
 def run_example(seed: int, index: int) -> tuple[str, Example]:
     rng = random.Random(seed * 1_000_003 + index)
     pick = rng.random()
-    for name, scenario, weight, small in SCENARIOS:
-        if pick < weight or name == SCENARIOS[-1][0]:
+    name, scenario, _weight, small = SCENARIOS[-1]
+    for entry in SCENARIOS:
+        if pick < entry[2]:
+            name, scenario, _weight, small = entry
             break
-        pick -= weight
+        pick -= entry[2]
     ex = Example(rng, small_tables=small)
     scenario(ex)
     ex.drain()
