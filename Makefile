@@ -14,7 +14,7 @@ APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
             ca-certificates avahi-daemon chromium chromium-driver prometheus
 PYTEST_ARGS ?=
 
-.PHONY: deps test unit bench run boot image smoke serve clean
+.PHONY: deps test unit bench fuzz run boot image smoke serve clean
 
 deps: $(STAMP)
 	@missing=$$(for p in $(APT_PKGS); do \
@@ -46,6 +46,11 @@ unit: deps
 
 bench: deps
 	$(PY) -m bench
+
+# Each fuzzer prints its counts and fails on any broken invariant (tests/fuzz.py
+# lists them); `make test` runs a short version of each.
+fuzz: deps
+	$(PY) -m tests.fuzz frames 1000000
 
 serve: deps
 	$(PY) -m unikernel serve
