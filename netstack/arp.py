@@ -81,10 +81,14 @@ class ArpInput:
 
 
 class Arp:
-    def __init__(self, mac: bytes, ip: int, counters: Counters, *, cache_size: int = 512,
+    def __init__(self, mac: bytes, ip: int, counters: Counters, *, gateway: int | None = None, cache_size: int = 512,
                  entry_lifetime: float = 120.0, max_pending: int = 64, queue_limit: int = 16,
                  retries: int = 3, retry_interval: float = 1.0, refresh_lead: float = 5.0) -> None:
         self.mac, self.ip, self.counters = mac, ip, counters
+        # the gateway's MAC as last learned (kept past its entry's expiry): the
+        # stack's spoof rule compares every datagram's source MAC with it
+        self.gateway = gateway
+        self.gateway_mac: bytes | None = None
         self.cache: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
         self.cache_size = cache_size
         self.entry_lifetime = entry_lifetime
@@ -126,6 +130,8 @@ class Arp:
             self.counters["arp.cache.evicted"] += 1
         self.cache[ip] = (mac, now + self.entry_lifetime)
         self.refreshing.pop(ip, None)
+        if ip == self.gateway:
+            self.gateway_mac = mac
 
     # -- input --------------------------------------------------------------------
     def input(self, now: float, data: bytes) -> ArpInput:

@@ -50,7 +50,7 @@ class Stack:
         self.rng = rng or random.SystemRandom()
         self.counters = Counters()
         self._clock = clock
-        self.arp = arp_mod.Arp(self.mac, self.address, self.counters)
+        self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
         self.icmp_errors = icmp.RateLimiter(rate=10, burst=10)
         self.udp = udp.UdpLayer(self.address, self._transmit_udp, self.counters, self.rng)
@@ -174,11 +174,9 @@ class Stack:
         gateway's MAC: a host on the subnet would have sent it from its own, so
         it was forged off-link (the check Linux's rp_filter makes by route).
         Without it, `--allow`'s own-subnet default could be borrowed from
-        outside. Both receive paths ask it."""
-        if src & self.netmask != self.network or self.gateway is None or src == self.gateway:
-            return False
-        entry = self.arp.cache.get(self.gateway)
-        return entry is not None and entry[0] == src_mac
+        outside. Both receive paths ask it; the MAC is compared first, as most
+        datagrams are settled by that alone."""
+        return src_mac == self.arp.gateway_mac and src & self.netmask == self.network and src != self.gateway
 
     def _input_arp(self, packet: bytes) -> None:
         outcome = self.arp.input(self.now(), packet)
