@@ -245,3 +245,28 @@ def test_fragmentation_needed_for_no_live_segment_is_ignored():
     stack.receive(_frag_needed(stranger, 600))
     assert link.take() == [] and conn.snd_mss == 1460
     assert stack.counters["tcp.pmtu.not_in_flight.drop"] == 1 and stack.counters["tcp.pmtu.no_connection.drop"] == 1
+
+
+def test_an_evicted_connection_ends_its_dns_session_at_once():
+    """An eviction under a live DNS session: the session sees the stream end
+    (EOF, as the connection leaves the table before its reason is given) and
+    goes, instead of waiting out its own idle timer."""
+    import asyncio
+
+    from netstack.tcp.stream import open_connection
+    from tests.stack.test_tcp_memory import LoopNet, dns_query, dns_server, read_answer, run
+
+    async def main():
+        net = LoopNet(config=TcpConfig(evictable_idle=0.0))
+        server = await dns_server(net)
+        reader, writer = await open_connection(net.layers[A_IP], "192.0.2.2", 53)
+        q = dns_query(3)
+        writer.write(len(q).to_bytes(2, "big") + q)
+        assert len(await read_answer(reader)) == 40
+        layer = net.layers[B_IP]
+        assert len(server.sessions) == 1 and layer._evict_idle(layer.now())
+        await asyncio.sleep(0.2)
+        assert server.sessions == {} and layer.counters["dns_tcp.eof"] == 1
+        assert layer.counters["tcp.evicted.idle"] == 1 and layer.connections == {}
+        net.close()
+    run(main())
