@@ -7,9 +7,10 @@ reach the state machines, with invariants checked after every frame.
 Random bytes mostly stop at the Ethernet or checksum check, so most examples
 are built to get past them: frames mutated and then re-checksummed; fragment
 sequences (reordered, duplicated, overlapping, holed, floods of tiny pieces);
-TCP peers that complete handshakes and then send segments with mutated
-sequence and acknowledgement numbers, windows, flags and options, while the
-application sends, pauses, closes and aborts; SYN floods on small tables;
+TCP peers that complete handshakes (theirs or ours, simultaneous opens
+included) and then send segments with mutated sequence and acknowledgement
+numbers, windows, flags and options, while the application sends, pauses,
+closes and aborts; SYN floods on small tables;
 "fragmentation needed" quoting our own segments; spoofed sources.
 
 Invariants, beyond "no exception":
@@ -22,9 +23,9 @@ Invariants, beyond "no exception":
 * nothing we send goes to an impossible address (RFC 1122), or to an
   own-subnet address only ever seen behind the gateway's MAC (a spoof); every
   IPv4 header and TCP segment we send has a valid checksum and fits the MTU;
-* TCP: a segment outside the receive window (RFC 9293's acceptability test,
-  computed here) never moves rcv_nxt, and none moves it past the window we
-  advertised; every byte the application receives is the byte the peer sent
+* TCP (our listener's connections and our own connect()s): a segment
+  outside the receive window (RFC 9293's acceptability test, computed here)
+  never moves rcv_nxt, and none moves it past the window we advertised; every byte the application receives is the byte the peer sent
   at that sequence number, in order; snd_una never passes snd_max;
 * reassembly: what the UDP port receives from fragments is exactly what a
   model reassembler (the policy written plainly, below) gives;
@@ -301,6 +302,17 @@ class Example:
         self.stream_end[id(conn)] = seq_add(conn.irs, 1)
         conn.on_data = lambda data, c=conn: self._on_data(c, data)
 
+    def connect(self, ip: int, port: int) -> Connection:
+        """An active open of ours; its stream is checked from the peer's SYN on."""
+        conn = self.stack.tcp.connect(ip, port)
+
+        def established(c: Connection = conn) -> None:
+            self.stream_end[id(c)] = seq_add(c.irs, 1)
+        conn.on_established = established
+        conn.on_data = lambda data, c=conn: self._on_data(c, data)
+        self.check_output()
+        return conn
+
     def _on_data(self, conn: Connection, data: bytes) -> None:
         start = seq_diff(conn.rcv_nxt, 0) - len(data)      # rcv_nxt has moved past the bytes already
         start &= 0xFFFFFFFF
@@ -423,11 +435,11 @@ class Example:
 
     # -- TCP with its oracle --------------------------------------------------------------
     def tcp_segment(self, src: int, sport: int, seq: int, ack: int, flags: int, window: int,
-                    payload: bytes = b"", options: bytes = b"", *, mutate: bool = False) -> None:
-        key = (src, sport, 53)
+                    payload: bytes = b"", options: bytes = b"", *, mutate: bool = False, dport: int = 53) -> None:
+        key = (src, sport, dport)
         conn = self.stack.tcp.connections.get(key)
         before = (conn.rcv_nxt, conn.rcv_adv, conn.state) if conn is not None else None
-        frame = frame_from(src, ipv4(src, OUR_IP, PROTO_TCP, tcp(src, OUR_IP, sport, 53, seq, ack, flags, window,
+        frame = frame_from(src, ipv4(src, OUR_IP, PROTO_TCP, tcp(src, OUR_IP, sport, dport, seq, ack, flags, window,
                                                                   payload, options), ident=self.rng.getrandbits(16)))
         if mutate:
             frame = mutate_tcp_header(self.rng, frame)
@@ -651,10 +663,10 @@ def scenario_fragments(ex: Example) -> None:
 
 
 class Peer:
-    """A TCP peer that completed a handshake with our listener."""
+    """A TCP peer that completed a handshake with us (`port` is its own, `our_port` ours)."""
 
-    def __init__(self, ip: int, port: int, conn: Connection) -> None:
-        self.ip, self.port, self.conn = ip, port, conn
+    def __init__(self, ip: int, port: int, conn: Connection, our_port: int = 53) -> None:
+        self.ip, self.port, self.conn, self.our_port = ip, port, conn, our_port
 
 
 def _handshake(ex: Example, ip: int, port: int, *, options: bytes | None = None) -> Peer | None:
@@ -684,9 +696,10 @@ def _segment_for(ex: Example, peer: Peer) -> None:
         # the second half first (kept out of order), then the first half (fills the gap)
         first = rng.randint(1, min(1460, wnd // 2))
         ex.tcp_segment(peer.ip, peer.port, seq_add(rcv_nxt, first), conn.snd_una, ACK | PSH, 65535,
-                       pattern(seq_add(rcv_nxt, first), rng.randint(1, 1460)))
+                       pattern(seq_add(rcv_nxt, first), rng.randint(1, 1460)), dport=peer.our_port)
         if conn.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
-            ex.tcp_segment(peer.ip, peer.port, rcv_nxt, conn.snd_una, ACK, 65535, pattern(rcv_nxt, first))
+            ex.tcp_segment(peer.ip, peer.port, rcv_nxt, conn.snd_una, ACK, 65535, pattern(rcv_nxt, first),
+                           dport=peer.our_port)
         return
     if r < 0.5:
         seq = rcv_nxt
@@ -715,7 +728,7 @@ def _segment_for(ex: Example, peer: Peer) -> None:
     window = rng.choice([65535, 65535, 0, rng.getrandbits(16)])
     options = tcp_options(rng) if rng.random() < 0.15 else b""
     ex.tcp_segment(peer.ip, peer.port, seq, ack, flags, window, pattern(seq, size), options,
-                   mutate=rng.random() < 0.1)
+                   mutate=rng.random() < 0.1, dport=peer.our_port)
 
 
 def _application_acts(ex: Example, peer: Peer) -> None:
@@ -777,6 +790,47 @@ def scenario_tcp(ex: Example) -> None:
     ex.check_all_bounds()
 
 
+def scenario_active_open(ex: Example) -> None:
+    """Our connect() against a peer that answers rightly, wrongly, with a
+    reset, or with a crossing SYN (simultaneous open); then segments as in
+    scenario_tcp."""
+    rng = ex.rng
+    _prime_arp(ex, [GATEWAY_IP] + ON_LINK_PEERS)
+    ip = rng.choice(ON_LINK_PEERS + OFF_LINK_PEERS)
+    conn = ex.connect(ip, 53)
+    our_port, iss = conn.local[1], conn.iss
+    isn = rng.getrandbits(32)
+    answer = rng.random()
+    options = tcp_options(rng) if rng.random() < 0.3 else struct.pack("!BBH", 2, 4, 1460)
+    if answer < 0.5:
+        ex.tcp_segment(ip, 53, isn, seq_add(iss, 1), SYN | ACK, 65535, options=options, dport=our_port)
+    elif answer < 0.65:      # a crossing SYN, then the ACK of our SYN
+        ex.tcp_segment(ip, 53, isn, 0, SYN, 65535, options=options, dport=our_port)
+        ex.tcp_segment(ip, 53, seq_add(isn, 1), seq_add(iss, 1), ACK, 65535, dport=our_port)
+    elif answer < 0.75:
+        ex.tcp_segment(ip, 53, isn, seq_add(iss, rng.choice([0, 2, 1 << 31])), SYN | ACK, 65535, dport=our_port)
+    elif answer < 0.85:
+        ex.tcp_segment(ip, 53, 0, seq_add(iss, rng.choice([1, 0])), RST | ACK, 0, dport=our_port)
+    else:
+        ex.tcp_segment(ip, 53, isn, rng.getrandbits(32), rng.choice([ACK, SYN | ACK | PSH, RST, FIN | ACK]),
+                       rng.getrandbits(16), pattern(isn, rng.randint(0, 50)), options, mutate=True, dport=our_port)
+    if conn.state is not State.ESTABLISHED:
+        ex.tick(rng.choice([0.05, 1.5, 40.0]))
+        return
+    peer = Peer(ip, 53, conn, our_port)
+    for _ in range(rng.randint(3, 25)):
+        r = rng.random()
+        if r < 0.7:
+            _segment_for(ex, peer)
+        elif r < 0.85:
+            _application_acts(ex, peer)
+        elif r < 0.9:
+            _frag_needed(ex)
+        else:
+            ex.tick(rng.choice([0.05, 1.0, 3.0, 61.0]))
+    ex.check_all_bounds()
+
+
 def scenario_table_flood(ex: Example) -> None:
     """Many SYNs and handshakes from a few addresses on small tables: caps,
     cookies, eviction, recycling."""
@@ -803,7 +857,8 @@ SCENARIOS: list[tuple[str, Callable[[Example], None], float, bool]] = [
     ("random_bytes", scenario_random_bytes, 0.10, False),
     ("mutated", scenario_mutated, 0.30, False),
     ("fragments", scenario_fragments, 0.20, False),
-    ("tcp", scenario_tcp, 0.30, False),
+    ("tcp", scenario_tcp, 0.22, False),
+    ("active_open", scenario_active_open, 0.08, False),
     ("table_flood", scenario_table_flood, 0.10, True),
 ]
 
@@ -852,7 +907,7 @@ def run(count: int, seed: int = 1, report: Callable[[str], None] = print, max_vi
     report(f"frames: {frames} in {examples} examples, {elapsed:.0f} s ({frames / max(elapsed, 1e-9):.0f}/s), "
            f"seed {seed}, peak RSS {rss // 1024} MB")
     report("examples: " + ", ".join(f"{name} {n}" for name, n in sorted(by_scenario.items())))
-    reached = [k for k in ("tcp.accept", "tcp.rx_bytes", "tcp.ooo.reassembled", "tcp.challenge_ack",
+    reached = [k for k in ("tcp.accept", "tcp.connect.established", "tcp.connect.refused", "tcp.rx_bytes", "tcp.ooo.reassembled", "tcp.challenge_ack",
                            "tcp.syn_cookie.accepted", "tcp.evicted.idle", "tcp.per_client_limit.drop",
                            "tcp.fin_wait_2.timeout", "tcp.time_wait.expired", "tcp.pmtu.lowered",
                            "tcp.retransmit.timeout", "tcp.window_probe", "ipv4.frag.reassembled",

@@ -64,7 +64,8 @@ def test_a_short_fuzz_run_is_clean_and_reaches_the_state_machines():
     text = "\n".join(lines)
     assert violations == 0, text
     reached = dict(item.rsplit(" ", 1) for item in lines[2].removeprefix("reached: ").split(", "))
-    for counter in ("tcp.accept", "tcp.rx_bytes", "tcp.challenge_ack", "ipv4.frag.reassembled", "udp.delivered",
+    for counter in ("tcp.accept", "tcp.connect.established", "tcp.rx_bytes", "tcp.challenge_ack",
+                    "ipv4.frag.reassembled", "udp.delivered",
                     "ipv4.frag.overlap.drop", "tcp.syn_cookie.accepted"):
         assert int(reached[counter]) > 0, f"the fuzzer no longer reaches {counter}:\n{text}"
 
