@@ -174,9 +174,14 @@ class Stack:
         gateway's MAC: a host on the subnet would have sent it from its own, so
         it was forged off-link (the check Linux's rp_filter makes by route).
         Without it, `--allow`'s own-subnet default could be borrowed from
-        outside. Both receive paths ask it; the MAC is compared first, as most
-        datagrams are settled by that alone."""
-        return src_mac == self.arp.gateway_mac and src & self.netmask == self.network and src != self.gateway
+        outside. One exception: an address ARP maps to the gateway's MAC, as the
+        router may hold several on the LAN and has said so on the link, where
+        an off-link sender cannot speak. Both receive paths ask it; the MAC is
+        compared first, as most datagrams are settled by that alone."""
+        if src_mac != self.arp.gateway_mac or src & self.netmask != self.network or src == self.gateway:
+            return False
+        entry = self.arp.cache.get(src)
+        return entry is None or entry[0] != src_mac
 
     def _input_arp(self, packet: bytes) -> None:
         outcome = self.arp.input(self.now(), packet)

@@ -21,7 +21,8 @@ Invariants, beyond "no exception":
   pieces, TCP connections in total, per client and half-open, each
   connection's out-of-order store and send buffer);
 * nothing we send goes to an impossible address (RFC 1122), or to an
-  own-subnet address only ever seen behind the gateway's MAC (a spoof); every
+  own-subnet address only ever seen behind the gateway's MAC and never
+  claimed in ARP (a spoof); every
   IPv4 header and TCP segment we send has a valid checksum and fits the MTU;
 * TCP (our listener's connections and our own connect()s): a segment
   outside the receive window (RFC 9293's acceptability test, computed here)
@@ -327,14 +328,16 @@ class Example:
     def feed(self, frame: bytes) -> None:
         stack = self.stack
         counters = stack.counters
-        # the spoof rule can only hold once the stack knows the gateway's MAC
+        # An address counts as a host's on the link once it sends from a MAC other
+        # than the gateway's, or before the stack knows the gateway's MAC, or
+        # once anyone claims it in ARP (an on-link statement: the gateway may
+        # hold several addresses). Only then may we answer it.
         gateway = stack.arp.cache.get(GATEWAY_IP)
         behind_gateway = frame[6:12] == GATEWAY_MAC and gateway is not None and gateway[0] == GATEWAY_MAC
-        if not behind_gateway:
-            if len(frame) >= 34 and frame[12:14] == b"\x08\x00":
-                self.seen_behind_own_mac.add(int.from_bytes(frame[26:30], "big"))
-            elif len(frame) >= 42 and frame[12:14] == b"\x08\x06":
-                self.seen_behind_own_mac.add(int.from_bytes(frame[28:32], "big"))
+        if len(frame) >= 34 and frame[12:14] == b"\x08\x00" and not behind_gateway:
+            self.seen_behind_own_mac.add(int.from_bytes(frame[26:30], "big"))
+        elif len(frame) >= 42 and frame[12:14] == b"\x08\x06":
+            self.seen_behind_own_mac.add(int.from_bytes(frame[28:32], "big"))
         before = sum(counters.values())
         stack.receive(frame)
         self.frames += 1

@@ -313,3 +313,20 @@ def test_an_own_subnet_source_from_the_gateways_mac_is_a_spoof(options):
     assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 1
     stack.receive(bytes(Ether(dst=OUR_MAC, src=GATEWAY_MAC) / IP(src="192.0.2.77", dst=OUR_IP) / ICMP()))
     assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 2 and link.take() == []
+
+
+@pytest.mark.parametrize("options", [b"", b"\x01\x01\x01\x00"])
+def test_a_second_address_the_gateway_holds_on_our_subnet_is_no_spoof(options):
+    """A router may hold other addresses on the LAN (the integration tests'
+    kernel does: 192.0.2.1 and .3). Once it has said so in ARP, on the link
+    where no off-link sender can speak, its datagrams from there are its own."""
+    from tests.stackutil import GATEWAY
+    stack, _link, _ = make_stack()
+    prime_arp(stack, GATEWAY, GATEWAY_MAC)
+    prime_arp(stack, "192.0.2.3", GATEWAY_MAC)
+    delivered = []
+    stack.udp.bind(53, lambda payload, src, *a: delivered.append(str(ipaddress.IPv4Address(src))))
+    for source in ("192.0.2.3", "192.0.2.77"):
+        stack.receive(bytes(Ether(dst=OUR_MAC, src=GATEWAY_MAC) / IP(src=source, dst=OUR_IP, options=options)
+                            / UDP(sport=4000, dport=53) / b"q"))
+    assert delivered == ["192.0.2.3"] and stack.counters["ipv4.spoofed_via_gateway.drop"] == 1
