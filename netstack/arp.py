@@ -76,6 +76,7 @@ class ArpInput:
     """What an incoming ARP packet calls for: a reply to send, and, when it
     resolved a next hop we were waiting for, the packets now ready for it."""
     reply: bytes | None = None
+    resolved_ip: int | None = None
     resolved_mac: bytes | None = None
     released: list[bytes] = field(default_factory=list)
 
@@ -148,7 +149,7 @@ class Arp:
         if packet.sender_ip and (for_us or waiting or packet.sender_ip in self.cache):
             self._learn(packet.sender_ip, packet.sender_mac, now)
         if waiting:
-            outcome.resolved_mac = packet.sender_mac
+            outcome.resolved_ip, outcome.resolved_mac = packet.sender_ip, packet.sender_mac
             outcome.released = self.pending.pop(packet.sender_ip).packets
             self.counters["arp.resolved"] += 1
         if packet.op == OP_REQUEST and for_us:
@@ -178,6 +179,19 @@ class Arp:
         else:
             pending.packets.append(packet)
         return None
+
+    def probe(self, now: float, ip: int) -> bytes | None:
+        """Asks who holds `ip`, with nothing queued for it; returns the request
+        to send, or None when it is known, already being asked or the pending
+        table is full (the bound that keeps probes from becoming a flood)."""
+        if ip in self.cache or ip in self.pending:
+            return None
+        if len(self.pending) >= self.max_pending:
+            self.counters["arp.pending_full.drop"] += 1
+            return None
+        self.pending[ip] = _Pending([], 1, now + self.retry_interval)
+        self.counters["arp.request.sent"] += 1
+        return self.request(ip)
 
     def tick(self, now: float) -> list[tuple[bytes, bytes]]:
         """Retries due requests, gives up on next hops that never answered, and

@@ -27,6 +27,10 @@ log = logging.getLogger("netstack")
 TICK_INTERVAL = 0.05
 _TYPE_IPV4 = ethernet.TYPE_IPV4.to_bytes(2, "big")
 _TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
+# Own-subnet sources behind the gateway's MAC whose datagrams wait while ARP
+# says who holds the address, and datagrams held for each.
+UNVERIFIED_SOURCES = 16
+UNVERIFIED_QUEUE = 4
 # Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
 _PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
 
@@ -52,6 +56,9 @@ class Stack:
         self._clock = clock
         self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
+        # own-subnet source -> datagrams from the gateway's MAC held until ARP
+        # says who holds it; a key only while ARP's (bounded) resolution lasts
+        self._unverified: dict[int, list[bytes]] = {}
         self.icmp_errors = icmp.RateLimiter(rate=10, burst=10)
         self.udp = udp.UdpLayer(self.address, self._transmit_udp, self.counters, self.rng)
         self.tcp = self._make_tcp()
@@ -100,6 +107,9 @@ class Stack:
         """Runs every layer's timers (tests call it with a virtual clock)."""
         for dst_mac, request in self.arp.tick(now):
             self._send_arp(dst_mac, request)
+        for src in [ip for ip in self._unverified if ip not in self.arp.pending]:
+            # nobody answered for it: the datagrams were forged off-link
+            self.counters["ipv4.spoofed_via_gateway.drop"] += len(self._unverified.pop(src))
         self.reassembler.tick(now)
         self.tcp.tick(now)
 
@@ -176,7 +186,8 @@ class Stack:
         Without it, `--allow`'s own-subnet default could be borrowed from
         outside. One exception: an address ARP maps to the gateway's MAC, as the
         router may hold several on the LAN and has said so on the link, where
-        an off-link sender cannot speak. Both receive paths ask it; the MAC is
+        an off-link sender cannot speak (the general path asks ARP about an
+        address it does not know yet). Both receive paths ask it; the MAC is
         compared first, as most datagrams are settled by that alone."""
         if src_mac != self.arp.gateway_mac or src & self.netmask != self.network or src == self.gateway:
             return False
@@ -191,6 +202,15 @@ class Stack:
             prefix = outcome.resolved_mac + self._src_mac_type
             for ip_packet in outcome.released:
                 self._send_frame(prefix + ip_packet)
+            held = self._unverified.pop(outcome.resolved_ip or 0, None)
+            if held is not None:
+                # the gateway's MAC answered: the router's own address, so its
+                # datagrams are judged again (and pass); any other MAC: forged
+                for ip_packet in held:
+                    try:
+                        self._input_ipv4(ip_packet, self.arp.gateway_mac or b"")
+                    except DropError as e:
+                        self.counters[e.reason] += 1
 
     def _input_ipv4(self, packet: bytes, src_mac: bytes) -> None:
         hdr = ip4.parse(packet)
@@ -201,7 +221,7 @@ class Stack:
             self.counters["ipv4.bad_source.drop"] += 1
             return
         if self._spoofed_via_gateway(src_mac, hdr.src):
-            self.counters["ipv4.spoofed_via_gateway.drop"] += 1
+            self._verify_source(hdr.src, packet)
             return
         payload = packet[hdr.header_len:hdr.total_len]
         if hdr.is_fragment:
@@ -218,6 +238,31 @@ class Stack:
             self._input_icmp(hdr, payload)
         else:
             self.counters["ipv4.unknown_protocol.drop"] += 1
+
+    def _verify_source(self, src: int, packet: bytes) -> None:
+        """An own-subnet source behind the gateway's MAC that ARP does not map
+        there. Known at another MAC, it is forged: dropped. Unknown, ARP asks
+        who holds it and the datagram waits (a few per source, only while that
+        resolution lasts): the router answers for an address of its own, a host
+        with its own MAC, and for a forgery nobody answers."""
+        entry = self.arp.cache.get(src)
+        held = self._unverified.get(src)
+        if entry is not None or (held is not None and len(held) >= UNVERIFIED_QUEUE):
+            self.counters["ipv4.spoofed_via_gateway.drop"] += 1
+            return
+        if held is None:
+            if len(self._unverified) >= UNVERIFIED_SOURCES:
+                self.counters["ipv4.spoofed_via_gateway.drop"] += 1
+                return
+            request = self.arp.probe(self.now(), src)
+            if request is None and src not in self.arp.pending:
+                self.counters["ipv4.spoofed_via_gateway.drop"] += 1   # ARP's pending table is full
+                return
+            if request is not None:
+                self._send_arp(ethernet.BROADCAST, request)
+            held = self._unverified[src] = []
+        held.append(packet)
+        self.counters["ipv4.source_check.held"] += 1
 
     def _input_udp(self, hdr: ip4.Ipv4Header, segment: bytes) -> None:
         src_port, dst_port, data = udp.parse(segment, hdr.src, hdr.dst)

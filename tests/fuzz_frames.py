@@ -17,7 +17,8 @@ Invariants, beyond "no exception":
 
 * every frame leaves a counter;
 * every table within its bound, in entries and in bytes (ARP cache, pending
-  resolutions and their queues, refreshes, reassembly buffers and their
+  resolutions and their queues, refreshes, datagrams held for a source
+  check, reassembly buffers and their
   pieces, TCP connections in total, per client and half-open, each
   connection's out-of-order store and send buffer);
 * nothing we send goes to an impossible address (RFC 1122), or to an
@@ -48,7 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from netstack.stack import Stack
+from netstack.stack import UNVERIFIED_QUEUE, UNVERIFIED_SOURCES, Stack
 from netstack.tcp.config import TcpConfig
 from netstack.tcp.connection import Connection
 from netstack.tcp.layer import TcpLayer
@@ -399,6 +400,9 @@ class Example:
             raise Violation("reassembly is past its bound")
         if len(t.connections) > t.max_connections:
             raise Violation("the TCP table is past its bound")
+        if len(stack._unverified) > UNVERIFIED_SOURCES or \
+                any(len(q) > UNVERIFIED_QUEUE or ip not in a.pending for ip, q in stack._unverified.items()):
+            raise Violation("datagrams held for a source check past their bound, or with no ARP question open")
 
     def check_all_bounds(self) -> None:
         """The thorough version, per example and after every TCP segment."""
@@ -433,8 +437,8 @@ class Example:
             raise Violation(f"TCP connections that never end: {list(stack.tcp.connections.values())}")
         if stack.reassembler.buffers or stack.reassembler.held_bytes:
             raise Violation("reassembly buffers that never end")
-        if stack.arp.pending or stack.arp.refreshing:
-            raise Violation("ARP resolutions that never end")
+        if stack.arp.pending or stack.arp.refreshing or stack._unverified:
+            raise Violation("ARP resolutions, or datagrams waiting on them, that never end")
 
     # -- TCP with its oracle --------------------------------------------------------------
     def tcp_segment(self, src: int, sport: int, seq: int, ack: int, flags: int, window: int,

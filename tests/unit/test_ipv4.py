@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, defragment, fragment
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 
 from netstack import ipv4
 from netstack.counters import Counters
@@ -296,23 +296,51 @@ def test_the_udp_hot_path_never_decides_differently_from_the_general_path(flips,
 GATEWAY_MAC = bytes.fromhex("02ee00000001")
 
 
-@pytest.mark.parametrize("options", [b"", b"\x01\x01\x01\x00"])   # the hot path, then the general path
-def test_an_own_subnet_source_from_the_gateways_mac_is_a_spoof(options):
-    """Only the gateway itself may be on our subnet behind the gateway's MAC:
-    anything else there was forged off-link, to borrow `--allow`'s own-subnet default."""
+def _udp_from(mac, source, options=b""):
+    return bytes(Ether(dst=OUR_MAC, src=mac) / IP(src=source, dst=OUR_IP, options=options)
+                 / UDP(sport=4000, dport=53) / b"q")
+
+
+def _arp_answer(ip, mac):
+    return bytes(Ether(dst=OUR_MAC, src=mac) / ARP(op=2, hwsrc=mac, psrc=ip, hwdst=OUR_MAC, pdst=OUR_IP))
+
+
+def _spoof_check_stack():
     from tests.stackutil import GATEWAY
-    stack, link, _ = make_stack()
+    stack, link, clock = make_stack()
     prime_arp(stack, GATEWAY, GATEWAY_MAC)
     delivered = []
     stack.udp.bind(53, lambda payload, src, *a: delivered.append(str(ipaddress.IPv4Address(src))))
+    return stack, link, clock, delivered
+
+
+@pytest.mark.parametrize("options", [b"", b"\x01\x01\x01\x00"])   # the hot path, then the general path
+def test_an_own_subnet_source_from_the_gateways_mac_is_a_spoof(options):
+    """Only the gateway itself may be on our subnet behind the gateway's MAC:
+    anything else there was forged off-link, to borrow `--allow`'s own-subnet
+    default. ARP is asked who holds the address; nobody answers for a forgery,
+    and its datagrams are dropped and counted, never answered."""
+    from tests.stackutil import GATEWAY
+    stack, link, clock, delivered = _spoof_check_stack()
     for mac, source in ((GATEWAY_MAC, "192.0.2.77"), (GATEWAY_MAC, GATEWAY), (GATEWAY_MAC, "198.51.100.7"),
-                        (PEER_MAC, "192.0.2.77")):
-        stack.receive(bytes(Ether(dst=OUR_MAC, src=mac) / IP(src=source, dst=OUR_IP, options=options)
-                            / UDP(sport=4000, dport=53) / b"q"))
-    assert delivered == [GATEWAY, "198.51.100.7", "192.0.2.77"]
-    assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 1
+                        (PEER_MAC, "192.0.2.78")):
+        stack.receive(_udp_from(mac, source, options))
     stack.receive(bytes(Ether(dst=OUR_MAC, src=GATEWAY_MAC) / IP(src="192.0.2.77", dst=OUR_IP) / ICMP()))
-    assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 2 and link.take() == []
+    assert delivered == [GATEWAY, "198.51.100.7", "192.0.2.78"]
+    assert stack.counters["ipv4.source_check.held"] == 2
+    for _ in range(3):
+        clock.advance(1.01)
+        stack.tick(clock())
+    assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 2 and not stack._unverified
+    sent = [Ether(f) for f in link.take()]
+    assert sent and all(ARP in f and f[ARP].op == 1 and f[ARP].pdst == "192.0.2.77" for f in sent)
+
+
+def test_a_source_arp_places_at_another_mac_is_dropped_at_once():
+    stack, link, _clock, delivered = _spoof_check_stack()
+    prime_arp(stack, "192.0.2.78", PEER_MAC)
+    stack.receive(_udp_from(GATEWAY_MAC, "192.0.2.78"))
+    assert delivered == [] and stack.counters["ipv4.spoofed_via_gateway.drop"] == 1 and link.take() == []
 
 
 @pytest.mark.parametrize("options", [b"", b"\x01\x01\x01\x00"])
@@ -320,13 +348,37 @@ def test_a_second_address_the_gateway_holds_on_our_subnet_is_no_spoof(options):
     """A router may hold other addresses on the LAN (the integration tests'
     kernel does: 192.0.2.1 and .3). Once it has said so in ARP, on the link
     where no off-link sender can speak, its datagrams from there are its own."""
-    from tests.stackutil import GATEWAY
-    stack, _link, _ = make_stack()
-    prime_arp(stack, GATEWAY, GATEWAY_MAC)
+    stack, _link, _clock, delivered = _spoof_check_stack()
     prime_arp(stack, "192.0.2.3", GATEWAY_MAC)
-    delivered = []
-    stack.udp.bind(53, lambda payload, src, *a: delivered.append(str(ipaddress.IPv4Address(src))))
-    for source in ("192.0.2.3", "192.0.2.77"):
-        stack.receive(bytes(Ether(dst=OUR_MAC, src=GATEWAY_MAC) / IP(src=source, dst=OUR_IP, options=options)
-                            / UDP(sport=4000, dport=53) / b"q"))
-    assert delivered == ["192.0.2.3"] and stack.counters["ipv4.spoofed_via_gateway.drop"] == 1
+    stack.receive(_udp_from(GATEWAY_MAC, "192.0.2.3", options))
+    assert delivered == ["192.0.2.3"] and stack.counters["ipv4.source_check.held"] == 0
+
+
+def test_an_unknown_own_subnet_source_behind_the_gateway_waits_for_arp():
+    """The router already knows our MAC, so it need not ARP from a second
+    address before using it. Its datagrams from there wait while ARP asks who
+    holds the address; the router answers with its MAC and they are delivered,
+    none lost."""
+    stack, link, _clock, delivered = _spoof_check_stack()
+    stack.receive(_udp_from(GATEWAY_MAC, "192.0.2.3"))
+    [probe] = [Ether(f) for f in link.take()]
+    assert probe.dst == "ff:ff:ff:ff:ff:ff" and probe[ARP].op == 1 and probe[ARP].pdst == "192.0.2.3"
+    stack.receive(_udp_from(GATEWAY_MAC, "192.0.2.3"))     # still unanswered: held too, no second probe
+    assert link.take() == [] and delivered == [] and stack.counters["ipv4.source_check.held"] == 2
+    stack.receive(_arp_answer("192.0.2.3", GATEWAY_MAC))
+    assert delivered == ["192.0.2.3", "192.0.2.3"]
+    stack.receive(_udp_from(GATEWAY_MAC, "192.0.2.3"))
+    assert delivered == ["192.0.2.3"] * 3 and stack.counters["ipv4.spoofed_via_gateway.drop"] == 0
+
+
+def test_held_datagrams_are_dropped_when_another_mac_answers_and_the_wait_is_bounded():
+    from netstack.stack import UNVERIFIED_QUEUE, UNVERIFIED_SOURCES
+    stack, link, _clock, delivered = _spoof_check_stack()
+    for _ in range(UNVERIFIED_QUEUE + 2):
+        stack.receive(_udp_from(GATEWAY_MAC, "192.0.2.77"))
+    for i in range(UNVERIFIED_SOURCES + 3):
+        stack.receive(_udp_from(GATEWAY_MAC, f"192.0.2.{100 + i}"))
+    assert len(stack._unverified) == UNVERIFIED_SOURCES and len(stack._unverified[0xC000024D]) == UNVERIFIED_QUEUE
+    assert stack.counters["ipv4.spoofed_via_gateway.drop"] == 2 + 4
+    stack.receive(_arp_answer("192.0.2.77", PEER_MAC))       # the real .77 answers, from its own MAC
+    assert delivered == [] and stack.counters["ipv4.spoofed_via_gateway.drop"] == 6 + UNVERIFIED_QUEUE
