@@ -73,10 +73,11 @@ async def server(reader: asyncio.StreamReader, writer, context: ssl.SSLContext, 
     return tls.plain, tls.writer
 
 
-class _PumpTransport:
+class _PumpTransport(asyncio.ReadTransport):
     """What StreamReader calls for flow control, mapped onto the pump."""
 
     def __init__(self, tls: _Tls) -> None:
+        super().__init__()
         self.tls = tls
 
     def pause_reading(self) -> None:
