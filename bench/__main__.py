@@ -1,5 +1,5 @@
 """``python -m bench [auth|forwarder] [options]``: with no name, every
-benchmark present runs in turn (auth, then forwarder when bench/forwarder.py
+benchmark present runs in turn (auth, forwarder, dot; each module
 exists; it provides ``main(argv) -> int`` as auth does)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder")
+BENCHMARKS = ("auth", "forwarder", "dot")
 
 
 def main(argv: list[str]) -> int:

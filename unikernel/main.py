@@ -12,6 +12,7 @@ import inspect
 import ipaddress
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 
 from netstack import ethernet
@@ -46,9 +47,18 @@ def check(appliance: Appliance) -> list:
         from unikernel.sources.hosts import load_hosts
         load_hosts(appliance.path(h) for h in appliance.hosts)
     from unikernel.resolver.forwarder import AccessList, parse_upstream
+    from unikernel.resolver.tls_upstream import is_tls_upstream, parse_tls_upstream
+    tls_contexts(appliance)
     try:
+        seen: set[tuple[int, int]] = set()
         for upstream in appliance.forward:
-            address, _port = parse_upstream(upstream)
+            if is_tls_upstream(upstream):
+                address, port, _name = parse_tls_upstream(upstream)
+            else:
+                address, port = parse_upstream(upstream)
+            if (address, port) in seen:      # one transport per address and port
+                raise ConfigError(f"forward {upstream}: that address and port is given twice")
+            seen.add((address, port))
             if address == int(appliance.interface.ip) or address >> 24 in (0, 127):
                 raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
                                   "or to a loopback address (its stack has no loopback)")
@@ -58,6 +68,31 @@ def check(appliance: Appliance) -> list:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
+
+
+def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(context for tls:// upstreams, context for serving DNS over TLS), each
+    None when not used; a CA bundle, certificate or key that cannot be loaded
+    is a ConfigError naming the file."""
+    from netstack import tls
+    from unikernel.resolver.tls_upstream import is_tls_upstream
+
+    client = server = None
+    if any(is_tls_upstream(u) for u in appliance.forward):
+        ca = appliance.upstream_ca
+        try:
+            client = tls.client_context(str(ca))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"tls-ca {ca}: cannot be loaded as a PEM bundle: {e}") from None
+    if bool(appliance.dot_cert) != bool(appliance.dot_key):
+        raise ConfigError("dot-cert and dot-key go together: give both to serve DNS over TLS")
+    if appliance.dot_cert and appliance.dot_key:
+        cert, key = appliance.path(appliance.dot_cert), appliance.path(appliance.dot_key)
+        try:
+            server = tls.server_context(str(cert), str(key))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"dot-cert {cert} / dot-key {key}: cannot be loaded: {e}") from None
+    return client, server
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -85,6 +120,28 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def upstream_transports(appliance: Appliance, stack):
+    """The forwarder's upstreams as endpoints, and the transports that reach
+    them: DNS over TLS for those declared ``tls://``, the stub resolver's
+    UDP/TCP for the others."""
+    from unikernel.resolver.stub import StubResolver
+    from unikernel.resolver.tls_upstream import TlsUpstream, is_tls_upstream, parse_tls_upstream
+    from unikernel.resolver.transports import UpstreamTransports
+
+    client_context, _ = tls_contexts(appliance)
+    endpoints: list[str | tuple[int, int]] = []
+    tls_upstreams: dict[tuple[int, int], TlsUpstream] = {}
+    for text in appliance.forward:
+        if is_tls_upstream(text):
+            ip, port, name = parse_tls_upstream(text)
+            tls_upstreams[(ip, port)] = TlsUpstream(stack.tcp, ip, port, name, client_context,
+                                                    counters=stack.counters)
+            endpoints.append((ip, port))
+        else:
+            endpoints.append(text)
+    return endpoints, UpstreamTransports(StubResolver(stack, counters=stack.counters), tls_upstreams)
 
 
 def resolution_chain(appliance: Appliance, stack,
@@ -131,7 +188,9 @@ def resolution_chain(appliance: Appliance, stack,
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
-            relay = forwarder(stack, appliance.forward, cache=cache,
+            endpoints, transports = upstream_transports(appliance, stack)
+            lifecycle.append(transports)          # closed after the forwarder that uses it
+            relay = forwarder(stack, endpoints, cache=cache, stub=transports,
                               allow=appliance.allow or [str(appliance.interface.network)],
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
@@ -158,9 +217,18 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
     process, fast_lookups, lifecycle = resolution_chain(appliance, stack, budgets)
+    _, dot_context = tls_contexts(appliance)
+    # DNS over TLS answers wait for slow readers as TCP's do: the two share TCP's budget
+    stream_answer_bytes = budgets["tcp"] // 2 if dot_context is not None else budgets["tcp"]
     server = DnsServer(stack, appliance.port, processor_of_process(process),
                        fast_lookups=fast_lookups, log_queries=appliance.log_queries,
-                       max_static_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
+                       max_static_bytes=budgets["static"], max_tcp_answer_bytes=stream_answer_bytes)
+    dot_server = None
+    if dot_context is not None:
+        from unikernel.serve.tls import DOT_PORT, DnsTlsServer
+        # the same handler as TCP 53: the same processor, access rules and limits
+        dot_server = DnsTlsServer(stack.tcp, DOT_PORT, server.handle_tcp, dot_context,
+                                  max_answer_bytes=stream_answer_bytes)
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -193,6 +261,8 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     try:
         await stack.start()
         server.start()
+        if dot_server is not None:
+            dot_server.start()
         for item in lifecycle:
             start = getattr(item, "start", None)
             if start is not None:
@@ -201,7 +271,8 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
                     await outcome
             started.append(item)
         zones = ", ".join(str(z) for z in appliance.zones) or "none"
-        ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
+        dot = f", DNS over TLS on {dot_server.port}" if dot_server is not None else ""
+        ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port}{dot} "
               f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
         await stop.wait()
     finally:
@@ -212,6 +283,8 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
                     await outcome
             except Exception:
                 log.exception("closing %r failed", item)
+        if dot_server is not None:
+            dot_server.close()
         server.close()
         stack.close()
         if signals_installed:

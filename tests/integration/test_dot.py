@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import TCP
+from scapy.layers.inet import TCP, UDP
 
 from tests.netns import Namespace, exec_in, needs_root
 from tests.nsd import nsd_conf
@@ -238,3 +238,49 @@ def test_garbage_and_silent_clients_do_not_starve_a_real_one(tmp_path, pki):
     (junk, (rc, out)), _ = with_appliance(tmp_path, pki, body)
     assert junk.split()[1] in ("15", "eof", "reset"), junk     # a TLS alert (0x15), or the connection ends
     assert rc == 0 and len(out.splitlines()) == 9, out         # the real client got through meanwhile
+
+
+def plain_dns_from_appliance(packets) -> list:
+    """Packets the appliance sent to port 53, over UDP or TCP: there must be none."""
+    return [p.summary() for p in packets
+            if p.haslayer("IP") and p["IP"].src == APPLIANCE
+            and ((UDP in p and p[UDP].dport == 53) or (TCP in p and p[TCP].dport == 53))]
+
+
+def dig(*args: str) -> tuple[str, ...]:
+    return ("dig", f"@{APPLIANCE}", "+time=6", "+tries=1", *args)
+
+
+@needs_servers
+@pytest.mark.parametrize("lossy", [0, 15])
+def test_forwarding_over_tls_to_unbound_and_nothing_in_plain_text(tmp_path, pki, lossy):
+    async def body(ns):
+        outs = []
+        for name in ("www.example", "mail.example", "host3.example", "nonexistent.example"):
+            outs.append(await exec_in(ns, *dig(name, "A"), timeout=30))
+        return outs
+
+    outs, packets = with_appliance(tmp_path, pki, body, forward=[f"tls://{HOST}#{NAME}"], lossy=lossy,
+                                   capture=True)
+    (rc1, www), (rc2, mail), (rc3, host3), (rc4, nx) = outs
+    assert rc1 == 0 and "status: NOERROR" in www and "192.0.2.80" in www, www
+    assert "192.0.2.25" in mail and "198.51.100.3" in host3, mail + host3
+    assert "status: NXDOMAIN" in nx, nx
+    assert plain_dns_from_appliance(packets) == []
+    to_853 = [p for p in packets if TCP in p and p["IP"].src == APPLIANCE and p[TCP].dport == 853]
+    assert to_853, "nothing went to the upstream's port 853"
+    if not lossy:      # pooled: one connection carried the probes and the four questions
+        assert len([p for p in to_853 if p[TCP].flags == "S"]) == 1
+
+
+@needs_servers
+@pytest.mark.parametrize("wrong", ["name", "ca"])
+def test_a_certificate_that_does_not_verify_gives_servfail_never_plain_text(tmp_path, pki, wrong):
+    async def body(ns):
+        return await exec_in(ns, *dig("www.example", "A"), timeout=30)
+
+    forward = [f"tls://{HOST}#{'wrong.test' if wrong == 'name' else NAME}"]
+    (rc, out), packets = with_appliance(tmp_path, pki, body, forward=forward, capture=True,
+                                        tls_ca=pki.other_ca if wrong == "ca" else None)
+    assert rc == 0 and "status: SERVFAIL" in out, out
+    assert plain_dns_from_appliance(packets) == []
