@@ -112,7 +112,7 @@ def run(rounds: int = 1, names: int = 5000) -> list[dict]:
         def appliance(forward: list[str]):
             args = [a for f in forward for a in ("--forward", f)]
             proc = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                            "--ipv4-gateway", HOST, "--zones", "none", "--hosts", "none", *args,
+                            "--ipv4-gateway", HOST, *args,
                             "--tls-ca", str(pki.ca), "--cache-size", str(names + 100), cwd=str(REPO))
             _wait_ready(proc, "the appliance")
             return proc, APPLIANCE, 53

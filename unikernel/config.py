@@ -14,6 +14,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config.py"
+# Debian's ca-certificates bundle: on a Debian host, and in the image (built
+# from the pinned package), the default trust for tls:// upstreams.
+DEBIAN_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 class ConfigError(ValueError):
@@ -30,7 +33,10 @@ class Appliance:
     port: int = 53
     zones: list[str] = field(default_factory=list)     # zone files (RFC 1035 master format)
     hosts: list[str] = field(default_factory=list)     # /etc/hosts-format overrides
-    forward: list[str] = field(default_factory=list)   # upstream resolvers, ADDR[:PORT]
+    forward: list[str] = field(default_factory=list)   # upstreams: ADDR[:PORT] or tls://ADDR[:PORT]#NAME
+    tls_ca: str | None = None               # PEM bundle for tls:// upstreams; None: DEBIAN_CA_BUNDLE
+    dot_cert: str | None = None             # with dot_key: also serve DNS over TLS on port 853
+    dot_key: str | None = None
     allow: list[str] = field(default_factory=list)     # who may use forwarding; [] = own subnet
     cache_size: int = 10000
     bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
@@ -56,6 +62,10 @@ class Appliance:
     @property
     def gateway(self) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(self.ipv4_gateway) if self.ipv4_gateway else None
+
+    @property
+    def upstream_ca(self) -> Path:
+        return self.path(self.tls_ca) if self.tls_ca else Path(DEBIAN_CA_BUNDLE)
 
     def path(self, name: str) -> Path:
         p = Path(name)

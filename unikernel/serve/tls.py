@@ -5,10 +5,10 @@ connections, pending queries per connection, answer memory, idle and stalled
 message timeouts, whose ``dns_tcp.*`` counters it shares), with a TLS
 handshake in front:
 
-* at most ``max_handshakes`` handshakes run at once; a connection beyond that
-  is reset (``dns_tls.handshake_limit.reset``), so clients that open
-  connections and never finish them hold a few slots for a few seconds and
-  cannot starve the others;
+* at most ``max_handshakes`` handshakes run at once; one more makes room by
+  resetting the oldest unfinished one (``dns_tls.handshake_limit.evicted``),
+  so clients that open connections and never finish them cannot keep a real
+  client, whose handshake takes milliseconds, from getting through;
 * a handshake that does not finish within ``handshake_timeout`` is reset
   (``dns_tls.handshake.timeout``); garbage instead of a ClientHello fails it
   at once (``dns_tls.handshake.failed``);
@@ -67,7 +67,7 @@ class DnsTlsServer(DnsTcpServer):
         self.context = context
         self.max_handshakes = max_handshakes
         self.handshake_timeout = handshake_timeout
-        self.handshakes = 0
+        self.handshaking: dict[Connection, None] = {}     # in the order they came: the oldest first
 
     async def _padded(self, src, dst, query: bytes) -> bytes | None:
         answer = await self.inner(src, dst, query)
@@ -78,13 +78,14 @@ class DnsTlsServer(DnsTcpServer):
             self.counters["dns_tls.connection_limit.reset"] += 1
             conn.abort()
             return
-        if self.handshakes >= self.max_handshakes:
-            self.counters["dns_tls.handshake_limit.reset"] += 1
-            conn.abort()
-            return
+        if len(self.handshaking) >= self.max_handshakes:
+            oldest = next(iter(self.handshaking))
+            self.counters["dns_tls.handshake_limit.evicted"] += 1
+            self.handshaking.pop(oldest)
+            self.sessions[oldest].cancel()
         self.counters["dns_tls.accepted"] += 1
         reader, writer = wrap(conn)
-        self.handshakes += 1
+        self.handshaking[conn] = None
         task = asyncio.get_running_loop().create_task(self._handshake_then_serve(conn, reader, writer))
         self.sessions[conn] = task
         task.add_done_callback(lambda _t, c=conn: self.sessions.pop(c, None))
@@ -106,7 +107,7 @@ class DnsTlsServer(DnsTcpServer):
             writer.abort()
             raise
         finally:
-            self.handshakes -= 1
+            self.handshaking.pop(conn, None)
         self.counters["dns_tls.handshake.done"] += 1
         if plain_writer.get_extra_info("session_reused"):
             self.counters["dns_tls.handshake.resumed"] += 1
