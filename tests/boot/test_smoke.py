@@ -14,8 +14,10 @@ Timings are reported, never asserted.
 """
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -124,6 +126,75 @@ def test_smoke_boot(image, tmp_path, capsys):
             assert "poweroff: clean (ctrl-alt-del)" in console
             assert "reboot: Power down" in console
             assert "Kernel panic" not in vm.console.decode(errors="replace")
+
+
+SMOKE_CA = "etc/ssl/certs/smoke-ca.pem"
+
+
+def with_smoke_ca(initrd: Path, ca: Path, out: Path) -> Path:
+    """The image's initrd with a second, uncompressed archive appended that
+    holds the test CA (the kernel unpacks concatenated archives in turn), so
+    the guest can verify an upstream certificate made at test time."""
+    import cpio
+    extra = io.BytesIO()
+    cpio.write(extra, [cpio.directory("etc/ssl/certs"), cpio.Entry(SMOKE_CA, 0o100644, ca.read_bytes())])
+    data = initrd.read_bytes()
+    out.write_bytes(data + bytes(-len(data) % 512) + extra.getvalue())
+    return out
+
+
+def test_smoke_boot_forwards_over_tls(image, tmp_path, capsys):
+    """The image speaks DoT to its upstream: Unbound answers over TLS only,
+    and a capture on the tap sees no query to port 53 leave the guest."""
+    if shutil.which("unbound") is None:
+        pytest.skip("needs unbound as the DoT upstream")
+    from scapy.all import IP, TCP, UDP, rdpcap
+
+    from tests.tlscerts import make_pki
+    pki = make_pki(tmp_path / "pki", name="dot.smoke.test", addresses=(HOST,))
+    conf = tmp_path / "unbound.conf"
+    conf.write_text(textwrap.dedent(f"""
+        server:
+            interface: {HOST}@853
+            tls-port: 853
+            tls-service-key: "{pki.key}"
+            tls-service-pem: "{pki.cert}"
+            access-control: 0.0.0.0/0 allow
+            username: ""
+            chroot: ""
+            directory: "{tmp_path}"
+            pidfile: "{tmp_path}/unbound.pid"
+            use-syslog: no
+            logfile: ""
+            module-config: "iterator"
+            local-zone: "." static
+            local-data: "{UPSTREAM_NAME} 300 IN A {UPSTREAM_ADDRESS}"
+        remote-control:
+            control-enable: no
+    """))
+    initrd = with_smoke_ca(qemu.IMAGES / "dns.initrd", pki.ca, tmp_path / "smoke.initrd")
+    with Namespace("dotboot") as ns:
+        ns.add_tap("tap0", f"{HOST}/24")
+        ns.popen("unbound", "-d", "-c", str(conf))
+        trace = tmp_path / "tap0.pcap"
+        tcpdump = ns.popen("tcpdump", "-i", "tap0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(trace))
+        cmd = qemu.command(qemu.IMAGES / "dns.vmlinuz", initrd, memory=128, net=qemu.Tap("tap0"),
+                           append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} forward=tls://{HOST}#dot.smoke.test "
+                                  f"tls-ca=/{SMOKE_CA}")
+        with qemu.Machine(cmd, prefix=("ip", "netns", "exec", ns.name)) as vm:
+            seconds, _ = first_answer(ns, vm, "ns0.d1.signpo.st")
+            relayed = ask(ns, UPSTREAM_NAME, timeout=10)
+            console = vm.console.decode(errors="replace")
+            assert relayed is not None, "no answer for the name forwarded over TLS; console:\n" + console[-3000:]
+            assert relayed.rcode() == dns.rcode.NOERROR, relayed
+            assert [rr.address for rr in relayed.answer[0]] == [UPSTREAM_ADDRESS]
+            report(capsys, f"DoT upstream: first answer {seconds:.1f} s after QEMU start, forwarded over TLS")
+        time.sleep(1)
+        tcpdump.terminate()
+        tcpdump.wait(10)
+    packets = [p for p in rdpcap(str(trace)) if IP in p and p[IP].src == GUEST]
+    assert [p for p in packets if TCP in p and p[TCP].dport == 853], "nothing went to port 853"
+    assert [p.summary() for p in packets if (UDP in p and p[UDP].dport == 53) or (TCP in p and p[TCP].dport == 53)] == []
 
 
 def test_plain_qemu_command_answers(image, tmp_path, capsys):
