@@ -36,7 +36,6 @@ import logging
 import random
 import ssl
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -120,6 +119,7 @@ class _Connection:
     pending: dict[int, _Waiting] = field(default_factory=dict)
     used: int = 0                        # queries sent on it so far
     alive: bool = True
+    session_taken: bool = False          # its TLS session kept for the next handshake
     task: asyncio.Task | None = None     # its reader
 
 
@@ -130,7 +130,7 @@ class TlsUpstream:
     def __init__(self, tcp, ip: int, port: int, name: str, context: ssl.SSLContext, *, counters,
                  rng: random.Random | None = None, max_connections: int = 2, max_inflight: int = 32,
                  idle_timeout: float = 30.0, connect_timeout: float = 5.0, backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0, clock: Callable[[], float] | None = None) -> None:
+                 backoff_max: float = 60.0) -> None:
         self.tcp = tcp
         self.ip, self.port, self.name = ip, port, name
         self.context = context
@@ -142,7 +142,6 @@ class TlsUpstream:
         self.connect_timeout = connect_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.clock = clock
         self.connections: list[_Connection] = []
         self.session: ssl.SSLSession | None = None
         self.backoff = 0.0               # the wait after the next failure; 0: none failed
@@ -154,9 +153,6 @@ class TlsUpstream:
     @property
     def endpoint(self) -> tuple[int, int]:
         return self.ip, self.port
-
-    def now(self) -> float:
-        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
 
     # -- queries -------------------------------------------------------------
     async def query(self, qname: dns.name.Name, rdtype: int, rdclass: int = dns.rdataclass.IN, *,
@@ -297,8 +293,9 @@ class TlsUpstream:
                 length = struct.unpack("!H", head)[0]
                 wire = await asyncio.wait_for(conn.reader.readexactly(length), self.idle_timeout)
                 self._match(conn, wire)
-                if self.session is None or conn.used == 1:
-                    self.session = conn.writer.get_extra_info("session")   # TLS 1.3 tickets come late
+                if not conn.session_taken:      # after a reply: TLS 1.3 tickets come after the handshake
+                    self.session = conn.writer.get_extra_info("session")
+                    conn.session_taken = True
                 if not conn.pending:
                     idle_since = loop.time()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
