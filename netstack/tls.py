@@ -31,9 +31,26 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import Protocol
 
 READ_LIMIT = 64 * 1024      # the plain-text reader pauses the pump beyond twice this
 READ_CHUNK = 16 * 1024      # one TLS record at most
+
+
+class ByteStreamWriter(Protocol):
+    """What TLS needs of the TCP stream's writer (netstack.tcp.stream's has it)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: object = None) -> object: ...
 
 
 def client_context(cafile: str | None = None, *, cadata: str | None = None) -> ssl.SSLContext:
@@ -56,8 +73,8 @@ def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return context
 
 
-async def client(reader: asyncio.StreamReader, writer, context: ssl.SSLContext, server_hostname: str, *,
-                 session: ssl.SSLSession | None = None, timeout: float = 10.0
+async def client(reader: asyncio.StreamReader, writer: ByteStreamWriter, context: ssl.SSLContext,
+                 server_hostname: str, *, session: ssl.SSLSession | None = None, timeout: float = 10.0
                  ) -> tuple[asyncio.StreamReader, TlsStreamWriter]:
     """The client side over an open TCP stream; ``session`` resumes an earlier one."""
     tls = _Tls(reader, writer, context, server_side=False, server_hostname=server_hostname, session=session)
@@ -65,8 +82,8 @@ async def client(reader: asyncio.StreamReader, writer, context: ssl.SSLContext, 
     return tls.plain, tls.writer
 
 
-async def server(reader: asyncio.StreamReader, writer, context: ssl.SSLContext, *, timeout: float = 10.0
-                 ) -> tuple[asyncio.StreamReader, TlsStreamWriter]:
+async def server(reader: asyncio.StreamReader, writer: ByteStreamWriter, context: ssl.SSLContext, *,
+                 timeout: float = 10.0) -> tuple[asyncio.StreamReader, TlsStreamWriter]:
     """The server side over an accepted TCP stream."""
     tls = _Tls(reader, writer, context, server_side=True)
     await asyncio.wait_for(tls.handshake(), timeout)
@@ -88,8 +105,9 @@ class _PumpTransport(asyncio.ReadTransport):
 
 
 class _Tls:
-    def __init__(self, reader: asyncio.StreamReader, writer, context: ssl.SSLContext, *, server_side: bool,
-                 server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: ByteStreamWriter, context: ssl.SSLContext, *,
+                 server_side: bool, server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None) -> None:
         self.tcp_reader = reader
         self.tcp_writer = writer
         self.incoming = ssl.MemoryBIO()
@@ -222,9 +240,6 @@ class TlsStreamWriter:
             return
         self._tls.tcp_writer.close()
 
-    def is_closing(self) -> bool:
-        return self._closing or self._tls.tcp_writer.is_closing()
-
     async def wait_closed(self) -> None:
         await self._tls.tcp_writer.wait_closed()
 
@@ -234,7 +249,7 @@ class TlsStreamWriter:
         if self._tls.pump is not None:
             self._tls.pump.cancel()
 
-    def get_extra_info(self, name: str, default=None):
+    def get_extra_info(self, name: str, default: object = None) -> object:
         sslobj = self._tls.sslobj
         if name == "ssl_object":
             return sslobj

@@ -248,13 +248,19 @@ def plain_dns_from_appliance(packets) -> list:
 
 
 def dig(*args: str) -> tuple[str, ...]:
-    return ("dig", f"@{APPLIANCE}", "+time=6", "+tries=1", *args)
+    return ("dig", f"@{APPLIANCE}", "+time=3", "+tries=8", *args)     # 28% of UDP exchanges fail at 15% loss
 
 
 @needs_servers
 @pytest.mark.parametrize("lossy", [0, 15])
 def test_forwarding_over_tls_to_unbound_and_nothing_in_plain_text(tmp_path, pki, lossy):
     async def body(ns):
+        # the first query may wait for TCP's and TLS's handshakes over the lossy
+        # link longer than a client's deadline: ask until one answer came (bounded)
+        for _ in range(10):
+            rc, out = await exec_in(ns, *dig("ns1.example", "A"), timeout=30)
+            if "status: NOERROR" in out:
+                break
         outs = []
         for name in ("www.example", "mail.example", "host3.example", "nonexistent.example"):
             outs.append(await exec_in(ns, *dig(name, "A"), timeout=30))

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from netstack import tls
-from netstack.tcp_stream import open_connection, wrap
+from netstack.tcp.stream import open_connection, wrap
 from tests.netns import exec_in, needs_root, read_until
 from tests.stackutil import KERNEL_SIDE, STACK_SIDE, with_stack
 from tests.tlscerts import make_pki, needs_openssl

@@ -17,7 +17,7 @@ import pytest
 from netstack import tls
 from netstack.link.memory import MemoryWire
 from netstack.stack import Stack
-from netstack.tcp_stream import open_connection
+from netstack.tcp.stream import open_connection
 from tests.tlscerts import make_pki, needs_openssl
 from unikernel.resolver.stub import StubError
 from unikernel.resolver.tls_upstream import TlsUpstream, TlsVerifyError, padded_query, parse_tls_upstream

@@ -13,7 +13,7 @@ import pytest
 from netstack import tls
 from netstack.link.memory import MemoryWire
 from netstack.stack import Stack
-from netstack.tcp_stream import open_connection, wrap
+from netstack.tcp.stream import open_connection, wrap
 from tests.tlscerts import make_pki, needs_openssl
 
 pytestmark = [needs_openssl]

@@ -45,7 +45,7 @@ import dns.name
 import dns.rdataclass
 
 from netstack import tls
-from netstack.tcp_stream import open_connection
+from netstack.tcp.stream import open_connection
 from unikernel.resolver.stub import DEFAULT_PAYLOAD, Reply, StubError, StubTimeout
 
 log = logging.getLogger("unikernel.resolver.tls_upstream")
@@ -129,7 +129,7 @@ class TlsUpstream:
 
     def __init__(self, tcp, ip: int, port: int, name: str, context: ssl.SSLContext, *, counters,
                  rng: random.Random | None = None, max_connections: int = 2, max_inflight: int = 32,
-                 idle_timeout: float = 30.0, connect_timeout: float = 5.0, backoff_initial: float = 1.0,
+                 idle_timeout: float = 30.0, connect_timeout: float = 10.0, backoff_initial: float = 1.0,
                  backoff_max: float = 60.0) -> None:
         self.tcp = tcp
         self.ip, self.port, self.name = ip, port, name
@@ -238,9 +238,14 @@ class TlsUpstream:
             raise StubError(f"{self.prefix}: reconnect held off after a failure")
         writer = None
         try:
+            # one budget for TCP's and TLS's handshakes: on a lossy link each lost
+            # segment costs a retransmission timeout, and a connection that comes up
+            # late still serves every query after the one that waited for it
+            started = loop.time()
             reader, writer = await open_connection(self.tcp, self.ip, self.port, timeout=self.connect_timeout)
-            plain_reader, plain_writer = await tls.client(reader, writer, self.context, self.name,
-                                                          session=self.session, timeout=self.connect_timeout)
+            plain_reader, plain_writer = await tls.client(
+                reader, writer, self.context, self.name, session=self.session,
+                timeout=max(self.connect_timeout - (loop.time() - started), 0.1))
         except ssl.SSLCertVerificationError as e:
             self._connect_failed(writer, "verify_error")
             log.warning("upstream %s: certificate does not verify for %s: %s", self.prefix[4:], self.name,
@@ -248,7 +253,7 @@ class TlsUpstream:
             raise TlsVerifyError(f"{self.prefix}: certificate does not verify: {e.verify_message}") from None
         except (ssl.SSLError, OSError, TimeoutError, EOFError) as e:
             self._connect_failed(writer, "failure")
-            raise StubError(f"{self.prefix}: TLS connection failed: {e}") from None
+            raise StubError(f"{self.prefix}: TLS connection failed: {type(e).__name__} {e}") from None
         except asyncio.CancelledError:
             if writer is not None:
                 writer.abort()

@@ -30,8 +30,9 @@ import dns.exception
 import dns.message
 
 from netstack import tls
-from netstack.tcp import Connection, TcpLayer
-from netstack.tcp_stream import wrap
+from netstack.tcp.connection import Connection
+from netstack.tcp.layer import TcpLayer
+from netstack.tcp.stream import wrap
 from unikernel.serve.tcp import MAX_MESSAGE, DnsTcpServer, Handle
 
 DOT_PORT = 853
