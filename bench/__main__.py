@@ -1,6 +1,6 @@
-"""``python -m bench [auth|forwarder] [options]``: with no name, every
-benchmark present runs in turn (auth, forwarder, dot; each module
-exists; it provides ``main(argv) -> int`` as auth does)."""
+"""``python -m bench [auth|forwarder|dot] [options]``: with no name, every
+benchmark present runs in turn (auth, forwarder, dot); each module provides
+``main(argv) -> int``."""
 from __future__ import annotations
 
 import importlib
