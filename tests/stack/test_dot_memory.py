@@ -19,8 +19,9 @@ from netstack.link.memory import MemoryWire
 from netstack.stack import Stack
 from netstack.tcp.stream import open_connection
 from tests.tlscerts import make_pki, needs_openssl
+from unikernel.config import parse_tls_upstream
 from unikernel.resolver.stub import StubError
-from unikernel.resolver.tls_upstream import TlsUpstream, TlsVerifyError, padded_query, parse_tls_upstream
+from unikernel.resolver.tls_upstream import TlsUpstream, TlsVerifyError, padded_query
 from unikernel.serve.tls import DnsTlsServer, padded_answer
 
 pytestmark = [needs_openssl]

@@ -50,7 +50,6 @@ from unikernel.resolver.stub import DEFAULT_PAYLOAD, Reply, StubError, StubTimeo
 
 log = logging.getLogger("unikernel.resolver.tls_upstream")
 
-DOT_PORT = 853
 QUERY_PAD_BLOCK = 128          # RFC 8467 4.1: queries padded to a multiple of 128 bytes
 _EDNS_DO = 0x8000
 _PADDING_OPTION = 12
@@ -64,35 +63,6 @@ class TlsVerifyError(StubError):
 
 class _ConnectionLost(StubError):
     """The connection a query waited on died before its reply."""
-
-
-def is_tls_upstream(text: str) -> bool:
-    return text.strip().lower().startswith("tls://")
-
-
-def parse_tls_upstream(text: str) -> tuple[int, int, str]:
-    """``tls://ADDR[:PORT]#NAME`` -> (ip as int, port, name). Raises ValueError."""
-    body = text.strip()
-    if not is_tls_upstream(body):
-        raise ValueError(f"bad upstream {text!r}: want tls://ADDR[:PORT]#NAME")
-    body = body[len("tls://"):]
-    where, sep, name = body.partition("#")
-    name = name.strip().rstrip(".")
-    if not sep or not name:
-        raise ValueError(f"bad upstream {text!r}: tls:// needs #NAME, the name its certificate carries")
-    try:
-        dns.name.from_text(name)
-    except dns.exception.DNSException as e:
-        raise ValueError(f"bad upstream {text!r}: {name!r} is not a name ({e})") from None
-    addr, colon, port_text = where.partition(":")
-    try:
-        ip = int(ipaddress.IPv4Address(addr))
-        port = int(port_text) if colon else DOT_PORT
-    except ValueError:
-        raise ValueError(f"bad upstream {text!r}: want tls://ADDR[:PORT]#NAME with an IPv4 address") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad upstream {text!r}: port out of range")
-    return ip, port, name
 
 
 def padded_query(qid: int, question: bytes, *, rd: bool = True, payload: int = DEFAULT_PAYLOAD,

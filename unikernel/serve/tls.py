@@ -35,7 +35,6 @@ from netstack.tcp.layer import TcpLayer
 from netstack.tcp.stream import wrap
 from unikernel.serve.tcp import MAX_MESSAGE, DnsTcpServer, Handle
 
-DOT_PORT = 853
 ANSWER_PAD_BLOCK = 468
 
 
