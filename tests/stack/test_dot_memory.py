@@ -127,6 +127,16 @@ def test_pipelined_queries_share_one_connection_and_are_padded(pki):
     run(pki, body)
 
 
+def test_without_edns_the_query_has_no_opt_and_no_padding(pki):
+    async def body(a, b, server, handler):
+        up = upstream(a, pki)
+        reply = await up.query(dns.name.from_text("old.example."), dns.rdatatype.A, timeout=10, payload=None)
+        assert reply.message.edns == -1 and len(reply.wire) % 468 != 0
+        assert handler.sizes == [12 + len(dns.name.from_text("old.example.").to_wire()) + 4]   # no OPT record
+        await up.close()
+    run(pki, body)
+
+
 def test_more_in_flight_than_one_connection_takes_opens_a_second(pki):
     async def body(a, b, server, handler):
         up = upstream(a, pki, max_inflight=4, max_connections=2)

@@ -46,7 +46,7 @@ import dns.rdataclass
 
 from netstack import tls
 from netstack.tcp.stream import open_connection
-from unikernel.resolver.stub import DEFAULT_PAYLOAD, Reply, StubError, StubTimeout
+from unikernel.resolver.stub import DEFAULT_PAYLOAD, Reply, StubError, StubTimeout, build_query
 
 log = logging.getLogger("unikernel.resolver.tls_upstream")
 
@@ -143,7 +143,7 @@ class TlsUpstream:
             for attempt in range(2):          # a lost connection: sent once more, on a new one
                 try:
                     wire, message = await self._exchange(question, deadline, rd=rd, do=do,
-                                                         payload=payload or DEFAULT_PAYLOAD)
+                                                         payload=payload)
                 except _ConnectionLost:
                     if attempt:
                         raise
@@ -155,7 +155,7 @@ class TlsUpstream:
         finally:
             self._slots.release()
 
-    async def _exchange(self, question: bytes, deadline: float, *, rd: bool, do: bool, payload: int
+    async def _exchange(self, question: bytes, deadline: float, *, rd: bool, do: bool, payload: int | None
                         ) -> tuple[bytes, dns.message.Message]:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(question, loop.create_future())
@@ -174,7 +174,9 @@ class TlsUpstream:
                     self.counters[f"{self.prefix}.reuse"] += 1
                 conn.used += 1
                 self.counters["dot.query"] += 1
-                wire = padded_query(qid, question, rd=rd, payload=payload, do=do)
+                # without EDNS (an upstream that rejects it) there is no OPT to pad in
+                wire = (padded_query(qid, question, rd=rd, payload=payload, do=do) if payload
+                        else build_query(qid, question, rd=rd, payload=None))
                 conn.writer.write(struct.pack("!H", len(wire)) + wire)
                 return await asyncio.shield(waiting.future)
         except ConnectionError as e:
