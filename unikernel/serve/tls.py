@@ -12,7 +12,7 @@ handshake in front:
 * a handshake that does not finish within ``handshake_timeout`` is reset
   (``dns_tls.handshake.timeout``); garbage instead of a ClientHello fails it
   at once (``dns_tls.handshake.failed``);
-* a connection counts against ``max_connections`` from its first SYN-ACK:
+* a connection counts against ``max_connections`` from the moment TCP accepts it:
   handshaking or not;
 * answers to queries that carried EDNS are padded to a multiple of 468 bytes
   (RFC 8467 4.1's block length for responses), so their sizes say little.
