@@ -124,6 +124,9 @@ def test_pipelined_queries_share_one_connection_and_are_padded(pki):
         assert c[up.prefix + ".reuse"] == 19
         assert b.counters["dns_tls.handshake.done"] == 1
         await up.close()
+        assert up.connections == []
+        await asyncio.sleep(0.5)
+        assert server.sessions == {}          # our close_notify and FIN ended the server's side too
     run(pki, body)
 
 

@@ -319,12 +319,8 @@ class TlsUpstream:
         conn.pending.clear()
 
     async def close(self) -> None:
-        for conn in list(self.connections):
-            if conn.task is not None:
-                conn.task.cancel()
+        """Ends every connection (each reader's ``finally`` says close_notify and FIN)."""
         tasks = [c.task for c in self.connections if c.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for conn in list(self.connections):
-            conn.writer.abort()
-        self.connections.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
