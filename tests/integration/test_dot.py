@@ -66,8 +66,10 @@ def unbound_conf(work: Path, pki) -> Path:
     conf.write_text(textwrap.dedent(f"""
         server:
             interface: {HOST}@853
+            interface: {HOST}@8853
             interface: {HOST}@53
             tls-port: 853
+            tls-additional-port: 8853
             tls-service-key: "{pki.key}"
             tls-service-pem: "{pki.cert}"
             access-control: 0.0.0.0/0 allow
@@ -290,3 +292,16 @@ def test_a_certificate_that_does_not_verify_gives_servfail_never_plain_text(tmp_
                                         tls_ca=pki.other_ca if wrong == "ca" else None)
     assert rc == 0 and "status: SERVFAIL" in out, out
     assert plain_dns_from_appliance(packets) == []
+
+
+@needs_servers
+def test_a_failing_tls_upstream_fails_over_to_the_next(tmp_path, pki):
+    async def body(ns):
+        return [await exec_in(ns, *dig(name, "A"), timeout=30) for name in ("www.example", "mail.example")]
+
+    forward = [f"tls://{HOST}#wrong.test", f"tls://{HOST}:8853#{NAME}"]     # the first never verifies
+    outs, packets = with_appliance(tmp_path, pki, body, forward=forward, capture=True)
+    for (rc, out), address in zip(outs, ("192.0.2.80", "192.0.2.25")):
+        assert rc == 0 and "status: NOERROR" in out and address in out, out
+    assert plain_dns_from_appliance(packets) == []
+    assert [p for p in packets if TCP in p and p["IP"].src == APPLIANCE and p[TCP].dport == 8853]
