@@ -1,13 +1,13 @@
-"""``python -m bench [auth|forwarder|hot_path] [options]``: with no name, every
-benchmark present runs in turn (auth, then forwarder when bench/forwarder.py
-exists; it provides ``main(argv) -> int`` as auth does)."""
+"""``python -m bench [auth|forwarder|hot_path|dot] [options]``: with no name, every
+benchmark present runs in turn (auth, forwarder, hot_path, dot); each module
+provides ``main(argv) -> int``."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder", "hot_path")
+BENCHMARKS = ("auth", "forwarder", "hot_path", "dot")
 
 
 def main(argv: list[str]) -> int:

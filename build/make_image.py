@@ -54,15 +54,15 @@ APP_PACKAGES = ("unikernel", "netstack")
 # Modules stage 2 imports (build/init.py); list-imports imports them, then
 # records everything that came with them.
 SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet",
-                 "asyncio", "signal", "ctypes", "traceback", "logging", "importlib")
+                 "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
+                 # DNS over TLS, imported by main only when the appliance uses it
+                 "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
 # Packages kept whole, whatever the recording saw: codec lookups by name and
 # dnspython's record types are imported lazily, at the first query that needs them.
 WHOLE_STDLIB_PACKAGES = ("encodings",)
 # Imported, but optional for their importers, and costly: each is left out
 # on purpose, and the build checks (step 4) that the appliance still imports.
 LEFT_OUT = {
-    "ssl": "asyncio imports it inside try/except ImportError; the appliance does no TLS",
-    "_ssl": "with ssl; needs libssl3 + libcrypto (~5 MB)",
     "_hashlib": "hashlib falls back to the built-in _sha*/_md5/_blake2 without OpenSSL",
     "bz2": "zipfile and shutil (pulled in by importlib.metadata) tolerate its absence",
     "_bz2": "with bz2; needs libbz2",
@@ -320,6 +320,15 @@ def library_closure(root: Path, programs: list[bytes]) -> dict[str, bytes]:
     return found
 
 
+def ca_bundle(root: Path) -> bytes:
+    """The PEM bundle update-ca-certificates would write: every certificate
+    the pinned ca-certificates package ships, in name order."""
+    files = sorted((root / packages.CA_SOURCES).glob("*.crt"))
+    if not files:
+        raise BuildError(f"no certificates under {packages.CA_SOURCES} in the pinned ca-certificates")
+    return b"".join(f.read_bytes().rstrip(b"\n") + b"\n" for f in files)
+
+
 def module_name(name: str) -> str:
     return name.replace("-", "_")
 
@@ -488,6 +497,9 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     for entry in cpio.entries_from_tree(REPO / "data"):
         add("config.py + data/", cpio.Entry(f"app/data/{entry.path}", entry.mode, entry.data))
     add("config.py + data/", cpio.directory("app/data"))
+    for d in ("etc", "etc/ssl", "etc/ssl/certs"):
+        add("structure", cpio.directory(d))
+    add("CA bundle (ca-certificates)", cpio.Entry(packages.CA_BUNDLE, 0o100644, ca_bundle(root)))
     progress.note(f"libraries: {' '.join(sorted(libraries))}; modules: {' '.join(n for n, _ in modules)}")
 
     progress.step(f"pack initramfs (newc cpio, {packages.COMPRESSOR[0]})")

@@ -23,11 +23,12 @@ class Deb:
     name: str
     version: str
     sha256: str
+    arch: str = "amd64"                  # "all" for packages of data only
 
     @property
     def filename(self) -> str:
         # apt-get download writes the epoch's ":" as "%3a"
-        return f"{self.name}_{self.version.replace(':', '%3a')}_amd64.deb"
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
 KERNEL_RELEASE = "6.1.0-57-amd64"
@@ -50,9 +51,18 @@ USERSPACE = (
         "cae5ded666d8573dd33060bc66fbac21eea8b101a6b56e2af8bd590fcfa65d79"),
     Deb("libffi8", "3.4.4-1",
         "6d9f6c25c30efccce6d4bceaa48ea86c329a3432abb360a141f76ac223a4c34a"),
-    # no libssl3: the image leaves out _ssl and _hashlib (make_image.LEFT_OUT);
-    # a library an extension module needs but no pin provides fails the build.
+    # _ssl (DNS over TLS both ways) needs libssl.so.3 and libcrypto.so.3; _hashlib
+    # stays out (make_image.LEFT_OUT). A library an extension module needs but
+    # no pin provides fails the build.
+    Deb("libssl3", "3.0.22-1~deb12u2",
+        "cb4784740daa9b3b0eaea2b444bbefa686794afbbf3d678d238c1fd9875f2efd"),
+    # Mozilla's roots as Debian ships them; the build concatenates them into
+    # CA_BUNDLE (what update-ca-certificates would make), the default --tls-ca.
+    Deb("ca-certificates", "20250419~deb12u2",
+        "b9f76b5271a7ac373fd5e7e1b5b826a71ddd702b42a0d104955ecb1acfffc94b", arch="all"),
 )
+CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+CA_SOURCES = "usr/share/ca-certificates/mozilla"
 
 
 @dataclass(frozen=True)

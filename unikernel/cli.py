@@ -73,8 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-queries", action="store_true", default=None, help="log every query")
     serve.add_argument("--pcap", metavar="FILE", help="write every frame to a pcap file")
     # forwarder, cache, hosts overrides (unikernel/resolver/forwarder.py, cache.py, sources/hosts.py)
-    serve.add_argument("--forward", action="append", metavar="ADDR[:PORT]",
-                       help="upstream resolver for what no local data answers; repeat for several")
+    serve.add_argument("--forward", action="append", metavar="ADDR[:PORT]|tls://ADDR[:PORT]#NAME",
+                       help="upstream resolver for what no local data answers; repeat for several. "
+                            "tls://: DNS over TLS (port 853 by default), the certificate verified for NAME")
+    serve.add_argument("--tls-ca", metavar="FILE",
+                       help="PEM bundle that tls:// upstreams' certificates must chain to "
+                            "(default: Debian's ca-certificates bundle)")
+    serve.add_argument("--dot-cert", metavar="FILE", help="certificate chain (PEM) to serve DNS over TLS on 853")
+    serve.add_argument("--dot-key", metavar="FILE", help="the private key (PEM) for --dot-cert")
     serve.add_argument("--hosts", action="append", metavar="FILE", type=lambda v: str(Path(v).resolve()),
                        help="/etc/hosts-format overrides (A/AAAA and PTR); repeat for several")
     serve.add_argument("--allow", action="append", metavar="CIDR",
@@ -143,6 +149,8 @@ def _appliance_of(args: argparse.Namespace, appliance: Appliance | None) -> Appl
         if name in ("zones", "hosts"):
             # files named on the command line are relative to where we run
             value = [str(Path(v).resolve()) for v in value]
+        if name in ("tls_ca", "dot_cert", "dot_key"):
+            value = str(Path(value).resolve())
         if name == "ipv4_gateway" and value == "none":
             value = None
         changes[name] = value

@@ -12,22 +12,34 @@ import inspect
 import ipaddress
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import dns.tsig
 
-from netstack import ethernet
+from netstack import ethernet, tls
 from netstack.stack import Stack
-from unikernel.config import AccessList, Appliance, ConfigError, parse_upstream
+from unikernel.config import (
+    DOT_PORT,
+    AccessList,
+    Appliance,
+    ConfigError,
+    is_tls_upstream,
+    parse_tls_upstream,
+    parse_upstream,
+)
 from unikernel.process import Process, compose, processor_of_process
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import forwarder
 from unikernel.resolver.stub import StubResolver
+from unikernel.resolver.tls_upstream import TlsUpstream
+from unikernel.resolver.transports import UpstreamTransports
 from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
+from unikernel.serve.tls import DnsTlsServer
 from unikernel.sources import zone as zones_mod
 from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
 from unikernel.sources.mdns import MdnsQuerier, check_domain
@@ -71,9 +83,17 @@ def check(appliance: Appliance) -> Loaded:
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
     hosts = load_hosts(appliance.path(h) for h in appliance.hosts) if appliance.hosts else None
+    tls_contexts(appliance)
     try:
+        seen: set[tuple[int, int]] = set()
         for upstream in appliance.forward:
-            address, _port = parse_upstream(upstream)
+            if is_tls_upstream(upstream):
+                address, port, _name = parse_tls_upstream(upstream)
+            else:
+                address, port = parse_upstream(upstream)
+            if (address, port) in seen:      # one transport per address and port
+                raise ConfigError(f"forward {upstream}: that address and port is given twice")
+            seen.add((address, port))
             if address == int(appliance.interface.ip) or address >> 24 in (0, 127):
                 raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
                                   "or to a loopback address (its stack has no loopback)")
@@ -96,6 +116,28 @@ def check(appliance: Appliance) -> Loaded:
         raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
     return Loaded(zone_files, hosts, tsig)
+
+
+def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(context for tls:// upstreams, context for serving DNS over TLS), each
+    None when not used; a CA bundle, certificate or key that cannot be loaded
+    is a ConfigError naming the file."""
+    client = server = None
+    if any(is_tls_upstream(u) for u in appliance.forward):
+        ca = appliance.upstream_ca
+        try:
+            client = tls.client_context(str(ca))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"tls-ca {ca}: cannot be loaded as a PEM bundle: {e}") from None
+    if bool(appliance.dot_cert) != bool(appliance.dot_key):
+        raise ConfigError("dot-cert and dot-key go together: give both to serve DNS over TLS")
+    if appliance.dot_cert and appliance.dot_key:
+        cert, key = appliance.path(appliance.dot_cert), appliance.path(appliance.dot_key)
+        try:
+            server = tls.server_context(str(cert), str(key))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"dot-cert {cert} / dot-key {key}: cannot be loaded: {e}") from None
+    return client, server
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -172,6 +214,24 @@ class Chain(NamedTuple):
         return self.local if self.forwarded is None else compose(self.local, self.forwarded)
 
 
+def upstream_transports(appliance: Appliance, stack) -> tuple[list[tuple[int, int]], UpstreamTransports]:
+    """The forwarder's upstreams as endpoints, and the transports that reach
+    them: DNS over TLS for those declared ``tls://``, the stub resolver's
+    UDP/TCP for the others."""
+    client_context, _ = tls_contexts(appliance)
+    endpoints: list[tuple[int, int]] = []
+    tls_upstreams: dict[tuple[int, int], TlsUpstream] = {}
+    for text in appliance.forward:
+        if is_tls_upstream(text):
+            ip, port, name = parse_tls_upstream(text)
+            tls_upstreams[(ip, port)] = TlsUpstream(stack.tcp, ip, port, name, client_context,
+                                                    counters=stack.counters)
+            endpoints.append((ip, port))
+        else:
+            endpoints.append(parse_upstream(text))
+    return endpoints, UpstreamTransports(StubResolver(stack, counters=stack.counters), tls_upstreams)
+
+
 def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                      budgets: dict[str, int] | None = None) -> Chain:
     """The appliance's answer to every query, as the seed composes it:
@@ -227,7 +287,9 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
-            relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
+            endpoints, transports = upstream_transports(appliance, stack)
+            lifecycle.append(transports)          # closed after the forwarder that uses it
+            relay = forwarder(endpoints, stub=transports, cache=cache,
                               allow=allowed_clients(appliance),
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
@@ -284,6 +346,9 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     budgets = memory_budgets(available_memory())
     chain = resolution_chain(appliance, stack, loaded, budgets)
     lifecycle = chain.lifecycle
+    _, dot_context = tls_contexts(appliance)
+    # DNS over TLS answers wait for slow readers as TCP's do: the two share TCP's budget
+    stream_answer_bytes = budgets["tcp"] // 2 if dot_context is not None else budgets["tcp"]
     server = DnsServer(stack, appliance.port, processor_of_process(chain.local),
                        forwarder=processor_of_process(chain.forwarded) if chain.forwarded else None,
                        fast_lookups=chain.fast_lookups, log_queries=appliance.log_queries,
@@ -291,7 +356,10 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                        recursion_for=allowed_clients(appliance) if appliance.forward else None,
                        rrl=rate_limiter(appliance, stack.counters))
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
-                                     max_answer_bytes=budgets["tcp"])
+                                     max_answer_bytes=stream_answer_bytes)
+    # the same handler as TCP 53: the same processor, access rules and limits
+    dot_server = (DnsTlsServer(stack.tcp, DOT_PORT, server.handle_tcp, dot_context,
+                               max_answer_bytes=stream_answer_bytes) if dot_context is not None else None)
     transfers, notify = zone_transfers(appliance, stack, loaded)
     server.transfers = transfers
     if loaded.tsig is not None:
@@ -333,6 +401,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
         await stack.start()
         server.start()
         server.tcp_server.start()
+        if dot_server is not None:
+            dot_server.start()
         for item in lifecycle:
             start = getattr(item, "start", None)
             if start is not None:
@@ -341,7 +411,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                     await outcome
             started.append(item)
         zones = ", ".join([str(z) for z in appliance.zones] + [f"secondary {s}" for s in appliance.secondary]) or "none"
-        ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
+        dot = f", DNS over TLS on {dot_server.port}" if dot_server is not None else ""
+        ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port}{dot} "
               f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
         await stop.wait()
     finally:
@@ -352,6 +423,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                     await outcome
             except Exception:
                 log.exception("closing %r failed", item)
+        if dot_server is not None:
+            dot_server.close()
         server.close()
         stack.close()
         if signals_installed:

@@ -118,7 +118,11 @@ def test_initramfs_contents(image):
     names = stdlib.namelist()
     assert names == sorted(names) and all(n.endswith(".pyc") for n in names)
     assert "asyncio/__init__.pyc" in names and "encodings/utf_8.pyc" in names
-    assert "ssl.pyc" not in names and "tkinter/__init__.pyc" not in names
+    assert "ssl.pyc" in names and "tkinter/__init__.pyc" not in names      # ssl for DNS over TLS
+    assert any(n.startswith("usr/lib/python3.11/lib-dynload/_ssl.") for n in members)
+    assert "lib/x86_64-linux-gnu/libssl.so.3" in members and "lib/x86_64-linux-gnu/libcrypto.so.3" in members
+    bundle = members[make_image.packages.CA_BUNDLE][1]           # Mozilla's roots, as Debian pins them
+    assert bundle.count(b"-----BEGIN CERTIFICATE-----") > 100
     for n in names[:20]:
         assert int.from_bytes(stdlib.read(n)[4:8], "little") == 0b01
 
