@@ -35,6 +35,7 @@ from unikernel.main import serve
 pytestmark = [needs_root, needs_openssl, pytest.mark.root]
 
 HOST, APPLIANCE = "192.0.2.1", "192.0.2.2"
+SECOND_HOST = "192.0.2.3"          # a second client address on the host side
 NAME = "dot.test"
 
 UPSTREAM_ZONE = textwrap.dedent("""
@@ -214,7 +215,10 @@ def test_pythons_ssl_pipelines_on_one_connection_and_answers_are_padded(tmp_path
 def test_garbage_and_silent_clients_do_not_starve_a_real_one(tmp_path, pki):
     holder = textwrap.dedent("""
         import socket, sys, time
-        silent = [socket.create_connection((sys.argv[1], 853), timeout=5) for _ in range(24)]
+        # 24 silent handshakes, past the 16 the server runs at once; from two
+        # addresses, since the stack takes at most 16 connections per client
+        silent = [socket.create_connection((sys.argv[1], 853), timeout=5, source_address=(src, 0))
+                  for src in sys.argv[2:] for _ in range(12)]
         junk = socket.create_connection((sys.argv[1], 853), timeout=5)
         junk.sendall(b"\\x16\\x03\\x01\\x00\\x05hello" + bytes(100))
         try:
@@ -226,8 +230,9 @@ def test_garbage_and_silent_clients_do_not_starve_a_real_one(tmp_path, pki):
     """)
 
     async def body(ns):
+        ns.ip("addr", "add", f"{SECOND_HOST}/24", "dev", "tap0")
         held = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns.name, sys.executable, "-c", holder, APPLIANCE,
+            "ip", "netns", "exec", ns.name, sys.executable, "-c", holder, APPLIANCE, HOST, SECOND_HOST,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         junk = (await asyncio.wait_for(held.stdout.readline(), 20)).decode()
         await asyncio.wait_for(held.stdout.readline(), 20)             # "holding": 24 handshakes pending
