@@ -112,13 +112,18 @@ def opted_out(rrset: dns.rrset.RRset) -> bool:
     return bool(rrset[0].flags & OPT_OUT)
 
 
-def proves_name_error(nsec3: Nsec3Set, name: dns.name.Name) -> bool:
-    """RFC 5155 8.4: closest encloser proof, and the wildcard at it covered."""
+def name_error(nsec3: Nsec3Set, name: dns.name.Name) -> str | None:
+    """RFC 5155 8.4: closest encloser proof, and the wildcard at it covered:
+    "secure"; "insecure" when the next closer name lies in an opt-out span
+    (an unsigned delegation could be there: RFC 5155 9.2, as Unbound); None
+    when the proof does not hold."""
     found = nsec3.closest_encloser(name)
     if found is None:
-        return False
-    encloser, _cover = found
-    return nsec3.covering(WILDCARD.concatenate(encloser)) is not None
+        return None
+    encloser, cover = found
+    if nsec3.covering(WILDCARD.concatenate(encloser)) is None:
+        return None
+    return "insecure" if opted_out(cover) else "secure"
 
 
 def nodata(nsec3: Nsec3Set, name: dns.name.Name, rdtype: int) -> str | None:
@@ -146,12 +151,16 @@ def nodata(nsec3: Nsec3Set, name: dns.name.Name, rdtype: int) -> str | None:
     return None
 
 
-def proves_no_closer(nsec3: Nsec3Set, owner: dns.name.Name, encloser: dns.name.Name) -> bool:
-    """RFC 5155 8.8: a wildcard answer's next closer name is covered."""
+def no_closer(nsec3: Nsec3Set, owner: dns.name.Name, encloser: dns.name.Name) -> str | None:
+    """RFC 5155 8.8: a wildcard answer's next closer name is covered:
+    "secure", or "insecure" when by an opt-out span; None when not covered."""
     if owner == encloser:
-        return True
+        return "secure"
     next_closer = owner.split(len(encloser) + 1)[1]
-    return nsec3.covering(next_closer) is not None
+    cover = nsec3.covering(next_closer)
+    if cover is None:
+        return None
+    return "insecure" if opted_out(cover) else "secure"
 
 
 def delegation_kind(nsec3: Nsec3Set, name: dns.name.Name) -> str | None:

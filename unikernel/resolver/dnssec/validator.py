@@ -93,9 +93,13 @@ class Validator:
             return checked
         until = min(float(checked.expiration), state.verdict.valid_until or float("inf"))
         source = wildcard_source(rrset.name, checked.rrsig)
-        if source is not None and not _no_closer(message, rrset.name, source, signer, state.keys, now, work.budget):
-            return bogus(EDE_NSEC_MISSING, f"{rrset.name} comes from a wildcard with no proof that it does not exist",
-                         signer)
+        if source is not None:
+            outcome = _no_closer(message, rrset.name, source, signer, state.keys, now, work.budget)
+            if outcome is None:
+                return bogus(EDE_NSEC_MISSING, f"{rrset.name} comes from a wildcard with no proof that it does "
+                             "not exist", signer)
+            if outcome == "insecure":
+                return insecure(f"{rrset.name} comes from a wildcard over an opt-out span", signer)
         return secure(signer, until)
 
     async def _denial(self, name: dns.name.Name, rdtype: int, message: dns.message.Message, nxdomain: bool,
@@ -141,29 +145,32 @@ class Validator:
             if usable is None:
                 return insecure(f"no NSEC3 of {zone} uses a known hash", zone)
             if nxdomain:
-                outcome = "secure" if nsec3.proves_name_error(usable, name) else None
+                outcome = nsec3.name_error(usable, name)
             else:
                 outcome = nsec3.nodata(usable, name, rdtype)
             if outcome == "secure":
                 return secure(zone, until)
             if outcome == "insecure":
-                return insecure(f"{name} is in an opt-out span of {zone}", zone)
+                return insecure(f"{name} lies in an opt-out span of {zone}", zone)
             return bogus(EDE_DNSSEC_BOGUS, f"the NSEC3s do not prove {what} for {name}", zone)
         return bogus(EDE_NSEC_MISSING, f"{what} for {name} without a signed NSEC or NSEC3", zone)
 
 
 def _no_closer(message: dns.message.Message, owner: dns.name.Name, source: dns.name.Name, zone: dns.name.Name,
-               keys, now: float, budget: Budget) -> bool:
+               keys, now: float, budget: Budget) -> str | None:
+    """Whether the authority section proves that a wildcard answer's owner
+    does not exist: "secure", "insecure" (NSEC3 opt-out, or too many
+    iterations), None (no proof)."""
     nsecs, nsec3s, _ttl, _until = verified_denial(message, zone, keys, now, budget)
     if nsecs:
-        return nsec.proves_no_closer(nsecs, owner)
+        return "secure" if nsec.proves_no_closer(nsecs, owner) else None
     if nsec3s:
         try:
             usable = nsec3.Nsec3Set.of(nsec3s, zone)
         except nsec3.TooManyIterations:
-            return False
-        return usable is not None and nsec3.proves_no_closer(usable, owner, source)
-    return False
+            return "insecure"
+        return nsec3.no_closer(usable, owner, source) if usable is not None else None
+    return None
 
 
 def _synthesised(cname: dns.rrset.RRset, dnames: list[dns.rrset.RRset]) -> bool:
