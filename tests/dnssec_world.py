@@ -124,10 +124,19 @@ class SignedWorld:
     """``with SignedWorld(ns, work, upstream="192.0.2.1"):`` signs the zones in
     ``work``, starts NSD, the iterator (on ``upstream``:53) and the reference."""
 
-    def __init__(self, ns: Namespace, work: Path, *, upstream: str) -> None:
+    def __init__(self, ns: Namespace, work: Path, *, upstream: str | list[str],
+                 extra_zones: dict[str, str] | None = None) -> None:
+        """``upstream``: the address(es) the iterator listens on; ``extra_zones``
+        ({name under tld.: records}) are signed like secure.tld. and delegated
+        from tld. with their DS."""
         self.ns = ns
         self.work = work
-        self.upstream = upstream
+        self.upstreams = [upstream] if isinstance(upstream, str) else list(upstream)
+        self.upstream = self.upstreams[0]
+        self.zones = dict(ZONES)
+        for zone, body in (extra_zones or {}).items():
+            self.zones[zone] = body
+            self.zones["tld."] += f"{zone} NS ns.tld.\n"
         self.anchor_file = work / "root.anchor"
 
     # -- zones --------------------------------------------------------------
@@ -142,13 +151,13 @@ class SignedWorld:
         return (self.work / f"{base}.ds").read_text().strip()
 
     def sign(self) -> None:
-        keys = {zone: self._keygen(zone) for zone in ZONES if zone not in UNSIGNED}
+        keys = {zone: self._keygen(zone) for zone in self.zones if zone not in UNSIGNED}
         stray = self._keygen("nokey.tld.")      # the key the DS of nokey.tld. is made from
         ds_lines = {zone: self._ds(base) for zone, base in keys.items()}
         ds_lines["nokey.tld."] = self._ds(stray)
         self.anchor_file.write_text(ds_lines["."] + "\n")
         self.files: dict[str, Path] = {}
-        for zone, body in ZONES.items():
+        for zone, body in self.zones.items():
             parent_of = [child for child in ds_lines if child != zone and _parent(child) == zone]
             text = (f"$TTL 300\n{zone} SOA ns.tld. hostmaster.{zone if zone != '.' else ''} {SOA_TAIL}\n"
                     + body + "".join(ds_lines[c] + "\n" for c in parent_of))
@@ -167,15 +176,15 @@ class SignedWorld:
             self.files[zone] = signed
 
     # -- servers ------------------------------------------------------------
-    def _unbound_conf(self, name: str, interface: str, validating: bool) -> Path:
+    def _unbound_conf(self, name: str, interfaces: list[str], validating: bool) -> Path:
         hints = self.work / "root.hints"
         hints.write_text(". 3600 NS ns.\nns. 3600 A 127.0.0.1\n")
         conf = self.work / f"{name}.conf"
         modules = "validator iterator" if validating else "iterator"
         anchor = f'    trust-anchor-file: "{self.anchor_file}"\n' if validating else ""
+        listen = "".join(f"    interface: {address}\n" for address in interfaces)
         conf.write_text(f"""server:
-    interface: {interface}
-    port: 53
+{listen}    port: 53
     access-control: 0.0.0.0/0 allow
     do-not-query-localhost: no
     do-ip6: no
@@ -207,13 +216,25 @@ remote-control:
         self.ns.ip("addr", "add", f"{REFERENCE}/8", "dev", "lo")
         nsd = self.ns.popen("nsd", "-d", "-c", str(conf))
         self._wait_answer(AUTH, "ns.tld.", nsd)
-        self.iterator = self.ns.popen("unbound", "-d", "-c", str(self._unbound_conf("iterator", self.upstream,
+        self.iterator = self.ns.popen("unbound", "-d", "-c", str(self._unbound_conf("iterator", self.upstreams,
                                                                                       False)))
-        self.reference = self.ns.popen("unbound", "-d", "-c", str(self._unbound_conf("reference", REFERENCE,
-                                                                                       True)))
+        self.reference = self.start_validator("reference", REFERENCE)
         self._wait_answer(self.upstream, "www.secure.tld.", self.iterator)
         self._wait_answer(REFERENCE, "www.secure.tld.", self.reference)
         return self
+
+    def start_validator(self, name: str, address: str, *, wait: bool = False):
+        """Another validating Unbound (with the test anchor) on ``address``;
+        with ``wait``, returns once it answers (without asking it anything)."""
+        if address != REFERENCE:
+            self.ns.ip("addr", "add", f"{address}/8", "dev", "lo")
+        proc = self.ns.popen("unbound", "-d", "-c", str(self._unbound_conf(name, [address], True)))
+        if wait:                 # Unbound answers version.server itself, asking no one
+            for _ in range(50):
+                if self.ns.run("dig", f"@{address}", "+time=1", "+tries=1", "version.server", "TXT",
+                               "CH").returncode == 0:
+                    break
+        return proc
 
     def _wait_answer(self, server: str, name: str, proc) -> None:
         for _ in range(50):
