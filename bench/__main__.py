@@ -1,4 +1,4 @@
-"""``python -m bench [auth|forwarder] [options]``: with no name, every
+"""``python -m bench [auth|forwarder|dnssec] [options]``: with no name, every
 benchmark present runs in turn (auth, then forwarder when bench/forwarder.py
 exists; it provides ``main(argv) -> int`` as auth does)."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder")
+BENCHMARKS = ("auth", "forwarder", "dnssec")
 
 
 def main(argv: list[str]) -> int:
