@@ -334,3 +334,23 @@ def test_anchor_file_errors_name_the_file(tmp_path):
         TrustAnchors.from_files([bad])
     with pytest.raises(AnchorError, match="missing"):
         TrustAnchors.from_files([tmp_path / "missing"])
+
+
+def test_cname_from_a_signed_zone_into_an_insecure_one_is_insecure(world):
+    cname = world.tld.sign(rrset("out.example. 300 IN CNAME host.unsigned.example."))
+    message = reply([cname, [rrset("host.unsigned.example. 300 IN A 192.0.2.7")]])
+    assert run(world.validator(), "out.example.", "A", message).security is Security.INSECURE
+
+
+def test_records_off_the_question_chain_are_not_judged(world):
+    """An unsigned record for another name (what a poisoner adds) is not
+    relayed, so it does not make a signed answer bogus."""
+    message = reply([world.tld.sign(rrset("www.example. 300 IN A 192.0.2.1")),
+                     [rrset("victim.example. 300 IN A 203.0.113.66")]])
+    assert run(world.validator(), "www.example.", "A", message).security is Security.SECURE
+
+
+def test_empty_non_terminal_nodata(world):
+    ent = world.tld.sign(nsec("a.example.", "a.b.example.", "A RRSIG NSEC"))
+    assert run(world.validator(), "b.example.", "A",
+               reply(authority=[world.soa(), ent])).security is Security.SECURE
