@@ -13,13 +13,20 @@ import ipaddress
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from netstack import ethernet
 from netstack.stack import Stack
-from unikernel.config import Appliance, ConfigError
+from unikernel.config import AccessList, Appliance, ConfigError, parse_upstream
 from unikernel.process import Process, compose, processor_of_process
+from unikernel.resolver.cache import Cache
+from unikernel.resolver.forwarder import forwarder
+from unikernel.resolver.stub import StubResolver
 from unikernel.serve.server import DnsServer, FastLookup
+from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
+from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
+from unikernel.sources.special import special_process
 
 log = logging.getLogger("unikernel.main")
 
@@ -33,19 +40,25 @@ def parse_mac(text: str | None) -> bytes | None:
         raise ConfigError(f"mac {e}") from None
 
 
-def check(appliance: Appliance) -> list:
+@dataclass
+class Loaded:
+    """What :func:`check` read from the files the declaration names, handed
+    to :func:`serve` so that each file is parsed once."""
+    zone_files: zones_mod.ZoneFiles | None
+    hosts: HostsTable | None
+
+
+def check(appliance: Appliance) -> Loaded:
     """Everything that can be wrong with the declaration, found before a
-    device is touched: raises ConfigError; returns the loaded zones."""
+    device is touched: raises ConfigError; returns the zones and hosts
+    files, loaded."""
     parse_mac(appliance.mac)
     if not 0 < appliance.port < 65536:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
-    if appliance.hosts:
-        from unikernel.sources.hosts import load_hosts
-        load_hosts(appliance.path(h) for h in appliance.hosts)
-    from unikernel.resolver.forwarder import AccessList, parse_upstream
+    hosts = load_hosts(appliance.path(h) for h in appliance.hosts) if appliance.hosts else None
     try:
         for upstream in appliance.forward:
             address, _port = parse_upstream(upstream)
@@ -53,11 +66,12 @@ def check(appliance: Appliance) -> list:
                 raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
                                   "or to a loopback address (its stack has no loopback)")
         AccessList(appliance.allow)
-        for address in appliance.bogus_nxdomain:
-            ipaddress.IPv4Address(address)
+        for bogus in appliance.bogus_nxdomain:
+            ipaddress.IPv4Address(bogus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
+    zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
+    return Loaded(zone_files, hosts)
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -87,7 +101,7 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
-def resolution_chain(appliance: Appliance, stack,
+def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                      budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
     """The appliance's answer to every query, as the seed composes it:
     ``compose(zones, hosts, special-use, forwarder)``.
@@ -109,29 +123,23 @@ def resolution_chain(appliance: Appliance, stack,
     fast_lookups: list[FastLookup] = []
     lifecycle: list = []
 
-    if appliance.zones:
-        zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones)
-        chain.append(zone_files.process)
-        lifecycle.append(zone_files)          # reloadable on SIGHUP
+    if loaded.zone_files is not None:
+        chain.append(loaded.zone_files.process)
+        lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
     recursion = bool(appliance.forward)
-    if appliance.hosts:
-        from unikernel.sources.hosts import hosts_process, load_hosts
-        table = load_hosts(appliance.path(h) for h in appliance.hosts)
-        chain.append(hosts_process(table, recursion_available=recursion))
+    if loaded.hosts is not None:
+        chain.append(hosts_process(loaded.hosts, recursion_available=recursion))
     if recursion:
         # special-use names are answered here so that they never leak upstream;
         # without a forwarder the appliance is authoritative-only and, like
         # NSD, refuses every name its zones and hosts do not hold (issue 3)
-        from unikernel.sources.special import special_process
         chain.append(special_process(recursion_available=recursion))
     if appliance.forward:
-        from unikernel.resolver.cache import Cache
-        from unikernel.resolver.forwarder import forwarder
         try:
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
-            relay = forwarder(stack, appliance.forward, cache=cache,
+            relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
                               allow=appliance.allow or [str(appliance.interface.network)],
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
@@ -148,19 +156,25 @@ def resolution_chain(appliance: Appliance, stack,
     return compose(*chain), fast_lookups, lifecycle
 
 
-async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None,
-                ready: Callable[[str], object] = print, clock: Callable[[], float] | None = None) -> None:
-    """Builds the stack on ``link``, serves DNS as ``appliance`` declares,
-    says ``ready ...`` once queries are answered, runs until ``stop`` is set
+async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
+                stop: asyncio.Event | None = None, ready: Callable[[str], object] = print,
+                clock: Callable[[], float] | None = None) -> None:
+    """Builds the stack on ``link``, serves DNS as ``appliance`` declares
+    (with the files ``check`` loaded; checked here when not given), says
+    ``ready ...`` once queries are answered, runs until ``stop`` is set
     (forever without one), then closes everything."""
+    if loaded is None:
+        loaded = check(appliance)
     stop = stop or asyncio.Event()
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
-    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, budgets)
+    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, loaded, budgets)
     server = DnsServer(stack, appliance.port, processor_of_process(process),
                        fast_lookups=fast_lookups, log_queries=appliance.log_queries,
-                       max_static_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
+                       max_kept_bytes=budgets["static"])
+    server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
+                                     max_answer_bytes=budgets["tcp"])
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -178,7 +192,7 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
             stack.counters["dns.reload.failed"] += 1
             log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
             return
-        server.forget_static()
+        server.forget_kept_answers()
         stack.counters["dns.reload.done"] += 1
         log.warning("reloaded %d zone file(s)", count)
 
@@ -193,6 +207,7 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     try:
         await stack.start()
         server.start()
+        server.tcp_server.start()
         for item in lifecycle:
             start = getattr(item, "start", None)
             if start is not None:

@@ -13,7 +13,7 @@ Two paths for a UDP query:
   exception becomes SERVFAIL, no answer becomes REFUSED), EDNS is set from the
   query and the reply is rendered to fit the client's size (512 bytes
   without EDNS, at most 1232 with it), by NSD's rules for what is cut and
-  when TC is set (:func:`render`). A static answer rendered whole is kept
+  when TC is set (:func:`unikernel.serve.render.render`). A static answer rendered whole is kept
   for the hot path (bounded in count and bytes; the oldest goes first).
 
 A rendered answer never depends on the size limit when it fits, so a kept
@@ -21,12 +21,15 @@ answer served to a client whose limit it fits is byte-identical to what the
 slow path would have sent (tests/unit/test_wire.py checks this).
 
 TCP queries (length-prefixed, up to 65535 bytes, never truncated) go through
-the slow path via :class:`unikernel.serve.tcp.DnsTcpServer` when the stack has
-TCP. A query is never left unanswered for its content; only a message too
-short for a header, one that is itself a response, or one from a source port
-that would start a packet loop (:data:`BAD_SOURCE_PORTS`) or from an address
-no reply should go to (broadcast, multicast, loopback, ourselves) is dropped
-(and counted). Counters: ``dns.*`` in ``stack.counters``.
+the slow path (:meth:`DnsServer.handle_tcp`) via
+:class:`unikernel.serve.tcp.DnsTcpServer`, which main (or
+:func:`serve_with_processor`) attaches when the stack has TCP. A query is
+never left unanswered for its content; only a message too short for a header,
+one that is itself a response, or one from a source port that would start a
+packet loop (:data:`BAD_SOURCE_PORTS`) is dropped (and counted). Sources no
+reply should go to (broadcast, multicast, loopback, ourselves) never reach the
+server: the stack drops them (``ipv4.bad_source.drop``). Counters: ``dns.*``
+in ``stack.counters``.
 """
 from __future__ import annotations
 
@@ -45,102 +48,32 @@ import dns.rdatatype
 import dns.renderer
 
 from unikernel import wire
-from unikernel.process import Answer, Endpoint, Processor, processor_of_process
+from unikernel.process import (
+    META_QTYPES_FORMERR,
+    META_QTYPES_NOTIMP,
+    TRANSFER_QTYPES,
+    Answer,
+    Endpoint,
+    Processor,
+    processor_of_process,
+)
+from unikernel.serve.render import UDP_PAYLOAD, render
+from unikernel.serve.tcp import DnsTcpServer
 
 log = logging.getLogger("unikernel.serve.server")
 
-# The EDNS size we advertise and the most we send over UDP (NSD's default:
-# no IP fragmentation on the paths that matter, RFC 9715).
-UDP_PAYLOAD = 1232
 TCP_LIMIT = 65535
-OPT_SIZE = 11                     # an OPT RR without options
-MAX_STATIC = 100_000              # kept answers; the oldest goes first when full
-MAX_STATIC_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
-STATIC_OVERHEAD = 330             # what one kept answer costs beyond its key and bytes (measured)
+MAX_KEPT = 100_000                # kept answers; the oldest goes first when full
+MAX_KEPT_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
+KEPT_OVERHEAD = 330               # what one kept answer costs beyond its key and bytes (measured)
 MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
 # Source ports never answered: 0 is no port, and echo (7), daytime (13),
 # chargen (19) and time (37) answer whatever they are sent, so a query forged
 # from one of them would start a loop of packets between it and us.
 BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
-# Source addresses never answered: a reply to them would go to no one
-# (0.0.0.0), back to ourselves (127/8, our own address) or to many hosts at
-# once (multicast, 240/4 and limited broadcast, the subnet's broadcast): a
-# forged query from one of those is a reflection, not a question.
-_MULTICAST_AND_ABOVE = 0xE0000000
-_LOOPBACK_OCTET = 127
 
 FastLookup = Callable[[bytes, int, float], "bytes | None"]
-_ADDITIONAL_ORDER = {dns.rdatatype.A: 0, dns.rdatatype.AAAA: 1}
-_TRANSFERS = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
-# Meta types no question may ask for (BIND's answers): OPT, TSIG and TKEY are
-# FORMERR, the obsolete MAILA/MAILB NOTIMP. Answering them from a zone is
-# wrong, and forwarding them lets a client provoke upstream errors.
-_META_FORMERR = frozenset({dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
-_META_NOTIMP = frozenset({dns.rdatatype.MAILA, dns.rdatatype.MAILB})
 
-
-def render(response: dns.message.Message, query: dns.message.Message, limit: int) -> tuple[bytes, bool]:
-    """``response`` in wire form for ``query``, at most ``limit`` bytes, RRs in
-    zone order (no shuffling: the same question always gets the same bytes):
-    ``(wire, whole)``; ``whole`` is False when something had to be left out.
-
-    NSD's rules, RRset by RRset: an answer or required authority RRset that
-    does not fit sets TC and ends the message there. An NS RRset in authority
-    next to a non-empty answer is optional: if it does not fit it is left out,
-    and so is the additional section. Additional RRsets go A first, then AAAA,
-    then the rest; once one does not fit, the following groups are left out
-    (a referral that could not carry any A glue gets TC). The OPT record's
-    room is reserved first; it carries our UDP size and the query's DO bit."""
-    renderer = dns.renderer.Renderer(response.id, response.flags, limit)
-    with_edns = query.edns >= 0
-    rcode = response.rcode()
-    ednsflags = query.ednsflags & dns.flags.DO
-    if rcode > 0xF:
-        ednsflags |= (rcode >> 4) << 24
-    if with_edns:
-        renderer.reserve(OPT_SIZE)
-    for question in response.question:
-        renderer.add_question(question.name, question.rdtype, question.rdclass)
-    whole, truncated, room = True, False, True
-    try:
-        for rrset in response.answer:
-            renderer.add_rrset(dns.renderer.ANSWER, rrset, want_shuffle=False)
-        for rrset in response.authority:
-            if response.answer and rrset.rdtype == dns.rdatatype.NS:
-                try:
-                    renderer.add_rrset(dns.renderer.AUTHORITY, rrset, want_shuffle=False)
-                except dns.exception.TooBig:
-                    whole, room = False, False
-                    break
-            else:
-                renderer.add_rrset(dns.renderer.AUTHORITY, rrset, want_shuffle=False)
-    except dns.exception.TooBig:
-        whole, truncated, room = False, True, False
-    if room and response.additional:
-        groups: list[list] = [[], [], []]
-        for rrset in response.additional:
-            if rrset.rdtype != dns.rdatatype.OPT:
-                groups[_ADDITIONAL_ORDER.get(rrset.rdtype, 2)].append(rrset)
-        referral = not response.answer and not response.flags & dns.flags.AA
-        for group_index, group in enumerate(groups):
-            added = 0
-            for rrset in group:
-                try:
-                    renderer.add_rrset(dns.renderer.ADDITIONAL, rrset, want_shuffle=False)
-                    added += 1
-                except dns.exception.TooBig:
-                    whole = False
-            if not whole:
-                if group_index == 0 and added == 0 and referral and group:
-                    truncated = True
-                break
-    if with_edns:
-        renderer.release_reserved()
-        renderer.add_edns(0, ednsflags, UDP_PAYLOAD)
-    if truncated:
-        renderer.flags |= dns.flags.TC
-    renderer.write_header()
-    return renderer.get_wire(), whole
 
 
 class DnsServer:
@@ -149,9 +82,8 @@ class DnsServer:
 
     def __init__(self, stack, port: int, processor: Processor, *,
                  fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
-                 udp_payload: int = UDP_PAYLOAD, max_static: int = MAX_STATIC,
-                 max_static_bytes: int = MAX_STATIC_BYTES, max_pending: int = MAX_PENDING,
-                 max_tcp_answer_bytes: int | None = None,
+                 udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
+                 max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
@@ -159,44 +91,31 @@ class DnsServer:
         self.fast_lookups = tuple(fast_lookups)
         self.log_queries = log_queries
         self.udp_payload = udp_payload
-        self.max_static = max_static
-        self.max_static_bytes = max_static_bytes
-        self.static_bytes = 0             # what the kept answers cost, by _static_cost
+        self.max_kept = max_kept
+        self.max_kept_bytes = max_kept_bytes
+        self.kept_bytes = 0               # what the kept answers cost, by _kept_cost
         self.max_pending = max_pending
-        self.max_tcp_answer_bytes = max_tcp_answer_bytes
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
-        # key -> (length, (header without RD, header with RD), bytes after the question name)
-        self.static: dict[bytes, tuple[int, tuple[bytes, bytes], bytes]] = {}
+        # static answers rendered whole, by fast-path key, oldest first (bounded
+        # by max_kept and max_kept_bytes); served by wire.patch
+        self.kept_answers: dict[bytes, bytes] = {}
         self.pending: set[asyncio.Task] = set()
-        self.tcp_server = None
+        # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
+        # wires the server (main, serve_with_processor); closed with it
+        self.tcp_server: DnsTcpServer | None = None
         self._sendto = stack.udp.sendto
-        self._own_addresses = frozenset(a for a in (0, getattr(stack, "address", None),
-                                                    getattr(stack, "subnet_broadcast", None))
-                                        if a is not None)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop     # set by start(), before any datagram
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.stack.udp.bind(self.port, self.on_datagram)
-        self.tcp_server = self._start_tcp()
 
-    def _start_tcp(self):
-        tcp = getattr(self.stack, "tcp", None)
-        if tcp is None:          # a stack without TCP (or a test's fake): UDP only
-            return None
-        from unikernel.serve.tcp import DnsTcpServer
-
-        limits = {} if self.max_tcp_answer_bytes is None else {"max_answer_bytes": self.max_tcp_answer_bytes}
-        server = DnsTcpServer(tcp, self.port, self.handle_tcp, **limits)
-        server.start()
-        return server
-
-    def forget_static(self) -> None:
+    def forget_kept_answers(self) -> None:
         """Drops every kept answer (the zones behind them changed)."""
-        self.static.clear()
-        self.static_bytes = 0
+        self.kept_answers.clear()
+        self.kept_bytes = 0
         self.counters["dns.static.forgotten"] += 1
 
     def close(self) -> None:
@@ -212,21 +131,15 @@ class DnsServer:
         if src_port in BAD_SOURCE_PORTS:
             self.counters["dns.bad_source_port.drop"] += 1
             return
-        if (src_ip >= _MULTICAST_AND_ABOVE or src_ip >> 24 == _LOOPBACK_OCTET
-                or src_ip in self._own_addresses):
-            self.counters["dns.bad_source_address.drop"] += 1
-            return
         parsed = wire.fast_key(payload)
         if parsed is not None:
             key, name_end, client_size = parsed
-            kept = self.static.get(key)
-            if kept is not None and kept[0] <= client_size:
+            kept = self.kept_answers.get(key)
+            if kept is not None and len(kept) <= client_size:
                 self.counters["dns.fast.hit"] += 1
-                # wire.patch, with the two header variants made in advance
-                self._sendto(payload[:2] + kept[1][wire.variant(payload)] + payload[12:name_end] + kept[2],
-                             self.port, src_ip, src_port)
+                self._sendto(wire.patch(kept, payload, name_end), self.port, src_ip, src_port)
                 if self.log_queries:
-                    self._log(src_ip, src_port, payload, "static", kept[1][0][1] & 0x0F)
+                    self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
                 return
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
@@ -240,9 +153,7 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._sendto(payload[:2] + bytes(((answer[2] & 0xFE) | (payload[2] & 0x01),))
-                                     + answer[3:12] + payload[12:name_end] + answer[name_end:],
-                                     self.port, src_ip, src_port)            # wire.patch, inlined
+                        self._sendto(wire.patch(answer, payload, name_end), self.port, src_ip, src_port)
                         if self.log_queries:
                             self._log(src_ip, src_port, payload, "fast")
                         return
@@ -268,26 +179,25 @@ class DnsServer:
         # kept only under a key read by the validating parser (see wire.fast_key)
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
-            key, name_end, _ = validated
-            self._keep(key, (len(reply), wire.header_variants(reply), reply[name_end:]))
+            self._keep(validated[0], reply)
         self._sendto(reply, self.port, src_ip, src_port)
 
-    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> None:
+    def _keep(self, key: bytes, answer: bytes) -> None:
         """Keeps a static answer, the oldest going first while the table is
         over its count or its bytes."""
-        old = self.static.pop(key, None)
+        old = self.kept_answers.pop(key, None)
         if old is not None:
-            self.static_bytes -= _static_cost(key, old)
-        cost = _static_cost(key, kept)
-        if cost > self.max_static_bytes:
+            self.kept_bytes -= _kept_cost(key, old)
+        cost = _kept_cost(key, answer)
+        if cost > self.max_kept_bytes:
             return
-        while self.static and (len(self.static) >= self.max_static
-                               or self.static_bytes + cost > self.max_static_bytes):
-            oldest = next(iter(self.static))
-            self.static_bytes -= _static_cost(oldest, self.static.pop(oldest))
+        while self.kept_answers and (len(self.kept_answers) >= self.max_kept
+                                     or self.kept_bytes + cost > self.max_kept_bytes):
+            oldest = next(iter(self.kept_answers))
+            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest))
             self.counters["dns.static.evicted"] += 1
-        self.static[key] = kept
-        self.static_bytes += cost
+        self.kept_answers[key] = answer
+        self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
 
     async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
@@ -338,11 +248,10 @@ class DnsServer:
         if question.rdclass != dns.rdataclass.IN:
             counters["dns.refused"] += 1
             return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
-        if question.rdtype in _META_FORMERR:
+        if question.rdtype in META_QTYPES_FORMERR:
             counters["dns.formerr"] += 1
             return self._reply(query, _error(query, dns.rcode.FORMERR), limit, src, "formerr"), False
-        if question.rdtype in _TRANSFERS or question.rdtype in _META_NOTIMP:
-            # zone transfers are not offered (NSD says NOTIMP over UDP too)
+        if question.rdtype in TRANSFER_QTYPES or question.rdtype in META_QTYPES_NOTIMP:
             counters["dns.notimp"] += 1
             return self._reply(query, _error(query, dns.rcode.NOTIMP), limit, src, "notimp"), False
         src_ep: Endpoint = (ipaddress.IPv4Address(src[0]), src[1])
@@ -366,7 +275,7 @@ class DnsServer:
         return reply, bool(answer.static and whole)
 
     def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
-               src: tuple[int, int], path: str) -> bytes:
+               src: tuple[int, int], path: str) -> bytes | None:
         reply, _ = render(response, query, limit)
         return self._logged(src, reply, path)
 
@@ -385,8 +294,8 @@ class DnsServer:
         log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
 
 
-def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> int:
-    return len(key) + len(kept[2]) + STATIC_OVERHEAD
+def _kept_cost(key: bytes, answer: bytes) -> int:
+    return len(key) + len(answer) + KEPT_OVERHEAD
 
 
 def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
@@ -397,7 +306,7 @@ def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
 
 def _normalised(answer: Answer, query: dns.message.Message) -> dns.message.Message:
     """The processor's message as a reply to this query: same ID and question,
-    QR set, RD and CD copied; EDNS is added by :func:`render`. TC is kept: a
+    QR set, RD and CD copied; EDNS is added by :func:`unikernel.serve.render.render`. TC is kept: a
     forwarder relaying a truncated upstream reply must say it is truncated."""
     response = answer.message
     response.id = query.id
@@ -424,6 +333,9 @@ def serve_with_processor(stack, port: int = 53, processor: Processor | None = No
     server = DnsServer(stack, port, processor, fast_lookups=fast_lookups,
                        log_queries=log_queries, **options)
     server.start()
+    if getattr(stack, "tcp", None) is not None:      # a stack without TCP (a test's fake): UDP only
+        server.tcp_server = DnsTcpServer(stack.tcp, port, server.handle_tcp)
+        server.tcp_server.start()
     return server
 
 
