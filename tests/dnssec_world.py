@@ -13,7 +13,7 @@ Zones (all NS ns.tld. = 127.0.0.1):
     ed.tld.         ED25519, NSEC
     iter.tld.       ECDSAP256, NSEC3 with 200 iterations (above RFC 9276's cap)
     insecure.tld.   unsigned, delegated without DS
-    broken.tld.     signed, then a record changed (its signature fails)
+    broken.tld.     signed, then its A records changed (their signatures fail)
     expired.tld.    signed with signatures that expired in 2020
     nokey.tld.      signed, but the DS in tld. is of another key
 """
@@ -83,6 +83,7 @@ www.insecure.tld. A 192.0.2.85
     "broken.tld.": """
 broken.tld. NS ns.tld.
 www.broken.tld. A 192.0.2.86
+mail.broken.tld. A 192.0.2.86
 """,
     "expired.tld.": """
 expired.tld. NS ns.tld.
@@ -171,7 +172,7 @@ class SignedWorld:
                            capture_output=True, text=True, check=True)
             signed = Path(f"{path}.signed")
             if zone == "broken.tld.":
-                signed.write_text(re.sub(r"(www\.broken\.tld\.\s+\d+\s+IN\s+A\s+)192\.0\.2\.86", r"\g<1>192.0.2.66",
+                signed.write_text(re.sub(r"(\.broken\.tld\.\s+\d+\s+IN\s+A\s+)192\.0\.2\.86", r"\g<1>192.0.2.66",
                                          signed.read_text()))
             self.files[zone] = signed
 

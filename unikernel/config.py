@@ -88,6 +88,8 @@ class Appliance:
     bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
     randomize_case: bool = True             # 0x20 letter-case randomisation of upstream queries
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
+    dnssec: bool = True                     # validate what is forwarded (DNSSEC); bogus answers get SERVFAIL
+    trust_anchors: list[str] = field(default_factory=list)   # DS/DNSKEY files; [] = the root's built-in KSKs
     log_queries: bool = False
     base: Path = REPO                       # relative paths are resolved against this
 

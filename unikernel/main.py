@@ -12,6 +12,7 @@ import inspect
 import ipaddress
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,8 +21,12 @@ from netstack.stack import Stack
 from unikernel.config import AccessList, Appliance, ConfigError, parse_upstream
 from unikernel.process import Process, compose, processor_of_process
 from unikernel.resolver.cache import Cache
-from unikernel.resolver.forwarder import forwarder
+from unikernel.resolver.dnssec.anchors import AnchorError, TrustAnchors, root_anchors
+from unikernel.resolver.dnssec.chain import ChainOfTrust
+from unikernel.resolver.dnssec.validator import Validator
+from unikernel.resolver.forwarder import Forwarder, forwarder
 from unikernel.resolver.stub import StubResolver
+from unikernel.resolver.validation import Validation
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
@@ -46,6 +51,7 @@ class Loaded:
     to :func:`serve` so that each file is parsed once."""
     zone_files: zones_mod.ZoneFiles | None
     hosts: HostsTable | None
+    trust_anchors: TrustAnchors | None = None     # when forwarding with DNSSEC validation
 
 
 def check(appliance: Appliance) -> Loaded:
@@ -71,7 +77,14 @@ def check(appliance: Appliance) -> Loaded:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
-    return Loaded(zone_files, hosts)
+    anchors = None
+    if appliance.forward and appliance.dnssec:
+        try:
+            anchors = (TrustAnchors.from_files(appliance.path(a) for a in appliance.trust_anchors)
+                       if appliance.trust_anchors else root_anchors())
+        except AnchorError as e:
+            raise ConfigError(f"trust anchor {e}") from None
+    return Loaded(zone_files, hosts, anchors)
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -139,10 +152,21 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
-            relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
-                              allow=appliance.allow or [str(appliance.interface.network)],
-                              randomize_case=appliance.randomize_case,
-                              bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
+            validation = None
+            if loaded.trust_anchors is not None:
+                # the chain of trust asks its DS/DNSKEY questions through the
+                # forwarder's upstreams (``relay`` is bound just below)
+                async def fetch(name, rdtype):
+                    return await relay.fetch_for_validation(name, rdtype)
+                chain_of_trust = ChainOfTrust(loaded.trust_anchors, fetch, counters=stack.counters)
+                # RRSIG validity is wall-clock time (seconds since the epoch)
+                validation = Validation(Validator(chain_of_trust, counters=stack.counters), wall_clock=time.time,
+                                        counters=stack.counters)
+            relay: Forwarder = forwarder(
+                appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
+                allow=appliance.allow or [str(appliance.interface.network)],
+                randomize_case=appliance.randomize_case, bogus_nxdomain=appliance.bogus_nxdomain,
+                clock=stack.now, validation=validation)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         chain.append(relay)

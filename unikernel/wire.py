@@ -136,16 +136,20 @@ def fast_key(payload: bytes) -> tuple[bytes, int, int] | None:
     return parse_query(payload)
 
 
-# The header bits a reply echoes from its query: RD (byte 2) and CD (byte 3).
-_RD, _CD = 0x01, 0x10
+# The header bits a reply echoes from its query: RD (byte 2) and CD (byte 3);
+# and AD (byte 3), which a reply keeps only for a query that set AD or DO.
+_RD, _CD, _AD = 0x01, 0x10, 0x20
+_KEEP_AD, _DROP_AD = ~_CD & 0xFF, ~(_CD | _AD) & 0xFF
 
 
-def patch(answer: bytes, query: bytes, name_end: int) -> bytes:
+def patch(answer: bytes, query: bytes, name_end: int, with_do: bool = False) -> bytes:
     """``answer`` (kept for the same key) made the reply to ``query``: the
     query's ID, RD and CD copied from the query, the question's letter case
-    as asked."""
+    as asked, and the answer's AD only if the query set AD or (``with_do``,
+    the key's EDNS byte) DO, as RFC 6840 5.7 asks."""
+    keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
     return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD),
-                               (answer[3] & ~_CD & 0xFF) | (query[3] & _CD)))
+                               (answer[3] & keep) | (query[3] & _CD)))
             + answer[4:12] + query[12:name_end] + answer[name_end:])
 
 

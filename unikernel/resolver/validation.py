@@ -3,8 +3,10 @@
 - :meth:`Validation.check` validates an upstream reply on the wall clock
   (RRSIG validity is in seconds since the epoch, not the loop's time) and
   logs a bogus outcome once per zone per ``log_interval``;
-- :func:`for_client` strips what a client without DO must not get (RRSIG,
-  NSEC, NSEC3: RFC 4035 3.2.1) unless the question asks for that type;
+- :func:`relayed` is what of an upstream reply goes to clients: the answer,
+  the authority's SOA and denial records (the parts that are validated), no
+  additional section; for a client without DO no RRSIG, NSEC or NSEC3
+  (RFC 4035 3.2.1) unless the question asks for that type;
 - :func:`ede_option` is the RFC 8914 option a bogus SERVFAIL carries;
 - :func:`strips_dnssec` tells whether an upstream's answer for the signed
   root's keys came without signatures (checked at start).
@@ -25,6 +27,7 @@ import dns.name
 import dns.rdatatype
 import dns.rrset
 
+from unikernel.resolver.dnssec.chain import BOGUS_TTL
 from unikernel.resolver.dnssec.validator import Validator
 from unikernel.resolver.dnssec.verdict import Verdict
 
@@ -33,13 +36,15 @@ log = logging.getLogger("unikernel.resolver.validation")
 BOGUS_LOG_INTERVAL = 60.0          # seconds between two log lines about one zone
 MAX_LOGGED_ZONES = 1024            # zones whose last log line time is remembered
 _DNSSEC_TYPES = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
+_PROOF_TYPES = frozenset({dns.rdatatype.SOA, dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
 
 
 class Validation:
     def __init__(self, validator: Validator, *, wall_clock: Callable[[], float], counters=None,
-                 log_interval: float = BOGUS_LOG_INTERVAL) -> None:
+                 log_interval: float = BOGUS_LOG_INTERVAL, bogus_ttl: int = BOGUS_TTL) -> None:
         self.validator = validator
         self.wall_clock = wall_clock
+        self.bogus_ttl = bogus_ttl
         self.counters = counters if counters is not None else collections.Counter()
         self.log_interval = log_interval
         self._logged: OrderedDict[dns.name.Name | None, float] = OrderedDict()
@@ -68,6 +73,20 @@ def for_client(rrsets: list[dns.rrset.RRset], rdtype: int) -> list[dns.rrset.RRs
     """The RRsets a client without DO gets: no RRSIG, NSEC or NSEC3 unless
     it asked for that type."""
     return [r for r in rrsets if r.rdtype not in _DNSSEC_TYPES or r.rdtype == rdtype]
+
+
+def relayed(message: dns.message.Message, rdtype: int, do: bool) -> dns.message.Message:
+    """What of a validated (or, for CD, unvalidated) upstream reply is relayed."""
+    copy = dns.message.Message(id=message.id)
+    copy.flags = message.flags
+    copy.set_rcode(message.rcode())
+    copy.answer = list(message.answer)
+    copy.authority = [r for r in message.authority if r.rdtype in _PROOF_TYPES
+                      or (r.rdtype == dns.rdatatype.RRSIG and r.covers in _PROOF_TYPES)]
+    if not do:
+        copy.answer = for_client(copy.answer, rdtype)
+        copy.authority = for_client(copy.authority, rdtype)
+    return copy
 
 
 def ede_option(verdict: Verdict) -> dns.edns.EDEOption:

@@ -153,7 +153,8 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._sendto(wire.patch(answer, payload, name_end), self.port, src_ip, src_port)
+                        self._sendto(wire.patch(answer, payload, name_end, key[-1] == wire.EDNS_DO),
+                                     self.port, src_ip, src_port)
                         if self.log_queries:
                             self._log(src_ip, src_port, payload, "fast")
                         return
