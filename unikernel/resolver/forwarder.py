@@ -260,8 +260,10 @@ class Forwarder:
             if entry is None:
                 entry = _transient_entry(qname, rdtype, rdclass, variant, shown, now)
             entry.security, entry.cd = security, cd
-            if left is not None:
-                entry.ttl = min(entry.ttl, left)
+            if left is not None and left < entry.ttl:
+                entry.ttl = left
+                entry.answer, entry.authority = ([with_ttl(r, min(r.ttl, left)) for r in section]
+                                                 for section in (entry.answer, entry.authority))
             if keep:
                 self.cache.store(entry)
             entries[variant] = entry
