@@ -97,7 +97,12 @@ def test_ad_follows_rfc_6840_and_rrsigs_only_with_do():
 def test_fast_path_keeps_ad_only_for_queries_with_ad_or_do():
     setup = Setup({})
     setup.upstream.data[("www.example.", "A")] = www(setup.world)
-    asyncio.run(setup.ask("www.example."))
+
+    async def both():
+        await setup.ask("www.example.")
+        await setup.ask("www.example.", do=True)        # each DO variant is made when first asked for
+
+    asyncio.run(both())
     lookup = setup.cache.fast_lookup(lambda ip: True)
     for do, ad, expected in ((False, False, False), (False, True, True), (True, False, True)):
         query = dns.message.make_query("www.example.", "A", want_dnssec=do, use_edns=0 if do else None)

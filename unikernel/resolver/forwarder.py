@@ -60,6 +60,7 @@ from unikernel.process import UNANSWERED_QTYPES, Answer, Endpoint
 from unikernel.resolver.cache import (
     KIND_NEGATIVE,
     KIND_POSITIVE,
+    KIND_SERVFAIL,
     SECURITY_BOGUS,
     SECURITY_SECURE,
     SECURITY_UNCHECKED,
@@ -73,7 +74,7 @@ from unikernel.resolver.cache import (
 from unikernel.resolver.dnssec.verdict import EDE_DNSSEC_BOGUS
 from unikernel.resolver.stub import StubError, StubResolver
 from unikernel.resolver.upstream import USABLE_RCODES, Upstream, Upstreams
-from unikernel.resolver.validation import Validation, relayed, strips_dnssec
+from unikernel.resolver.validation import Validation, for_client, relayed, strips_dnssec
 
 log = logging.getLogger("unikernel.resolver.forwarder")
 
@@ -150,6 +151,8 @@ class Forwarder:
         entry = self.cache.get(q.name, q.rdtype, q.rdclass, do, now)
         if cd and (entry is None or entry.security == SECURITY_BOGUS):
             entry = self.cache.get(q.name, q.rdtype, q.rdclass, do, now, cd=True)
+        if entry is None and validating and not do:
+            entry = self._without_dnssec(self.cache.get(q.name, q.rdtype, q.rdclass, True, now, cd=cd))
         if entry is not None:
             c["forward.cache.hit"] += 1
             return Answer(self.cache.response(query, entry, now))
@@ -178,7 +181,7 @@ class Forwarder:
         kind, value = await asyncio.shield(task)
         now = self.clock()
         if kind == "entry":
-            return Answer(self.cache.response(query, value[do], now))
+            return Answer(self.cache.response(query, value(do), now))
         if kind == "stale":
             stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now, cd=cd)
             return Answer(self.cache.response(query, stale or value, now, stale=True))
@@ -191,8 +194,9 @@ class Forwarder:
 
     # -- one question, upstream -----------------------------------------------
     async def _resolve(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool = False):
-        """("entry", {do: Entry}) | ("stale", Entry) | ("truncated", Reply) |
-        ("servfail", None). Validating, the entries are for both DO variants."""
+        """("entry", entry_for) | ("stale", Entry) | ("truncated", Reply) |
+        ("servfail", None); ``entry_for(do)`` is the Entry for a client with or
+        without DO (validating, one reply serves both)."""
         loop = asyncio.get_running_loop()
         validating = self.validation is not None
         try:
@@ -209,9 +213,9 @@ class Forwarder:
                 self.counters["forward.truncated.relayed"] += 1
                 return "truncated", reply
             if reply.message.rcode() in USABLE_RCODES and validating:
-                entries = await self._validated(upstream, qname, rdtype, rdclass, cd, reply.message)
+                entry_for = await self._validated(upstream, qname, rdtype, rdclass, do, cd, reply.message)
                 self.counters["forward.answered"] += 1
-                return "entry", entries
+                return "entry", entry_for
             if reply.message.rcode() in USABLE_RCODES:
                 message = self._undo_wildcard(upstream, reply.message)
                 entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, message, now)
@@ -220,7 +224,7 @@ class Forwarder:
                 else:
                     self.cache.store(entry)
                 self.counters["forward.answered"] += 1
-                return "entry", {do: entry}
+                return "entry", _always(entry)
         stale = self.cache.get_stale(qname, rdtype, rdclass, do, now, cd=cd)
         if stale is not None:
             self.counters["forward.stale.served"] += 1
@@ -232,10 +236,11 @@ class Forwarder:
         self.counters["forward.servfail"] += 1
         return "servfail", None
 
-    async def _validated(self, upstream: Upstream, qname: dns.name.Name, rdtype: int, rdclass: int, cd: bool,
-                         message: dns.message.Message) -> dict[bool, Entry]:
-        """The reply (asked with DO and CD) validated and cached, as entries
-        for clients with and without DO; for CD, cached unvalidated apart."""
+    async def _validated(self, upstream: Upstream, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
+                         cd: bool, message: dns.message.Message) -> Callable[[bool], Entry]:
+        """The reply (asked with DO and CD) validated, and ``entry_for(do)``:
+        its entry for clients with or without DO, made and cached when first
+        asked for (for CD, cached unvalidated apart)."""
         assert self.validation is not None
         verdict = None if cd else await self.validation.check(qname, rdtype, message)
         now = self.clock()
@@ -246,28 +251,50 @@ class Forwarder:
                 entries[variant] = self.cache.bogus_entry(qname, rdtype, rdclass, variant, now,
                                                           self.validation.bogus_ttl, ede)
                 self.cache.store(entries[variant])
-            return entries
+            return entries.__getitem__
         security = verdict.security.value if verdict is not None else SECURITY_UNCHECKED
         if security != SECURITY_SECURE:
             message = self._undo_wildcard(upstream, message)   # a signed answer is no rewrite
         # RFC 4035 5.3.3: kept no longer than the signatures it rests on are valid
         left = (None if verdict is None or verdict.valid_until is None
                 else max(int(verdict.valid_until - self.validation.wall_clock()), 0))
-        for variant in (True, False):
-            shown = relayed(message, rdtype, variant)
-            entry = self.cache.entry_from_reply(qname, rdtype, rdclass, variant, shown, now)
-            keep = entry is not None
-            if entry is None:
-                entry = _transient_entry(qname, rdtype, rdclass, variant, shown, now)
-            entry.security, entry.cd = security, cd
-            if left is not None and left < entry.ttl:
-                entry.ttl = left
-                entry.answer, entry.authority = ([with_ttl(r, min(r.ttl, left)) for r in section]
-                                                 for section in (entry.answer, entry.authority))
-            if keep:
-                self.cache.store(entry)
-            entries[variant] = entry
-        return entries
+
+        def entry_for(variant: bool) -> Entry:
+            if variant not in entries:
+                entries[variant] = self._validated_entry(qname, rdtype, rdclass, variant, cd, message, security,
+                                                         left, now)
+            return entries[variant]
+
+        entry_for(do)
+        return entry_for
+
+    def _validated_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool,
+                         message: dns.message.Message, security: str, left: int | None, now: float) -> Entry:
+        shown = relayed(message, rdtype, do)
+        entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, shown, now)
+        keep = entry is not None
+        if entry is None:
+            entry = _transient_entry(qname, rdtype, rdclass, do, shown, now)
+        entry.security, entry.cd = security, cd
+        if left is not None and left < entry.ttl:
+            entry.ttl = left
+            entry.answer, entry.authority = ([with_ttl(r, min(r.ttl, left)) for r in section]
+                                             for section in (entry.answer, entry.authority))
+        if keep:
+            self.cache.store(entry)
+        return entry
+
+    def _without_dnssec(self, entry: Entry | None) -> Entry | None:
+        """A client without DO asks what one with DO had answered: the same
+        entry without RRSIG, NSEC and NSEC3, cached in its own place."""
+        if entry is None or entry.kind == KIND_SERVFAIL:
+            return None
+        rdtype = entry.question[1]
+        copy = Entry(entry.kind, entry.rcode, for_client(entry.answer, rdtype), for_client(entry.authority, rdtype),
+                     [], entry.stored_at, entry.ttl, entry.question, False, security=entry.security, cd=entry.cd)
+        self.cache.store(copy)
+        self.counters["forward.cache.hit_without_dnssec"] += 1
+        return copy
 
     async def fetch_for_validation(self, name: dns.name.Name, rdtype: int) -> dns.message.Message | None:
         """The chain of trust's DS and DNSKEY questions, asked with DO and CD
@@ -404,6 +431,10 @@ def _transient_entry(qname, rdtype, rdclass, do, message: dns.message.Message, n
                  [with_ttl(r, r.ttl) for r in message.authority],
                  [with_ttl(r, r.ttl) for r in message.additional if r.rdtype != dns.rdatatype.OPT],
                  now, 0, (qname.canonicalize(), rdtype, rdclass), do)
+
+
+def _always(entry: Entry) -> Callable[[bool], Entry]:
+    return lambda _do: entry
 
 
 def _loop_time() -> float:
