@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import dns.dnssec
 import dns.exception
 import dns.name
 import dns.rdataset
@@ -39,6 +38,14 @@ SUPPORTED_DIGESTS = frozenset({2, 4})            # SHA-256, SHA-384
 MAX_RRSIGS_PER_RRSET = 8
 SIGNATURE_CHECKS_PER_ANSWER = 32                 # cryptographic verifications, whole chain included
 _ZONE_KEY, _REVOKE, _PROTOCOL = 0x0100, 0x0080, 3
+
+
+def _dnssec():
+    """dnspython's dns.dnssec, imported at the first signature check rather
+    than at start: it loads cryptography, which takes seconds under QEMU's
+    TCG and would hold back the first answer of every boot."""
+    import dns.dnssec
+    return dns.dnssec
 
 
 class Budget:
@@ -84,6 +91,7 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
     """``rrset`` checked against the RRSIGs given (those by ``zone``), with the
     zone's validated ``keys``: :class:`Checked`, or a bogus Verdict naming
     the first reason among expired, not yet valid, no key, wrong signature."""
+    dnssec = _dnssec()
     owner = rrset.name
     candidates = [sig for sig in rrsigs
                   if sig.type_covered == rrset.rdtype and sig.signer == zone
@@ -102,7 +110,7 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
         if now < sig.inception:
             failure = failure or bogus(EDE_SIGNATURE_NOT_YET_VALID, f"RRSIG over {owner} not yet valid", zone)
             continue
-        matching = [k for k in keys if k.algorithm == sig.algorithm and dns.dnssec.key_id(k) == sig.key_tag
+        matching = [k for k in keys if k.algorithm == sig.algorithm and dnssec.key_id(k) == sig.key_tag
                     and k.flags & _ZONE_KEY and k.protocol == _PROTOCOL
                     and (not k.flags & _REVOKE or rrset.rdtype == dns.rdatatype.DNSKEY)]
         if not matching:
@@ -113,9 +121,9 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
                 return bogus(EDE_DNSSEC_BOGUS, "signature check budget spent", zone)
             one_key = dns.rdataset.from_rdata(keys.ttl, key)
             try:
-                dns.dnssec.validate_rrsig(rrset, sig, {zone: one_key}, now=now,
-                                          policy=dns.dnssec.allow_all_policy)
-            except (dns.dnssec.ValidationFailure, dns.dnssec.UnsupportedAlgorithm, dns.exception.DNSException,
+                dnssec.validate_rrsig(rrset, sig, {zone: one_key}, now=now,
+                                          policy=dnssec.allow_all_policy)
+            except (dnssec.ValidationFailure, dnssec.UnsupportedAlgorithm, dns.exception.DNSException,
                     ValueError):
                 continue
             return Checked(sig)
@@ -125,11 +133,12 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
 
 
 def ds_matches(zone: dns.name.Name, key, ds) -> bool:
-    if key.algorithm != ds.algorithm or dns.dnssec.key_id(key) != ds.key_tag:
+    dnssec = _dnssec()
+    if key.algorithm != ds.algorithm or dnssec.key_id(key) != ds.key_tag:
         return False
     try:
-        made = dns.dnssec.make_ds(zone, key, ds.digest_type, validating=True, policy=dns.dnssec.allow_all_policy)
-    except (dns.dnssec.UnsupportedAlgorithm, dns.exception.DNSException, ValueError):
+        made = dnssec.make_ds(zone, key, ds.digest_type, validating=True, policy=dnssec.allow_all_policy)
+    except (dnssec.UnsupportedAlgorithm, dns.exception.DNSException, ValueError):
         return False
     return made.digest == ds.digest
 
