@@ -222,12 +222,12 @@ def image_python(root: Path, *args: str, env: dict | None = None, **kw) -> subpr
 
 
 def check_data_files() -> None:
-    """Only data/ is baked into the image (as /app/data): every zone and hosts
-    file config.py names must be there, or the VM would miss it."""
+    """Only data/ is baked into the image (as /app/data): every zone, hosts
+    and trust-anchor file config.py names must be there, or the VM would miss it."""
     from unikernel.config import load
     appliance = load(REPO / "config.py")
     data = (REPO / "data").resolve()
-    for name in [*appliance.zones, *appliance.hosts]:
+    for name in [*appliance.zones, *appliance.hosts, *appliance.trust_anchors]:
         path = appliance.path(name).resolve()
         if not path.is_relative_to(data):
             raise BuildError(f"config.py names {name}, which is not in data/ (only data/ goes into the image)")

@@ -8,6 +8,7 @@ import asyncio
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 
@@ -164,3 +165,23 @@ def test_fast_path_never_serves_a_bogus_entry():
     payload = dns.message.make_query("www.example.", "A").to_wire()
     key, _, _ = wire.parse_query(payload)
     assert setup.cache.fast_lookup(lambda ip: True)(key, int(CLIENT[0]), setup.clock.t) is None
+
+
+def test_trust_anchor_and_dnssec_flags(tmp_path):
+    import pytest
+
+    from unikernel.cli import parse_serve
+    from unikernel.config import ConfigError
+    from unikernel.main import check
+
+    anchor = tmp_path / "anchor.ds"
+    anchor.write_text(signed.World().root.ds().to_text() + "\n")
+    base = ["--forward", "192.0.2.1", "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "192.0.2.1"]
+    appliance = parse_serve([*base, "--trust-anchor", str(anchor)])
+    assert appliance.dnssec is True and appliance.trust_anchors == [str(anchor)]
+    assert len(check(appliance).trust_anchors) == 1
+    assert check(parse_serve([*base, "--dnssec", "no"])).trust_anchors is None
+    assert [ds.key_tag for ds in check(parse_serve(base)).trust_anchors.by_name[dns.name.root].ds] == [20326, 38696]
+    anchor.write_text("not a record\n")
+    with pytest.raises(ConfigError, match="anchor.ds"):
+        check(appliance)
