@@ -1,6 +1,6 @@
 """``python -m bench [auth|forwarder|dnssec] [options]``: with no name, every
-benchmark present runs in turn (auth, then forwarder when bench/forwarder.py
-exists; it provides ``main(argv) -> int`` as auth does)."""
+benchmark present runs in turn (auth, forwarder, then dnssec; each module
+provides ``main(argv) -> int``)."""
 from __future__ import annotations
 
 import importlib

@@ -110,8 +110,11 @@ def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]
         rows.append({"server": f"appliance, {label} hits", "qps": sum(r["qps"] for r in runs) / len(runs),
                      "latency_ms": sum(r["latency_ms"] for r in runs) / len(runs),
                      "cpu_per_1000": 1000 * sum(r["cpu"] for r in runs) / completed if completed else 0.0})
+    # QPS on a shared machine follows the load; CPU per answer much less so:
+    # its ratio is given as unvalidated/validated, so both read "≥ 0.9 is good"
     rows.append({"server": "ratio validated/unvalidated", "qps": rows[0]["qps"] / rows[1]["qps"] if rows[1]["qps"]
-                 else 0.0, "latency_ms": 0.0, "cpu_per_1000": 0.0})
+                 else 0.0, "latency_ms": 0.0,
+                 "cpu_per_1000": rows[1]["cpu_per_1000"] / rows[0]["cpu_per_1000"] if rows[0]["cpu_per_1000"] else 0.0})
     rows.append({"server": "cold validation, appliance", "cold_ms": cold["appliance"]})
     rows.append({"server": "cold validation, Unbound", "cold_ms": cold["unbound"]})
     return rows
@@ -123,7 +126,7 @@ def format_rows(rows: list[dict]) -> str:
         if "cold_ms" in r:
             lines.append(f"{r['server']:<32}{r['cold_ms']:>12.1f} ms")
         elif r["server"].startswith("ratio"):
-            lines.append(f"{r['server']:<32}{r['qps']:>11.2f}x")
+            lines.append(f"{r['server']:<32}{r['qps']:>11.2f}x{'':>16}{r['cpu_per_1000']:>11.2f}x (CPU: unvalidated/validated)")
         else:
             lines.append(f"{r['server']:<32}{r['qps']:>12.0f}{r['latency_ms']:>16.3f}{r['cpu_per_1000']:>12.4f}")
     return "\n".join(lines)
