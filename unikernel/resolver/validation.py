@@ -65,6 +65,7 @@ class Validation:
         self._logged.move_to_end(verdict.zone)
         while len(self._logged) > MAX_LOGGED_ZONES:
             self._logged.popitem(last=False)
+            self.counters["dnssec.bogus.log_zones_evicted"] += 1
         log.warning("DNSSEC bogus: %s %s (zone %s): %s; answered SERVFAIL (EDE %s)", qname,
                     dns.rdatatype.RdataType.make(rdtype).name, verdict.zone, verdict.reason, verdict.ede)
 
