@@ -354,3 +354,25 @@ def test_empty_non_terminal_nodata(world):
     ent = world.tld.sign(nsec("a.example.", "a.b.example.", "A RRSIG NSEC"))
     assert run(world.validator(), "b.example.", "A",
                reply(authority=[world.soa(), ent])).security is Security.SECURE
+
+
+def test_arbitrary_responses_get_a_verdict_never_an_exception(world):
+    """Responses made of the world's signed records shuffled into the wrong
+    sections, for the wrong names and types: always a verdict."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    pool = [r for m in world.replies.values() for r in (*m.answer, *m.authority)]
+    pool += world.tld.sign(rrset("www.example. 300 IN A 192.0.2.1")) + world.soa()
+    names = ["www.example.", "example.", ".", "unsigned.example.", "nowhere.", "*.example.", "a.b.example."]
+    types = ["A", "DS", "DNSKEY", "NSEC", "SOA", "CNAME", "RRSIG", "TXT"]
+    validator = world.validator()
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.sampled_from(names), st.sampled_from(types), st.lists(st.sampled_from(pool), max_size=5),
+           st.lists(st.sampled_from(pool), max_size=5), st.sampled_from([dns.rcode.NOERROR, dns.rcode.NXDOMAIN]))
+    def check(qname, rdtype, answer, authority, rcode):
+        verdict = run(validator, qname, rdtype, reply([answer], [authority], rcode))
+        assert verdict.security in (Security.SECURE, Security.INSECURE, Security.BOGUS)
+
+    check()

@@ -29,7 +29,7 @@ import dns.rrset
 
 from unikernel.resolver.dnssec.chain import BOGUS_TTL
 from unikernel.resolver.dnssec.validator import Validator
-from unikernel.resolver.dnssec.verdict import Verdict
+from unikernel.resolver.dnssec.verdict import EDE_DNSSEC_BOGUS, Verdict, bogus
 
 log = logging.getLogger("unikernel.resolver.validation")
 
@@ -51,7 +51,12 @@ class Validation:
 
     async def check(self, qname: dns.name.Name, rdtype: int, message: dns.message.Message) -> Verdict:
         now = self.wall_clock()
-        verdict = await self.validator.validate(qname, rdtype, message, now)
+        try:
+            verdict = await self.validator.validate(qname, rdtype, message, now)
+        except Exception:  # noqa: BLE001 - a validator bug fails closed: SERVFAIL, never unvalidated data
+            self.counters["dnssec.error"] += 1
+            log.exception("DNSSEC validation of %s failed", qname)
+            verdict = bogus(EDE_DNSSEC_BOGUS, "validation failed", None)
         if verdict.is_bogus:
             self._log_bogus(qname, rdtype, verdict, now)
         return verdict
