@@ -40,15 +40,15 @@ N = dns.name.from_text
 
 
 class Key:
-    def __init__(self, zone: str, private=None, flags: int = 257) -> None:
+    def __init__(self, zone: str, private=None, flags: int = 257, algorithm=None) -> None:
         self.zone = N(zone)
         self.private = private or ec.generate_private_key(ec.SECP256R1())
-        algorithm = (dns.dnssec.Algorithm.ED25519 if isinstance(self.private, ed25519.Ed25519PrivateKey)
-                     else dns.dnssec.Algorithm.ECDSAP256SHA256)
+        algorithm = algorithm or (dns.dnssec.Algorithm.ED25519 if isinstance(self.private, ed25519.Ed25519PrivateKey)
+                                  else dns.dnssec.Algorithm.ECDSAP256SHA256)
         self.dnskey = dns.dnssec.make_dnskey(self.private.public_key(), algorithm, flags=flags)
 
-    def ds(self) -> dns.rrset.RRset:
-        return dns.rrset.from_rdata(self.zone, 3600, dns.dnssec.make_ds(self.zone, self.dnskey, "SHA256"))
+    def ds(self, digest: str = "SHA256") -> dns.rrset.RRset:
+        return dns.rrset.from_rdata(self.zone, 3600, dns.dnssec.make_ds(self.zone, self.dnskey, digest))
 
     def dnskeys(self) -> dns.rrset.RRset:
         return dns.rrset.from_rdata(self.zone, 3600, self.dnskey)
@@ -219,6 +219,24 @@ def test_ed25519_zone(world):
     world.replies[("ed.example.", "DNSKEY")] = reply([ed.sign(ed.dnskeys())])
     verdict = run(world.validator(), "ed.example.", "TXT", reply([ed.sign(rrset('ed.example. 300 IN TXT "x"'))]))
     assert verdict.security is Security.SECURE, verdict
+
+
+@pytest.mark.parametrize("algorithm", ["RSASHA256", "RSASHA512", "ECDSAP384SHA384", "ED448"])
+def test_every_supported_algorithm(world, algorithm):
+    from cryptography.hazmat.primitives.asymmetric import ed448, rsa
+    private = {"RSASHA256": lambda: rsa.generate_private_key(65537, 2048),
+               "RSASHA512": lambda: rsa.generate_private_key(65537, 2048),
+               "ECDSAP384SHA384": lambda: ec.generate_private_key(ec.SECP384R1()),
+               "ED448": ed448.Ed448PrivateKey.generate}[algorithm]()
+    zone = f"{algorithm.lower()}.example."
+    key = Key(zone, private, algorithm=dns.dnssec.Algorithm[algorithm])
+    digest = "SHA384" if algorithm == "ECDSAP384SHA384" else "SHA256"     # DS digest 4 as well as 2
+    world.replies[(zone, "DS")] = reply([world.tld.sign(key.ds(digest))])
+    world.replies[(zone, "DNSKEY")] = reply([key.sign(key.dnskeys())])
+    good = reply([key.sign(rrset(f'{zone} 300 IN TXT "x"'))])
+    assert run(world.validator(), zone, "TXT", good).security is Security.SECURE
+    forged = reply([[rrset(f'{zone} 300 IN TXT "y"'), good.answer[1]]])
+    assert run(world.validator(), zone, "TXT", forged).security is Security.BOGUS
 
 
 def test_ds_without_matching_key_is_bogus(world):
