@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import dns.dnssec
 import dns.edns
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
+import dns.rrset
 
 from tests.unit import test_dnssec as signed
 from tests.unit.test_forwarder import CLIENT, SERVER, UP1, Clock, FakeStack
@@ -185,3 +188,22 @@ def test_trust_anchor_and_dnssec_flags(tmp_path):
     anchor.write_text("not a record\n")
     with pytest.raises(ConfigError, match="anchor.ds"):
         check(appliance)
+
+
+def test_insecure_for_an_unknown_algorithm_is_noerror_with_ede_1():
+    setup = Setup({})
+    world = setup.world
+    odd = signed.Key("odd.example.")
+    ds = dns.rdata.from_text("IN", "DS", f"{dns.dnssec.key_id(odd.dnskey)} 253 2 {'00' * 32}")
+    world.replies[("odd.example.", "DS")] = signed.reply([world.tld.sign(
+        dns.rrset.from_rdata(dns.name.from_text("odd.example."), 300, ds))])
+    setup.upstream.data[("odd.example.", "A")] = signed.reply([odd.sign(signed.rrset("odd.example. 300 IN A 192.0.2.3"))])
+
+    async def main():
+        return await setup.ask("odd.example.", do=True), await setup.ask("odd.example.")
+
+    with_do, plain = asyncio.run(main())
+    assert with_do.rcode() == dns.rcode.NOERROR and not with_do.flags & dns.flags.AD and with_do.answer
+    assert [o.code for o in with_do.options if isinstance(o, dns.edns.EDEOption)] == [
+        dns.edns.EDECode.UNSUPPORTED_DNSKEY_ALGORITHM]
+    assert plain.rcode() == dns.rcode.NOERROR and [r.rdtype for r in plain.answer] == [dns.rdatatype.A]

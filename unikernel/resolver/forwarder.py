@@ -71,7 +71,7 @@ from unikernel.resolver.cache import (
     question_key,
     with_ttl,
 )
-from unikernel.resolver.dnssec.verdict import EDE_DNSSEC_BOGUS
+from unikernel.resolver.dnssec.verdict import EDE_DNSSEC_BOGUS, EDE_UNSUPPORTED_ALGORITHM, EDE_UNSUPPORTED_DIGEST
 from unikernel.resolver.stub import StubError, StubResolver
 from unikernel.resolver.upstream import USABLE_RCODES, Upstream, Upstreams
 from unikernel.resolver.validation import Validation, for_client, relayed, strips_dnssec
@@ -79,6 +79,7 @@ from unikernel.resolver.validation import Validation, for_client, relayed, strip
 log = logging.getLogger("unikernel.resolver.forwarder")
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+_UNSUPPORTED = (EDE_UNSUPPORTED_ALGORITHM, EDE_UNSUPPORTED_DIGEST)
 
 
 class Forwarder:
@@ -253,6 +254,10 @@ class Forwarder:
                 self.cache.store(entries[variant])
             return entries.__getitem__
         security = verdict.security.value if verdict is not None else SECURITY_UNCHECKED
+        # an answer insecure only for an algorithm or digest we lack says so
+        # (RFC 8914 codes 1 and 2), as information beside NOERROR
+        note = ((verdict.ede, verdict.reason[:200]) if verdict is not None and verdict.ede in _UNSUPPORTED
+                else None)
         if security != SECURITY_SECURE:
             message = self._undo_wildcard(upstream, message)   # a signed answer is no rewrite
         # RFC 4035 5.3.3: kept no longer than the signatures it rests on are valid
@@ -262,20 +267,21 @@ class Forwarder:
         def entry_for(variant: bool) -> Entry:
             if variant not in entries:
                 entries[variant] = self._validated_entry(qname, rdtype, rdclass, variant, cd, message, security,
-                                                         left, now)
+                                                         left, now, note)
             return entries[variant]
 
         entry_for(do)
         return entry_for
 
     def _validated_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool,
-                         message: dns.message.Message, security: str, left: int | None, now: float) -> Entry:
+                         message: dns.message.Message, security: str, left: int | None, now: float,
+                         note: tuple[int, str] | None) -> Entry:
         shown = relayed(message, rdtype, do)
         entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, shown, now)
         keep = entry is not None
         if entry is None:
             entry = _transient_entry(qname, rdtype, rdclass, do, shown, now)
-        entry.security, entry.cd = security, cd
+        entry.security, entry.cd, entry.ede = security, cd, note
         if left is not None and left < entry.ttl:
             entry.ttl = left
             entry.answer, entry.authority = ([with_ttl(r, min(r.ttl, left)) for r in section]
@@ -291,7 +297,8 @@ class Forwarder:
             return None
         rdtype = entry.question[1]
         copy = Entry(entry.kind, entry.rcode, for_client(entry.answer, rdtype), for_client(entry.authority, rdtype),
-                     [], entry.stored_at, entry.ttl, entry.question, False, security=entry.security, cd=entry.cd)
+                     [], entry.stored_at, entry.ttl, entry.question, False, security=entry.security, ede=entry.ede,
+                     cd=entry.cd)
         self.cache.store(copy)
         self.counters["forward.cache.hit_without_dnssec"] += 1
         return copy

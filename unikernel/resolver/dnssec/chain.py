@@ -38,6 +38,7 @@ from unikernel.resolver.dnssec.anchors import Anchor, TrustAnchors
 from unikernel.resolver.dnssec.signatures import (
     Budget,
     Checked,
+    unusable_ds,
     verify_dnskeys,
     verify_rrset,
 )
@@ -252,6 +253,9 @@ class ChainOfTrust:
 
     async def _zone_keys(self, zone: dns.name.Name, ds_set: dns.rrset.RRset, ds_checked: Checked, now: float,
                          work: Work) -> ZoneState:
+        unsupported = unusable_ds(zone, ds_set)
+        if unsupported is not None:          # insecure, whatever its DNSKEY set says (RFC 4035 5.2)
+            return ZoneState(unsupported, zone, None, now + min(ds_set.ttl, MAX_KEY_TTL))
         reply = await self._fetch(zone, dns.rdatatype.DNSKEY, work)
         found = _rrset_and_sigs(reply, zone, dns.rdatatype.DNSKEY)
         if found is None:

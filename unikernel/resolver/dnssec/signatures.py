@@ -143,18 +143,27 @@ def ds_matches(zone: dns.name.Name, key, ds) -> bool:
     return made.digest == ds.digest
 
 
+def unusable_ds(zone: dns.name.Name, ds_set: Iterable) -> Verdict | None:
+    """The insecure verdict for a DS set none of whose records has an
+    algorithm and digest we support (RFC 6840 5.2), else None."""
+    ds_list = list(ds_set)
+    if any(ds.digest_type in SUPPORTED_DIGESTS and ds.algorithm in SUPPORTED_ALGORITHMS for ds in ds_list):
+        return None
+    unknown_algorithm = any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in ds_list)
+    return insecure("no DS with an algorithm and digest supported", zone,
+                    EDE_UNSUPPORTED_ALGORITHM if unknown_algorithm else EDE_UNSUPPORTED_DIGEST)
+
+
 def verify_dnskeys(zone: dns.name.Name, dnskeys: dns.rrset.RRset, rrsigs: Iterable,
                    ds_set: Iterable, now: float, budget: Budget) -> Checked | Verdict:
     """The zone's DNSKEY RRset against the DS records (or the anchor's) that
     vouch for it (RFC 4035 5.2): signed by a key that a usable DS matches.
     A DS set with no algorithm or digest we support makes the zone insecure
     (RFC 6840 5.2), not bogus."""
-    ds_list = list(ds_set)
-    usable = [ds for ds in ds_list if ds.digest_type in SUPPORTED_DIGESTS and ds.algorithm in SUPPORTED_ALGORITHMS]
-    if not usable:
-        unknown_algorithm = any(ds.algorithm not in SUPPORTED_ALGORITHMS for ds in ds_list)
-        return insecure("no DS with an algorithm and digest supported", zone,
-                        EDE_UNSUPPORTED_ALGORITHM if unknown_algorithm else EDE_UNSUPPORTED_DIGEST)
+    unsupported = unusable_ds(zone, ds_set)
+    if unsupported is not None:
+        return unsupported
+    usable = [ds for ds in ds_set if ds.digest_type in SUPPORTED_DIGESTS and ds.algorithm in SUPPORTED_ALGORITHMS]
     entry_keys = [k for k in dnskeys if k.flags & _ZONE_KEY and any(ds_matches(zone, k, ds) for ds in usable)]
     if not entry_keys:
         return bogus(EDE_DNSKEY_MISSING, f"no DNSKEY of {zone} matches its DS", zone)
