@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # host: apt runs under a policy-rc.d that refuses every start, and the tests
 # run each one in the foreground inside a namespace of their own.
 APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
-            dnsmasq-base qemu-system-x86 cpio xz-utils zstd \
+            dnsmasq-base qemu-system-x86 cpio xz-utils zstd binutils \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
             ca-certificates avahi-daemon chromium chromium-driver prometheus
 PYTEST_ARGS ?=

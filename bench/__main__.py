@@ -1,13 +1,13 @@
-"""``python -m bench [auth|forwarder|hot_path|dot] [options]``: with no name, every
-benchmark present runs in turn (auth, forwarder, hot_path, dot); each module
-provides ``main(argv) -> int``."""
+"""``python -m bench [auth|forwarder|hot_path|dot|dnssec] [options]``: with no
+name, every benchmark present runs in turn (auth, forwarder, hot_path, dot,
+dnssec); each module provides ``main(argv) -> int``."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder", "hot_path", "dot")
+BENCHMARKS = ("auth", "forwarder", "hot_path", "dot", "dnssec")
 
 
 def main(argv: list[str]) -> int:

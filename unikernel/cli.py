@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serve-stale", nargs="?", const=True, type=yes_or_no, metavar="yes|no",
                        help="give expired cached answers while no upstream answers (RFC 8767)")
     serve.add_argument("--cache-size", type=int, metavar="N", help="most answers kept in the cache")
+    serve.add_argument("--trust-anchor", dest="trust_anchors", action="append", metavar="FILE",
+                       type=lambda v: str(Path(v).resolve()),
+                       help="DNSSEC trust anchors (DS or DNSKEY records, zone-file format) replacing the "
+                            "root's built-in ones; repeat for several")
+    serve.add_argument("--dnssec", nargs="?", const=True, type=yes_or_no, metavar="yes|no",
+                       help="validate forwarded answers with DNSSEC (default yes)")
     _add_field_options(serve)
     serve.set_defaults(func=run_serve)
 

@@ -132,6 +132,8 @@ class Appliance:
     rrl_rate: int = 200                     # UDP responses a second per client /24 (NSD's default); 0: off
     rrl_slip: int = 2                       # every N-th limited response goes out truncated (0: none)
     rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
+    dnssec: bool = True                     # validate what is forwarded (DNSSEC); bogus answers get SERVFAIL
+    trust_anchors: list[str] = field(default_factory=list)   # DS/DNSKEY files; [] = the root's built-in KSKs
     log_queries: bool = False
     # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
     # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries

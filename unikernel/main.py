@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -32,10 +33,14 @@ from unikernel.config import (
 )
 from unikernel.process import Process, compose, processor_of_process
 from unikernel.resolver.cache import Cache
-from unikernel.resolver.forwarder import forwarder
+from unikernel.resolver.dnssec.anchors import AnchorError, TrustAnchors, root_anchors
+from unikernel.resolver.dnssec.chain import ChainOfTrust
+from unikernel.resolver.dnssec.validator import Validator
+from unikernel.resolver.forwarder import Forwarder, forwarder
 from unikernel.resolver.stub import StubResolver
 from unikernel.resolver.tls_upstream import TlsUpstream
 from unikernel.resolver.transports import UpstreamTransports
+from unikernel.resolver.validation import Validation
 from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
@@ -68,6 +73,7 @@ class Loaded:
     zone_files: zones_mod.ZoneFiles | None
     hosts: HostsTable | None
     tsig: dns.tsig.Key | None = None
+    trust_anchors: TrustAnchors | None = None     # when forwarding with DNSSEC validation
 
 
 def check(appliance: Appliance) -> Loaded:
@@ -115,7 +121,14 @@ def check(appliance: Appliance) -> Loaded:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
-    return Loaded(zone_files, hosts, tsig)
+    anchors = None
+    if appliance.forward and appliance.dnssec:
+        try:
+            anchors = (TrustAnchors.from_files(appliance.path(a) for a in appliance.trust_anchors)
+                       if appliance.trust_anchors else root_anchors())
+        except AnchorError as e:
+            raise ConfigError(f"trust anchor {e}") from None
+    return Loaded(zone_files, hosts, tsig, anchors)
 
 
 def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -289,10 +302,20 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
             endpoints, transports = upstream_transports(appliance, stack)
             lifecycle.append(transports)          # closed after the forwarder that uses it
-            relay = forwarder(endpoints, stub=transports, cache=cache,
-                              allow=allowed_clients(appliance),
-                              randomize_case=appliance.randomize_case,
-                              bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
+            validation = None
+            if loaded.trust_anchors is not None:
+                # the chain of trust asks its DS/DNSKEY questions through the
+                # forwarder's upstreams (``relay`` is bound just below)
+                async def fetch(name, rdtype):
+                    return await relay.fetch_for_validation(name, rdtype)
+                chain_of_trust = ChainOfTrust(loaded.trust_anchors, fetch, counters=stack.counters)
+                # RRSIG validity is wall-clock time (seconds since the epoch)
+                validation = Validation(Validator(chain_of_trust, counters=stack.counters), wall_clock=time.time,
+                                        counters=stack.counters)
+            relay: Forwarder = forwarder(
+                endpoints, stub=transports, cache=cache, allow=allowed_clients(appliance),
+                randomize_case=appliance.randomize_case, bogus_nxdomain=appliance.bogus_nxdomain,
+                clock=stack.now, validation=validation)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         forwarded = relay

@@ -54,6 +54,7 @@ QUERY_PAD_BLOCK = 128          # RFC 8467 4.1: queries padded to a multiple of 1
 _EDNS_DO = 0x8000
 _PADDING_OPTION = 12
 _FLAG_RD = 0x0100
+_FLAG_CD = 0x0010
 _FLAG_QR = 0x8000
 
 
@@ -66,10 +67,10 @@ class _ConnectionLost(StubError):
 
 
 def padded_query(qid: int, question: bytes, *, rd: bool = True, payload: int = DEFAULT_PAYLOAD,
-                 do: bool = False, block: int = QUERY_PAD_BLOCK) -> bytes:
+                 do: bool = False, cd: bool = False, block: int = QUERY_PAD_BLOCK) -> bytes:
     """A query of bytes whose OPT record carries a Padding option that makes
     the whole message a multiple of ``block`` bytes."""
-    header = struct.pack("!HHHHHH", qid, _FLAG_RD if rd else 0, 1, 0, 0, 1)
+    header = struct.pack("!HHHHHH", qid, (_FLAG_RD if rd else 0) | (_FLAG_CD if cd else 0), 1, 0, 0, 1)
     unpadded = len(header) + len(question) + 11 + 4          # OPT's fixed part, the option's header
     pad = -unpadded % block
     opt = b"\x00" + struct.pack("!HHIH", 41, payload, _EDNS_DO if do else 0, 4 + pad)
@@ -127,7 +128,9 @@ class TlsUpstream:
     # -- queries -------------------------------------------------------------
     async def query(self, qname: dns.name.Name, rdtype: int, rdclass: int = dns.rdataclass.IN, *,
                     timeout: float = 2.0, rd: bool = True, payload: int | None = DEFAULT_PAYLOAD,
-                    do: bool = False) -> Reply:
+                    do: bool = False, cd: bool = False) -> Reply:
+        """One exchange over TLS; ``cd``: checking disabled (the validator
+        asks so, to see what a validating upstream would have rejected)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
@@ -142,7 +145,7 @@ class TlsUpstream:
         try:
             for attempt in range(2):          # a lost connection: sent once more, on a new one
                 try:
-                    wire, message = await self._exchange(question, deadline, rd=rd, do=do,
+                    wire, message = await self._exchange(question, deadline, rd=rd, do=do, cd=cd,
                                                          payload=payload)
                 except _ConnectionLost:
                     if attempt:
@@ -155,8 +158,8 @@ class TlsUpstream:
         finally:
             self._slots.release()
 
-    async def _exchange(self, question: bytes, deadline: float, *, rd: bool, do: bool, payload: int | None
-                        ) -> tuple[bytes, dns.message.Message]:
+    async def _exchange(self, question: bytes, deadline: float, *, rd: bool, do: bool, cd: bool,
+                        payload: int | None) -> tuple[bytes, dns.message.Message]:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(question, loop.create_future())
         conn: _Connection | None = None
@@ -175,8 +178,8 @@ class TlsUpstream:
                 conn.used += 1
                 self.counters["dot.query"] += 1
                 # without EDNS (an upstream that rejects it) there is no OPT to pad in
-                wire = (padded_query(qid, question, rd=rd, payload=payload, do=do) if payload
-                        else build_query(qid, question, rd=rd, payload=None))
+                wire = (padded_query(qid, question, rd=rd, payload=payload, do=do, cd=cd) if payload
+                        else build_query(qid, question, rd=rd, payload=None, cd=cd))
                 conn.writer.write(struct.pack("!H", len(wire)) + wire)
                 return await asyncio.shield(waiting.future)
         except ConnectionError as e:

@@ -29,15 +29,15 @@ class UpstreamTransports:
 
     async def query(self, server: tuple[int, int], qname, rdtype: int, rdclass: int = dns.rdataclass.IN, *,
                     timeout: float = 2.0, rd: bool = True, payload: int | None = DEFAULT_PAYLOAD,
-                    do: bool = False, **udp_options: Any) -> Reply:
+                    do: bool = False, cd: bool = False, **udp_options: Any) -> Reply:
         """The stub resolver's call. Options only UDP has (0x20 and its
         case-mismatch callback, the TCP retry) go to the stub and nowhere
         else, so a new one needs no change here."""
         upstream = self.tls.get(server)
         if upstream is None:
             return await self.stub.query(server, qname, rdtype, rdclass, timeout=timeout, rd=rd, payload=payload,
-                                         do=do, **udp_options)
-        return await upstream.query(qname, rdtype, rdclass, timeout=timeout, rd=rd, payload=payload, do=do)
+                                         do=do, cd=cd, **udp_options)
+        return await upstream.query(qname, rdtype, rdclass, timeout=timeout, rd=rd, payload=payload, do=do, cd=cd)
 
     async def close(self) -> None:
         """Closes the TLS connections (main's lifecycle calls it on stop)."""

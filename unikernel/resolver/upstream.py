@@ -130,10 +130,10 @@ class Upstreams:
         upstream.downgraded_at = self.clock()
 
     async def ask(self, stub: StubResolver, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
-                  deadline: float) -> tuple[Upstream, Reply] | None:
+                  deadline: float, *, cd: bool = False) -> tuple[Upstream, Reply] | None:
         """The first usable reply as (Upstream, Reply); an error reply if that
         is all every upstream said; None when nothing came before ``deadline``
-        (on the loop's time)."""
+        (on the loop's time). ``cd``: ask with checking disabled."""
         loop = asyncio.get_running_loop()
         order = self.order()
         pending: dict[asyncio.Future, tuple[Upstream, float]] = {}
@@ -176,7 +176,7 @@ class Upstreams:
                         launched += 1
                     attempt = asyncio.ensure_future(stub.query(
                         upstream.endpoint, qname, rdtype, rdclass, timeout=deadline - t,
-                        do=do and upstream.edns,
+                        do=do and upstream.edns, cd=cd,
                         use_0x20=upstream.use_0x20 and id(upstream) not in plain_case,
                         payload=DEFAULT_PAYLOAD if upstream.edns else None,
                         on_case_mismatch=functools.partial(case_mismatch, upstream)))

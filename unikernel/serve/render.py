@@ -39,8 +39,10 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
     ednsflags = query.ednsflags & dns.flags.DO
     if rcode > 0xF:
         ednsflags |= (rcode >> 4) << 24
+    # options the response carries (an Extended DNS Error) go into our OPT
+    options = list(response.options) if response.edns >= 0 else []
     if with_edns:
-        renderer.reserve(OPT_SIZE)
+        renderer.reserve(OPT_SIZE + sum(4 + len(option.to_wire() or b"") for option in options))
     for question in response.question:
         renderer.add_question(question.name, question.rdtype, question.rdclass)
     whole, truncated, room = True, False, True
@@ -78,7 +80,7 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
                 break
     if with_edns:
         renderer.release_reserved()
-        renderer.add_edns(0, ednsflags, UDP_PAYLOAD)
+        renderer.add_edns(0, ednsflags, UDP_PAYLOAD, options)
     if truncated:
         renderer.flags |= dns.flags.TC
     renderer.write_header()

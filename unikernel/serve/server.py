@@ -207,7 +207,8 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._send(wire.patch(answer, payload, name_end), src_ip, src_port)
+                        self._send(wire.patch(answer, payload, name_end, with_do=key[-1] == wire.EDNS_DO),
+                                   src_ip, src_port)
                         if self.log_queries:
                             self._log(src_ip, src_port, payload, "fast")
                         return
