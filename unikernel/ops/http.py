@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 
 import h11
 
@@ -105,8 +106,8 @@ class HttpServer:
 
     async def _refuse(self, http: h11.Connection, status: int, writer: TcpStreamWriter) -> None:
         try:
-            out = http.send(h11.Response(status_code=status, headers=[("Content-Length", "0"),
-                                                                      ("Connection", "close")]))
+            out = http.send(h11.Response(status_code=status, reason=HTTPStatus(status).phrase,
+                                         headers=[("Content-Length", "0"), ("Connection", "close")]))
             out += http.send(h11.EndOfMessage())
         except h11.LocalProtocolError:      # too late in the exchange for a response
             return
@@ -117,6 +118,7 @@ class HttpServer:
         """The next request's head, or None when the connection should end (the
         client closed or went idle); raises h11.RemoteProtocolError for what
         h11 refuses."""
+        received = 0
         while True:
             event = http.next_event()
             if event is h11.NEED_DATA:
@@ -125,6 +127,10 @@ class HttpServer:
                 except TimeoutError:
                     self.counters["http.idle.close"] += 1
                     return None
+                received += len(data)
+                if received > self.max_request_bytes:
+                    # h11's own bound only holds a head that arrives in one piece
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
                 http.receive_data(data)        # b"" is the client's EOF
                 continue
             if isinstance(event, h11.Request):
@@ -156,7 +162,7 @@ class HttpServer:
                     ("Cache-Control", "no-store")]
         if not keep:
             headers.append(("Connection", "close"))
-        out = http.send(h11.Response(status_code=status, headers=headers))
+        out = http.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase))
         if method != "HEAD":
             out += http.send(h11.Data(data=body))
         out += http.send(h11.EndOfMessage())
