@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder")
+BENCHMARKS = ("auth", "forwarder", "blocklist")
 
 
 def main(argv: list[str]) -> int:

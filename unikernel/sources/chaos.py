@@ -22,7 +22,7 @@ from unikernel.process import Answer, Endpoint, Process
 
 IDENTITY_NAMES = (dns.name.from_text("id.server."), dns.name.from_text("hostname.bind."))
 VERSION_NAMES = (dns.name.from_text("version.server."), dns.name.from_text("version.bind."))
-EDE_NOT_SUPPORTED = 21
+EDE_NOT_SUPPORTED = dns.edns.EDECode.NOT_SUPPORTED     # 21
 
 
 def chaos_process(*, identity: str, version: str | None) -> Process:
