@@ -50,6 +50,11 @@ def qtype_label(key: bytes) -> str:
     return QTYPE_LABELS.get(key[-5:-3], "other")
 
 
+def qtype_text(key: bytes) -> str:
+    """The query type of a fast-path key, by its name (``TYPE65000`` for one without)."""
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(int.from_bytes(key[-5:-3], "big")))
+
+
 def name_text(key: bytes) -> str:
     """The question's name from a fast-path key (or a bare name wire), as dig writes it."""
     try:
@@ -220,7 +225,7 @@ class QueryStats:
     def recent_queries(self, now: float) -> list[dict]:
         """The last queries, newest first, as the dashboard and the JSON API show them."""
         return [{"age_seconds": round(now - at, 3), "client": str(ipaddress.IPv4Address(ip)), "port": port,
-                 "qname": name_text(key), "qtype": _qtype_text(key), "transport": transport,
+                 "qname": name_text(key), "qtype": qtype_text(key), "transport": transport,
                  "rcode": rcode_text(rcode), "source": source, "latency_ms": round(latency * 1000, 3),
                  "flags": flag_names(flags)}
                 for at, ip, port, key, transport, flags, rcode, source, latency in reversed(self.recent)]
@@ -233,6 +238,3 @@ class QueryStats:
         return [{"client": str(ipaddress.IPv4Address(item)), "count": count, "error": error}
                 for item, count, error in self.clients.top(n)]
 
-
-def _qtype_text(key: bytes) -> str:
-    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(int.from_bytes(key[-5:-3], "big")))
