@@ -53,7 +53,7 @@ IMAGES = REPO / "images"
 APP_PACKAGES = ("unikernel", "netstack")
 # Modules stage 2 imports (build/init.py); list-imports imports them, then
 # records everything that came with them.
-SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet",
+SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet", "unikernel.ops.site",
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib")
 # Packages kept whole, whatever the recording saw: codec lookups by name and
 # dnspython's record types are imported lazily, at the first query that needs them.
@@ -222,10 +222,10 @@ def check_data_files() -> None:
 
 # -- 3. record ---------------------------------------------------------------
 
-def record_imports(root: Path, dnspython: Path) -> list[tuple[str, str]]:
+def record_imports(root: Path, dnspython: Path, h11: Path) -> list[tuple[str, str]]:
     """(module name, file) for every module the appliance loads at start."""
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
-                          env={"PYTHONPATH": f"{REPO}:{dnspython}", "DNS_APPLIANCE_IMPORT_ALL": "dns",
+                          env={"PYTHONPATH": f"{REPO}:{dnspython}:{h11}", "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
     if result.returncode != 0:
         raise BuildError(f"recording the appliance's imports failed (does it import?):\n"
@@ -365,7 +365,7 @@ def compress(data: bytes) -> bytes:
 
 def input_digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.NIC_MODULES,
+    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.H11, packages.NIC_MODULES,
                    packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR)).encode())
     for p in sorted(paths):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
@@ -407,7 +407,8 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         debs.append(fetch_deb(deb, cache))
         progress.item(f"{deb.name} {deb.version}{' (cached)' if cached else ''}", i, len(pins))
     wheel = fetch_wheel(packages.DNSPYTHON, cache)
-    progress.note(f"{packages.DNSPYTHON.filename}")
+    h11_wheel = fetch_wheel(packages.H11, cache)
+    progress.note(f"{packages.DNSPYTHON.filename} {packages.H11.filename}")
 
     progress.step("unpack with dpkg-deb -x")
     trees = cache / "trees"
@@ -416,11 +417,12 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     root = unpack(debs[1:], trees / f"userspace-{user_key}")
     kernel_root = unpack(debs[:1], trees / f"kernel-{packages.KERNEL.sha256[:16]}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
+    h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
     progress.note(f"{root}\n      {kernel_root}")
 
     check_data_files()
     progress.step("record the modules the appliance imports")
-    recorded = record_imports(root, dnspython)
+    recorded = record_imports(root, dnspython, h11)
     sources, extensions = stdlib_selection(root, recorded)
     progress.note(f"{len(recorded)} modules loaded; keeping {len(sources)} stdlib sources, "
                   f"{len(extensions)} extension modules: "
@@ -431,7 +433,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         stdlib_files = [(root / PYLIB / rel, rel[:-3] + ".pyc", f"/{PYLIB}/{rel}") for rel in sources]
         stdlib_zip = python_zip(root, stdlib_files, Path(tmp) / "stdlib.zip")
         app_files = []
-        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",))):
+        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",)), (h11, ("h11",))):
             for package in pkgs:
                 for src in package_sources(base, package):
                     rel = src.relative_to(base).as_posix()
@@ -483,7 +485,9 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         add("kernel modules", cpio.Entry(f"lib/modules/{name}", 0o100644, data))
     order = "".join(f"{name}\n" for name, _ in modules).encode()
     add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
-    add("appliance code + dnspython (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    add("appliance code + dnspython + h11 (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    # what /metrics reports as the image's inputs (dnsapp_build_info)
+    add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
     add("config.py + data/", cpio.Entry("app/config.py", 0o100644, (REPO / "config.py").read_bytes()))
     for entry in cpio.entries_from_tree(REPO / "data"):
         add("config.py + data/", cpio.Entry(f"app/data/{entry.path}", entry.mode, entry.data))

@@ -2,7 +2,7 @@
 
 Debian bookworm packages are fetched with ``apt-get download NAME=VERSION``
 (from the host's configured mirrors) and checked against the SHA-256 below;
-nothing is installed on the host. dnspython comes from PyPI as a wheel. All of
+nothing is installed on the host. dnspython and h11 come from PyPI as wheels. All of
 it is cached in ``CACHE`` (outside the repository), so a second build makes no
 network request.
 
@@ -65,6 +65,9 @@ class Wheel:
 
 DNSPYTHON = Wheel("dnspython", "2.9.2", "dnspython-2.9.2-py3-none-any.whl",
                   "af15f7d385a6ae2fb35a796fde2138004c8c42c7389090e2addc83e3b3340fd8")
+# HTTP/1.1 for the operator's port (/metrics, the dashboard), pure Python
+H11 = Wheel("h11", "0.16.0", "h11-0.16.0-py3-none-any.whl",
+            "63cf8bbe7522de3bf65932fda1d9c2772064ffb3dae62d55932da54b31cb6c86")
 
 # The NIC drivers PID 1 loads, by module name (virtio_pci is the bus driver
 # virtio_net needs to find its device, yet not a "depends" of it); their

@@ -119,10 +119,10 @@ def counter_families(counters: Mapping[str, int]) -> list[Family]:
 
 def stats_families(stats: QueryStats) -> list[Family]:
     queries = Family(PREFIX + "queries_total", "counter", "Queries answered, by transport and query type.")
-    for (transport, qtype), n in sorted(stats.queries.items()):
+    for (transport, qtype), n in sorted(stats.queries().items()):
         queries.samples.append(({"transport": transport, "qtype": qtype}, n))
     answers = Family(PREFIX + "answers_total", "counter", "Answers sent, by what answered and response code.")
-    for (source, rcode), n in sorted(stats.answers.items()):
+    for (source, rcode), n in sorted(stats.answers().items()):
         answers.samples.append(({"source": source, "rcode": rcode_text(rcode)}, n))
     latency = Family(PREFIX + "answer_duration_seconds", "histogram",
                      "Time from a query's arrival to its answer being sent, by what answered.")

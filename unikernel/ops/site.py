@@ -80,7 +80,7 @@ def _value(family: Family | None) -> object:
 
 def _rcodes(stats: QueryStats) -> dict[str, int]:
     out: dict[str, int] = {}
-    for (_source, rcode), n in stats.answers.items():
+    for (_source, rcode), n in stats.answers().items():
         out[rcode_text(rcode)] = out.get(rcode_text(rcode), 0) + n
     return out
 

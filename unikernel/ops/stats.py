@@ -6,8 +6,8 @@ no dnspython. The question is handed over as the fast path's key
 (:mod:`unikernel.wire`: lowercased name wire + qtype + qclass + EDNS byte) and
 is only turned into text when a page asks for it.
 
-Every table has a bound: the top names and top clients are space-saving
-summaries of ``top`` entries, the recent queries a ring of ``recent``, the
+Every table has a bound: the top names and top clients are Misra-Gries
+summaries of ``top`` counters, the recent queries a ring of ``recent``, the
 rate a ring of one count per second over ``window`` seconds, and the label
 sets are closed: qtypes outside :data:`QTYPE_LABELS` count as ``other``, and
 sources and transports are the server's own words.
@@ -102,61 +102,44 @@ class Histogram:
 Item = TypeVar("Item", bound=Hashable)
 
 
-class SpaceSaving(Generic[Item]):
-    """The most frequent items of an unbounded stream in ``capacity`` entries
-    (Metwally, Agrawal, El Abbadi's space-saving algorithm). A new item, once
-    the table is full, replaces one of the least counted and inherits its
-    count as the bound of its error: a count is never below the truth and at
-    most ``error`` above it. Items are kept in buckets by count (the paper's
-    stream-summary), so every update is O(1), also under a flood of names that
-    are each seen once."""
+class TopK(Generic[Item]):
+    """The most frequent items of an unbounded stream in ``capacity``
+    counters (Misra and Gries's "frequent" algorithm): a new item, once the
+    table is full, takes one from every counter and the counters that reach
+    zero leave. A count is never above the truth and at most ``decrements``
+    below it, so every item seen more than n / (capacity + 1) times of n is
+    kept. Each update is O(1) amortized (a round of decrements costs what the
+    increments it undoes cost), and the common one, an item already counted,
+    is one dict lookup: cheap enough for the fast path."""
+
+    __slots__ = ("capacity", "counts", "decrements")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.counts: dict[Item, int] = {}
-        self.errors: dict[Item, int] = {}
-        self._buckets: dict[int, dict[Item, None]] = {}   # count -> items, oldest first
-        self._min = 0
+        self.decrements = 0
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def add(self, item: Item) -> None:
-        count = self.counts.get(item)
-        if count is None:
-            if len(self.counts) < self.capacity:
-                count = 0
-                self.errors[item] = 0
-                self._min = 0
-            else:                                   # evict one of the least counted
-                count = self._min
-                least = self._buckets[count]
-                victim = next(iter(least))
-                self._leave(victim, count)
-                del self.counts[victim], self.errors[victim]
-                self.errors[item] = count
+        counts = self.counts
+        count = counts.get(item)
+        if count is not None:
+            counts[item] = count + 1
+        elif len(counts) < self.capacity:
+            counts[item] = 1
         else:
-            self._leave(item, count)
-        self.counts[item] = count + 1
-        bucket = self._buckets.get(count + 1)
-        if bucket is None:
-            bucket = self._buckets[count + 1] = {}
-        bucket[item] = None
-        if self._min == 0 or self._min not in self._buckets:
-            self._min = count + 1
-
-    def _leave(self, item: Item, count: int) -> None:
-        bucket = self._buckets[count]
-        del bucket[item]
-        if not bucket:
-            del self._buckets[count]
+            self.decrements += 1
+            self.counts = {kept: n - 1 for kept, n in counts.items() if n > 1}
 
     def top(self, n: int) -> list[tuple[Item, int, int]]:
-        """``(item, count, error)`` for the ``n`` most counted, most first."""
+        """``(item, count, error)`` for the ``n`` most counted, most first;
+        the truth lies between count and count + error."""
         ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])[:n]
-        return [(item, count, self.errors[item]) for item, count in ranked]
+        return [(item, count, self.decrements) for item, count in ranked]
 
 
 class RateRing:
@@ -176,8 +159,9 @@ class RateRing:
         slot = second % self.seconds
         if self.stamps[slot] != second:
             self.stamps[slot] = second
-            self.counts[slot] = 0
-        self.counts[slot] += 1
+            self.counts[slot] = 1
+        else:
+            self.counts[slot] += 1
 
     def series(self, now: float) -> list[int]:
         """Counts of the last ``seconds`` seconds, oldest first, the current (partial) second last."""
@@ -191,34 +175,51 @@ class QueryStats:
     the rate, all bounded (see the module's doc)."""
 
     def __init__(self, *, top: int = 100, recent: int = 100, window: int = 600) -> None:
-        self.queries: collections.Counter[tuple[str, str]] = collections.Counter()   # (transport, qtype)
-        self.answers: collections.Counter[tuple[str, int]] = collections.Counter()   # (source, rcode)
+        # (transport, qtype label, source, rcode) -> answers: one dict update a
+        # query; the per-label totals are sums of it, made when a page asks
+        self.totals: dict[tuple[str, str, str, int], int] = {}
         self.latency: dict[str, Histogram] = {source: Histogram() for source in SOURCES}
-        self.names: SpaceSaving[bytes] = SpaceSaving(top)     # question names (wire, lowercased)
-        self.clients: SpaceSaving[int] = SpaceSaving(top)
+        self.names: TopK[bytes] = TopK(top)           # question names (wire, lowercased)
+        self.clients: TopK[int] = TopK(top)
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.rate = RateRing(window)
 
     def record(self, now: float, transport: str, client_ip: int, client_port: int, key: bytes,
                flags: int, rcode: int, source: str, latency: float) -> None:
         """One reply sent (the :data:`Observe` signature)."""
-        self.queries[(transport, QTYPE_LABELS.get(key[-5:-3], "other"))] += 1
-        self.answers[(source, rcode)] += 1
+        totals = self.totals
+        label = (transport, QTYPE_LABELS.get(key[-5:-3], "other"), source, rcode)
+        totals[label] = totals.get(label, 0) + 1
         histogram = self.latency.get(source)
         if histogram is not None:
             histogram.observe(latency)
-        self.names.add(key[:-5])
+        name = key[:-5]
+        self.names.add(name)
         self.clients.add(client_ip)
         self.recent.append((now, client_ip, client_port, key, transport, flags, rcode, source, latency))
         self.rate.add(now)
 
     # -- read by the pages ------------------------------------------------------------
+    def queries(self) -> collections.Counter[tuple[str, str]]:
+        """Answers by (transport, qtype label)."""
+        out: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (transport, qtype, _source, _rcode), n in self.totals.items():
+            out[(transport, qtype)] += n
+        return out
+
+    def answers(self) -> collections.Counter[tuple[str, int]]:
+        """Answers by (source, rcode)."""
+        out: collections.Counter[tuple[str, int]] = collections.Counter()
+        for (_transport, _qtype, source, rcode), n in self.totals.items():
+            out[(source, rcode)] += n
+        return out
+
     def total(self) -> int:
-        return sum(self.answers.values())
+        return sum(self.totals.values())
 
     def by_source(self) -> dict[str, int]:
         out = dict.fromkeys(SOURCES, 0)
-        for (source, _rcode), n in self.answers.items():
+        for (source, _rcode), n in self.answers().items():
             out[source] = out.get(source, 0) + n
         return out
 
