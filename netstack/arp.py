@@ -11,7 +11,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .counters import Counters
+from .counters import Counters, DropError
 
 PACKET_LEN = 28
 OP_REQUEST = 1
@@ -20,8 +20,12 @@ _PACKET = struct.Struct("!HHBBH6sI6sI")
 _ZERO_MAC = b"\0" * 6
 
 
-class ArpError(ValueError):
-    """An ARP packet we cannot use (short, not Ethernet/IPv4, unknown op)."""
+class ArpError(DropError):
+    """An ARP packet we cannot use (short, not Ethernet/IPv4, unknown op); all
+    of them are counted under one reason."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("arp.malformed.drop", detail)
 
 
 @dataclass(frozen=True, slots=True)

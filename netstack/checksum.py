@@ -7,20 +7,20 @@ faster than summing words in a Python loop.
 """
 
 
-def ones_sum(data: bytes, initial: int = 0) -> int:
+def ones_sum(data: bytes | bytearray, initial: int = 0) -> int:
     """The ones'-complement sum, as a residue in 0..0xFFFE (0xFFFF == 0)."""
     if len(data) & 1:
         data = bytes(data) + b"\0"
     return (int.from_bytes(data, "big") + initial) % 0xFFFF
 
 
-def checksum(data: bytes, initial: int = 0) -> int:
+def checksum(data: bytes | bytearray, initial: int = 0) -> int:
     """The value for a checksum field: never 0 (0xFFFF stands for zero), which
     is also what UDP wants, where 0 means "no checksum"."""
     return 0xFFFF - ones_sum(data, initial)
 
 
-def verify(data: bytes, initial: int = 0) -> bool:
+def verify(data: bytes | bytearray, initial: int = 0) -> bool:
     """True when data (checksum field included) sums to ones'-complement zero."""
     return ones_sum(data, initial) == 0
 

@@ -9,11 +9,8 @@ from collections import Counter
 class Counters(Counter):
     """A Counter with a stable text dump; keys are dotted path names."""
 
-    def dump(self, prefix: str = "") -> str:
-        return "\n".join(f"{k} {v}" for k, v in sorted(self.items()) if k.startswith(prefix))
-
-    def drops(self) -> dict[str, int]:
-        return {k: v for k, v in self.items() if k.endswith(".drop")}
+    def dump(self) -> str:
+        return "\n".join(f"{k} {v}" for k, v in sorted(self.items()))
 
 
 class DropError(ValueError):

@@ -11,23 +11,8 @@ TYPE_ARP = 0x0806
 _HEADER = struct.Struct("!6s6sH")
 
 
-class EthernetError(ValueError):
-    """A frame too short to carry an Ethernet header."""
-
-
-def parse(frame: bytes) -> tuple[bytes, bytes, int]:
-    """(destination, source, ethertype); the payload starts at HEADER_LEN."""
-    if len(frame) < HEADER_LEN:
-        raise EthernetError(f"frame of {len(frame)} bytes is shorter than a header")
-    return _HEADER.unpack_from(frame)
-
-
 def header(dst: bytes, src: bytes, ethertype: int) -> bytes:
     return _HEADER.pack(dst, src, ethertype)
-
-
-def mac_to_str(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 def mac_from_str(text: str) -> bytes:

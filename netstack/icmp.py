@@ -51,7 +51,7 @@ class RateLimiter:
     def __init__(self, rate: float = 10.0, burst: int = 10) -> None:
         self.rate, self.burst = rate, burst
         self.tokens = float(burst)
-        self.updated = None
+        self.updated: float | None = None
 
     def allow(self, now: float) -> bool:
         if self.updated is not None:

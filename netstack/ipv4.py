@@ -164,7 +164,7 @@ class Reassembler:
         self.counters["ipv4.frag.reassembled"] += 1
         return b"".join(datagram.pieces[o] for o in sorted(datagram.pieces))
 
-    def _discard(self, key, reason: str) -> None:
+    def _discard(self, key: tuple[int, int, int, int], reason: str) -> None:
         self.counters[reason] += 1
         datagram = self.buffers.pop(key, None)
         if datagram is not None:

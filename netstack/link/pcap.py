@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections.abc import Callable
 
 from . import Link, Receive
 
@@ -13,7 +14,7 @@ _RECORD = struct.Struct("<IIII")
 
 
 class PcapTee:
-    def __init__(self, link: Link, path: str, clock=time.time) -> None:
+    def __init__(self, link: Link, path: str, clock: Callable[[], float] = time.time) -> None:
         self.link, self.clock = link, clock
         self.mtu = link.mtu
         self.mac = getattr(link, "mac", None)

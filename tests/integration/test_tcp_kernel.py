@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 from netstack.stack import Stack
-from netstack.tcp_stream import open_connection, wrap
+from netstack.tcp.stream import open_connection, wrap
 from tests.netns import exec_in, needs_root
 from tests.stackutil import with_stack
 

@@ -350,11 +350,11 @@ def test_a_reply_after_the_deadline_is_neither_used_nor_cached():
 # -- DNS over TCP: what a client that does not read can make us hold ---------------------
 
 class _Conn:
-    """Just enough of netstack.tcp.Connection for tcp_stream.wrap: a peer
+    """Just enough of netstack.tcp.connection.Connection for netstack.tcp.stream.wrap: a peer
     whose receive window is shut (it never reads), so nothing we write leaves."""
 
     def __init__(self):
-        from netstack.tcp import State
+        from netstack.tcp.state import State
         self.state = State.ESTABLISHED
         self.remote = (int(ipaddress.IPv4Address("192.0.2.1")), 40000)
         self.local = (int(ipaddress.IPv4Address("192.0.2.2")), 53)

@@ -2,6 +2,7 @@
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
+from scapy.utils import str2mac
 
 from netstack import ethernet
 from netstack.arp import Arp, ArpError, ArpPacket
@@ -15,9 +16,9 @@ def test_answers_a_request_for_our_address():
     stack.receive(bytes(request))
     [reply] = link.take()
     frame = Ether(reply)
-    assert frame.dst == ethernet.mac_to_str(PEER_MAC) and frame.src == ethernet.mac_to_str(OUR_MAC)
-    assert frame[ARP].op == 2 and frame[ARP].psrc == OUR_IP and frame[ARP].hwsrc == ethernet.mac_to_str(OUR_MAC)
-    assert frame[ARP].pdst == PEER_IP and frame[ARP].hwdst == ethernet.mac_to_str(PEER_MAC)
+    assert frame.dst == str2mac(PEER_MAC) and frame.src == str2mac(OUR_MAC)
+    assert frame[ARP].op == 2 and frame[ARP].psrc == OUR_IP and frame[ARP].hwsrc == str2mac(OUR_MAC)
+    assert frame[ARP].pdst == PEER_IP and frame[ARP].hwdst == str2mac(PEER_MAC)
     assert stack.counters["arp.request.replied"] == 1
 
 
@@ -26,6 +27,19 @@ def test_request_for_someone_else_is_counted_and_not_answered():
     stack.receive(bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=PEER_MAC) / ARP(op=1, hwsrc=PEER_MAC, psrc=PEER_IP, pdst="192.0.2.77")))
     assert link.take() == []
     assert stack.counters["arp.not_for_us.drop"] == 1
+
+
+@pytest.mark.parametrize("packet", [
+    bytes(ARP(op=1, psrc=PEER_IP, pdst=OUR_IP, hwsrc=PEER_MAC))[:20],            # truncated
+    bytes(ARP(op=1, ptype=0x86DD, psrc=PEER_IP, pdst=OUR_IP, hwsrc=PEER_MAC)),  # not IPv4
+    bytes(ARP(op=9, psrc=PEER_IP, pdst=OUR_IP, hwsrc=PEER_MAC)),                # unknown op
+    bytes(ARP(op=1, psrc=PEER_IP, pdst=OUR_IP, hwsrc="01:00:5e:00:00:01")),     # multicast sender
+])
+def test_malformed_arp_is_counted_and_dropped_by_the_stack(packet):
+    stack, link, _ = make_stack()
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC, type=0x0806)) + packet)
+    assert stack.counters["arp.malformed.drop"] == 1 and stack.counters["stack.exception.drop"] == 0
+    assert link.take() == []
 
 
 def test_frames_for_other_stations_are_dropped():
@@ -67,7 +81,7 @@ def test_resolution_queues_then_releases_packets():
     stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst=OUR_MAC, pdst=OUR_IP)))
     released = [Ether(f) for f in link.take()]
     assert [bytes(f[UDP].payload) for f in released] == [b"one", b"two"]
-    assert all(f.dst == ethernet.mac_to_str(PEER_MAC) for f in released)
+    assert all(f.dst == str2mac(PEER_MAC) for f in released)
 
 
 def test_off_link_destinations_go_through_the_gateway():
@@ -127,7 +141,7 @@ def test_our_arp_packets_parse_in_scapy():
     arp = Arp(OUR_MAC, int.from_bytes(bytes([192, 0, 2, 2]), "big"), Counters())
     parsed = ARP(arp.request(int.from_bytes(bytes([192, 0, 2, 9]), "big")))
     assert parsed.op == 1 and parsed.psrc == OUR_IP and parsed.pdst == "192.0.2.9"
-    assert parsed.hwsrc == ethernet.mac_to_str(OUR_MAC)
+    assert parsed.hwsrc == str2mac(OUR_MAC)
 
 
 def test_mac_text_round_trip():

@@ -2,6 +2,8 @@
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, defragment, fragment
 from scapy.layers.l2 import Ether
 
@@ -156,3 +158,22 @@ def test_impossible_sources_get_no_reply(source):
     stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=source, dst=OUR_IP) / UDP(dport=53) / b"q"))
     assert link.take() == []
     assert stack.counters["ipv4.bad_source.drop"] == 2
+
+
+EDGE_SOURCES = ["192.0.2.255", "255.255.255.255", "127.0.0.1", "224.0.0.1", "0.0.0.0", "240.0.0.1", OUR_IP,
+                PEER_IP, "192.0.2.0", "1.0.0.0", "126.255.255.255", "128.0.0.0", "223.255.255.255"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.sampled_from(EDGE_SOURCES), st.ip_addresses(v=4).map(str)))
+def test_the_udp_hot_path_and_the_general_path_judge_a_source_alike(source):
+    """The same datagram, once plain (the hot path's) and once with IP options
+    (only the general path takes those), is delivered by both or by neither."""
+    stack, _link, _ = make_stack()
+    delivered = []
+    stack.udp.bind(53, lambda payload, *a: delivered.append(payload))
+    for options, payload in ((b"", b"plain"), (b"\x01\x01\x01\x00", b"options")):
+        stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=source, dst=OUR_IP, options=options)
+                            / UDP(sport=4000, dport=53) / payload))
+    assert delivered in ([], [b"plain", b"options"])
+    assert stack.counters["ipv4.bad_source.drop"] == (2 if not delivered else 0)

@@ -15,7 +15,7 @@ is a small exchange over the stack's UDP:
   not preserve case: the query ends with :class:`CaseMismatch` so the caller
   can ask again without 0x20 (the forged-looking reply is never used);
 - a truncated reply is asked again over TCP when the stack has TCP
-  (``netstack.tcp_stream``); without it the truncated reply is returned as is.
+  (``netstack.tcp.stream``); without it the truncated reply is returned as is.
 
 Counters (``stub.`` prefix) name the path each reply took, e.g.
 ``stub.reply.bad_id.drop``.
@@ -40,8 +40,8 @@ _FLAG_TC = 0x0200
 _FLAG_RD = 0x0100
 _EDNS_DO = 0x8000
 
-try:  # TCP lands in parallel (netstack/tcp_stream.py); until then TC is relayed.
-    from netstack import tcp_stream as _tcp_stream
+try:  # TCP lands in parallel (netstack/tcp/stream.py); until then TC is relayed.
+    from netstack.tcp import stream as _tcp_stream
 except ImportError:  # pragma: no cover - depends on what is installed
     _tcp_stream = None
 

@@ -32,8 +32,9 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
-from netstack.tcp import Connection, TcpLayer
-from netstack.tcp_stream import TcpStreamWriter, wrap
+from netstack.tcp.connection import Connection
+from netstack.tcp.layer import TcpLayer
+from netstack.tcp.stream import TcpStreamWriter, wrap
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from netstack.tcp_wire import ACK, FIN, PSH, RST, SYN, TcpError, TcpSegment, TcpView
+from netstack.tcp.segment import ACK, FIN, PSH, RST, SYN, TcpError, TcpSegment, TcpView
 
 SRC = int(ipaddress.IPv4Address("192.0.2.1"))
 DST = int(ipaddress.IPv4Address("192.0.2.2"))

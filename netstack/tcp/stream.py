@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from .tcp import Connection, State, TcpLayer
+from .connection import Connection
+from .layer import TcpLayer
+from .state import State
 
 READ_LIMIT = 64 * 1024  # the reader pauses the window beyond twice this
 
@@ -29,10 +31,11 @@ def _error_for(reason: str) -> Exception:
     return ConnectionResetError(f"connection {reason}")
 
 
-class _WindowTransport:
+class _WindowTransport(asyncio.ReadTransport):
     """What StreamReader calls for flow control, mapped onto our receive window."""
 
     def __init__(self, conn: Connection) -> None:
+        super().__init__()
         self.conn = conn
 
     def pause_reading(self) -> None:
@@ -61,10 +64,6 @@ class TcpStreamWriter:
         self._queued += data
         self._flush()
 
-    def writelines(self, chunks) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
     async def drain(self) -> None:
         while True:
             if self._error is not None:
@@ -74,9 +73,6 @@ class TcpStreamWriter:
             if self._drained is None or self._drained.done():
                 self._drained = self._loop.create_future()
             await self._drained
-
-    def can_write_eof(self) -> bool:
-        return True
 
     def write_eof(self) -> None:
         self.close()
@@ -88,9 +84,6 @@ class TcpStreamWriter:
         self._closing = True
         self._flush()
 
-    def is_closing(self) -> bool:
-        return self._closing or self.conn.closed
-
     async def wait_closed(self) -> None:
         """Returns once our FIN is acknowledged or the connection is gone."""
         await asyncio.shield(self._closed)
@@ -99,7 +92,7 @@ class TcpStreamWriter:
         self._closing = True
         self.conn.abort()
 
-    def get_extra_info(self, name: str, default=None):
+    def get_extra_info(self, name: str, default: object = None) -> object:
         if name == "peername":
             return str(ipaddress.IPv4Address(self.conn.remote[0])), self.conn.remote[1]
         if name == "sockname":
@@ -175,7 +168,7 @@ def wrap(conn: Connection, loop: asyncio.AbstractEventLoop | None = None
     return reader, writer
 
 
-async def open_connection(tcp: TcpLayer, ip, port: int, timeout: float = 10.0
+async def open_connection(tcp: TcpLayer, ip: int | str | ipaddress.IPv4Address, port: int, timeout: float = 10.0
                           ) -> tuple[asyncio.StreamReader, TcpStreamWriter]:
     """Active open to ip:port (an int, str or IPv4Address); raises
     ConnectionRefusedError, TimeoutError or ConnectionError."""
@@ -192,7 +185,8 @@ async def open_connection(tcp: TcpLayer, ip, port: int, timeout: float = 10.0
     def on_close_while_connecting(reason: str | None) -> None:
         if reason is not None and not established.done():
             established.set_exception(_error_for(reason))
-        on_close(reason)
+        if on_close is not None:   # always: wrap() installed it
+            on_close(reason)
 
     conn.on_established = on_established
     conn.on_close = on_close_while_connecting

@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from . import checksum as cksum
-from .counters import DropError
+from .. import checksum as cksum
+from ..counters import DropError
 
 PROTO_TCP = 6
 MIN_HEADER_LEN = 20
@@ -151,9 +151,6 @@ class TcpSegment:
         if self.wscale is not None:
             opts += struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, self.wscale)
         return opts
-
-    def size(self) -> int:
-        return MIN_HEADER_LEN + len(self.options_bytes()) + len(self.payload)
 
     def emit(self, src_ip: int, dst_ip: int) -> bytes:
         """The segment's bytes, checksum filled in for src_ip -> dst_ip."""
