@@ -25,7 +25,7 @@ from http import HTTPStatus
 
 import h11
 
-from netstack.tcp_stream import TcpStreamWriter, wrap
+from netstack.tcp.stream import TcpStreamWriter, wrap
 
 log = logging.getLogger(__name__)
 

@@ -149,7 +149,7 @@ def kept_answer_families(server) -> list[Family]:
 
 def tcp_families(tcp_layer) -> list[Family]:
     """The stack's TCP connections by state (every state, zeros included)."""
-    from netstack.tcp import State
+    from netstack.tcp.state import State
 
     counts = dict.fromkeys((s.value for s in State if s is not State.LISTEN), 0)
     for connection in list(tcp_layer.connections.values()):
