@@ -3,6 +3,7 @@ checked by Prometheus's own tools (promtool, prometheus_client's parser)."""
 from __future__ import annotations
 
 import collections
+import json
 import random
 import shutil
 import subprocess
@@ -167,3 +168,47 @@ def test_json_has_the_same_families():
     assert [f["name"] for f in as_json] == [f.name for f in families]
     answers = next(f for f in as_json if f["name"] == "dnsapp_answers_total")
     assert {"labels": {"source": "zone", "rcode": "NOERROR"}, "value": 1} in answers["samples"]
+
+
+# -- the pages' summary ---------------------------------------------------------------------
+
+class FakeUpstream:
+    def __init__(self, name: str, down: bool, fails: int) -> None:
+        self.name, self.down, self.fails = name, down, fails
+
+    def is_down(self, now: float) -> bool:
+        return self.down
+
+
+def test_site_summary_reads_stats_and_families():
+    from unikernel.ops.site import OpsSite
+
+    qs = QueryStats()
+    for _ in range(3):
+        qs.record(10.0, "udp", 1, 1, key_of("a.example"), 0x8180, 0, "cache", 0.0001)
+    qs.record(10.0, "udp", 1, 1, key_of("b.example"), 0x8180, 0, "forward", 0.02)
+    qs.record(10.0, "udp", 2, 1, key_of("ads.example"), 0x8180, 3, "blocked", 0.0001)
+    rtt = {"192.0.2.53#53": stats.Histogram()}
+    rtt["192.0.2.53#53"].observe(0.004)
+    rtt["192.0.2.53#53"].observe(0.006)
+    upstreams = [FakeUpstream("192.0.2.53#53", False, 0), FakeUpstream("192.0.2.54#53", True, 3)]
+    site = OpsSite(qs, [lambda: metrics.upstream_families(upstreams, lambda: 10.0, rtt)], clock=lambda: 10.5,
+                   identity="me", version="0.1.0")
+    summary = site.summary()
+    assert summary["queries_total"] == 5
+    assert summary["cache"]["hit_ratio"] == 0.75 and summary["blocked_share"] == 0.2
+    assert summary["rcodes"] == {"NOERROR": 4, "NXDOMAIN": 1}
+    assert summary["upstreams"] == [
+        {"name": "192.0.2.53#53", "up": True, "failures": 0, "rtt_ms": 5.0, "answered": 2},
+        {"name": "192.0.2.54#53", "up": False, "failures": 3, "rtt_ms": None, "answered": 0}]
+    assert summary["qps"][-1] == 5 and len(summary["qps"]) == 600
+    assert summary["top_names"][0] == {"name": "a.example.", "count": 3, "error": 0}
+    content_type, body = site.routes()["/api/stats"]()
+    assert content_type == "application/json" and json.loads(body)["queries_total"] == 5
+    content_type, body = site.routes()["/metrics"]()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert {f.name for f in text_string_to_metric_families(body.decode())} >= {
+        "dnsapp_answers", "dnsapp_upstream_up", "dnsapp_upstream_rtt_seconds"}
+    content_type, body = site.routes()["/"]()
+    assert content_type.startswith("text/html") and b"/api/stats" in body and b"http" not in body.replace(
+        b"http://www.w3.org/2000/svg", b"")          # no external asset: the SVG namespace is a name, not a fetch
