@@ -179,6 +179,15 @@ def upstream_families(upstreams: Iterable, now: Callable[[], float],
     return families
 
 
+def blocklist_families(blocklist) -> list[Family]:
+    """The blocklist source: ``len(blocklist)`` names, ``malformed`` lines at the last load."""
+    return [Family(PREFIX + "blocklist_names", "gauge", "Distinct names the blocklists hold.",
+                   [({}, len(blocklist))]),
+            Family(PREFIX + "blocklist_malformed_lines", "gauge",
+                   "Lines of the block- and allowlists that were not understood at the last load.",
+                   [({}, blocklist.malformed)])]
+
+
 def process_families(now: Callable[[], float], started: float,
                      statm: str = "/proc/self/statm") -> list[Family]:
     """Resident memory (from /proc) and uptime (on the injected clock)."""

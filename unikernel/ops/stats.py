@@ -239,3 +239,15 @@ class QueryStats:
         return [{"client": str(ipaddress.IPv4Address(item)), "count": count, "error": error}
                 for item, count, error in self.clients.top(n)]
 
+
+class UpstreamRtt:
+    """Round-trip times of answered upstream queries, a histogram per
+    upstream (as many as are configured: the table is bounded by the config)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.histograms: dict[str, Histogram] = {name: Histogram() for name in names}
+
+    def observe(self, name: str, seconds: float) -> None:
+        histogram = self.histograms.get(name)
+        if histogram is not None:
+            histogram.observe(seconds)
