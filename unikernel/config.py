@@ -36,7 +36,14 @@ class Appliance:
     bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
     randomize_case: bool = True             # 0x20 letter-case randomisation of upstream queries
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
-    log_queries: bool = False
+    log_queries: bool = False               # one JSON object a line per answer, on stdout
+    # the operator's side (unikernel/ops, sources/blocklist, sources/chaos)
+    metrics_port: int = 9153                # /metrics, /api/stats and the dashboard; 0: off
+    blocklist: list[str] = field(default_factory=list)    # hosts-format or one-domain-a-line lists
+    allowlist: list[str] = field(default_factory=list)    # names never blocked
+    block_answer: str = "nxdomain"          # nxdomain (with EDE 15) or null (0.0.0.0 / ::)
+    identity: str | None = None             # CHAOS id.server / hostname.bind; None: our address
+    hide_version: bool = False              # CHAOS version.server / version.bind REFUSED
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:
@@ -48,6 +55,10 @@ class Appliance:
             raise ConfigError(str(e)) from None
         if not 68 <= self.mtu <= 65535:
             raise ConfigError(f"mtu {self.mtu} out of range 68..65535")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics-port {self.metrics_port} out of range 0..65535 (0: off)")
+        if self.block_answer not in ("nxdomain", "null"):
+            raise ConfigError(f"block-answer {self.block_answer!r}: nxdomain or null")
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:

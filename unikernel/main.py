@@ -7,17 +7,22 @@ The resolution chain lives in :func:`resolution_chain`, and only there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import ipaddress
 import logging
 import signal
+import sys
+import time
 from collections.abc import Callable
 
 from netstack import ethernet
 from netstack.stack import Stack
+from unikernel import __version__
 from unikernel.config import Appliance, ConfigError
-from unikernel.process import Process, compose, processor_of_process
+from unikernel.ops import stats as stats_mod
+from unikernel.process import Process, compose, labelled, processor_of_process
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.sources import zone as zones_mod
 
@@ -39,6 +44,11 @@ def check(appliance: Appliance) -> list:
     parse_mac(appliance.mac)
     if not 0 < appliance.port < 65536:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
+    if appliance.metrics_port == appliance.port:
+        raise ConfigError(f"metrics-port {appliance.metrics_port} is the DNS port")
+    for name in (*appliance.blocklist, *appliance.allowlist):
+        if not appliance.path(name).is_file():
+            raise ConfigError(f"{appliance.path(name)}: no such file")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
@@ -111,19 +121,29 @@ def resolution_chain(appliance: Appliance, stack,
 
     if appliance.zones:
         zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones)
-        chain.append(zone_files.process)
+        chain.append(labelled("zone", zone_files.process))
         lifecycle.append(zone_files)          # reloadable on SIGHUP
     recursion = bool(appliance.forward)
     if appliance.hosts:
         from unikernel.sources.hosts import hosts_process, load_hosts
         table = load_hosts(appliance.path(h) for h in appliance.hosts)
-        chain.append(hosts_process(table, recursion_available=recursion))
+        chain.append(labelled("hosts", hosts_process(table, recursion_available=recursion)))
+    if appliance.blocklist:
+        # after the local zones and hosts (never before them), before the
+        # cache and the forwarder
+        from unikernel.sources.blocklist import Blocklist
+        blocklist = Blocklist([appliance.path(b) for b in appliance.blocklist],
+                              [appliance.path(a) for a in appliance.allowlist], mode=appliance.block_answer,
+                              recursion_available=recursion, counters=stack.counters)
+        _log_blocklist(blocklist)
+        chain.append(labelled("blocked", blocklist.process))
+        lifecycle.append(blocklist)           # reloadable on SIGHUP
     if recursion:
         # special-use names are answered here so that they never leak upstream;
         # without a forwarder the appliance is authoritative-only and, like
         # NSD, refuses every name its zones and hosts do not hold (issue 3)
         from unikernel.sources.special import special_process
-        chain.append(special_process(recursion_available=recursion))
+        chain.append(labelled("special", special_process(recursion_available=recursion)))
     if appliance.forward:
         from unikernel.resolver.cache import Cache
         from unikernel.resolver.forwarder import forwarder
@@ -137,7 +157,7 @@ def resolution_chain(appliance: Appliance, stack,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        chain.append(relay)
+        chain.append(labelled("forward", relay))
         fast_lookups.append(relay.fast_lookup)
         lifecycle.append(relay)
 
@@ -148,19 +168,81 @@ def resolution_chain(appliance: Appliance, stack,
     return compose(*chain), fast_lookups, lifecycle
 
 
+def _log_blocklist(blocklist) -> None:
+    log.warning("blocklists: %d names", len(blocklist))
+    if blocklist.malformed:
+        log.warning("blocklists: %d line(s) not understood, skipped; %s", blocklist.malformed,
+                    "; ".join(blocklist.report))
+
+
+def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: list, stats, *,
+                  started: float, build_inputs: str):
+    """The operator's port (/metrics, /api/stats, the dashboard) over the
+    parts built above: their metric collectors, handed to the HTTP side."""
+    from unikernel.ops import metrics
+    from unikernel.ops.http import HttpServer
+    from unikernel.ops.site import OpsSite
+    from unikernel.resolver.forwarder import AccessList, Forwarder
+    from unikernel.sources.blocklist import Blocklist
+
+    collectors: list[metrics.Collector] = [
+        lambda: metrics.counter_families(stack.counters),
+        lambda: metrics.kept_answer_families(server),
+        lambda: metrics.tcp_families(stack.tcp),
+        lambda: metrics.process_families(stack.now, started),
+        lambda: metrics.build_families(__version__, build_inputs),
+    ]
+    for item in lifecycle:
+        if isinstance(item, Forwarder):
+            relay = item
+            rtt = stats_mod.UpstreamRtt([u.name for u in relay.upstreams])
+            relay.observe_rtt = rtt.observe
+            collectors.append(functools.partial(metrics.cache_families, relay.cache))
+            collectors.append(functools.partial(metrics.upstream_families, relay.upstreams, stack.now,
+                                                rtt.histograms))
+        elif isinstance(item, Blocklist):
+            collectors.append(functools.partial(metrics.blocklist_families, item))
+    site = OpsSite(stats, collectors, clock=stack.now, identity=identity_of(appliance), version=__version__)
+    allowed = AccessList(appliance.allow or [str(appliance.interface.network)])
+    return HttpServer(stack.tcp, appliance.metrics_port, site.routes(), allowed=allowed, counters=stack.counters)
+
+
+def _write_line(line: str) -> None:
+    """The query log's lines, each flushed: someone may be tailing the console."""
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
+def identity_of(appliance: Appliance) -> str:
+    return appliance.identity or str(appliance.interface.ip)
+
+
 async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None,
-                ready: Callable[[str], object] = print, clock: Callable[[], float] | None = None) -> None:
+                ready: Callable[[str], object] = print, clock: Callable[[], float] | None = None,
+                build_inputs: str = "source") -> None:
     """Builds the stack on ``link``, serves DNS as ``appliance`` declares,
     says ``ready ...`` once queries are answered, runs until ``stop`` is set
-    (forever without one), then closes everything."""
+    (forever without one), then closes everything. ``build_inputs`` is what
+    /metrics reports the code was built from (the image's input hash)."""
     stop = stop or asyncio.Event()
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
     process, fast_lookups, lifecycle = resolution_chain(appliance, stack, budgets)
+    from unikernel.sources.chaos import chaos_process
+    chaos = chaos_process(identity=identity_of(appliance), version=None if appliance.hide_version else __version__)
+    # what every reply is told to: the statistics the operator's port shows, the query log
+    stats = stats_mod.QueryStats() if appliance.metrics_port else None
+    observers: list[stats_mod.Observe] = [stats.record] if stats is not None else []
+    if appliance.log_queries:
+        from unikernel.ops.querylog import QueryLog
+        observers.append(QueryLog(_write_line, clock=stack.now, wall_clock=time.time,
+                                  counters=stack.counters).record)
     server = DnsServer(stack, appliance.port, processor_of_process(process),
-                       fast_lookups=fast_lookups, log_queries=appliance.log_queries,
+                       fast_lookups=fast_lookups, observe=stats_mod.fan_out(observers),
+                       chaos=processor_of_process(labelled("chaos", chaos)),
                        max_static_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
+    ops_http = None
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -170,17 +252,28 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     started: list = []
     loop = asyncio.get_running_loop()
     def reload() -> None:
-        """SIGHUP: read the zone files again; on any error keep serving the
-        zones already loaded."""
+        """SIGHUP: read the zone files and blocklists again, all or nothing:
+        on any error keep serving what was loaded before."""
+        reloadable = [item for item in lifecycle if hasattr(item, "stage")]
         try:
-            count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
+            commits = [item.stage() for item in reloadable]
         except ConfigError as e:
             stack.counters["dns.reload.failed"] += 1
-            log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+            log.warning("reload failed, still serving what was loaded before: %s", " ".join(str(e).split()))
             return
+        for commit in commits:
+            commit()
+        # answers kept or cached from before may be wrong now (a name newly blocked)
         server.forget_static()
+        for item in lifecycle:
+            cache = getattr(item, "cache", None)
+            if cache is not None:
+                cache.clear()
         stack.counters["dns.reload.done"] += 1
-        log.warning("reloaded %d zone file(s)", count)
+        zone_files = sum(len(item.paths) for item in reloadable if isinstance(item, zones_mod.ZoneFiles))
+        lists = sum(len(getattr(item, "blocklist_paths", ())) + len(getattr(item, "allowlist_paths", ()))
+                    for item in reloadable)
+        log.warning("reloaded %d zone file(s), %d block/allow list(s)", zone_files, lists)
 
     signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
                signal.SIGHUP: reload}
@@ -193,6 +286,10 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     try:
         await stack.start()
         server.start()
+        if appliance.metrics_port:
+            ops_http = operator_side(appliance, stack, server, lifecycle, stats, started=stack.now(),
+                                     build_inputs=build_inputs)
+            ops_http.start()
         for item in lifecycle:
             start = getattr(item, "start", None)
             if start is not None:
@@ -212,6 +309,8 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
                     await outcome
             except Exception:
                 log.exception("closing %r failed", item)
+        if ops_http is not None:
+            ops_http.close()
         server.close()
         stack.close()
         if signals_installed:

@@ -7,6 +7,7 @@ host side at 192.168.1.1/24.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -174,7 +175,7 @@ def test_no_flags_serves_the_tutorial_from_config_py():
 @needs_root
 @needs_dig
 def test_log_queries_and_pcap(tmp_path):
-    """--log-queries logs one line a query (slow path, then the hot path);
+    """--log-queries logs one JSON line a query (slow path, then the hot path);
     --pcap writes what crossed the tap, readable by tcpdump."""
     trace = tmp_path / "trace.pcap"
     with Namespace() as ns:
@@ -187,9 +188,9 @@ def test_log_queries_and_pcap(tmp_path):
             assert "192.0.2.25" in dig(ns, "192.0.2.2", "mail.hard.example", "A")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
-    logged = [line for line in out.splitlines() if "mail.hard.example. A" in line]
-    assert len(logged) == 2 and "NOERROR" in logged[0]
-    assert logged[0].endswith("slow") and logged[1].endswith("static")
+    logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(e["qname"], e["qtype"], e["rcode"], e["source"], e["transport"]) for e in logged] == \
+        [("mail.hard.example.", "A", "NOERROR", "zone", "udp")] * 2     # the slow path, then the kept answer
     if shutil.which("tcpdump"):
         dump = subprocess.run(["tcpdump", "-nr", str(trace)], capture_output=True, text=True, timeout=30)
         assert dump.stdout.count("A? mail.hard.example.") == 2       # two queries

@@ -46,6 +46,19 @@ Observe = Callable[[float, str, int, int, bytes, int, int, str, float], None]
 """``observe(now, transport, client_ip, client_port, key, flags, rcode, source, latency)``."""
 
 
+def fan_out(observers: list[Observe]) -> Observe | None:
+    """One observer calling each of ``observers`` (None for none)."""
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def observe_all(*event) -> None:
+        for observe in observers:
+            observe(*event)
+    return observe_all
+
+
 def qtype_label(key: bytes) -> str:
     return QTYPE_LABELS.get(key[-5:-3], "other")
 

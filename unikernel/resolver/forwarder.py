@@ -166,7 +166,7 @@ class Forwarder:
                  rng: random.Random | None = None, max_fails: int = 2, down_time: float = 10.0,
                  probe_interval: float = 1.0, wildcard_interval: float = 3600.0,
                  wildcard_probes: int = 2, max_inflight: int = 1024, stale_answer_timeout: float = 1.8,
-                 counters=None,
+                 counters=None, observe_rtt: Callable[[str, float], None] | None = None,
                  stub: StubResolver | None = None) -> None:
         self.upstreams = [Upstream(*(parse_upstream(u) if isinstance(u, str) else u), use_0x20=randomize_case)
                           for u in upstreams]
@@ -195,6 +195,7 @@ class Forwarder:
         self.wildcard_probes = wildcard_probes
         self.max_inflight = max_inflight
         self.stale_answer_timeout = stale_answer_timeout
+        self.observe_rtt = observe_rtt      # (upstream name, seconds) of each answered upstream query
         self.max_attempts = max(3, 2 * len(self.upstreams))
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._background: asyncio.Task | None = None
@@ -219,7 +220,7 @@ class Forwarder:
         entry = self.cache.get(q.name, q.rdtype, q.rdclass, do, now)
         if entry is not None:
             c["forward.cache.hit"] += 1
-            return Answer(self.cache.response(query, entry, now))
+            return Answer(self.cache.response(query, entry, now), source="cache")
         key = entry_key(question_key(q.name, q.rdtype, q.rdclass), do)
         task = self._inflight.get(key)
         if task is None:
@@ -240,7 +241,7 @@ class Forwarder:
                 done, _ = await asyncio.wait({task}, timeout=self.stale_answer_timeout)
                 if not done:
                     c["forward.stale.served_early"] += 1
-                    return Answer(self.cache.response(query, stale, self.clock(), stale=True))
+                    return Answer(self.cache.response(query, stale, self.clock(), stale=True), source="cache")
         kind, value = await asyncio.shield(task)
         now = self.clock()
         if kind == "entry":
@@ -334,7 +335,7 @@ class Forwarder:
                 done, _ = await asyncio.wait(list(pending), timeout=max(wake - loop.time(), 0),
                                              return_when=asyncio.FIRST_COMPLETED)
                 for attempt in done:
-                    upstream, _started = pending.pop(attempt)
+                    upstream, started = pending.pop(attempt)
                     try:
                         reply = attempt.result()
                     except CaseMismatch:
@@ -366,6 +367,8 @@ class Forwarder:
                     rcode = reply.message.rcode()
                     if rcode in _USABLE or reply.truncated:
                         self._succeeded(upstream)
+                        if self.observe_rtt is not None:
+                            self.observe_rtt(upstream.name, loop.time() - started)
                         return upstream, reply
                     if (rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and upstream.edns
                             and reply.message.edns < 0):

@@ -45,6 +45,7 @@ import dns.rdatatype
 import dns.renderer
 
 from unikernel import wire
+from unikernel.ops.stats import FLAG_DO, Observe
 from unikernel.process import Answer, Endpoint, Processor, processor_of_process
 
 log = logging.getLogger("unikernel.serve.server")
@@ -90,15 +91,18 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
     and so is the additional section. Additional RRsets go A first, then AAAA,
     then the rest; once one does not fit, the following groups are left out
     (a referral that could not carry any A glue gets TC). The OPT record's
-    room is reserved first; it carries our UDP size and the query's DO bit."""
+    room is reserved first; it carries our UDP size, the query's DO bit and
+    the response's options (an Extended DNS Error)."""
     renderer = dns.renderer.Renderer(response.id, response.flags, limit)
     with_edns = query.edns >= 0
     rcode = response.rcode()
     ednsflags = query.ednsflags & dns.flags.DO
     if rcode > 0xF:
         ednsflags |= (rcode >> 4) << 24
+    # the response's own EDNS options (an Extended DNS Error) go out with our OPT
+    options = list(response.options) if with_edns and response.edns >= 0 else []
     if with_edns:
-        renderer.reserve(OPT_SIZE)
+        renderer.reserve(OPT_SIZE + sum(4 + len(option.to_wire() or b"") for option in options))
     for question in response.question:
         renderer.add_question(question.name, question.rdtype, question.rdclass)
     whole, truncated, room = True, False, True
@@ -136,7 +140,7 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
                 break
     if with_edns:
         renderer.release_reserved()
-        renderer.add_edns(0, ednsflags, UDP_PAYLOAD)
+        renderer.add_edns(0, ednsflags, UDP_PAYLOAD, options)
     if truncated:
         renderer.flags |= dns.flags.TC
     renderer.write_header()
@@ -148,7 +152,8 @@ class DnsServer:
     available). ``start()`` binds, ``close()`` unbinds."""
 
     def __init__(self, stack, port: int, processor: Processor, *,
-                 fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
+                 fast_lookups: Iterable[FastLookup] = (),
+                 observe: Observe | None = None, chaos: Processor | None = None,
                  udp_payload: int = UDP_PAYLOAD, max_static: int = MAX_STATIC,
                  max_static_bytes: int = MAX_STATIC_BYTES, max_pending: int = MAX_PENDING,
                  max_tcp_answer_bytes: int | None = None,
@@ -157,7 +162,10 @@ class DnsServer:
         self.port = port
         self.processor = processor
         self.fast_lookups = tuple(fast_lookups)
-        self.log_queries = log_queries
+        # called for every reply sent (metrics, the query log): see unikernel.ops.stats.Observe
+        self.observe = observe
+        # answers class CH questions (the CHAOS names); without it they are REFUSED
+        self.chaos = chaos
         self.udp_payload = udp_payload
         self.max_static = max_static
         self.max_static_bytes = max_static_bytes
@@ -166,8 +174,8 @@ class DnsServer:
         self.max_tcp_answer_bytes = max_tcp_answer_bytes
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
-        # key -> (length, (header without RD, header with RD), bytes after the question name)
-        self.static: dict[bytes, tuple[int, tuple[bytes, bytes], bytes]] = {}
+        # key -> (length, (header without RD, header with RD), bytes after the question name, source)
+        self.static: dict[bytes, tuple[int, tuple[bytes, bytes], bytes, str]] = {}
         self.pending: set[asyncio.Task] = set()
         self.tcp_server = None
         self._sendto = stack.udp.sendto
@@ -222,11 +230,14 @@ class DnsServer:
             kept = self.static.get(key)
             if kept is not None and kept[0] <= client_size:
                 self.counters["dns.fast.hit"] += 1
+                arrived = self.clock() if self.observe is not None else 0.0
                 # wire.patch, with the two header variants made in advance
-                self._sendto(payload[:2] + kept[1][wire.variant(payload)] + payload[12:name_end] + kept[2],
+                header = kept[1][wire.variant(payload)]
+                self._sendto(payload[:2] + header + payload[12:name_end] + kept[2],
                              self.port, src_ip, src_port)
-                if self.log_queries:
-                    self._log(src_ip, src_port, payload, "static", kept[1][0][1] & 0x0F)
+                if self.observe is not None:
+                    self.observe(arrived, "udp", src_ip, src_port, key, _flags(header, key), header[1] & 0x0F,
+                                 kept[3], self.clock() - arrived)
                 return
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
@@ -240,39 +251,41 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._sendto(payload[:2] + bytes(((answer[2] & 0xFE) | (payload[2] & 0x01),))
-                                     + answer[3:12] + payload[12:name_end] + answer[name_end:],
+                        header = bytes(((answer[2] & 0xFE) | (payload[2] & 0x01),)) + answer[3:12]
+                        self._sendto(payload[:2] + header + payload[12:name_end] + answer[name_end:],
                                      self.port, src_ip, src_port)            # wire.patch, inlined
-                        if self.log_queries:
-                            self._log(src_ip, src_port, payload, "fast")
+                        if self.observe is not None:
+                            # the one fast lookup main hands over is the cache's
+                            self.observe(now, "udp", src_ip, src_port, key, _flags(header, key), header[1] & 0x0F,
+                                         "cache", self.clock() - now)
                         return
         self.counters["dns.fast.miss"] += 1
         if len(self.pending) >= self.max_pending:
             self.counters["dns.slow.overload.drop"] += 1
             return
-        task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port))
+        task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port, self.clock()))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
     async def _udp_slow(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
-                        dst_port: int) -> None:
+                        dst_port: int, arrived: float) -> None:
         try:
             reply, static = await self.respond(payload, (src_ip, src_port), (dst_ip, dst_port),
-                                               udp=True)
+                                               udp=True, arrived=arrived)
         except Exception:  # a bug, not the query's fault: SERVFAIL, count it, keep serving
             self.counters["dns.exception"] += 1
             log.exception("query handling failed")
-            reply, static = wire.error_reply(payload, dns.rcode.SERVFAIL), False
+            reply, static = wire.error_reply(payload, dns.rcode.SERVFAIL), ""
         if reply is None:
             return
         # kept only under a key read by the validating parser (see wire.fast_key)
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
             key, name_end, _ = validated
-            self._keep(key, (len(reply), wire.header_variants(reply), reply[name_end:]))
+            self._keep(key, (len(reply), wire.header_variants(reply), reply[name_end:], static))
         self._sendto(reply, self.port, src_ip, src_port)
 
-    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> None:
+    def _keep(self, key: bytes, kept: tuple[int, tuple[bytes, ...], bytes, str]) -> None:
         """Keeps a static answer, the oldest going first while the table is
         over its count or its bytes."""
         old = self.static.pop(key, None)
@@ -305,87 +318,114 @@ class DnsServer:
 
     # -- the slow path ----------------------------------------------------------
     async def respond(self, payload: bytes, src: tuple[int, int], dst: tuple[int, int], *,
-                      udp: bool) -> tuple[bytes | None, bool]:
-        """``(reply wire or None, whether it may be kept for the hot path)``."""
+                      udp: bool, arrived: float | None = None) -> tuple[bytes | None, str]:
+        """``(reply wire or None, keep)``: ``keep`` is the answer's source when
+        the reply may be kept for the hot path, else "". Every reply is handed
+        to ``observe`` (with ``arrived``, the query's arrival, for its latency)."""
+        if arrived is None:
+            arrived = self.clock()
+        reply, keep, source, rcode, key = await self._respond(payload, src, dst, udp)
+        if reply is not None and self.observe is not None:
+            self.observe(arrived, "udp" if udp else "tcp", src[0], src[1], key,
+                         _flags(reply[2:4], key), rcode, source, self.clock() - arrived)
+        return reply, keep
+
+    async def _respond(self, payload: bytes, src: tuple[int, int], dst: tuple[int, int],
+                       udp: bool) -> tuple[bytes | None, str, str, int, bytes]:
+        """``(reply, keep, source, rcode, key)``; ``key`` is the question's
+        fast-path key (the root's, type 0, when there is no question to read)."""
         counters = self.counters
+        key = _NO_QUESTION
         if len(payload) < wire.HEADER_SIZE:
             counters["dns.short.drop"] += 1
-            return None, False
+            return None, "", "server", 0, key
         if payload[2] & 0x80:
             counters["dns.response.drop"] += 1       # never answer an answer
-            return None, False
+            return None, "", "server", 0, key
         opcode = (payload[2] >> 3) & 0x0F
         if opcode != dns.opcode.QUERY:
             counters["dns.notimp"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
+            return wire.error_reply(payload, dns.rcode.NOTIMP), "", "server", \
+                dns.rcode.NOTIMP, key
         try:
             query = dns.message.from_wire(payload, ignore_trailing=True)
         except Exception:
             counters["dns.formerr"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+            return wire.error_reply(payload, dns.rcode.FORMERR), "", "server", \
+                dns.rcode.FORMERR, key
         if len(query.question) != 1:
             counters["dns.formerr"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+            return wire.error_reply(payload, dns.rcode.FORMERR), "", "server", \
+                dns.rcode.FORMERR, key
         limit = TCP_LIMIT
         if udp:
             limit = wire.CLASSIC_UDP_SIZE
             if query.edns >= 0:
                 limit = min(max(query.payload, wire.CLASSIC_UDP_SIZE), self.udp_payload)
         question = query.question[0]
+        key = _key_of(query)
         if query.edns > 0:
             counters["dns.badvers"] += 1
-            return self._reply(query, _error(query, dns.rcode.BADVERS), limit, src, "badvers"), False
-        if question.rdclass != dns.rdataclass.IN:
+            return render(_error(query, dns.rcode.BADVERS), query, limit)[0], "", "server", \
+                dns.rcode.BADVERS, key
+        processor = self.processor
+        if question.rdclass == dns.rdataclass.CH and self.chaos is not None:
+            processor = self.chaos
+        elif question.rdclass != dns.rdataclass.IN:
             counters["dns.refused"] += 1
-            return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
+            return render(_error(query, dns.rcode.REFUSED), query, limit)[0], "", "server", \
+                dns.rcode.REFUSED, key
         if question.rdtype in _META_FORMERR:
             counters["dns.formerr"] += 1
-            return self._reply(query, _error(query, dns.rcode.FORMERR), limit, src, "formerr"), False
+            return render(_error(query, dns.rcode.FORMERR), query, limit)[0], "", "server", \
+                dns.rcode.FORMERR, key
         if question.rdtype in _TRANSFERS or question.rdtype in _META_NOTIMP:
             # zone transfers are not offered (NSD says NOTIMP over UDP too)
             counters["dns.notimp"] += 1
-            return self._reply(query, _error(query, dns.rcode.NOTIMP), limit, src, "notimp"), False
+            return render(_error(query, dns.rcode.NOTIMP), query, limit)[0], "", "server", \
+                dns.rcode.NOTIMP, key
         src_ep: Endpoint = (ipaddress.IPv4Address(src[0]), src[1])
         dst_ep: Endpoint = (ipaddress.IPv4Address(dst[0]), dst[1])
         try:
-            answer = await self.processor(src_ep, dst_ep, query)
+            answer = await processor(src_ep, dst_ep, query)
         except Exception:
             counters["dns.servfail"] += 1
             log.exception("processor failed on %s", question)
-            return self._reply(query, _error(query, dns.rcode.SERVFAIL), limit, src, "servfail"), False
+            return render(_error(query, dns.rcode.SERVFAIL), query, limit)[0], "", "server", \
+                dns.rcode.SERVFAIL, key
         if answer is None:
             counters["dns.refused"] += 1
-            return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
+            return render(_error(query, dns.rcode.REFUSED), query, limit)[0], "", "server", \
+                dns.rcode.REFUSED, key
         response = _normalised(answer, query)
         reply, whole = render(response, query, limit)
         if not whole:
             counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
         counters["dns.slow.answered"] += 1
-        if self.log_queries:
-            self._log(src[0], src[1], payload, "slow", reply[3] & 0x0F)
-        return reply, bool(answer.static and whole)
+        source = answer.source or "server"
+        return reply, source if answer.static and whole else "", source, response.rcode(), key
 
-    def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
-               src: tuple[int, int], path: str) -> bytes:
-        reply, _ = render(response, query, limit)
-        return self._logged(src, reply, path)
-
-    def _logged(self, src: tuple[int, int], reply: bytes | None, path: str) -> bytes | None:
-        if self.log_queries and reply is not None:
-            log.info("%s:%d %s rcode=%d", ipaddress.IPv4Address(src[0]), src[1], path, reply[3] & 0x0F)
-        return reply
-
-    def _log(self, src_ip: int, src_port: int, query: bytes, path: str, rcode: int | None = None) -> None:
-        try:
-            question = dns.message.from_wire(query, ignore_trailing=True).question[0]
-            what = f"{question.name} {dns.rdatatype.to_text(question.rdtype)}"
-        except Exception:
-            what = "?"
-        outcome = "" if rcode is None else " " + dns.rcode.to_text(rcode)
-        log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
+# the observer's key for a reply to something that is no readable question
+_NO_QUESTION = b"\x00\x00\x00\x00\x00\x00"
 
 
-def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, ...], bytes]) -> int:
+def _key_of(query: dns.message.Message) -> bytes:
+    """The question's fast-path key (unikernel.wire), read from dnspython's message."""
+    question = query.question[0]
+    edns = wire.NO_EDNS if query.edns < 0 else wire.EDNS_DO if query.ednsflags & dns.flags.DO else wire.EDNS
+    name = question.name.canonicalize().to_wire()
+    assert name is not None          # to_wire() without a file returns the bytes
+    return (name + question.rdtype.to_bytes(2, "big")
+            + question.rdclass.to_bytes(2, "big") + bytes((edns,)))
+
+
+def _flags(header: bytes, key: bytes) -> int:
+    """The reply's header flags (its bytes 2 and 3, ``header``'s first two)
+    and the query's DO bit (the key's last byte), as the observers take them."""
+    return (header[0] << 8 | header[1]) | (FLAG_DO if key[-1] == wire.EDNS_DO else 0)
+
+
+def _static_cost(key: bytes, kept: tuple[int, tuple[bytes, ...], bytes, str]) -> int:
     return len(key) + len(kept[2]) + STATIC_OVERHEAD
 
 
@@ -415,14 +455,12 @@ def _endpoint_ints(endpoint) -> tuple[int, int]:
 
 
 def serve_with_processor(stack, port: int = 53, processor: Processor | None = None, *,
-                         fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
-                         **options) -> DnsServer:
+                         fast_lookups: Iterable[FastLookup] = (), **options) -> DnsServer:
     """Starts answering on ``port`` with ``processor`` (call from a running loop).
     Returns the server; ``close()`` stops it."""
     if processor is None:
         raise ValueError("serve_with_processor needs a processor")
-    server = DnsServer(stack, port, processor, fast_lookups=fast_lookups,
-                       log_queries=log_queries, **options)
+    server = DnsServer(stack, port, processor, fast_lookups=fast_lookups, **options)
     server.start()
     return server
 

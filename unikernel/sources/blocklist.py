@@ -31,7 +31,7 @@ import collections
 import ipaddress
 import os
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import dns.edns
 import dns.flags
@@ -213,7 +213,7 @@ class Blocklist:
     def malformed(self) -> int:
         return self.blocked.malformed + self.allowed.malformed
 
-    def stage(self):
+    def stage(self) -> Callable[[], None]:
         blocked, allowed = read_lists(self.blocklist_paths), read_lists(self.allowlist_paths)
 
         def commit() -> None:

@@ -31,7 +31,7 @@ keeps their wire form on its fast path.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -468,7 +468,15 @@ class ZoneFiles:
         self._process = zone_process(self.zones)
         self.process: Process = authoritative
 
+    def stage(self) -> Callable[[], None]:
+        """Reads every file again (raising before anything changes) and
+        returns the swap, so that a reload of several sources is all or nothing."""
+        zones = Zones(load_zones(self.paths))
+
+        def commit() -> None:
+            self.zones, self._process = zones, zone_process(zones)
+        return commit
+
     def reload(self) -> int:
-        zones = Zones(load_zones(self.paths))     # raises before anything changes
-        self.zones, self._process = zones, zone_process(zones)
+        self.stage()()
         return len(self.paths)
