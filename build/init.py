@@ -376,7 +376,7 @@ def stage_serve() -> None:
         log(f"cmdline: {' '.join(argv) or '(config.py as built)'}")
         try:
             appliance = parse_serve(argv, load(CONFIG))
-            check(appliance)
+            loaded = check(appliance)
         except (UsageError, ConfigError) as e:
             power_off(system, f"fatal: bad kernel command line or config: {' '.join(str(e).split())}")
         logging.basicConfig(level=logging.INFO if appliance.log_queries else logging.WARNING,
@@ -395,7 +395,7 @@ def stage_serve() -> None:
             loop.add_signal_handler(signal.SIGTERM, request, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, request, "ctrl-alt-del")
             link = PacketLink(NIC, mtu=appliance.mtu)
-            await serve(appliance, link, stop=stop, ready=lambda line: log(line),
+            await serve(appliance, link, loaded=loaded, stop=stop, ready=lambda line: log(line),
                         build_inputs=build_inputs())
             return why[0] if why else "serve returned"
 

@@ -18,9 +18,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from unikernel import config as config_mod
-from unikernel.config import Appliance, ConfigError
+from unikernel.config import Appliance, ConfigError, yes_or_no
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -50,7 +51,7 @@ def _address_or_none(text: str) -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line and an exception, not usage + exit."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -80,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clients that may use forwarding and the cache (default: our own subnet)")
     serve.add_argument("--bogus-nxdomain", action="append", metavar="ADDR",
                        help="answers carrying this address become NXDOMAIN (as dnsmasq's option)")
-    from unikernel.resolver.forwarder import yes_or_no
     serve.add_argument("--no-0x20", dest="randomize_case", action="store_false", default=None,
                        help="do not randomise the letter case of upstream queries")
     serve.add_argument("--randomize-case", nargs="?", const=True, type=yes_or_no, metavar="yes|no",
@@ -94,15 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     # `dig` takes its own options (unikernel/dig.py); main() hands them over whole
     commands.add_parser("dig", help="query a DNS server through our own stack (see: dig --help)")
     return parser
-
-
-def _boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "yes", "true", "on"):
-        return True
-    if value in ("0", "no", "false", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not yes/no")
 
 
 def _add_field_options(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +111,7 @@ def _add_field_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action="append", metavar="VALUE",
                                 help=f"{f.name} (repeat, or separate with commas)")
         elif kind == "bool":
-            parser.add_argument(flag, dest=f.name, nargs="?", const=True, type=_boolean, metavar="yes|no")
+            parser.add_argument(flag, dest=f.name, nargs="?", const=True, type=yes_or_no, metavar="yes|no")
         elif kind == "int":
             parser.add_argument(flag, dest=f.name, type=int)
         else:
@@ -162,7 +153,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from unikernel import main as main_mod
 
     appliance = _appliance_of(args, None)
-    main_mod.check(appliance)                # zone files, MAC... before touching a device
+    loaded = main_mod.check(appliance)       # zone files, MAC... before touching a device
     if appliance.log_queries:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     else:
@@ -176,17 +167,17 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.pcap:
         from netstack.link.pcap import PcapTee
         link = PcapTee(link, args.pcap)
-    return asyncio.run(_serve_until_signal(appliance, link))
+    return asyncio.run(_serve_until_signal(appliance, link, loaded))
 
 
-async def _serve_until_signal(appliance: Appliance, link) -> int:
+async def _serve_until_signal(appliance: Appliance, link, loaded) -> int:
     from unikernel import main as main_mod
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await main_mod.serve(appliance, link, stop=stop, ready=lambda line: print(line, flush=True))
+    await main_mod.serve(appliance, link, loaded=loaded, stop=stop, ready=lambda line: print(line, flush=True))
     print("stopped", flush=True)
     return EXIT_OK
 

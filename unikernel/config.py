@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,57 @@ DEFAULT_CONFIG = REPO / "config.py"
 
 class ConfigError(ValueError):
     """A declaration that cannot be served; the message names what is wrong."""
+
+
+# -- values as config.py, the command line and kernel command-line words spell them --
+
+def parse_upstream(text: str, default_port: int = 53) -> tuple[int, int]:
+    """``ADDR``, ``ADDR:PORT`` or ``ADDR#PORT`` (dnsmasq's spelling) -> (ip as
+    int, port). IPv4 only: the stack speaks IPv4. Raises ValueError."""
+    text = text.strip()
+    addr, sep, port_text = text.replace("#", ":").partition(":")
+    try:
+        ip = int(ipaddress.IPv4Address(addr))
+        port = int(port_text) if sep else default_port
+    except ValueError:
+        raise ValueError(f"bad upstream {text!r}: want ADDR[:PORT] with an IPv4 address") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"bad upstream {text!r}: port out of range")
+    return ip, port
+
+
+def yes_or_no(text: str) -> bool:
+    """A switch's value as the command line (or a kernel command-line word
+    such as ``serve-stale=yes``) spells it."""
+    value = text.strip().lower()
+    if value in ("yes", "y", "true", "on", "1"):
+        return True
+    if value in ("no", "n", "false", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not yes or no")
+
+
+class AccessList:
+    """Which clients may use forwarding (and the cache): ``acl(ip_int)``."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | str]) -> None:
+        nets = []
+        for n in networks:
+            try:
+                nets.append(ipaddress.IPv4Network(n, strict=False))
+            except ValueError as e:
+                raise ValueError(f"bad allowed network {str(n)!r}: {e}") from None
+        self.networks = nets
+        self._pairs = tuple((int(n.network_address), int(n.netmask)) for n in nets)
+
+    def __call__(self, ip: int) -> bool:
+        for network, mask in self._pairs:
+            if ip & mask == network:
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"AccessList({[str(n) for n in self.networks]})"
 
 
 @dataclass

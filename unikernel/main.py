@@ -16,15 +16,24 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from netstack import ethernet
 from netstack.stack import Stack
 from unikernel import __version__
-from unikernel.config import Appliance, ConfigError
+from unikernel.config import AccessList, Appliance, ConfigError, parse_upstream
 from unikernel.ops import stats as stats_mod
 from unikernel.process import Process, compose, labelled, processor_of_process
+from unikernel.resolver.cache import Cache
+from unikernel.resolver.forwarder import forwarder
+from unikernel.resolver.stub import StubResolver
 from unikernel.serve.server import DnsServer, FastLookup
+from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
+from unikernel.sources.blocklist import Blocklist
+from unikernel.sources.chaos import chaos_process
+from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
+from unikernel.sources.special import special_process
 
 log = logging.getLogger("unikernel.main")
 
@@ -38,24 +47,28 @@ def parse_mac(text: str | None) -> bytes | None:
         raise ConfigError(f"mac {e}") from None
 
 
-def check(appliance: Appliance) -> list:
+@dataclass
+class Loaded:
+    """What :func:`check` read from the files the declaration names, handed
+    to :func:`serve` so that each file is parsed once."""
+    zone_files: zones_mod.ZoneFiles | None
+    hosts: HostsTable | None
+    blocklist: Blocklist | None = None
+
+
+def check(appliance: Appliance) -> Loaded:
     """Everything that can be wrong with the declaration, found before a
-    device is touched: raises ConfigError; returns the loaded zones."""
+    device is touched: raises ConfigError; returns the zones and hosts
+    files, loaded."""
     parse_mac(appliance.mac)
     if not 0 < appliance.port < 65536:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
     if appliance.metrics_port == appliance.port:
         raise ConfigError(f"metrics-port {appliance.metrics_port} is the DNS port")
-    for name in (*appliance.blocklist, *appliance.allowlist):
-        if not appliance.path(name).is_file():
-            raise ConfigError(f"{appliance.path(name)}: no such file")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
-    if appliance.hosts:
-        from unikernel.sources.hosts import load_hosts
-        load_hosts(appliance.path(h) for h in appliance.hosts)
-    from unikernel.resolver.forwarder import AccessList, parse_upstream
+    hosts = load_hosts(appliance.path(h) for h in appliance.hosts) if appliance.hosts else None
     try:
         for upstream in appliance.forward:
             address, _port = parse_upstream(upstream)
@@ -63,11 +76,20 @@ def check(appliance: Appliance) -> list:
                 raise ConfigError(f"forward {upstream}: the appliance cannot forward to itself "
                                   "or to a loopback address (its stack has no loopback)")
         AccessList(appliance.allow)
-        for address in appliance.bogus_nxdomain:
-            ipaddress.IPv4Address(address)
+        for bogus in appliance.bogus_nxdomain:
+            ipaddress.IPv4Address(bogus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return zones_mod.load_zones(appliance.path(z) for z in appliance.zones)
+    zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
+    blocklist = None
+    if appliance.blocklist:
+        blocklist = Blocklist([appliance.path(b) for b in appliance.blocklist],
+                              [appliance.path(a) for a in appliance.allowlist], mode=appliance.block_answer)
+        log.warning("blocklists: %d names", len(blocklist))
+        if blocklist.malformed:
+            log.warning("blocklists: %d line(s) not understood, skipped; %s", blocklist.malformed,
+                        "; ".join(blocklist.report))
+    return Loaded(zone_files, hosts, blocklist)
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -97,7 +119,7 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
-def resolution_chain(appliance: Appliance, stack,
+def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                      budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
     """The appliance's answer to every query, as the seed composes it:
     ``compose(zones, hosts, special-use, forwarder)``.
@@ -119,39 +141,30 @@ def resolution_chain(appliance: Appliance, stack,
     fast_lookups: list[FastLookup] = []
     lifecycle: list = []
 
-    if appliance.zones:
-        zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones)
-        chain.append(labelled("zone", zone_files.process))
-        lifecycle.append(zone_files)          # reloadable on SIGHUP
+    if loaded.zone_files is not None:
+        chain.append(labelled("zone", loaded.zone_files.process))
+        lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
     recursion = bool(appliance.forward)
-    if appliance.hosts:
-        from unikernel.sources.hosts import hosts_process, load_hosts
-        table = load_hosts(appliance.path(h) for h in appliance.hosts)
-        chain.append(labelled("hosts", hosts_process(table, recursion_available=recursion)))
-    if appliance.blocklist:
+    if loaded.hosts is not None:
+        chain.append(labelled("hosts", hosts_process(loaded.hosts, recursion_available=recursion)))
+    if loaded.blocklist is not None:
         # after the local zones and hosts (never before them), before the
         # cache and the forwarder
-        from unikernel.sources.blocklist import Blocklist
-        blocklist = Blocklist([appliance.path(b) for b in appliance.blocklist],
-                              [appliance.path(a) for a in appliance.allowlist], mode=appliance.block_answer,
-                              recursion_available=recursion, counters=stack.counters)
-        _log_blocklist(blocklist)
-        chain.append(labelled("blocked", blocklist.process))
-        lifecycle.append(blocklist)           # reloadable on SIGHUP
+        loaded.blocklist.counters = stack.counters
+        loaded.blocklist.recursion_available = recursion
+        chain.append(labelled("blocked", loaded.blocklist.process))
+        lifecycle.append(loaded.blocklist)    # reloadable on SIGHUP
     if recursion:
         # special-use names are answered here so that they never leak upstream;
         # without a forwarder the appliance is authoritative-only and, like
         # NSD, refuses every name its zones and hosts do not hold (issue 3)
-        from unikernel.sources.special import special_process
         chain.append(labelled("special", special_process(recursion_available=recursion)))
     if appliance.forward:
-        from unikernel.resolver.cache import Cache
-        from unikernel.resolver.forwarder import forwarder
         try:
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
-            relay = forwarder(stack, appliance.forward, cache=cache,
+            relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
                               allow=appliance.allow or [str(appliance.interface.network)],
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
@@ -168,37 +181,28 @@ def resolution_chain(appliance: Appliance, stack,
     return compose(*chain), fast_lookups, lifecycle
 
 
-def _log_blocklist(blocklist) -> None:
-    log.warning("blocklists: %d names", len(blocklist))
-    if blocklist.malformed:
-        log.warning("blocklists: %d line(s) not understood, skipped; %s", blocklist.malformed,
-                    "; ".join(blocklist.report))
-
-
-def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: list, stats, *,
-                  started: float, build_inputs: str):
+def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: list, stats: stats_mod.QueryStats,
+                  *, started: float, build_inputs: str):
     """The operator's port (/metrics, /api/stats, the dashboard) over the
     parts built above: their metric collectors, handed to the HTTP side."""
     from unikernel.ops import metrics
     from unikernel.ops.http import HttpServer
     from unikernel.ops.site import OpsSite
-    from unikernel.resolver.forwarder import AccessList, Forwarder
-    from unikernel.sources.blocklist import Blocklist
+    from unikernel.resolver.forwarder import Forwarder
 
     collectors: list[metrics.Collector] = [
-        lambda: metrics.counter_families(stack.counters),
-        lambda: metrics.kept_answer_families(server),
-        lambda: metrics.tcp_families(stack.tcp),
-        lambda: metrics.process_families(stack.now, started),
-        lambda: metrics.build_families(__version__, build_inputs),
+        functools.partial(metrics.counter_families, stack.counters),
+        functools.partial(metrics.kept_answer_families, server),
+        functools.partial(metrics.tcp_families, stack.tcp),
+        functools.partial(metrics.process_families, stack.now, started),
+        functools.partial(metrics.build_families, __version__, build_inputs),
     ]
     for item in lifecycle:
         if isinstance(item, Forwarder):
-            relay = item
-            rtt = stats_mod.UpstreamRtt([u.name for u in relay.upstreams])
-            relay.observe_rtt = rtt.observe
-            collectors.append(functools.partial(metrics.cache_families, relay.cache))
-            collectors.append(functools.partial(metrics.upstream_families, relay.upstreams, stack.now,
+            rtt = stats_mod.UpstreamRtt([u.name for u in item.upstreams])
+            item.upstreams.observe_rtt = rtt.observe
+            collectors.append(functools.partial(metrics.cache_families, item.cache))
+            collectors.append(functools.partial(metrics.upstream_families, item.upstreams, stack.now,
                                                 rtt.histograms))
         elif isinstance(item, Blocklist):
             collectors.append(functools.partial(metrics.blocklist_families, item))
@@ -207,29 +211,31 @@ def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: lis
     return HttpServer(stack.tcp, appliance.metrics_port, site.routes(), allowed=allowed, counters=stack.counters)
 
 
+def identity_of(appliance: Appliance) -> str:
+    return appliance.identity or str(appliance.interface.ip)
+
+
 def _write_line(line: str) -> None:
     """The query log's lines, each flushed: someone may be tailing the console."""
     sys.stdout.write(line)
     sys.stdout.flush()
 
 
-def identity_of(appliance: Appliance) -> str:
-    return appliance.identity or str(appliance.interface.ip)
-
-
-async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None,
-                ready: Callable[[str], object] = print, clock: Callable[[], float] | None = None,
-                build_inputs: str = "source") -> None:
-    """Builds the stack on ``link``, serves DNS as ``appliance`` declares,
-    says ``ready ...`` once queries are answered, runs until ``stop`` is set
+async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
+                stop: asyncio.Event | None = None, ready: Callable[[str], object] = print,
+                clock: Callable[[], float] | None = None, build_inputs: str = "source") -> None:
+    """Builds the stack on ``link``, serves DNS as ``appliance`` declares
+    (with the files ``check`` loaded; checked here when not given), says
+    ``ready ...`` once queries are answered, runs until ``stop`` is set
     (forever without one), then closes everything. ``build_inputs`` is what
     /metrics reports the code was built from (the image's input hash)."""
+    if loaded is None:
+        loaded = check(appliance)
     stop = stop or asyncio.Event()
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
-    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, budgets)
-    from unikernel.sources.chaos import chaos_process
+    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, loaded, budgets)
     chaos = chaos_process(identity=identity_of(appliance), version=None if appliance.hide_version else __version__)
     # what every reply is told to: the statistics the operator's port shows, the query log
     stats = stats_mod.QueryStats() if appliance.metrics_port else None
@@ -240,9 +246,9 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
                                   counters=stack.counters).record)
     server = DnsServer(stack, appliance.port, processor_of_process(process),
                        fast_lookups=fast_lookups, observe=stats_mod.fan_out(observers),
-                       chaos=processor_of_process(labelled("chaos", chaos)),
-                       max_static_bytes=budgets["static"], max_tcp_answer_bytes=budgets["tcp"])
-    ops_http = None
+                       chaos=processor_of_process(labelled("chaos", chaos)), max_kept_bytes=budgets["static"])
+    server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
+                                     max_answer_bytes=budgets["tcp"])
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -250,6 +256,7 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     gc.collect()
     gc.freeze()
     started: list = []
+    ops_http = None
     loop = asyncio.get_running_loop()
     def reload() -> None:
         """SIGHUP: read the zone files and blocklists again, all or nothing:
@@ -264,7 +271,7 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
         for commit in commits:
             commit()
         # answers kept or cached from before may be wrong now (a name newly blocked)
-        server.forget_static()
+        server.forget_kept_answers()
         for item in lifecycle:
             cache = getattr(item, "cache", None)
             if cache is not None:
@@ -286,7 +293,8 @@ async def serve(appliance: Appliance, link, *, stop: asyncio.Event | None = None
     try:
         await stack.start()
         server.start()
-        if appliance.metrics_port:
+        server.tcp_server.start()
+        if stats is not None:
             ops_http = operator_side(appliance, stack, server, lifecycle, stats, started=stack.now(),
                                      build_inputs=build_inputs)
             ops_http.start()

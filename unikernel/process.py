@@ -17,12 +17,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdataclass
+import dns.rdatatype
 import dns.rrset
 
 Endpoint = tuple[ipaddress.IPv4Address, int]
+
+# Question types no process answers. Zone transfers are not offered (NSD says
+# NOTIMP over UDP too). Meta types no question may ask for (BIND's answers):
+# OPT, TSIG and TKEY are FORMERR, the obsolete MAILA/MAILB NOTIMP. Answering
+# them from a zone is wrong, and forwarding them lets a client provoke
+# upstream errors.
+TRANSFER_QTYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+META_QTYPES_FORMERR = frozenset({dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
+META_QTYPES_NOTIMP = frozenset({dns.rdatatype.MAILA, dns.rdatatype.MAILB})
+UNANSWERED_QTYPES = TRANSFER_QTYPES | META_QTYPES_FORMERR | META_QTYPES_NOTIMP
 
 
 @dataclass(slots=True)
@@ -104,3 +116,13 @@ def single_in_question(query: dns.message.Message) -> dns.rrset.RRset | None:
         return None
     question = query.question[0]
     return question if question.rdclass == dns.rdataclass.IN else None
+
+
+def authoritative_response(query: dns.message.Message, *, recursion_available: bool) -> dns.message.Message:
+    """The reply a local table starts from: AA set, and RA when the appliance
+    also forwards (it then offers recursion, RFC 1035 4.1.1)."""
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.AA
+    if recursion_available:
+        response.flags |= dns.flags.RA
+    return response

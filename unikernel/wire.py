@@ -149,44 +149,6 @@ def patch(answer: bytes, query: bytes, name_end: int) -> bytes:
             + answer[4:12] + query[12:name_end] + answer[name_end:])
 
 
-def header_variants(answer: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """Bytes 2..11 of ``answer`` for each RD/CD combination a query may have,
-    made in advance so the hot path only indexes them (see :func:`variant`)."""
-    flags, rest = answer[2:4], answer[4:12]
-    return tuple(bytes(((flags[0] & ~_RD & 0xFF) | (i & 1 and _RD),
-                        (flags[1] & ~_CD & 0xFF) | (i & 2 and _CD))) + rest for i in range(4))
-
-
-def variant(query: bytes) -> int:
-    """Which of :func:`header_variants` answers ``query``: bit 0 RD, bit 1 CD."""
-    return (query[2] & _RD) | ((query[3] & _CD) >> 3)
-
-
-def header_id(payload: bytes) -> int:
-    return (payload[0] << 8) | payload[1]
-
-
-def qname_end(payload: bytes) -> int | None:
-    """Offset just past an uncompressed question name at offset 12, or None."""
-    end = HEADER_SIZE
-    size = len(payload)
-    while end < size:
-        length = payload[end]
-        if length == 0:
-            return end + 1
-        if length > 63:
-            return None
-        end += length + 1
-    return None
-
-
-def key_of(question_name: bytes, qtype: int, qclass: int, edns_flags: int) -> bytes:
-    """The fast-path key for a question given as its wire name and numbers
-    (for producers such as the cache)."""
-    return (question_name.lower() + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")
-            + bytes((edns_flags,)))
-
-
 def error_reply(query: bytes, rcode: int) -> bytes | None:
     """A header-only reply (FORMERR for a message dnspython cannot read):
     the query's ID, opcode and RD, QR set, no sections. None when not even

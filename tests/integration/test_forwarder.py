@@ -1,6 +1,7 @@
 """The forwarder end to end: our stack on a tap in a namespace, a real upstream
 (a small dnspython server this test runs on the tap's host side, counting the
-queries it gets), and real clients (dig, glibc's getaddrinfo, our dig client).
+queries it gets), and real clients (dig, glibc's getaddrinfo); our dig client's tests are in
+test_dig.py, on the same network.
 
     namespace:  tap0 host side 192.0.2.1/24 (+ .3, .4)     tap1 host side 198.51.100.1/24
                 upstream A 192.0.2.1:53, upstream B 192.0.2.3:53 (UDP and TCP)
@@ -522,37 +523,6 @@ def test_getaddrinfo_resolves_through_the_appliance(net, upstreams, tmp_path):
         assert out.stdout.strip() == "['192.0.2.80']"
         hosts = ns.run("getent", "ahostsv4", "printer.lan")
         assert hosts.returncode == 0 and "192.0.2.10" in hosts.stdout
-
-
-def test_our_dig_client_resolves_and_reverse_resolves(net, upstreams, tmp_path):
-    ns, a, _ = net
-    # (words before the options: cli.py's `dig` subparser does not yet take an option first)
-    client = ["--tap", "tap1", "--ipv4", "198.51.100.2/24", "--ipv4-gateway", "198.51.100.1"]
-    with Appliance(ns, tmp_path, allow=["192.0.2.0/24", "198.51.100.0/24"]):
-        out = ns.run(PY, "-m", "unikernel", "dig", f"@{APPLIANCE}", "www.example.com", "A", *client,
-                     cwd=str(REPO))
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "status: NOERROR" in out.stdout and ";; flags: qr rd ra;" in out.stdout
-        assert "www.example.com.\t300\tIN\tA\t192.0.2.80" in out.stdout
-        reverse = ns.run(PY, "-m", "unikernel", "dig", f"@{APPLIANCE}", "-x", "192.0.2.11", *client,
-                         cwd=str(REPO))
-        assert reverse.returncode == 0, reverse.stdout + reverse.stderr
-        assert "PTR\tnas.lan." in reverse.stdout
-        short = ns.run(PY, "-m", "unikernel", "dig", f"@{APPLIANCE}", "example.com", "MX", "+short", *client,
-                       cwd=str(REPO))
-        assert short.stdout.strip() == "10 mail.example.com."
-        # over TCP, ours to ours: asked directly, and after a truncated UDP reply
-        tcp = ns.run(PY, "-m", "unikernel", "dig", f"@{APPLIANCE}", "www.example.com", "+tcp", *client,
-                     cwd=str(REPO))
-        assert tcp.returncode == 0 and "192.0.2.80" in tcp.stdout and "(TCP)" in tcp.stdout, tcp.stdout + tcp.stderr
-        big = ns.run(PY, "-m", "unikernel", "dig", f"@{APPLIANCE}", "big.example.com", "TXT", "+noedns", *client,
-                     cwd=str(REPO))
-        assert big.returncode == 0 and "Truncated, retrying in TCP mode" in big.stdout, big.stdout + big.stderr
-        assert all(f'"{i:02d}' + "x" * 200 + '"' in big.stdout for i in range(12))
-    # and directly against the upstream, on the client's own subnet's gateway path
-    silent = ns.run(PY, "-m", "unikernel", "dig", "@192.0.2.9", "www.example.com", "+time=1", "+tries=1",
-                    *client, cwd=str(REPO))
-    assert silent.returncode == 9 and "no servers could be reached" in silent.stdout
 
 
 def test_serve_command_line_forwards(net, upstreams, tmp_path):

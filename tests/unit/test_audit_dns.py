@@ -19,9 +19,9 @@ import pytest
 from tests.unit import test_forwarder as tf
 from tests.unit.fake_stack import FakeStack, exchange
 from tests.unit.test_server import ZONE
+from unikernel.config import AccessList
 from unikernel.process import processor_of_process
 from unikernel.resolver.cache import Cache, question_key
-from unikernel.resolver.forwarder import AccessList
 from unikernel.resolver.stub import StubError
 from unikernel.serve.server import DnsServer
 from unikernel.sources.zone import zone_process
@@ -111,6 +111,31 @@ def test_fast_path_follows_a_changed_access_list():
     slow, fast = asyncio.run(main())
     assert slow is None                      # the slow path: not allowed any more
     assert fast is None                      # and the fast path agrees
+
+
+def test_cache_fast_path_echoes_cd():
+    """The cache's hot-path answers were patched by a copy of wire.patch that
+    copied RD but not CD (RFC 4035 3.2.2): a CD query hitting the cache got
+    its answer without CD."""
+    async def main():
+        _, _, fwd, clock = tf.make()
+        await tf.ask(fwd)                                 # now in the cache
+
+        async def nothing(src, dst, query):
+            return None
+
+        stack = FakeStack()
+        server = DnsServer(stack, 53, nothing, fast_lookups=[fwd.fast_lookup], clock=clock)
+        server.start()
+        query = dns.message.make_query("www.example.com.", "A")
+        query.flags |= dns.flags.CD
+        reply = await exchange(stack, server, query.to_wire())
+        server.close()
+        return dns.message.from_wire(reply), stack.counters
+
+    reply, counters = asyncio.run(main())
+    assert counters["dns.fast.lookup_hit"] == 1
+    assert reply.flags & dns.flags.CD and reply.flags & dns.flags.RD and reply.answer
 
 
 # -- reflection loops --------------------------------------------------------------------
@@ -231,7 +256,7 @@ def test_static_answers_are_bounded_in_bytes():
     """Every NXDOMAIN of a zone is a static answer: random long names filled
     100,000 entries of ~600 bytes (60 MB in a 128 MiB VM)."""
     async def main():
-        stack, server = serve_zone(max_static_bytes=60_000)
+        stack, server = serve_zone(max_kept_bytes=60_000)
         for i in range(300):
             name = ".".join([f"{i:03d}" + "a" * 60] * 3) + ".hard.example."
             q = dns.message.make_query(name, "A", use_edns=0)
@@ -245,7 +270,7 @@ def test_static_answers_are_bounded_in_bytes():
         return server, reply, stack.counters["dns.fast.hit"] - hit_before
 
     server, reply, hits = asyncio.run(main())
-    assert server.static_bytes <= 60_000 and 0 < len(server.static) < 300
+    assert server.kept_bytes <= 60_000 and 0 < len(server.kept_answers) < 300
     assert hits == 1 and dns.message.from_wire(reply).rcode() == dns.rcode.NXDOMAIN
 
 
@@ -457,22 +482,39 @@ def test_a_cname_chain_ending_in_nxdomain_keeps_its_cnames():
 def test_queries_from_broadcast_multicast_loopback_or_ourselves_are_dropped(src):
     """The stack takes any source address; a reply to the subnet's broadcast
     address leaves as an Ethernet broadcast, to every host of the LAN (each
-    may send an ICMP error back): a forged source must not make us do that."""
+    may send an ICMP error back): a forged source must not make us do that.
+    The real stack drops such a source before UDP (the one home of the rule):
+    frames made by scapy cross a memory wire to it, and nothing comes back."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from netstack.link.memory import MemoryWire
+    from netstack.stack import Stack
+
+    peer_mac = bytes.fromhex("02aabbccddee")
+
     async def main():
-        stack, server = serve_zone()
-        stack.subnet_broadcast = int(ipaddress.IPv4Address("192.0.2.255"))
-        server.close()
-        server = DnsServer(stack, 53, server.processor)
+        ours, peer = MemoryWire().ends()
+        stack = Stack(ours, ipaddress.IPv4Interface("192.0.2.2/24"), None)
+        ours.attach(None, stack.receive)
+        back: list[bytes] = []
+        peer.attach(None, back.append)
+        server = DnsServer(stack, 53, processor_of_process(zone_process([ZONE])))
         server.start()
         query = dns.message.make_query("www.hard.example.", "A").to_wire()
-        stack.udp.bindings[53](query, int(ipaddress.IPv4Address(src)), 40000, stack.address, 53)
+        frame = (Ether(dst=stack.mac, src=peer_mac) / IP(src=src, dst="192.0.2.2")
+                 / UDP(sport=40000, dport=53) / query)
+        peer.send(bytes(frame))
+        ours.wire.pump()
         while server.pending:
             await asyncio.gather(*list(server.pending))
+        ours.wire.pump()
         server.close()
-        return stack.udp.sent, stack.counters
+        return back, stack.counters
 
-    sent, counters = asyncio.run(main())
-    assert sent == [] and counters["dns.bad_source_address.drop"] == 1
+    back, counters = asyncio.run(main())
+    assert back == [] and counters["ipv4.bad_source.drop"] == 1
+    assert counters["dns.fast.miss"] == 0 and counters["dns.slow.answered"] == 0
 
 
 def test_tcp_answers_held_for_clients_that_do_not_read_are_bounded_over_all_connections():

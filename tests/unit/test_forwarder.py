@@ -18,8 +18,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from unikernel.config import AccessList, parse_upstream
 from unikernel.resolver.cache import Cache
-from unikernel.resolver.forwarder import AccessList, Forwarder, parse_upstream
+from unikernel.resolver.forwarder import Forwarder
 from unikernel.resolver.stub import CaseMismatch, StubResolver, StubTimeout, randomize_case
 
 CLIENT = (ipaddress.IPv4Address("192.0.2.99"), 40000)
@@ -134,11 +135,13 @@ def make(upstreams=(UP1,), *, records=RECORDS, clock=None, **kw):
     stack = FakeStack()
     ups = [FakeUpstream(stack, ep, dict(records)) for ep in upstreams]
     clock = clock or Clock()
-    cache = Cache(counters=stack.counters, serve_stale=kw.pop("serve_stale_cache", False))
+    serve_stale = kw.pop("serve_stale", False)
+    cache = Cache(counters=stack.counters, serve_stale=kw.pop("serve_stale_cache", False) or serve_stale)
     kw.setdefault("deadline", 0.5)
     kw.setdefault("attempt_timeout", 0.1)
-    fwd = Forwarder(stack, upstreams, cache=cache, allow=["192.0.2.0/24"], clock=clock,
-                    rng=random.Random(1), **kw)
+    rng = random.Random(1)
+    stub = StubResolver(stack, counters=stack.counters, rng=rng)
+    fwd = Forwarder(upstreams, stub=stub, cache=cache, allow=["192.0.2.0/24"], clock=clock, rng=rng, **kw)
     return stack, ups, fwd, clock
 
 

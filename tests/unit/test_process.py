@@ -126,3 +126,33 @@ def test_memory_budgets_follow_the_machine(tmp_path):
     meminfo.write_text("MemTotal:  131072 kB\nMemFree:  50000 kB\nMemAvailable:   61440 kB\n")
     assert available_memory(str(meminfo)) == 61440 * 1024
     assert available_memory(str(tmp_path / "missing")) is None
+
+
+def test_zone_and_hosts_files_are_read_once_from_check_to_serving(monkeypatch):
+    """main.check() read every zone and hosts file to find errors, then
+    resolution_chain() read them all again: the chain now serves what check
+    loaded."""
+    from tests.unit.fake_stack import FakeStack
+    from unikernel import main
+    from unikernel.config import Appliance
+    from unikernel.sources import zone
+
+    reads = {"zones": 0, "hosts": 0}
+    load_zones, load_hosts = zone.load_zones, main.load_hosts
+
+    def counting_zones(paths):
+        reads["zones"] += 1
+        return load_zones(paths)
+
+    def counting_hosts(paths):
+        reads["hosts"] += 1
+        return load_hosts(paths)
+
+    monkeypatch.setattr(zone, "load_zones", counting_zones)
+    monkeypatch.setattr(main, "load_hosts", counting_hosts)
+    appliance = Appliance(zones=["data/d1.signpo.st.zone"], hosts=["data/hosts"], forward=[])
+    loaded = main.check(appliance)
+    process, _, _ = main.resolution_chain(appliance, FakeStack(), loaded)
+    answer = run(process, query("ns0.d1.signpo.st."))
+    assert reads == {"zones": 1, "hosts": 1}
+    assert answer.message.rcode() == dns.rcode.NOERROR and answer.message.answer

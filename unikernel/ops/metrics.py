@@ -142,9 +142,9 @@ def cache_families(cache) -> list[Family]:
 def kept_answer_families(server) -> list[Family]:
     """The server's kept answers (the fast path's static table)."""
     return [Family(PREFIX + "kept_answers", "gauge", "Static answers kept as wire bytes for the fast path.",
-                   [({}, len(server.static))]),
+                   [({}, len(server.kept_answers))]),
             Family(PREFIX + "kept_answer_bytes", "gauge", "Memory the kept answers are counted as (bytes).",
-                   [({}, server.static_bytes)])]
+                   [({}, server.kept_bytes)])]
 
 
 def tcp_families(tcp_layer) -> list[Family]:

@@ -74,13 +74,6 @@ def question_key(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
     return qname.canonicalize().to_wire() + struct.pack("!HH", rdtype, rdclass)
 
 
-def edns_flags_of(query: dns.message.Message) -> int:
-    """The fast-path key's last byte for a parsed query: 0, 1 or 3."""
-    if query.edns < 0:
-        return 0
-    return 3 if query.ednsflags & dns.flags.DO else 1
-
-
 def entry_key(qkey: bytes, do: bool) -> bytes:
     """Where an entry lives: the question, then 2 for DO and 0 without."""
     return qkey + (b"\x02" if do else b"\x00")

@@ -34,16 +34,14 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 
+from netstack.tcp import stream as tcp_stream
+
 DEFAULT_PAYLOAD = 1232          # RFC 9715 / DNS flag day 2020: no fragmentation
 _FLAG_QR = 0x8000
 _FLAG_TC = 0x0200
 _FLAG_RD = 0x0100
 _EDNS_DO = 0x8000
 
-try:  # TCP lands in parallel (netstack/tcp/stream.py); until then TC is relayed.
-    from netstack.tcp import stream as _tcp_stream
-except ImportError:  # pragma: no cover - depends on what is installed
-    _tcp_stream = None
 
 
 class StubError(Exception):
@@ -69,11 +67,6 @@ class Reply:
     elapsed: float              # seconds from sending to the matching reply
 
 
-def qname_wire(name: dns.name.Name) -> bytes:
-    """The name as on the wire, uncompressed, in the case given."""
-    return name.to_wire()
-
-
 def randomize_case(wire_name: bytes, rng: random.Random) -> bytes:
     """0x20: flip the case of each ASCII letter in a wire-format name at random.
     Length octets are left alone (they are never letters: labels are < 64)."""
@@ -95,27 +88,6 @@ def build_query(qid: int, question: bytes, *, rd: bool = True, payload: int | No
         return header + question
     opt = b"\x00" + struct.pack("!HHIH", 41, payload, _EDNS_DO if do else 0, 0)
     return header + question + opt
-
-
-def question_end(wire: bytes, offset: int = 12) -> int:
-    """Offset just past the first question's name, type and class; raises
-    ValueError when the name is not a plain (uncompressed) sequence of labels
-    inside the message."""
-    i = offset
-    n = len(wire)
-    while True:
-        if i >= n:
-            raise ValueError("question runs past the end")
-        length = wire[i]
-        if length == 0:
-            i += 1
-            break
-        if length & 0xC0:
-            raise ValueError("compressed or extended label in the question")
-        i += 1 + length
-    if i + 4 > n:
-        raise ValueError("question type/class runs past the end")
-    return i + 4
 
 
 class StubResolver:
@@ -142,7 +114,7 @@ class StubResolver:
         CaseMismatch, StubError; never returns a reply that failed the matching
         rules. ``use_tcp``: ask again over TCP when the UDP reply is truncated;
         ``tcp_only``: ask over TCP only (dig's +tcp)."""
-        name_wire = qname_wire(qname)
+        name_wire = qname.to_wire()     # uncompressed, in the case given
         if use_0x20:
             name_wire = randomize_case(name_wire, self.rng)
         question = name_wire + struct.pack("!HH", rdtype, rdclass)
@@ -186,7 +158,7 @@ class StubResolver:
             self.stack.udp.unbind(port)
         truncated = bool(message.flags & dns.flags.TC)
         if truncated and use_tcp:
-            if _tcp_stream is None or getattr(self.stack, "tcp", None) is None:
+            if getattr(self.stack, "tcp", None) is None:
                 self.counters["stub.truncated.relayed"] += 1
             else:
                 remaining = timeout - (loop.time() - started)
@@ -237,17 +209,13 @@ class StubResolver:
         c["stub.reply.bad_question.drop"] += 1
         return "drop"
 
-    @staticmethod
-    def _parse(wire: bytes) -> dns.message.Message:
-        return dns.message.from_wire(wire)
-
     # -- TCP retry of a truncated reply ------------------------------------
     async def _query_tcp(self, server, qid: int, question: bytes, wire: bytes, started: float, *,
                          timeout: float | None = None) -> Reply | None:
         """The same query over TCP (RFC 7766 framing); None when TCP is
         missing or the exchange fails."""
         tcp = getattr(self.stack, "tcp", None)
-        if _tcp_stream is None or tcp is None:
+        if tcp is None:
             self.counters["stub.tcp.unavailable"] += 1
             return None
         self.counters["stub.query.tcp"] += 1
@@ -256,7 +224,7 @@ class StubResolver:
         streams: list = []
 
         async def exchange() -> bytes:
-            reader, writer = await _tcp_stream.open_connection(tcp, server[0], server[1], timeout=timeout)
+            reader, writer = await tcp_stream.open_connection(tcp, server[0], server[1], timeout=timeout)
             streams.append(writer)
             writer.write(struct.pack("!H", len(wire)) + wire)
             await writer.drain()
@@ -281,7 +249,7 @@ class StubResolver:
             self.counters["stub.tcp.mismatch.drop"] += 1
             return None
         try:
-            message = self._parse(reply)
+            message = dns.message.from_wire(reply)
         except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
             self.counters["stub.tcp.malformed.drop"] += 1
             return None

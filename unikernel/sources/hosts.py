@@ -30,7 +30,7 @@ import dns.reversename
 import dns.rrset
 
 from unikernel.config import ConfigError
-from unikernel.process import Answer, Endpoint, single_in_question
+from unikernel.process import Answer, Endpoint, authoritative_response, single_in_question
 
 DEFAULT_TTL = 60
 
@@ -121,10 +121,7 @@ def hosts_process(table: HostsTable, *, ttl: int = DEFAULT_TTL, recursion_availa
                 return None          # other types of a listed name: not ours
         else:
             return None
-        response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA
-        if recursion_available:
-            response.flags |= dns.flags.RA
+        response = authoritative_response(query, recursion_available=recursion_available)
         for rrtype, values in records:
             response.answer.append(dns.rrset.from_text_list(q.name, ttl, dns.rdataclass.IN, rrtype, values))
         return Answer(response, final=True, static=True)

@@ -24,7 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from unikernel.process import Answer, Endpoint, single_in_question
+from unikernel.process import Answer, Endpoint, authoritative_response, single_in_question
 
 ZONE_TTL = 10800
 
@@ -80,10 +80,7 @@ def special_process(*, recursion_available: bool = False, extra_zones=()):
         if apex is None:
             return None
         soa, ns = zones[apex]
-        response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA
-        if recursion_available:
-            response.flags |= dns.flags.RA
+        response = authoritative_response(query, recursion_available=recursion_available)
         rdtype = q.rdtype
         answer: list[dns.rrset.RRset] = []
         exists = name == apex

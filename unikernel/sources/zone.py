@@ -379,10 +379,6 @@ class Zones:
                         below = below.parent()
                     break
 
-    @property
-    def origins(self) -> list[dns.name.Name]:
-        return list(self.by_origin)
-
     def find(self, qname: dns.name.Name) -> AuthoritativeZone | None:
         for labels in range(min(len(qname), self.max_depth), 0, -1):
             zone = self.by_origin.get(qname.split(labels)[1])
