@@ -519,6 +519,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         "extension_modules": [Path(e).name.split(".")[0] for e in extensions],
         "libraries": sorted(libraries),
         "kernel_modules": [n for n, _ in modules],
+        "inputs": digest,        # what /metrics reports as dnsapp_build_info's inputs
     }
     write_atomic(out_dir / "dns.manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     stamp.write_text(digest)

@@ -204,3 +204,57 @@ def test_metrics_port_only_for_allowed_clients(tmp_path):
         serve(ns, tmp_path, "--allow", "198.51.100.0/24")
         result = ns.run("curl", "-sS", "--max-time", "5", METRICS_URL)
         assert result.returncode != 0 and "dnsapp_" not in result.stdout
+
+
+# An upstream for the forwarder: www.example.org A 198.51.100.9, NXDOMAIN for the rest.
+TINY_UPSTREAM = """
+import socket, sys
+import dns.message, dns.rrset
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("listening", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    try:
+        query = dns.message.from_wire(data)
+    except Exception:
+        continue
+    reply = dns.message.make_response(query)
+    q = query.question[0]
+    if q.name == dns.name.from_text("www.example.org") and q.rdtype == 1:
+        reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", "198.51.100.9"))
+    else:
+        reply.set_rcode(3)
+    s.sendto(reply.to_wire(), peer)
+"""
+
+
+@needs_root
+@needs_tools
+def test_forwarded_and_cached_answers_upstreams_and_a_reload_that_blocks_a_cached_name(tmp_path):
+    blocklist = tmp_path / "later.txt"
+    blocklist.write_text("other.example\n")
+    with Namespace() as ns:
+        ns.add_tap("tap0", "192.0.2.1/24")
+        upstream = ns.popen(sys.executable, "-c", TINY_UPSTREAM, "192.0.2.1")
+        assert upstream.stdout.readline().strip() == "listening"
+        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "192.0.2.1", "--tap", "tap0",
+                        "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--blocklist", str(blocklist),
+                        cwd=str(ROOT))
+        read_until(proc, "ready")
+        for _ in range(2):                         # relayed, then from the cache (its fast path)
+            assert "198.51.100.9" in dig(ns, "www.example.org", "A")
+        families = metrics(ns)
+        assert sample(families, "dnsapp_answers_total", "dnsapp_answers", source="forward", rcode="NOERROR") == 1
+        assert sample(families, "dnsapp_answers_total", "dnsapp_answers", source="cache", rcode="NOERROR") == 1
+        assert sample(families, "dnsapp_upstream_up", upstream="192.0.2.1#53") == 1
+        assert sample(families, "dnsapp_upstream_consecutive_failures", upstream="192.0.2.1#53") == 0
+        assert sample(families, "dnsapp_upstream_rtt_seconds_count", "dnsapp_upstream_rtt_seconds",
+                      upstream="192.0.2.1#53") >= 1
+        assert sample(families, "dnsapp_cache_entries") >= 1
+        # the name is blocked from now on: not answered from the cache any more
+        blocklist.write_text("example.org\n")
+        proc.send_signal(signal.SIGHUP)
+        read_until(proc, "reloaded")
+        out = dig(ns, "www.example.org", "A")
+        assert "status: NXDOMAIN" in out and "EDE: 15 (Blocked)" in out, out
