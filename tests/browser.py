@@ -19,6 +19,16 @@ from selenium.webdriver.support.ui import WebDriverWait
 TILES = ("total-queries", "qps-now", "cache-hit", "blocked-share", "blocked-count", "upstreams-up", "identity",
          "version", "live")
 TABLES = ("top-names", "top-clients", "recent", "rcodes", "upstreams")
+READ = """
+const [tiles, tables] = arguments, shown = {};
+for (const id of tiles) shown[id] = document.getElementById(id).innerText.trim();
+for (const id of tables) shown[id] = [...document.querySelectorAll("#" + id + " tbody tr")].map(
+  row => [...row.querySelectorAll("td")].map(cell => cell.innerText.trim()));
+shown.sources = Object.fromEntries([...document.querySelectorAll("#sources-legend [data-source]")].map(
+  label => [label.dataset.source, Number(label.dataset.count)]));
+shown.bars = document.querySelectorAll("#qps-chart rect").length;
+return shown;
+"""
 
 
 def read_page(url: str, screenshot: str) -> dict:
@@ -32,13 +42,9 @@ def read_page(url: str, screenshot: str) -> dict:
         driver.set_page_load_timeout(30)
         driver.get(url)
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-updated"))
-        shown = {tile: driver.find_element(By.ID, tile).text for tile in TILES}
-        for table in TABLES:
-            rows = driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
-            shown[table] = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
-        shown["sources"] = {label.get_attribute("data-source"): int(label.get_attribute("data-count"))
-                            for label in driver.find_elements(By.CSS_SELECTOR, "#sources-legend [data-source]")}
-        shown["bars"] = len(driver.find_elements(By.CSS_SELECTOR, "#qps-chart rect"))
+        # read in one script: the page redraws every two seconds, and element
+        # handles taken across a redraw would be stale
+        shown = driver.execute_script(READ, list(TILES), list(TABLES))
         driver.save_screenshot(screenshot)
         return shown
     finally:

@@ -32,7 +32,7 @@ from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
 from unikernel.sources.blocklist import Blocklist
 from unikernel.sources.chaos import chaos_process
-from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
+from unikernel.sources.hosts import HostsFiles, HostsTable, load_hosts
 from unikernel.sources.special import special_process
 
 log = logging.getLogger("unikernel.main")
@@ -146,7 +146,10 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
         lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
-        chain.append(labelled("hosts", hosts_process(loaded.hosts, recursion_available=recursion)))
+        hosts_files = HostsFiles([appliance.path(h) for h in appliance.hosts], loaded.hosts,
+                                 recursion_available=recursion)
+        chain.append(labelled("hosts", hosts_files.process))
+        lifecycle.append(hosts_files)         # reloadable on SIGHUP
     if loaded.blocklist is not None:
         # after the local zones and hosts (never before them), before the
         # cache and the forwarder
@@ -259,7 +262,7 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     ops_http = None
     loop = asyncio.get_running_loop()
     def reload() -> None:
-        """SIGHUP: read the zone files and blocklists again, all or nothing:
+        """SIGHUP: read the zone files, hosts files and blocklists again, all or nothing:
         on any error keep serving what was loaded before."""
         reloadable = [item for item in lifecycle if hasattr(item, "stage")]
         try:
@@ -278,9 +281,11 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 cache.clear()
         stack.counters["dns.reload.done"] += 1
         zone_files = sum(len(item.paths) for item in reloadable if isinstance(item, zones_mod.ZoneFiles))
-        lists = sum(len(getattr(item, "blocklist_paths", ())) + len(getattr(item, "allowlist_paths", ()))
-                    for item in reloadable)
-        log.warning("reloaded %d zone file(s), %d block/allow list(s)", zone_files, lists)
+        hosts_files = sum(len(item.paths) for item in reloadable if isinstance(item, HostsFiles))
+        lists = sum(len(item.blocklist_paths) + len(item.allowlist_paths) for item in reloadable
+                    if isinstance(item, Blocklist))
+        log.warning("reloaded %d zone file(s), %d hosts file(s), %d block/allow list(s)", zone_files, hosts_files,
+                    lists)
 
     signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
                signal.SIGHUP: reload}

@@ -258,3 +258,29 @@ def test_forwarded_and_cached_answers_upstreams_and_a_reload_that_blocks_a_cache
         read_until(proc, "reloaded")
         out = dig(ns, "www.example.org", "A")
         assert "status: NXDOMAIN" in out and "EDE: 15 (Blocked)" in out, out
+
+
+@needs_root
+@needs_tools
+def test_sighup_reloads_hosts_files_too_and_a_bad_one_reloads_nothing(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("192.0.2.70 printer.lan\n")
+    with Namespace() as ns:
+        ns.add_tap("tap0", "192.0.2.1/24")
+        proc = serve(ns, tmp_path, "--hosts", str(hosts))
+        assert "192.0.2.70" in dig(ns, "printer.lan", "A", "+short")
+        hosts.write_text("192.0.2.71 printer.lan\n")
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if "192.0.2.71" in dig(ns, "printer.lan", "A", "+short"):
+                break
+            time.sleep(0.1)
+        assert "192.0.2.71" in dig(ns, "printer.lan", "A", "+short")
+        # a hosts file with an error: the blocklist changed beside it is not taken either
+        hosts.write_text("192.0.2.999 printer.lan\n")
+        (tmp_path / "block.hosts").write_text("0.0.0.0 fresh.example.org\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert "192.0.2.71" in dig(ns, "printer.lan", "A", "+short")
+        assert "EDE: 15" in dig(ns, "ads.example.com", "A")
+        assert "EDE: 15" not in dig(ns, "fresh.example.org", "A")

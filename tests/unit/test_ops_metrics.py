@@ -22,8 +22,8 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="needs promtool (apt install prometheus)")
 
 
-def key_of(name: str, qtype: str = "A") -> bytes:
-    query = dns.message.make_query(name, qtype)
+def key_of(name: str, qtype: str = "A", **kw) -> bytes:
+    query = dns.message.make_query(name, qtype, **kw)
     return wire.parse_query(query.to_wire())[0]
 
 
@@ -95,7 +95,7 @@ def test_query_stats_record_totals_tops_and_recent():
     for i in range(6):
         qs.record(1000.0 + i, "udp", 0xC0000201, 40000 + i, key_of("www.Example.com", "AAAA"), 0x8580, 0, "zone",
                   0.0002)
-    qs.record(1007.0, "tcp", 0xC0000203, 5353, key_of("ads.example.net"), 0x8180 | stats.FLAG_DO, 3, "blocked",
+    qs.record(1007.0, "tcp", 0xC0000203, 5353, key_of("ads.example.net", want_dnssec=True), 0x8180, 3, "blocked",
               0.001)
     assert qs.queries() == {("udp", "AAAA"): 6, ("tcp", "A"): 1}
     assert qs.answers() == {("zone", 0): 6, ("blocked", 3): 1}

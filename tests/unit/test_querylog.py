@@ -9,11 +9,10 @@ from netstack.counters import Counters
 from tests.stackutil import Clock
 from unikernel import wire
 from unikernel.ops.querylog import QueryLog
-from unikernel.ops.stats import FLAG_DO
 
 
-def key_of(name: str, qtype: str = "A") -> bytes:
-    return wire.parse_query(dns.message.make_query(name, qtype).to_wire())[0]
+def key_of(name: str, qtype: str = "A", **kw) -> bytes:
+    return wire.parse_query(dns.message.make_query(name, qtype, **kw).to_wire())[0]
 
 
 def make_log(**kw):
@@ -26,7 +25,7 @@ def make_log(**kw):
 
 def test_one_json_object_a_line():
     log, lines, clock, _ = make_log()
-    log.record(clock(), "tcp", 0xC0000201, 40001, key_of("WWW.example.com", "AAAA"), 0x8580 | FLAG_DO, 3,
+    log.record(clock(), "tcp", 0xC0000201, 40001, key_of("WWW.example.com", "AAAA", want_dnssec=True), 0x8580, 3,
                "zone", 0.00125)
     assert len(lines) == 1 and lines[0].endswith("\n") and lines[0].count("\n") == 1
     assert json.loads(lines[0]) == {

@@ -118,6 +118,7 @@ def counter_families(counters: Mapping[str, int]) -> list[Family]:
 
 
 def stats_families(stats: QueryStats) -> list[Family]:
+    stats.drain()
     queries = Family(PREFIX + "queries_total", "counter", "Queries answered, by transport and query type.")
     for (transport, qtype), n in sorted(stats.queries().items()):
         queries.samples.append(({"transport": transport, "qtype": qtype}, n))

@@ -60,7 +60,7 @@ class QueryLog:
             self.suppressed = 0
         line = {"time": stamp, "client": str(ipaddress.IPv4Address(client_ip)), "port": client_port,
                 "qname": name_text(key), "qtype": qtype_text(key), "transport": transport, "rcode": rcode_text(rcode),
-                "source": source, "latency_ms": round(latency * 1000, 3), "flags": flag_names(flags)}
+                "source": source, "latency_ms": round(latency * 1000, 3), "flags": flag_names(flags, key)}
         self.write(json.dumps(line) + "\n")
         self.counters["querylog.written"] += 1
 

@@ -43,6 +43,7 @@ class OpsSite:
         return "application/json", json.dumps(self.summary()).encode()
 
     def summary(self) -> dict:
+        self.stats.drain()
         families = metrics.gather(self.collectors)
         by_name = {family.name: family for family in families}
         now = self.clock()

@@ -17,12 +17,16 @@ from __future__ import annotations
 import bisect
 import collections
 import ipaddress
+import itertools
+import operator
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 import dns.name
 import dns.rcode
 import dns.rdatatype
+
+from unikernel.wire import EDNS_DO
 
 # Who gave an answer: the sources, the resolver, or the server itself (an
 # error it made: FORMERR, REFUSED, SERVFAIL...).
@@ -37,13 +41,14 @@ _LABELLED_QTYPES = ("A", "AAAA", "ANY", "CAA", "CNAME", "DNAME", "DNSKEY", "DS",
                     "AXFR", "IXFR")
 QTYPE_LABELS: dict[bytes, str] = {dns.rdatatype.from_text(t).to_bytes(2, "big"): t for t in _LABELLED_QTYPES}
 
-# flags as the server hands them over: the reply's header flags (16 bits)
-# and the query's DO bit, which lives in EDNS, not the header
-FLAG_DO = 0x10000
-_FLAG_NAMES = ((0x0400, "aa"), (0x0200, "tc"), (0x0100, "rd"), (0x0080, "ra"), (0x0010, "cd"), (FLAG_DO, "do"))
+# the reply's header flags, as the server hands them over (16 bits)
+_FLAG_NAMES = ((0x0400, "aa"), (0x0200, "tc"), (0x0100, "rd"), (0x0080, "ra"), (0x0010, "cd"))
+BATCH = 1024                # replies recorded before they are counted into the tables
 
 Observe = Callable[[float, str, int, int, bytes, int, int, str, float], None]
-"""``observe(now, transport, client_ip, client_port, key, flags, rcode, source, latency)``."""
+"""``observe(arrived, transport, client_ip, client_port, key, flags, rcode, source, latency)``:
+``flags`` the reply's header flags, ``key`` the question's fast-path key (its
+last byte says whether the query set DO)."""
 
 
 def fan_out(observers: list[Observe]) -> Observe | None:
@@ -63,6 +68,10 @@ def qtype_label(key: bytes) -> str:
     return QTYPE_LABELS.get(key[-5:-3], "other")
 
 
+_QTYPE_BYTES = slice(-5, -3)     # of a fast-path key: name wire, qtype, qclass, EDNS byte
+_NAME_BYTES = slice(None, -5)
+
+
 def qtype_text(key: bytes) -> str:
     """The query type of a fast-path key, by its name (``TYPE65000`` for one without)."""
     return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(int.from_bytes(key[-5:-3], "big")))
@@ -76,8 +85,10 @@ def name_text(key: bytes) -> str:
         return "?"
 
 
-def flag_names(flags: int) -> list[str]:
-    return [name for bit, name in _FLAG_NAMES if flags & bit]
+def flag_names(flags: int, key: bytes) -> list[str]:
+    """The reply's flags set, and ``do`` when the query asked for DNSSEC records."""
+    names = [name for bit, name in _FLAG_NAMES if flags & bit]
+    return names + ["do"] if key[-1] == EDNS_DO else names
 
 
 def rcode_text(rcode: int) -> str:
@@ -137,16 +148,20 @@ class TopK(Generic[Item]):
     def __len__(self) -> int:
         return len(self.counts)
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, weight: int = 1) -> None:
+        """``weight`` more of ``item`` (the weighted form: once the table
+        overflows, every counter gives up the smallest count among them)."""
         counts = self.counts
         count = counts.get(item)
         if count is not None:
-            counts[item] = count + 1
+            counts[item] = count + weight
         elif len(counts) < self.capacity:
-            counts[item] = 1
+            counts[item] = weight
         else:
-            self.decrements += 1
-            self.counts = {kept: n - 1 for kept, n in counts.items() if n > 1}
+            counts[item] = weight
+            floor = min(counts.values())
+            self.decrements += floor
+            self.counts = {kept: n - floor for kept, n in counts.items() if n > floor}
 
     def top(self, n: int) -> list[tuple[Item, int, int]]:
         """``(item, count, error)`` for the ``n`` most counted, most first;
@@ -167,14 +182,16 @@ class RateRing:
         self.counts = [0] * seconds
         self.stamps = [-1] * seconds
 
-    def add(self, now: float) -> None:
+    def add(self, now: float, count: int = 1) -> None:
         second = int(now)
         slot = second % self.seconds
         if self.stamps[slot] != second:
+            if second < self.stamps[slot]:
+                return                  # older than what the slot holds: outside the window
             self.stamps[slot] = second
-            self.counts[slot] = 1
+            self.counts[slot] = count
         else:
-            self.counts[slot] += 1
+            self.counts[slot] += count
 
     def series(self, now: float) -> list[int]:
         """Counts of the last ``seconds`` seconds, oldest first, the current (partial) second last."""
@@ -196,25 +213,57 @@ class QueryStats:
         self.clients: TopK[int] = TopK(top)
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.rate = RateRing(window)
+        self._pending: list[tuple] = []                # recorded, not yet counted (at most BATCH)
 
-    def record(self, now: float, transport: str, client_ip: int, client_port: int, key: bytes,
-               flags: int, rcode: int, source: str, latency: float) -> None:
-        """One reply sent (the :data:`Observe` signature)."""
+    def record(self, *event) -> None:
+        """One reply sent, with the :data:`Observe` arguments. On the fast
+        path, so it only queues the event; :meth:`drain` counts a batch at a
+        time, with C-level passes (Counter, map) rather than Python per reply."""
+        pending = self._pending
+        pending.append(event)
+        if len(pending) >= BATCH:
+            self.drain()
+
+    def drain(self) -> None:
+        """Counts the queued replies into the tables (every reader calls it)."""
+        events, self._pending = self._pending, []
+        if not events:
+            return
+        arrived, transports, clients, _ports, keys, _flags, rcodes, sources, latencies = map(list, zip(*events))
+        # one C-level count over what varies; a key's hash is already cached
+        # (the fast path looked it up), so this costs little per reply
+        buckets = map(bisect.bisect_left, itertools.repeat(LATENCY_BUCKETS), latencies)
         totals = self.totals
-        label = (transport, QTYPE_LABELS.get(key[-5:-3], "other"), source, rcode)
-        totals[label] = totals.get(label, 0) + 1
-        histogram = self.latency.get(source)
-        if histogram is not None:
-            histogram.observe(latency)
-        name = key[:-5]
-        self.names.add(name)
-        self.clients.add(client_ip)
-        self.recent.append((now, client_ip, client_port, key, transport, flags, rcode, source, latency))
-        self.rate.add(now)
+        names: collections.Counter[bytes] = collections.Counter()
+        for (key, transport, source, rcode, bucket), n in collections.Counter(zip(keys, transports, sources, rcodes,
+                                                                                  buckets)).items():
+            label = (transport, QTYPE_LABELS.get(key[_QTYPE_BYTES], "other"), source, rcode)
+            totals[label] = totals.get(label, 0) + n
+            names[key[_NAME_BYTES]] += n
+            histogram = self.latency.get(source)
+            if histogram is not None:
+                histogram.counts[bucket] += n
+                histogram.count += n
+        for source in set(sources):
+            histogram = self.latency.get(source)
+            if histogram is not None:
+                histogram.total += sum(itertools.compress(latencies, map(operator.eq, sources,
+                                                                         itertools.repeat(source))))
+        for name, n in names.items():
+            self.names.add(name, n)
+        for client, n in collections.Counter(clients).items():
+            self.clients.add(client, n)
+        if int(arrived[0]) == int(arrived[-1]):          # the common case: all within one second
+            self.rate.add(arrived[0], len(arrived))
+        else:
+            for second, n in collections.Counter(map(int, arrived)).items():
+                self.rate.add(second, n)
+        self.recent.extend(events[-(self.recent.maxlen or 0):])
 
     # -- read by the pages ------------------------------------------------------------
     def queries(self) -> collections.Counter[tuple[str, str]]:
         """Answers by (transport, qtype label)."""
+        self.drain()
         out: collections.Counter[tuple[str, str]] = collections.Counter()
         for (transport, qtype, _source, _rcode), n in self.totals.items():
             out[(transport, qtype)] += n
@@ -222,12 +271,14 @@ class QueryStats:
 
     def answers(self) -> collections.Counter[tuple[str, int]]:
         """Answers by (source, rcode)."""
+        self.drain()
         out: collections.Counter[tuple[str, int]] = collections.Counter()
         for (_transport, _qtype, source, rcode), n in self.totals.items():
             out[(source, rcode)] += n
         return out
 
     def total(self) -> int:
+        self.drain()
         return sum(self.totals.values())
 
     def by_source(self) -> dict[str, int]:
@@ -238,17 +289,20 @@ class QueryStats:
 
     def recent_queries(self, now: float) -> list[dict]:
         """The last queries, newest first, as the dashboard and the JSON API show them."""
+        self.drain()
         return [{"age_seconds": round(now - at, 3), "client": str(ipaddress.IPv4Address(ip)), "port": port,
                  "qname": name_text(key), "qtype": qtype_text(key), "transport": transport,
                  "rcode": rcode_text(rcode), "source": source, "latency_ms": round(latency * 1000, 3),
-                 "flags": flag_names(flags)}
-                for at, ip, port, key, transport, flags, rcode, source, latency in reversed(self.recent)]
+                 "flags": flag_names(flags, key)}
+                for at, transport, ip, port, key, flags, rcode, source, latency in reversed(self.recent)]
 
     def top_names(self, n: int = 20) -> list[dict]:
+        self.drain()
         return [{"name": name_text(item), "count": count, "error": error}
                 for item, count, error in self.names.top(n)]
 
     def top_clients(self, n: int = 20) -> list[dict]:
+        self.drain()
         return [{"client": str(ipaddress.IPv4Address(item)), "count": count, "error": error}
                 for item, count, error in self.clients.top(n)]
 

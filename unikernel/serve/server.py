@@ -48,7 +48,7 @@ import dns.rdatatype
 import dns.renderer
 
 from unikernel import wire
-from unikernel.ops.stats import FLAG_DO, Observe
+from unikernel.ops.stats import Observe
 from unikernel.process import (
     META_QTYPES_FORMERR,
     META_QTYPES_NOTIMP,
@@ -146,7 +146,7 @@ class DnsServer:
                 reply = wire.patch(kept[0], payload, name_end)
                 self._sendto(reply, self.port, src_ip, src_port)
                 if observe is not None:
-                    observe(arrived, "udp", src_ip, src_port, key, _flags(reply, key), reply[3] & 0x0F, kept[1],
+                    observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F, kept[1],
                             self.clock() - arrived)
                 return
             if self.fast_lookups:
@@ -165,7 +165,7 @@ class DnsServer:
                         self._sendto(reply, self.port, src_ip, src_port)
                         if self.observe is not None:
                             # the one fast lookup main hands over is the cache's
-                            self.observe(now, "udp", src_ip, src_port, key, _flags(reply, key), reply[3] & 0x0F,
+                            self.observe(now, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
                                          "cache", self.clock() - now)
                         return
         self.counters["dns.fast.miss"] += 1
@@ -235,7 +235,7 @@ class DnsServer:
         reply, keep, source, rcode, key = await self._respond(payload, src, dst, udp)
         if reply is not None and self.observe is not None:
             self.observe(arrived, "udp" if udp else "tcp", src[0], src[1], key,
-                         _flags(reply, key), rcode, source, self.clock() - arrived)
+                         reply[2] << 8 | reply[3], rcode, source, self.clock() - arrived)
         return reply, keep
 
     async def _respond(self, payload: bytes, src: tuple[int, int], dst: tuple[int, int],
@@ -320,12 +320,6 @@ def _key_of(query: dns.message.Message) -> bytes:
     name = question.name.canonicalize().to_wire()
     assert name is not None          # to_wire() without a file returns the bytes
     return name + question.rdtype.to_bytes(2, "big") + question.rdclass.to_bytes(2, "big") + bytes((edns,))
-
-
-def _flags(reply: bytes, key: bytes) -> int:
-    """The reply's header flags and the query's DO bit (the key's last
-    byte), as the observers take them."""
-    return (reply[2] << 8 | reply[3]) | (FLAG_DO if key[-1] == wire.EDNS_DO else 0)
 
 
 def _kept_cost(key: bytes, answer: bytes) -> int:
