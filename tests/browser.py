@@ -27,6 +27,7 @@ for (const id of tables) shown[id] = [...document.querySelectorAll("#" + id + " 
 shown.sources = Object.fromEntries([...document.querySelectorAll("#sources-legend [data-source]")].map(
   label => [label.dataset.source, Number(label.dataset.count)]));
 shown.bars = document.querySelectorAll("#qps-chart rect").length;
+shown.injected = document.querySelectorAll("main b, main img").length;
 return shown;
 """
 

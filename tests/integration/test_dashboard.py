@@ -33,8 +33,9 @@ def test_the_page_shows_the_counts_it_was_sent(tmp_path):
                         "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(HARD),
                         "--blocklist", str(blocklist), "--identity", "dash-test", cwd=str(ROOT))
         read_until(proc, "ready")
-        sent = [("www.hard.example", "A", "+notcp")] * 7 + [("ads.example.com", "A", "+notcp")] * 3 \
-            + [("mail.hard.example", "MX", "+tcp")] * 2
+        # a name that is HTML: the page must show it as text, never make it markup
+        sent = [("<b>x</b><img>.example", "A", "+notcp")] + [("www.hard.example", "A", "+notcp")] * 7 \
+            + [("ads.example.com", "A", "+notcp")] * 3 + [("mail.hard.example", "MX", "+tcp")] * 2
         for name, rdtype, transport in sent:
             result = ns.run("dig", f"@{APPLIANCE}", name, rdtype, transport, "+tries=2", "+time=3")
             assert result.returncode == 0, result.stdout
@@ -44,15 +45,16 @@ def test_the_page_shows_the_counts_it_was_sent(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
     shown = json.loads(result.stdout.strip().splitlines()[-1])
     assert shown["live"] == "live" and shown["identity"] == "dash-test" and shown["version"] == "v0.1.0"
-    assert shown["total-queries"] == "12"
-    assert shown["blocked-count"] == "3" and shown["blocked-share"] == "25.0%"
-    assert shown["sources"] == {"zone": 9, "blocked": 3}
+    assert shown["total-queries"] == "13"
+    assert shown["blocked-count"] == "3" and shown["blocked-share"] == "23.1%"
+    assert shown["sources"] == {"zone": 9, "blocked": 3, "server": 1}        # REFUSED: in no zone
     assert shown["top-names"][:3] == [["www.hard.example.", "7"], ["ads.example.com.", "3"],
                                       ["mail.hard.example.", "2"]]
-    assert shown["top-clients"] == [["192.0.2.1", "12"]]
+    assert shown["top-clients"] == [["192.0.2.1", "13"]]
+    assert ["<b>x</b><img>.example.", "1"] in shown["top-names"] and shown["injected"] == 0
     newest = shown["recent"][0]
     assert newest[1:7] == ["192.0.2.1", "mail.hard.example.", "MX", "tcp", "NOERROR", "zone"]
-    assert sorted(shown["rcodes"]) == [["NOERROR", "9"], ["NXDOMAIN", "3"]]
+    assert sorted(shown["rcodes"]) == [["NOERROR", "9"], ["NXDOMAIN", "3"], ["REFUSED", "1"]]
     assert shown["upstreams"] == [["no upstreams: authoritative only"]]
     assert shown["bars"] == 60                      # ten minutes in ten-second bins
     assert screenshot.stat().st_size > 10_000

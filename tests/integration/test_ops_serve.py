@@ -284,3 +284,31 @@ def test_sighup_reloads_hosts_files_too_and_a_bad_one_reloads_nothing(tmp_path):
         assert "192.0.2.71" in dig(ns, "printer.lan", "A", "+short")
         assert "EDE: 15" in dig(ns, "ads.example.com", "A")
         assert "EDE: 15" not in dig(ns, "fresh.example.org", "A")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--block-answer", "refuse"], "block-answer"),
+    (["--blocklist", "/nonexistent/list.txt"], "/nonexistent/list.txt"),
+    (["--metrics-port", "53"], "metrics-port"),
+    (["--metrics-port", "70000"], "metrics-port"),
+])
+def test_bad_operator_flags_exit_2_with_one_line(args, expected):
+    result = subprocess.run([sys.executable, "-m", "unikernel", "serve", "--tap", "dnsbadops0", *args],
+                            capture_output=True, text=True, timeout=30, cwd=str(ROOT))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@needs_root
+@needs_tools
+def test_null_block_answers(tmp_path):
+    with Namespace() as ns:
+        ns.add_tap("tap0", "192.0.2.1/24")
+        serve(ns, tmp_path, "--block-answer", "null")
+        out = dig(ns, "ads.example.com", "A")
+        assert "status: NOERROR" in out and "\t0.0.0.0" in out and "EDE: 15 (Blocked)" in out, out
+        out = dig(ns, "x.tracker.example.net", "AAAA")
+        assert "status: NOERROR" in out and "\t::" in out, out
+        out = dig(ns, "ads.example.com", "MX")
+        assert "status: NOERROR" in out and "ANSWER: 0," in out
