@@ -100,3 +100,27 @@ def test_idle_connections_are_closed():
         await asyncio.sleep(0.1)
         assert stack.counters["http.idle.close"] == 1
     serve_and(body, idle_timeout=1.0)
+
+
+@needs_root
+@needs_curl
+def test_a_request_head_trickling_in_is_cut_off():
+    async def body(ns, stack):
+        raw = "\n".join([
+            "import socket, time",
+            f"s = socket.create_connection(('{STACK_SIDE}', {PORT}), timeout=10)",
+            "for b in b'GET /metrics HTTP/1.1\\r\\nX: ' + b'a' * 40:",
+            "    try:",
+            "        s.sendall(bytes([b]))",
+            "    except OSError:",
+            "        break",
+            "    time.sleep(0.1)",
+            "try:",
+            "    print('cut', s.recv(10))",
+            "except OSError as e:",        # our FIN, then a reset for the bytes sent after it
+            "    print('cut', type(e).__name__)"])
+        status, out = await exec_in(ns, sys.executable, "-c", raw)
+        assert status == 0 and out.startswith("cut"), out
+        await asyncio.sleep(0.1)
+        assert stack.counters["http.slow_request.close"] == 1 and stack.counters["http.ok"] == 0
+    serve_and(body, idle_timeout=2.0)

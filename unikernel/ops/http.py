@@ -9,9 +9,10 @@ allows it. What the server bounds:
 * connections: at most ``max_connections``; one more is reset;
 * a request head larger than ``max_request_bytes`` gets 431 and the close;
   a request with a body is answered and then closed (the body is not read);
-* time: a connection with no complete request within ``idle_timeout``
-  seconds is closed; an answer the client does not read within the same time
-  resets it.
+* time: a request head must be whole within ``idle_timeout`` seconds of
+  its first byte (or of the previous answer), however slowly it trickles in;
+  otherwise the connection is closed. An answer the client does not read
+  within the same time resets it.
 
 Malformed requests get h11's status (400 most often) and the close. Other
 methods get 405, other paths 404. Counters: ``http.*`` in ``counters``.
@@ -36,7 +37,7 @@ READ_CHUNK = 4096
 class HttpServer:
     def __init__(self, tcp_layer, port: int, routes: Mapping[str, Route], *, allowed: Callable[[int], bool],
                  counters, max_connections: int = 16, max_request_bytes: int = 8192,
-                 idle_timeout: float = 10.0) -> None:
+                 idle_timeout: float = 10.0, clock: Callable[[], float] | None = None) -> None:
         self.tcp = tcp_layer
         self.port = port
         self.routes = dict(routes)
@@ -45,8 +46,12 @@ class HttpServer:
         self.max_connections = max_connections
         self.max_request_bytes = max_request_bytes
         self.idle_timeout = idle_timeout
+        self.clock = clock
         self.sessions: dict[object, asyncio.Task] = {}
         self._listening = False
+
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
 
     def start(self) -> None:
         self.tcp.listen(self.port, self._accept)
@@ -119,13 +124,14 @@ class HttpServer:
         client closed or went idle); raises h11.RemoteProtocolError for what
         h11 refuses."""
         received = 0
+        deadline = self.now() + self.idle_timeout
         while True:
             event = http.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout)
+                    data = await asyncio.wait_for(reader.read(READ_CHUNK), max(deadline - self.now(), 0.0))
                 except TimeoutError:
-                    self.counters["http.idle.close"] += 1
+                    self.counters["http.idle.close" if not received else "http.slow_request.close"] += 1
                     return None
                 received += len(data)
                 if received > self.max_request_bytes:
