@@ -273,6 +273,10 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
             return
         for commit in commits:
             commit()
+        for item in reloadable:
+            if isinstance(item, Blocklist) and item.malformed:
+                log.warning("blocklists: %d line(s) not understood, skipped; %s", item.malformed,
+                            "; ".join(item.report))
         # answers kept or cached from before may be wrong now (a name newly blocked)
         server.forget_kept_answers()
         for item in lifecycle:

@@ -212,3 +212,33 @@ def test_site_summary_reads_stats_and_families():
     content_type, body = site.routes()["/"]()
     assert content_type.startswith("text/html") and b"/api/stats" in body and b"http" not in body.replace(
         b"http://www.w3.org/2000/svg", b"")          # no external asset: the SVG namespace is a name, not a fetch
+
+
+def test_collectors_read_the_real_parts():
+    """The collectors against the objects main hands them (not stand-ins), so
+    a renamed attribute fails here rather than as a 500 on /metrics."""
+    from tests.stackutil import make_stack
+    from tests.unit.fake_stack import FakeStack, exchange
+    from unikernel.process import Answer, processor_of_process
+    from unikernel.resolver.cache import Cache
+    from unikernel.serve.server import DnsServer
+
+    async def static(*, src, dst, query):
+        return Answer(dns.message.make_response(query), final=True, static=True, source="zone")
+
+    async def go():
+        fake = FakeStack()
+        server = DnsServer(fake, 53, processor_of_process(static))
+        server.start()
+        await exchange(fake, server, dns.message.make_query("kept.example", "A").to_wire())
+        return server
+
+    import asyncio
+    server = asyncio.run(go())
+    stack, _, _ = make_stack()
+    families = {f.name: f for f in [*metrics.kept_answer_families(server), *metrics.tcp_families(stack.tcp),
+                                    *metrics.cache_families(Cache())]}
+    assert families["dnsapp_kept_answers"].samples == [({}, 1)]
+    assert families["dnsapp_kept_answer_bytes"].samples[0][1] > 0
+    assert ({"state": "ESTABLISHED"}, 0) in families["dnsapp_tcp_connections"].samples
+    assert families["dnsapp_cache_entries"].samples == [({}, 0)]
