@@ -303,10 +303,6 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
         await stack.start()
         server.start()
         server.tcp_server.start()
-        if stats is not None:
-            ops_http = operator_side(appliance, stack, server, lifecycle, stats, started=stack.now(),
-                                     build_inputs=build_inputs)
-            ops_http.start()
         for item in lifecycle:
             start = getattr(item, "start", None)
             if start is not None:
@@ -315,8 +311,15 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                     await outcome
             started.append(item)
         zones = ", ".join(str(z) for z in appliance.zones) or "none"
+        started_at = stack.now()
+        if stats is not None:
+            # once DNS is served; `ready` then says both are up
+            ops_http = operator_side(appliance, stack, server, lifecycle, stats, started=started_at,
+                                     build_inputs=build_inputs)
+            ops_http.start()
         ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
-              f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
+              f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})"
+              + (f", metrics on :{appliance.metrics_port}" if ops_http is not None else ""))
         await stop.wait()
     finally:
         for item in reversed(started):
