@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.netns import Namespace, needs_root, read_until
 from tests.nsd import nsd_conf
+from tests.upstream import TINY_UPSTREAM
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ZONES = Path(__file__).resolve().parent / "zones"
@@ -204,29 +205,6 @@ def test_metrics_port_only_for_allowed_clients(tmp_path):
         serve(ns, tmp_path, "--allow", "198.51.100.0/24")
         result = ns.run("curl", "-sS", "--max-time", "5", METRICS_URL)
         assert result.returncode != 0 and "dnsapp_" not in result.stdout
-
-
-# An upstream for the forwarder: www.example.org A 198.51.100.9, NXDOMAIN for the rest.
-TINY_UPSTREAM = """
-import socket, sys
-import dns.message, dns.rrset
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 53))
-print("listening", flush=True)
-while True:
-    data, peer = s.recvfrom(4096)
-    try:
-        query = dns.message.from_wire(data)
-    except Exception:
-        continue
-    reply = dns.message.make_response(query)
-    q = query.question[0]
-    if q.name == dns.name.from_text("www.example.org") and q.rdtype == 1:
-        reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", "198.51.100.9"))
-    else:
-        reply.set_rcode(3)
-    s.sendto(reply.to_wire(), peer)
-"""
 
 
 @needs_root

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import Namespace, needs_root, read_until
+from tests.upstream import TINY_UPSTREAM
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ZONES = Path(__file__).resolve().parent / "zones"
@@ -124,31 +125,6 @@ def test_sigint_stops_cleanly(appliance):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0 and "Traceback" not in out
-
-
-# An upstream resolver for the no-flags test: www.example.org A 198.51.100.9,
-# NXDOMAIN for the rest (an upstream answering every name would be taken,
-# rightly, for one that rewrites NXDOMAIN).
-TINY_UPSTREAM = """
-import socket, sys
-import dns.message, dns.rrset
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 53))
-print("listening", flush=True)
-while True:
-    data, peer = s.recvfrom(4096)
-    try:
-        query = dns.message.from_wire(data)
-    except Exception:
-        continue
-    reply = dns.message.make_response(query)
-    q = query.question[0]
-    if q.name == dns.name.from_text("www.example.org") and q.rdtype == 1:
-        reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", "198.51.100.9"))
-    else:
-        reply.set_rcode(3)
-    s.sendto(reply.to_wire(), peer)
-"""
 
 
 @needs_root
