@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-TILES = ("total-queries", "qps-now", "cache-hit", "blocked-share", "blocked-count", "upstreams-up", "identity",
+TILES = ("total-queries", "qps-now", "cache-hit", "cache-sub", "blocked-share", "blocked-count", "upstreams-up", "identity",
          "version", "live")
 TABLES = ("top-names", "top-clients", "recent", "rcodes", "upstreams")
 READ = """

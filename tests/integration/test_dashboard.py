@@ -55,6 +55,6 @@ def test_the_page_shows_the_counts_it_was_sent(tmp_path):
     newest = shown["recent"][0]
     assert newest[1:7] == ["192.0.2.1", "mail.hard.example.", "MX", "tcp", "NOERROR", "zone"]
     assert sorted(shown["rcodes"]) == [["NOERROR", "9"], ["NXDOMAIN", "3"], ["REFUSED", "1"]]
-    assert shown["upstreams"] == [["no upstreams: authoritative only"]]
+    assert shown["upstreams"] == [["no upstreams: authoritative only"]] and shown["cache-sub"] == "no cache"
     assert shown["bars"] == 60                      # ten minutes in ten-second bins
     assert screenshot.stat().st_size > 10_000

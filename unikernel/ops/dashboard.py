@@ -113,6 +113,7 @@ const COLORS = {zone:"#4fb3ff", hosts:"#8f7cff", special:"#a0aec0", chaos:"#6b77
 const $ = id => document.getElementById(id);
 const fmt = n => n == null ? "–" : n >= 1e6 ? (n / 1e6).toFixed(1) + "M" : n >= 1e4 ? (n / 1e3).toFixed(1) + "k"
   : String(Math.round(n * 10) / 10);
+const size = b => b < 1048576 ? fmt(b / 1024) + " KiB" : fmt(b / 1048576) + " MiB";
 const pct = x => x == null ? "–" : (x * 100).toFixed(1) + "%";
 function duration(s) {
   if (s == null) return "–";
@@ -195,8 +196,8 @@ function render(s) {
   const last10 = s.qps.slice(-11, -1);
   $("qps-now").textContent = fmt(last10.reduce((a, b) => a + b, 0) / Math.max(last10.length, 1));
   $("cache-hit").textContent = pct(s.cache.hit_ratio);
-  $("cache-sub").textContent = (s.cache.entries == null ? "no cache" : fmt(s.cache.entries) + " entries, "
-    + fmt((s.cache.bytes || 0) / 1048576) + " MiB");
+  $("cache-sub").textContent = s.cache.entries == null ? "no cache"
+    : fmt(s.cache.entries) + (s.cache.entries === 1 ? " entry, " : " entries, ") + size(s.cache.bytes || 0);
   $("blocked-share").textContent = pct(s.blocked_share);
   $("blocked-count").textContent = String(s.blocked);
   const up = s.upstreams.filter(u => u.up).length;
