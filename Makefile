@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
             dnsmasq-base qemu-system-x86 cpio xz-utils zstd binutils \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
-            ca-certificates avahi-daemon chromium chromium-driver prometheus
+            ca-certificates avahi-daemon chromium chromium-driver prometheus curl
 PYTEST_ARGS ?=
 
 .PHONY: deps test unit bench fuzz run boot image smoke serve clean

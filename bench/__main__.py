@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder", "hot_path", "dot", "dnssec")
+BENCHMARKS = ("auth", "forwarder", "hot_path", "dot", "dnssec", "blocklist")
 
 
 def main(argv: list[str]) -> int:

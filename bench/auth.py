@@ -162,7 +162,7 @@ def nsd_config(work: Path, zone: Path) -> Path:
 # -- the whole benchmark ------------------------------------------------------------
 
 def run(seconds: float = 10, rounds: int = 2, names: int = 3000, queries: int = 20000,
-        seed: int = 1, out=sys.stdout) -> dict:
+        seed: int = 1, out=sys.stdout, appliance_flags: tuple[str, ...] = ()) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.netns import Namespace
 
@@ -185,7 +185,7 @@ def run(seconds: float = 10, rounds: int = 2, names: int = 3000, queries: int = 
         appliance = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                              "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
                              "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0: one client, full speed
-                             cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             *appliance_flags, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, zone)),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_answer(ns, APPLIANCE, f"host1.{ORIGIN}")
@@ -230,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--names", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=20000)
+    parser.add_argument("--appliance-flag", action="append", default=[], metavar="FLAG",
+                        help="passed to the appliance, e.g. --appliance-flag=--metrics-port=0 (repeatable)")
     args = parser.parse_args(argv)
     try:
-        result = run(args.seconds, args.rounds, args.names, args.queries)
+        result = run(args.seconds, args.rounds, args.names, args.queries,
+                     appliance_flags=tuple(args.appliance_flag))
     except RuntimeError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ IMAGES = REPO / "images"
 APP_PACKAGES = ("unikernel", "netstack")
 # Modules stage 2 imports (build/init.py); list-imports imports them, then
 # records everything that came with them.
-SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet",
+SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet", "unikernel.ops.site",
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
                  # DNS over TLS, imported by main only when the appliance uses it
                  "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
@@ -237,9 +237,9 @@ def check_data_files() -> None:
 
 # -- 3. record ---------------------------------------------------------------
 
-def record_imports(root: Path, dnspython: Path, native_trees: list[Path]) -> list[tuple[str, str]]:
+def record_imports(root: Path, dnspython: Path, h11: Path, native_trees: list[Path]) -> list[tuple[str, str]]:
     """(module name, file) for every module the appliance loads at start."""
-    path = ":".join(str(p) for p in (REPO, dnspython, *native_trees))
+    path = ":".join(str(p) for p in (REPO, dnspython, h11, *native_trees))
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
                           env={"PYTHONPATH": path, "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
@@ -445,7 +445,7 @@ def compress(data: bytes) -> bytes:
 
 def input_digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.NIC_MODULES,
+    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.H11, packages.NIC_MODULES,
                    packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR)).encode())
     for p in sorted(paths):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
@@ -488,7 +488,8 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         progress.item(f"{deb.name} {deb.version}{' (cached)' if cached else ''}", i, len(pins))
     wheel = fetch_wheel(packages.DNSPYTHON, cache)
     native_wheels = [fetch_wheel(w, cache) for w in NATIVE_WHEELS]
-    progress.note(" ".join(w.filename for w in (packages.DNSPYTHON, *NATIVE_WHEELS)))
+    h11_wheel = fetch_wheel(packages.H11, cache)
+    progress.note(" ".join(w.filename for w in (packages.DNSPYTHON, packages.H11, *NATIVE_WHEELS)))
 
     progress.step("unpack with dpkg-deb -x")
     trees = cache / "trees"
@@ -499,11 +500,12 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
     native_trees = [unpack_wheel(path, trees / f"{w.name}-{w.sha256[:16]}")
                     for w, path in zip(NATIVE_WHEELS, native_wheels)]
+    h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
     progress.note(f"{root}\n      {kernel_root}")
 
     check_data_files()
     progress.step("record the modules the appliance imports")
-    recorded = record_imports(root, dnspython, native_trees)
+    recorded = record_imports(root, dnspython, h11, native_trees)
     sources, extensions = stdlib_selection(root, recorded)
     progress.note(f"{len(recorded)} modules loaded; keeping {len(sources)} stdlib sources, "
                   f"{len(extensions)} extension modules: "
@@ -514,7 +516,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         stdlib_files = [(root / PYLIB / rel, rel[:-3] + ".pyc", f"/{PYLIB}/{rel}") for rel in sources]
         stdlib_zip = python_zip(root, stdlib_files, Path(tmp) / "stdlib.zip")
         app_files = []
-        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",))):
+        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",)), (h11, ("h11",))):
             for package in pkgs:
                 for src in package_sources(base, package):
                     rel = src.relative_to(base).as_posix()
@@ -568,7 +570,9 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         add("kernel modules", cpio.Entry(f"lib/modules/{name}", 0o100644, data))
     order = "".join(f"{name}\n" for name, _ in modules).encode()
     add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
-    add("appliance code + dnspython (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    add("appliance code + dnspython + h11 (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    # what /metrics reports as the image's inputs (dnsapp_build_info)
+    add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
     folders = {"/".join(path.split("/")[:i]) for path in native for i in range(1, path.count("/") + 1)}
     for folder in sorted(folders):
         add("structure", cpio.directory(f"app/{folder}"))
@@ -609,6 +613,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         "extension_modules": [Path(e).name.split(".")[0] for e in extensions],
         "libraries": sorted(libraries),
         "kernel_modules": [n for n, _ in modules],
+        "inputs": digest,        # what /metrics reports as dnsapp_build_info's inputs
     }
     write_atomic(out_dir / "dns.manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     stamp.write_text(digest)

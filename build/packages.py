@@ -2,7 +2,7 @@
 
 Debian bookworm packages are fetched with ``apt-get download NAME=VERSION``
 (from the host's configured mirrors) and checked against the SHA-256 below;
-nothing is installed on the host. dnspython, cryptography and cffi come from PyPI as wheels. All of
+nothing is installed on the host. dnspython, h11, cryptography and cffi come from PyPI as wheels. All of
 it is cached in ``CACHE`` (outside the repository), so a second build makes no
 network request.
 
@@ -86,6 +86,9 @@ CRYPTOGRAPHY = Wheel("cryptography", "50.0.2", "cryptography-50.0.2-cp311-abi3-m
                      "9dab55f57c74c3cad24c323bacbbd04be4705ba6eb0d92e920b1fc4837ed5079")
 CFFI = Wheel("cffi", "2.1.1", "cffi-2.1.1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
              "34e261f78cb6ceaaa36f42f2613f4380d94d9c759a9c73c769ee6e0247364632")
+# HTTP/1.1 for the operator's port (/metrics, the dashboard), pure Python
+H11 = Wheel("h11", "0.16.0", "h11-0.16.0-py3-none-any.whl",
+            "63cf8bbe7522de3bf65932fda1d9c2772064ffb3dae62d55932da54b31cb6c86")
 
 # The NIC drivers PID 1 loads, by module name (virtio_pci is the bus driver
 # virtio_net needs to find its device, yet not a "depends" of it); their

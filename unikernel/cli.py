@@ -152,7 +152,7 @@ def _appliance_of(args: argparse.Namespace, appliance: Appliance | None) -> Appl
             value = [item for v in value for item in (v.split(",") if name != "zones" else [v]) if item]
             if value == ["none"]:       # `--forward none`: clear what config.py declares
                 value = []
-        if name in ("zones", "hosts"):
+        if name in ("zones", "hosts", "blocklist", "allowlist"):
             # files named on the command line are relative to where we run
             value = [str(Path(v).resolve()) for v in value]
         if name in ("tls_ca", "dot_cert", "dot_key"):

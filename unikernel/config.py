@@ -134,7 +134,7 @@ class Appliance:
     rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
     dnssec: bool = True                     # validate what is forwarded (DNSSEC); bogus answers get SERVFAIL
     trust_anchors: list[str] = field(default_factory=list)   # DS/DNSKEY files; [] = the root's built-in KSKs
-    log_queries: bool = False
+    log_queries: bool = False               # one JSON object a line per answer, on stdout
     # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
     # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries
     # told of a new serial by NOTIFY (ADDR[:PORT])
@@ -143,6 +143,13 @@ class Appliance:
     notify: list[str] = field(default_factory=list)
     # zones pulled from a primary and kept by its SOA timers and NOTIFY: ZONE@ADDR[:PORT]
     secondary: list[str] = field(default_factory=list)
+    # the operator's side (unikernel/ops, sources/blocklist, sources/chaos)
+    metrics_port: int = 9153                # /metrics, /api/stats and the dashboard; 0: off
+    blocklist: list[str] = field(default_factory=list)    # hosts-format or one-domain-a-line lists
+    allowlist: list[str] = field(default_factory=list)    # names never blocked
+    block_answer: str = "nxdomain"          # nxdomain (with EDE 15) or null (0.0.0.0 / ::)
+    identity: str | None = None             # CHAOS id.server / hostname.bind; None: our address
+    hide_version: bool = False              # CHAOS version.server / version.bind REFUSED
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:
@@ -154,6 +161,10 @@ class Appliance:
             raise ConfigError(str(e)) from None
         if not 68 <= self.mtu <= 65535:
             raise ConfigError(f"mtu {self.mtu} out of range 68..65535")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics-port {self.metrics_port} out of range 0..65535 (0: off)")
+        if self.block_answer not in ("nxdomain", "null"):
+            raise ConfigError(f"block-answer {self.block_answer!r}: nxdomain or null")
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:

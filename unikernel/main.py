@@ -7,12 +7,14 @@ The resolution chain lives in :func:`resolution_chain`, and only there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import ipaddress
 import logging
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import dns.tsig
 
 from netstack import ethernet, tls
 from netstack.stack import Stack
+from unikernel import __version__
 from unikernel.config import (
     DOT_PORT,
     AccessList,
@@ -31,7 +34,8 @@ from unikernel.config import (
     parse_tls_upstream,
     parse_upstream,
 )
-from unikernel.process import Process, compose, processor_of_process
+from unikernel.ops import stats as stats_mod
+from unikernel.process import Process, compose, labelled, processor_of_process
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.dnssec.anchors import AnchorError, TrustAnchors, root_anchors
 from unikernel.resolver.dnssec.chain import ChainOfTrust
@@ -46,7 +50,9 @@ from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
 from unikernel.serve.tls import DnsTlsServer
 from unikernel.sources import zone as zones_mod
-from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
+from unikernel.sources.blocklist import Blocklist
+from unikernel.sources.chaos import chaos_process
+from unikernel.sources.hosts import HostsFiles, HostsTable, load_hosts
 from unikernel.sources.mdns import MdnsQuerier, check_domain
 from unikernel.sources.special import special_process
 from unikernel.transfer.notify import Notifier, NotifyService, parse_target
@@ -74,6 +80,7 @@ class Loaded:
     hosts: HostsTable | None
     tsig: dns.tsig.Key | None = None
     trust_anchors: TrustAnchors | None = None     # when forwarding with DNSSEC validation
+    blocklist: Blocklist | None = None
 
 
 def check(appliance: Appliance) -> Loaded:
@@ -85,6 +92,8 @@ def check(appliance: Appliance) -> Loaded:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
     if appliance.rrl_rate < 0 or appliance.rrl_slip < 0:
         raise ConfigError("rrl-rate and rrl-slip must be 0 or more")
+    if appliance.metrics_port == appliance.port:
+        raise ConfigError(f"metrics-port {appliance.metrics_port} is the DNS port")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
@@ -128,7 +137,15 @@ def check(appliance: Appliance) -> Loaded:
                        if appliance.trust_anchors else root_anchors())
         except AnchorError as e:
             raise ConfigError(f"trust anchor {e}") from None
-    return Loaded(zone_files, hosts, tsig, anchors)
+    blocklist = None
+    if appliance.blocklist:
+        blocklist = Blocklist([appliance.path(b) for b in appliance.blocklist],
+                              [appliance.path(a) for a in appliance.allowlist], mode=appliance.block_answer)
+        log.warning("blocklists: %d names", len(blocklist))
+        if blocklist.malformed:
+            log.warning("blocklists: %d line(s) not understood, skipped; %s", blocklist.malformed,
+                        "; ".join(blocklist.report))
+    return Loaded(zone_files, hosts, tsig, anchors, blocklist)
 
 
 def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -193,24 +210,42 @@ def rate_limiter(appliance: Appliance, counters) -> ResponseRateLimiter | None:
                                exempt=allowed_clients(appliance) if appliance.rrl_exempt_allowed else None)
 
 
-def reload_zones(lifecycle: list, server, counters) -> bool:
-    """SIGHUP: reads the zone files again; on any error keeps serving the
-    zones already loaded (False). Then kept answers are forgotten, and cached
-    forwarded answers for names the zones now hold are flushed, so a new zone
-    is not shadowed by what the forwarder said before."""
+def reload_sources(lifecycle: list, server, counters) -> bool:
+    """SIGHUP: reads the zone files, hosts files and blocklists again, all or
+    nothing: every file is read before anything changes, and on any error
+    what was loaded before keeps being served (False). Then kept answers are
+    forgotten and the cache is made to agree: forwarded answers for names a
+    zone now holds are flushed; with hosts files or blocklists reloaded the
+    whole cache goes (a name newly listed may be cached, and the fast path
+    asks the cache before any source)."""
+    reloadable = [item for item in lifecycle if hasattr(item, "stage")]
     try:
-        count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
+        commits = [item.stage() for item in reloadable]
     except ConfigError as e:
         counters["dns.reload.failed"] += 1
-        log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+        log.warning("reload failed, still serving what was loaded before: %s", " ".join(str(e).split()))
         return False
+    for commit in commits:
+        commit()
+    for item in reloadable:
+        if isinstance(item, Blocklist) and item.malformed:
+            log.warning("blocklists: %d line(s) not understood, skipped; %s", item.malformed,
+                        "; ".join(item.report))
     server.forget_kept_answers()
-    origins = [origin for item in lifecycle for origin in getattr(item, "origins", ())]
+    origins = [origin for item in reloadable for origin in getattr(item, "origins", ())]
+    listed = any(isinstance(item, (HostsFiles, Blocklist)) for item in reloadable)
     for item in lifecycle:
-        if hasattr(item, "forget_under"):
-            item.forget_under(origins)
+        if isinstance(item, Cache):
+            if listed:
+                item.clear()
+            else:
+                item.forget_under(origins)
     counters["dns.reload.done"] += 1
-    log.warning("reloaded %d zone file(s)", count)
+    zone_files = sum(len(item.paths) for item in reloadable if isinstance(item, zones_mod.ZoneFiles))
+    hosts_files = sum(len(item.paths) for item in reloadable if isinstance(item, HostsFiles))
+    lists = sum(len(item.blocklist_paths) + len(item.allowlist_paths) for item in reloadable
+                if isinstance(item, Blocklist))
+    log.warning("reloaded %d zone file(s), %d hosts file(s), %d block/allow list(s)", zone_files, hosts_files, lists)
     return True
 
 
@@ -273,7 +308,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     lifecycle: list = []
 
     if loaded.zone_files is not None:
-        chain.append(loaded.zone_files.process)
+        chain.append(labelled("zone", loaded.zone_files.process))
         lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
     if appliance.secondary:
         secondaries = SecondaryZones(appliance.secondary, key=loaded.tsig, counters=stack.counters,
@@ -282,19 +317,29 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
         lifecycle.append(SecondaryService(stack, secondaries))   # transfers at start, then by the timers
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
-        chain.append(hosts_process(loaded.hosts, recursion_available=recursion))
+        hosts_files = HostsFiles([appliance.path(h) for h in appliance.hosts], loaded.hosts,
+                                 recursion_available=recursion)
+        chain.append(labelled("hosts", hosts_files.process))
+        lifecycle.append(hosts_files)         # reloadable on SIGHUP
+    if loaded.blocklist is not None:
+        # after the local zones and hosts (never before them), before the
+        # cache and the forwarder
+        loaded.blocklist.counters = stack.counters
+        loaded.blocklist.recursion_available = recursion
+        chain.append(labelled("blocked", loaded.blocklist.process))
+        lifecycle.append(loaded.blocklist)    # reloadable on SIGHUP
     querier = mdns_querier(appliance, stack) if appliance.mdns else None
     if querier is not None:
         # .local and our subnet's reverse names are asked on the link, whether
         # or not there is a forwarder, and never go upstream (issue 13)
-        chain.append(querier.process)
+        chain.append(labelled("mdns", querier.process))
         lifecycle.append(querier)
     if recursion:
         # special-use names are answered here so that they never leak upstream;
         # without a forwarder the appliance is authoritative-only and, like
         # NSD, refuses every name its zones and hosts do not hold (issue 3)
         special = special_process(recursion_available=recursion)
-        chain.append(querier.not_kept(special) if querier is not None else special)
+        chain.append(labelled("special", querier.not_kept(special) if querier is not None else special))
     if appliance.forward:
         try:
             cache = Cache(max_entries=appliance.cache_size, serve_stale=appliance.serve_stale,
@@ -318,7 +363,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                 clock=stack.now, validation=validation)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        forwarded = relay
+        forwarded = labelled("forward", relay)
         fast_lookups.append(relay.fast_lookup)
         lifecycle.append(relay)
         lifecycle.append(cache)               # flushed of what a reloaded zone shadows
@@ -354,13 +399,54 @@ def zone_transfers(appliance: Appliance, stack, loaded: Loaded) -> tuple[Transfe
     return transfers, notify
 
 
+def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: list, stats: stats_mod.QueryStats,
+                  *, started: float, build_inputs: str):
+    """The operator's port (/metrics, /api/stats, the dashboard) over the
+    parts built above: their metric collectors, handed to the HTTP side."""
+    from unikernel.ops import metrics
+    from unikernel.ops.http import HttpServer
+    from unikernel.ops.site import OpsSite
+    from unikernel.resolver.forwarder import Forwarder
+
+    collectors: list[metrics.Collector] = [
+        functools.partial(metrics.counter_families, stack.counters),
+        functools.partial(metrics.kept_answer_families, server),
+        functools.partial(metrics.tcp_families, stack.tcp),
+        functools.partial(metrics.process_families, stack.now, started),
+        functools.partial(metrics.build_families, __version__, build_inputs),
+    ]
+    for item in lifecycle:
+        if isinstance(item, Forwarder):
+            rtt = stats_mod.UpstreamRtt([u.name for u in item.upstreams])
+            item.upstreams.observe_rtt = rtt.observe
+            collectors.append(functools.partial(metrics.cache_families, item.cache))
+            collectors.append(functools.partial(metrics.upstream_families, item.upstreams, stack.now,
+                                                rtt.histograms))
+        elif isinstance(item, Blocklist):
+            collectors.append(functools.partial(metrics.blocklist_families, item))
+    site = OpsSite(stats, collectors, clock=stack.now, identity=identity_of(appliance), version=__version__)
+    allowed = AccessList(appliance.allow or [str(appliance.interface.network)])
+    return HttpServer(stack.tcp, appliance.metrics_port, site.routes(), allowed=allowed, counters=stack.counters)
+
+
+def identity_of(appliance: Appliance) -> str:
+    return appliance.identity or str(appliance.interface.ip)
+
+
+def _write_line(line: str) -> None:
+    """The query log's lines, each flushed: someone may be tailing the console."""
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
 async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 stop: asyncio.Event | None = None, ready: Callable[[str], object] = print,
-                clock: Callable[[], float] | None = None) -> None:
+                clock: Callable[[], float] | None = None, build_inputs: str = "source") -> None:
     """Builds the stack on ``link``, serves DNS as ``appliance`` declares
     (with the files ``check`` loaded; checked here when not given), says
     ``ready ...`` once queries are answered, runs until ``stop`` is set
-    (forever without one), then closes everything."""
+    (forever without one), then closes everything. ``build_inputs`` is what
+    /metrics reports the code was built from (the image's input hash)."""
     if loaded is None:
         loaded = check(appliance)
     stop = stop or asyncio.Event()
@@ -372,10 +458,18 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     _, dot_context = tls_contexts(appliance)
     # DNS over TLS answers wait for slow readers as TCP's do: the two share TCP's budget
     stream_answer_bytes = budgets["tcp"] // 2 if dot_context is not None else budgets["tcp"]
+    chaos = chaos_process(identity=identity_of(appliance), version=None if appliance.hide_version else __version__)
+    # what every reply is told to: the statistics the operator's port shows, the query log
+    stats = stats_mod.QueryStats() if appliance.metrics_port else None
+    observers: list[stats_mod.Observe] = [stats.record] if stats is not None else []
+    if appliance.log_queries:
+        from unikernel.ops.querylog import QueryLog
+        observers.append(QueryLog(_write_line, clock=stack.now, wall_clock=time.time,
+                                  counters=stack.counters).record)
     server = DnsServer(stack, appliance.port, processor_of_process(chain.local),
                        forwarder=processor_of_process(chain.forwarded) if chain.forwarded else None,
-                       fast_lookups=chain.fast_lookups, log_queries=appliance.log_queries,
-                       max_kept_bytes=budgets["static"],
+                       fast_lookups=chain.fast_lookups, observe=stats_mod.fan_out(observers),
+                       chaos=processor_of_process(labelled("chaos", chaos)), max_kept_bytes=budgets["static"],
                        recursion_for=allowed_clients(appliance) if appliance.forward else None,
                        rrl=rate_limiter(appliance, stack.counters))
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
@@ -400,11 +494,12 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     gc.collect()
     gc.freeze()
     started: list = []
+    ops_http = None
     loop = asyncio.get_running_loop()
     def reload() -> None:
-        """SIGHUP: the zone files again (all or nothing); a new serial goes
-        to the transfer journal and is NOTIFYed."""
-        if not reload_zones(lifecycle, server, stack.counters):
+        """SIGHUP: zones, hosts files and blocklists again (all or nothing);
+        a zone's new serial goes to the transfer journal and is NOTIFYed."""
+        if not reload_sources(lifecycle, server, stack.counters):
             return
         if transfers is not None and loaded.zone_files is not None:
             for zone in transfers.update(loaded.zone_files.zones):
@@ -435,8 +530,15 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
             started.append(item)
         zones = ", ".join([str(z) for z in appliance.zones] + [f"secondary {s}" for s in appliance.secondary]) or "none"
         dot = f", DNS over TLS on {dot_server.port}" if dot_server is not None else ""
+        started_at = stack.now()
+        if stats is not None:
+            # once DNS is served; `ready` then says both are up
+            ops_http = operator_side(appliance, stack, server, lifecycle, stats, started=started_at,
+                                     build_inputs=build_inputs)
+            ops_http.start()
         ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port}{dot} "
-              f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
+              f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})"
+              + (f", metrics on :{appliance.metrics_port}" if ops_http is not None else ""))
         await stop.wait()
     finally:
         for item in reversed(started):
@@ -448,6 +550,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 log.exception("closing %r failed", item)
         if dot_server is not None:
             dot_server.close()
+        if ops_http is not None:
+            ops_http.close()
         server.close()
         stack.close()
         if signals_installed:

@@ -197,6 +197,7 @@ def test_boot_without_a_tap_uses_user_networking_and_keeps_upstreams_local(monke
     assert "dig @127.0.0.1 -p 5353" in hint
     args = qemu.netdev_args(net)
     assert "hostfwd=udp:127.0.0.1:5353-10.0.2.15:53" in args[1] and "restrict" not in args[1]
+    assert "hostfwd=tcp:127.0.0.1:9153-10.0.2.15:9153" in args[1] and "/metrics" in hint
 
     net, options, hint = boot.plan(argparse.Namespace(mode="tap", tap="tap7", port=5353), appliance)
     assert net == qemu.Tap("tap7")

@@ -130,6 +130,19 @@ def test_smoke_boot(image, tmp_path, capsys):
             assert ping.returncode == 0, ping.stdout + ping.stderr
             assert " 0% packet loss" in ping.stdout
 
+            # the operator's port over our TCP: /metrics as curl and promtool see it
+            metrics = ns.run("curl", "-sS", "--max-time", "20", f"http://{GUEST}:9153/metrics", timeout=40)
+            assert metrics.returncode == 0, metrics.stdout + metrics.stderr
+            assert f'dnsapp_build_info{{version="0.1.0",inputs="{image["inputs"]}"}} 1' in metrics.stdout
+            assert 'dnsapp_answers_total{source="zone",rcode="NOERROR"}' in metrics.stdout
+            assert 'dnsapp_answers_total{source="forward",rcode="NOERROR"}' in metrics.stdout
+            if shutil.which("promtool"):
+                check = subprocess.run(["promtool", "check", "metrics"], input=metrics.stdout, capture_output=True,
+                                       text=True, timeout=30)
+                assert check.returncode == 0, check.stdout + check.stderr
+            page = ns.run("curl", "-sS", "--max-time", "20", f"http://{GUEST}:9153/", timeout=40)
+            assert page.returncode == 0 and "<title>DNS appliance</title>" in page.stdout
+
             # Ctrl-Alt-Del: PID 1 stops serving and powers off
             mark = len(vm.console)
             vm.send_monitor("sendkey ctrl-alt-delete")

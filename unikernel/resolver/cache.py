@@ -151,6 +151,13 @@ class Cache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Forgets every entry (a reload changed what may be answered: a name
+        now blocked must not be served from here)."""
+        self._entries.clear()
+        self.size = 0
+        self.counters["cache.cleared"] += 1
+
     # -- storing ------------------------------------------------------------
     def entry_from_reply(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
                          reply: dns.message.Message, now: float) -> Entry | None:

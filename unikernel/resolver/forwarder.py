@@ -161,13 +161,13 @@ class Forwarder:
             entry = self._without_dnssec(self.cache.get(q.name, q.rdtype, q.rdclass, True, now, cd=cd))
         if entry is not None:
             c["forward.cache.hit"] += 1
-            return Answer(self.cache.response(query, entry, now))
+            return Answer(self.cache.response(query, entry, now), source="cache")
         if self.cache.serve_stale:
             stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now, cd=cd)
             if (stale is not None and stale.refresh_failed_at is not None
                     and now - stale.refresh_failed_at < self.stale_refresh_time):
                 c["forward.stale.recheck_wait"] += 1
-                return Answer(self.cache.response(query, stale, now, stale=True))
+                return Answer(self.cache.response(query, stale, now, stale=True), source="cache")
         # validating, one exchange (with DO) answers clients with and without DO
         key = entry_key(question_key(q.name, q.rdtype, q.rdclass), do or validating, cd)
         task = self._inflight.get(key)
@@ -189,7 +189,7 @@ class Forwarder:
                 done, _ = await asyncio.wait({task}, timeout=self.stale_answer_timeout)
                 if not done:
                     c["forward.stale.served_early"] += 1
-                    return Answer(self.cache.response(query, stale, self.clock(), stale=True))
+                    return Answer(self.cache.response(query, stale, self.clock(), stale=True), source="cache")
         kind, value = await asyncio.shield(task)
         now = self.clock()
         if kind == "entry":

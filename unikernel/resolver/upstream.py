@@ -95,6 +95,8 @@ class Upstreams:
         self.down_time = down_time
         self.probe_interval = probe_interval
         self.max_attempts = max(3, 2 * len(self.upstreams))
+        # told (upstream name, seconds) for each answered query: the RTT metrics
+        self.observe_rtt: Callable[[str, float], None] | None = None
 
     def __iter__(self) -> Iterator[Upstream]:
         return iter(self.upstreams)
@@ -196,7 +198,7 @@ class Upstreams:
                 for finished in done:
                     if finished is woken:
                         continue             # a wrong-case reply: the re-ask is launched above
-                    upstream, _started = pending.pop(finished)
+                    upstream, started = pending.pop(finished)
                     try:
                         reply = finished.result()
                     except CaseMismatch:
@@ -214,6 +216,8 @@ class Upstreams:
                     rcode = reply.message.rcode()
                     if rcode in USABLE_RCODES or reply.truncated:
                         self.succeeded(upstream)
+                        if self.observe_rtt is not None:
+                            self.observe_rtt(upstream.name, loop.time() - started)
                         return upstream, reply
                     if (rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and upstream.edns
                             and reply.message.edns < 0):
