@@ -119,7 +119,8 @@ def with_appliance(tmp_path, pki, body, *, forward=None, tls_ca=None, lossy: int
     local.write_text(LOCAL_ZONE)
     appliance = Appliance(tap="tap0", ipv4=f"{APPLIANCE}/24", ipv4_gateway=HOST, zones=[str(local)],
                           forward=forward or [], tls_ca=str(tls_ca or pki.ca),
-                          dot_cert=str(pki.cert), dot_key=str(pki.key), allow=["192.0.2.0/24"])
+                          dot_cert=str(pki.cert), dot_key=str(pki.key), allow=["192.0.2.0/24"],
+                          dnssec=False)    # the upstream's zones are unsigned (validation: test_dnssec_*.py)
     with Namespace() as ns:
         link = tap_link(ns, lossy)
         start_upstream(ns, tmp_path, pki)
