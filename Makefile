@@ -4,6 +4,8 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+# What compiling the appliance's kernel (build/kernel.py) needs.
+KERNEL_BUILD_PKGS := gcc make libc6-dev binutils bc flex bison libelf-dev lz4
 # System tools the tests and the image builder use, installed when missing.
 # Services among them (nsd, unbound, knot, avahi) must never start on the
 # host: apt runs under a policy-rc.d that refuses every start, and the tests
@@ -11,7 +13,11 @@ STAMP   := $(VENV)/.installed
 APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
             dnsmasq-base qemu-system-x86 cpio xz-utils zstd \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
-            ca-certificates avahi-daemon chromium chromium-driver prometheus
+            ca-certificates avahi-daemon chromium chromium-driver prometheus \
+            $(KERNEL_BUILD_PKGS)
+# The kernel `make image` puts in the image: the appliance's own (build/kernel.config)
+# or Debian's stock kernel with its NIC modules (`make image KERNEL=debian`).
+KERNEL ?= appliance
 PYTEST_ARGS ?=
 
 .PHONY: deps test unit bench run boot image smoke serve clean
@@ -51,7 +57,7 @@ serve: deps
 	$(PY) -m unikernel serve
 
 image: deps
-	$(PY) build/make_image.py
+	$(PY) build/make_image.py --kernel $(KERNEL)
 
 boot: image
 	$(PY) build/boot.py --tap tap0
