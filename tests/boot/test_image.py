@@ -19,6 +19,8 @@ import make_image  # noqa: E402
 import pytest
 import xen  # noqa: E402
 
+from tests.netns import Namespace, needs_root
+
 from .conftest import needs_build_tools
 
 # -- PID 1's command line ---------------------------------------------------------
@@ -218,3 +220,46 @@ def test_crng_time_is_read_from_the_kernel_log():
     assert init.crng_ready_at(log) == pytest.approx(0.081024)
     assert init.crng_ready_at(["6,1,0,-;Linux version", "garbage", "5,2,x,-;random: crng init done"]) is None
     assert init.crng_ready_at([]) is None
+
+
+# -- PID 1 and the link on a kernel without an IP stack ------------------------------
+
+def test_ipv6_is_turned_off_only_where_the_kernel_has_it(tmp_path):
+    assert init.keep_kernel_off_the_wire(str(tmp_path)) is False        # the appliance's kernel: no IPv6
+    for scope in ("default", "all"):
+        (tmp_path / "net/ipv6/conf" / scope).mkdir(parents=True)
+        (tmp_path / "net/ipv6/conf" / scope / "disable_ipv6").write_text("0")
+    assert init.keep_kernel_off_the_wire(str(tmp_path)) is True
+    assert (tmp_path / "net/ipv6/conf/all/disable_ipv6").read_text() == "1"
+    assert (tmp_path / "net/ipv6/conf/default/disable_ipv6").read_text() == "1"
+
+
+@needs_root
+def test_packet_link_brings_the_nic_up_without_ipv4_sockets(monkeypatch):
+    """The appliance's kernel has no AF_INET: PacketLink must bring eth0 up
+    through its own packet socket (it used an AF_INET socket, and the first
+    boot on that kernel failed with EAFNOSUPPORT)."""
+    import errno
+    import socket
+
+    from netstack.link.packet import PacketLink
+
+    real_socket = socket.socket
+
+    def no_inet(family=socket.AF_INET, *args, **kw):
+        if family == socket.AF_INET:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *args, **kw)
+
+    with Namespace("nolink") as ns:
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+        assert "state DOWN" in ns.run("ip", "link", "show", "eth0").stdout
+        monkeypatch.setattr(socket, "socket", no_inet)
+        with ns.entered():
+            link = PacketLink("eth0")
+        monkeypatch.undo()
+        try:
+            flags = ns.run("ip", "-o", "link", "show", "eth0").stdout
+            assert "<" in flags and "UP" in flags.split("<")[1].split(">")[0].split(","), flags
+        finally:
+            link.close()
