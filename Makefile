@@ -4,6 +4,8 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+# What compiling the appliance's kernel (build/kernel.py) needs.
+KERNEL_BUILD_PKGS := gcc make libc6-dev binutils bc flex bison libelf-dev lz4
 # System tools the tests and the image builder use, installed when missing.
 # Services among them (nsd, unbound, knot, avahi) must never start on the
 # host: apt runs under a policy-rc.d that refuses every start, and the tests
@@ -11,10 +13,14 @@ STAMP   := $(VENV)/.installed
 APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
             dnsmasq-base qemu-system-x86 cpio xz-utils zstd binutils \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
-            ca-certificates avahi-daemon chromium chromium-driver prometheus curl
+            ca-certificates avahi-daemon chromium chromium-driver prometheus curl \
+            $(KERNEL_BUILD_PKGS)
+# The kernel `make image` puts in the image: the appliance's own (build/kernel.config)
+# or Debian's stock kernel with its NIC modules (`make image KERNEL=debian`).
+KERNEL ?= appliance
 PYTEST_ARGS ?=
 
-.PHONY: deps test unit bench fuzz run boot image smoke serve clean
+.PHONY: deps test test-slow unit bench fuzz run boot image smoke serve clean
 
 deps: $(STAMP)
 	@missing=$$(for p in $(APT_PKGS); do \
@@ -38,8 +44,13 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# `make test` is every test but the slow ones (marked `slow`: minutes each,
+# e.g. a second kernel build from nothing); `make test-slow` runs those.
 test: deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: deps
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 unit: deps
 	$(PY) -m pytest -q tests/unit tests/stack $(PYTEST_ARGS)
@@ -57,7 +68,7 @@ serve: deps
 	$(PY) -m unikernel serve
 
 image: deps
-	$(PY) build/make_image.py
+	$(PY) build/make_image.py --kernel $(KERNEL)
 
 boot: image
 	$(PY) build/boot.py --tap tap0

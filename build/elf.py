@@ -1,6 +1,7 @@
 """Just enough ELF64 reading for the image builder: a section's bytes by name,
 the shared libraries a program needs (DT_NEEDED), and a kernel module's
-``.modinfo`` (where ``depends=`` lists the modules to load first).
+``.modinfo`` (where ``depends=`` lists the modules to load first), and whether
+a note section holds a given note (a kernel's PVH entry).
 
 No binutils needed on the host. Raises ValueError on anything that is not a
 little-endian ELF64 file.
@@ -69,3 +70,15 @@ def modinfo(data: bytes) -> dict[str, list[str]]:
             key, _, value = item.decode(errors="replace").partition("=")
             out.setdefault(key, []).append(value)
     return out
+
+
+def has_note(notes: bytes, owner: bytes, kind: int) -> bool:
+    """True when an ELF note section's contents hold a note of ``owner`` and type ``kind``."""
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+        if name == owner and ntype == kind:
+            return True
+        pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False

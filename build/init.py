@@ -1,12 +1,16 @@
 #!/usr/bin/python3.11 -SuE
 """PID 1 of the appliance image: the boot glue between the kernel and ``main``.
 
-The kernel here is only the NIC driver. This program runs in two stages, both
-as PID 1:
+The kernel here is only the NIC driver. The appliance's own kernel
+(build/kernel.config) has its drivers built in and no IP stack at all; with
+Debian's stock kernel (``make image KERNEL=debian``) the drivers are modules
+and the kernel has IPv4 and IPv6. This program runs in two stages, both as
+PID 1:
 
 stage 1 ("boot"): mount /proc, /sys and devtmpfs; turn Ctrl-Alt-Del into a
-  signal; disable IPv6 before any NIC exists and never give the NIC an IPv4
-  address, so the kernel's own stack stays off the wire; load the NIC modules
+  signal; with a kernel that has IPv6, disable it before any NIC exists, and
+  never give the NIC an IPv4 address, so the kernel's own stack stays off the
+  wire; when the image carries NIC modules (Debian's kernel only), load them
   (finit_module through ctypes, in the order the image builder worked out from
   the modules' ``depends=``); wait until the kernel RNG is ready; then exec
   stage 2. The interpreter that runs stage 1 may have started before the RNG
@@ -221,17 +225,23 @@ def write_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def keep_kernel_off_the_wire() -> None:
+def keep_kernel_off_the_wire(sysctl: str = "/proc/sys") -> bool:
     """IPv6 off for every interface created from now on (and existing ones):
     no link-local address, no DAD, no router solicitations. IPv4 needs nothing:
-    the kernel never gets an address, so it answers no ARP and no packet."""
+    the kernel never gets an address, so it answers no ARP and no packet.
+    Returns False when the kernel has no IPv6 (the appliance's own kernel has
+    no IP stack at all): then there is nothing to turn off."""
+    if not os.path.isdir(f"{sysctl}/net/ipv6"):
+        return False
     for scope in ("default", "all"):
-        write_sysctl(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "1")
+        write_sysctl(f"{sysctl}/net/ipv6/conf/{scope}/disable_ipv6", "1")
+    return True
 
 
 def load_modules(system: System, folder: str = MODULES) -> list[str]:
-    """Loads the modules listed in ``load-order``; ENODEV (a driver with no
-    device, e.g. xen-netfront under QEMU) and EEXIST are not errors."""
+    """Loads the modules listed in ``load-order``, which only an image with
+    Debian's kernel has; ENODEV (a driver with no device, e.g. xen-netfront
+    under QEMU) and EEXIST are not errors."""
     loaded = []
     try:
         with open(os.path.join(folder, "load-order")) as f:
@@ -317,9 +327,10 @@ def stage_boot() -> None:
         system = System()
         mount_filesystems(system)
         system.reboot(LINUX_REBOOT_CMD_CAD_OFF)   # Ctrl-Alt-Del now sends SIGINT to PID 1
-        keep_kernel_off_the_wire()
-        loaded = load_modules(system)
-        log(f"modules: {' '.join(loaded) or 'none'}")
+        if not keep_kernel_off_the_wire():
+            log("net: the kernel has no IPv6 to turn off")
+        if os.path.isdir(MODULES):
+            log(f"modules: {' '.join(load_modules(system)) or 'none loaded'}")
         waited = wait_for_rng()
         log(f"rng: ready{f' after {waited:.1f} s' if waited else ''}")
     except BaseException as e:      # noqa: BLE001 - PID 1 must not exit

@@ -7,20 +7,24 @@ Steps (each shown as it runs):
 1. fetch   the pinned Debian packages (apt-get download) and the dnspython
            wheel (pip download) into the cache, checking their SHA-256;
 2. unpack  them with dpkg-deb -x into the cache (once per pin set);
-3. record  which standard library modules the appliance imports, by running
+3. kernel  the appliance's own (build/kernel.py: linux-source-6.1 configured
+           by build/kernel.config, compiled once per input hash into the
+           cache), or with ``--kernel debian`` Debian's stock one and its NIC
+           modules;
+4. record  which standard library modules the appliance imports, by running
            build/init.py's ``list-imports`` stage with the image's own
            interpreter: it imports what PID 1 imports and loads config.py
            (so dnspython imports the record types the zones use). The list
            is generated on every build, never maintained by hand;
-4. compile those modules, and the appliance's own code with dnspython, into
+5. compile those modules, and the appliance's own code with dnspython, into
            unchecked-hash .pyc zips (build/pyzip.py, run by that interpreter);
-5. collect the interpreter, its extension modules and the shared libraries
+6. collect the interpreter, its extension modules and the shared libraries
            they need (read from DT_NEEDED, not guessed), the NIC kernel
            modules and everything they depend on (read from ``depends=``);
-6. pack    a sorted newc cpio with fixed times and root ownership, compressed
+7. pack    a sorted newc cpio with fixed times and root ownership, compressed
            with zstd -19 (see packages.COMPRESSOR for the measurements): the
            same inputs give the same bytes;
-7. write   the Xen PVH guest config, and print a summary of what takes space.
+8. write   the Xen PVH guest config, and print a summary of what takes space.
 
 A build whose inputs have not changed since the last one is skipped
 (``--force`` rebuilds).
@@ -46,6 +50,7 @@ sys.path.insert(0, str(BUILD))
 
 import cpio  # noqa: E402
 import elf  # noqa: E402
+import kernel as appliance_kernel  # noqa: E402
 import packages  # noqa: E402
 import xen  # noqa: E402
 
@@ -61,7 +66,7 @@ SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstac
 # dnspython's record types are imported lazily, at the first query that needs them.
 WHOLE_STDLIB_PACKAGES = ("encodings",)
 # Imported, but optional for their importers, and costly: each is left out
-# on purpose, and the build checks (step 4) that the appliance still imports.
+# on purpose, and the build checks (step 5) that the appliance still imports.
 LEFT_OUT = {
     "_hashlib": "hashlib falls back to the built-in _sha*/_md5/_blake2 without OpenSSL",
     "bz2": "zipfile and shutil (pulled in by importlib.metadata) tolerate its absence",
@@ -87,6 +92,10 @@ dns.dnssec.validate_rrsig(rrset, sig, {name: [dnskey]})
 """
 LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 PYLIB = f"usr/lib/{packages.PYTHON}"
+KERNELS = ("appliance", "debian")
+# The least guest memory each kernel's image runs in (measured: tests/boot/test_smoke.py);
+# the Xen config asks for it.
+MEMORY_MB = {"appliance": 64, "debian": 128}
 
 
 POWEROFF_HELPER = b"""#!/usr/bin/python3.11 -SE
@@ -235,7 +244,7 @@ def check_data_files() -> None:
             raise BuildError(f"config.py names {name}, which does not exist")
 
 
-# -- 3. record ---------------------------------------------------------------
+# -- 4. record ---------------------------------------------------------------
 
 def record_imports(root: Path, dnspython: Path, h11: Path, native_trees: list[Path]) -> list[tuple[str, str]]:
     """(module name, file) for every module the appliance loads at start."""
@@ -277,7 +286,7 @@ def stdlib_selection(root: Path, recorded: list[tuple[str, str]]) -> tuple[list[
     return sorted(sources), sorted(extensions)
 
 
-# -- 4. compile --------------------------------------------------------------
+# -- 5. compile --------------------------------------------------------------
 
 def python_zip(root: Path, files: list[tuple[Path, str, str]], out: Path) -> bytes:
     """files: (source, member name .pyc, path shown in tracebacks)."""
@@ -366,7 +375,7 @@ def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip:
         raise BuildError(f"DNSSEC validation does not work in the image:\n{result.stderr.strip()[-3000:]}")
 
 
-# -- 5. collect --------------------------------------------------------------
+# -- 6. collect --------------------------------------------------------------
 
 def find_library(root: Path, soname: str) -> Path:
     for d in LIB_DIRS:
@@ -436,16 +445,17 @@ def kernel_modules(kernel_root: Path, wanted: tuple[str, ...]) -> list[tuple[str
     return ordered
 
 
-# -- 6. pack -----------------------------------------------------------------
+# -- 7. pack -----------------------------------------------------------------
 
 def compress(data: bytes) -> bytes:
     result = subprocess.run(list(packages.COMPRESSOR), input=data, capture_output=True, check=True)
     return result.stdout
 
 
-def input_digest(paths: list[Path]) -> str:
+def input_digest(paths: list[Path], kernel: str) -> str:
     h = hashlib.sha256()
-    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.H11, packages.NIC_MODULES,
+    pin = packages.KERNEL if kernel == "debian" else appliance_kernel.input_digest(packages.KERNEL_SOURCE)
+    h.update(repr((kernel, pin, packages.USERSPACE, packages.DNSPYTHON, packages.H11, packages.NIC_MODULES,
                    packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR)).encode())
     for p in sorted(paths):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
@@ -453,7 +463,7 @@ def input_digest(paths: list[Path]) -> str:
 
 
 def repo_inputs() -> list[Path]:
-    files = [REPO / "config.py", *BUILD.glob("*.py")]
+    files = [REPO / "config.py", *BUILD.glob("*.py"), appliance_kernel.FRAGMENT]
     for package in APP_PACKAGES:
         files += package_sources(REPO, package)
     files += [p for p in (REPO / "data").rglob("*") if p.is_file()]
@@ -464,10 +474,12 @@ def human(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) -> dict:
-    progress = Progress(7)
+def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, kernel: str = "appliance") -> dict:
+    if kernel not in KERNELS:
+        raise BuildError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
+    progress = Progress(8)
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = input_digest(repo_inputs())
+    digest = input_digest(repo_inputs(), kernel)
     stamp = out_dir / ".inputs"
     outputs = [out_dir / n for n in ("dns.vmlinuz", "dns.initrd", "dns.xl", "dns.manifest.json")]
     if pvh:
@@ -479,7 +491,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
 
     progress.step("fetch pinned packages")
     debs = []
-    pins = [packages.KERNEL, *packages.USERSPACE]
+    pins = [packages.KERNEL if kernel == "debian" else packages.KERNEL_SOURCE, *packages.USERSPACE]
     for i, deb in enumerate(pins, 1):
         cached = (cache / "debs" / deb.filename).exists()
         if not cached:
@@ -496,12 +508,29 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     trees.mkdir(parents=True, exist_ok=True)
     user_key = hashlib.sha256("".join(d.sha256 for d in packages.USERSPACE).encode()).hexdigest()[:16]
     root = unpack(debs[1:], trees / f"userspace-{user_key}")
-    kernel_root = unpack(debs[:1], trees / f"kernel-{packages.KERNEL.sha256[:16]}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
     native_trees = [unpack_wheel(path, trees / f"{w.name}-{w.sha256[:16]}")
                     for w, path in zip(NATIVE_WHEELS, native_wheels)]
     h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
-    progress.note(f"{root}\n      {kernel_root}")
+    progress.note(f"{root}")
+
+    modules: list[tuple[str, bytes]] = []
+    if kernel == "debian":
+        progress.step("kernel: Debian's stock kernel and its NIC modules")
+        kernel_root = unpack(debs[:1], trees / f"kernel-{packages.KERNEL.sha256[:16]}")
+        kernel_image = (kernel_root / "boot" / f"vmlinuz-{packages.KERNEL_RELEASE}").read_bytes()
+        kernel_release, kernel_format, kernel_seconds = packages.KERNEL_RELEASE, "xz bzImage", None
+        modules = kernel_modules(kernel_root, packages.NIC_MODULES)
+        progress.note(f"{kernel_root}")
+    else:
+        progress.step("kernel: the appliance's own (build/kernel.config)")
+        try:
+            built = appliance_kernel.build(debs[0], cache)
+        except appliance_kernel.KernelError as e:
+            raise BuildError(str(e)) from e
+        kernel_image = built.path.read_bytes()
+        kernel_release, kernel_format, kernel_seconds = built.release, "LZ4 bzImage", built.built_seconds
+        progress.note(f"{built.path} ({'cached' if kernel_seconds is None else f'compiled in {kernel_seconds:.0f} s'})")
 
     check_data_files()
     progress.step("record the modules the appliance imports")
@@ -536,7 +565,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         entries.append(entry)
         groups[group] = groups.get(group, 0) + len(entry.data)
 
-    for d in ("dev", "proc", "sys", "run", "tmp", "app", "lib", "lib64", "lib/modules", "usr", "usr/bin",
+    for d in ("dev", "proc", "sys", "run", "tmp", "app", "lib", "lib64", "usr", "usr/bin",
               "usr/lib", PYLIB, f"{PYLIB}/lib-dynload", "lib/x86_64-linux-gnu"):
         add("structure", cpio.directory(d))
     # before devtmpfs is mounted: the console for init's stdio, and urandom so
@@ -565,11 +594,12 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     loader = (root / LOADER).resolve().read_bytes()
     add("shared libraries", cpio.Entry(LOADER, 0o100755, loader))
     add("structure", cpio.Entry("lib64/ld-linux-x86-64.so.2", 0o120777, b"/" + LOADER.encode()))
-    modules = kernel_modules(kernel_root, packages.NIC_MODULES)
-    for name, data in modules:
-        add("kernel modules", cpio.Entry(f"lib/modules/{name}", 0o100644, data))
-    order = "".join(f"{name}\n" for name, _ in modules).encode()
-    add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
+    if modules:             # Debian's kernel; the appliance's has its drivers built in
+        add("structure", cpio.directory("lib/modules"))
+        for name, data in modules:
+            add("kernel modules", cpio.Entry(f"lib/modules/{name}", 0o100644, data))
+        order = "".join(f"{name}\n" for name, _ in modules).encode()
+        add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
     add("appliance code + dnspython + h11 (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
     # what /metrics reports as the image's inputs (dnsapp_build_info)
     add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
@@ -586,26 +616,28 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     for d in ("etc", "etc/ssl", "etc/ssl/certs"):
         add("structure", cpio.directory(d))
     add("CA bundle (ca-certificates)", cpio.Entry(packages.CA_BUNDLE, 0o100644, ca_bundle(root)))
-    progress.note(f"libraries: {' '.join(sorted(libraries))}; modules: {' '.join(n for n, _ in modules)}")
+    progress.note(f"libraries: {' '.join(sorted(libraries))}; "
+                  f"modules: {' '.join(n for n, _ in modules) or 'none'}")
 
     progress.step(f"pack initramfs (newc cpio, {packages.COMPRESSOR[0]})")
     raw = io.BytesIO()
     cpio.write(raw, entries, mtime=packages.SOURCE_DATE_EPOCH)
     initrd = compress(raw.getvalue())
-    kernel = (kernel_root / "boot" / f"vmlinuz-{packages.KERNEL_RELEASE}").read_bytes()
     progress.note(f"cpio {human(len(raw.getvalue()))} -> {packages.COMPRESSOR[0]} {human(len(initrd))}")
 
     progress.step("write images/")
-    write_atomic(out_dir / "dns.vmlinuz", kernel)
+    write_atomic(out_dir / "dns.vmlinuz", kernel_image)
     write_atomic(out_dir / "dns.initrd", initrd)
-    write_atomic(out_dir / "dns.xl", xen.guest_config(out_dir).encode())
+    write_atomic(out_dir / "dns.xl", xen.guest_config(out_dir, memory=MEMORY_MB[kernel]).encode())
     (out_dir / "dns.vmlinux").unlink(missing_ok=True)      # never leave one from older inputs
     if pvh:
-        write_atomic(out_dir / "dns.vmlinux", uncompressed_kernel(kernel))
-        progress.note(f"dns.vmlinux (PVH entry, uncompressed): {human((out_dir / 'dns.vmlinux').stat().st_size)}")
+        vmlinux = uncompressed_kernel(kernel_image) if kernel == "debian" else built.vmlinux.read_bytes()
+        write_atomic(out_dir / "dns.vmlinux", vmlinux)
+        progress.note(f"dns.vmlinux (PVH entry, uncompressed): {human(len(vmlinux))}")
     manifest = {
-        "kernel": {"file": "dns.vmlinuz", "bytes": len(kernel), "release": packages.KERNEL_RELEASE,
-                   "sha256": hashlib.sha256(kernel).hexdigest()},
+        "kernel": {"file": "dns.vmlinuz", "bytes": len(kernel_image), "kind": kernel, "release": kernel_release,
+                   "format": kernel_format, "built_seconds": kernel_seconds, "memory_mb": MEMORY_MB[kernel],
+                   "sha256": hashlib.sha256(kernel_image).hexdigest()},
         "initrd": {"file": "dns.initrd", "bytes": len(initrd), "cpio_bytes": len(raw.getvalue()),
                    "sha256": hashlib.sha256(initrd).hexdigest()},
         "space": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
@@ -634,21 +666,9 @@ def uncompressed_kernel(bzimage: bytes) -> bytes:
         raise BuildError("the kernel's payload is not xz; cannot extract vmlinux")
     vmlinux = lzma.LZMADecompressor().decompress(bzimage[start:])
     notes = elf.section(vmlinux, ".notes") or b""
-    if vmlinux[:4] != b"\x7fELF" or not has_note(notes, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY):
+    if vmlinux[:4] != b"\x7fELF" or not elf.has_note(notes, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY):
         raise BuildError("the kernel has no PVH entry point (CONFIG_PVH)")
     return vmlinux
-
-
-def has_note(notes: bytes, owner: bytes, kind: int) -> bool:
-    import struct
-    pos = 0
-    while pos + 12 <= len(notes):
-        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
-        name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
-        if name == owner and ntype == kind:
-            return True
-        pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
-    return False
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -660,7 +680,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 def summary(manifest: dict, seconds: float) -> None:
     k, i = manifest["kernel"]["bytes"], manifest["initrd"]["bytes"]
     print(f"\nimage: built in {seconds:.1f} s")
-    print(f"  images/dns.vmlinuz  {human(k):>10}   Debian linux {manifest['kernel']['release']} (xz bzImage)")
+    kernel = manifest["kernel"]
+    print(f"  images/dns.vmlinuz  {human(k):>10}   {kernel['kind']} kernel, Linux {kernel['release']} "
+          f"({kernel['format']})")
     print(f"  images/dns.initrd   {human(i):>10}   {packages.COMPRESSOR[0]} of a "
           f"{human(manifest['initrd']['cpio_bytes'])} cpio")
     print(f"  together            {human(k + i):>10}")
@@ -668,7 +690,8 @@ def summary(manifest: dict, seconds: float) -> None:
     total = sum(manifest["space"].values())
     for group, size in manifest["space"].items():
         print(f"    {group:<40} {human(size):>10} {100 * size / total:5.1f} %")
-    print(f"  images/dns.xl: Xen PVH guest config ({len(manifest['kernel_modules'])} kernel modules, "
+    print(f"  images/dns.xl: Xen PVH guest config, {kernel['memory_mb']} MB "
+          f"({len(manifest['kernel_modules'])} kernel modules, "
           f"{len(manifest['stdlib_modules'])} stdlib modules)")
 
 
@@ -677,12 +700,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=IMAGES, help="output folder (default images/)")
     ap.add_argument("--cache", type=Path, default=packages.CACHE, help="download cache (default %(default)s)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
+    ap.add_argument("--kernel", choices=KERNELS, default="appliance",
+                    help="the appliance's own kernel (default), or Debian's stock kernel with its NIC modules")
     ap.add_argument("--pvh", action="store_true",
                     help="also write images/dns.vmlinux, the uncompressed kernel for booting through its "
-                         "PVH entry (faster under TCG, ~7x larger)")
+                         "PVH entry (nothing to decompress at boot; several times larger)")
     args = ap.parse_args(argv)
     try:
-        build(args.out.resolve(), args.cache, force=args.force, pvh=args.pvh)
+        build(args.out.resolve(), args.cache, force=args.force, pvh=args.pvh, kernel=args.kernel)
     except BuildError as e:
         print(f"image: error: {e}", file=sys.stderr)
         return 1

@@ -31,6 +31,12 @@ class Deb:
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
+# The appliance's kernel is built from this source (build/kernel.py, configured
+# by build/kernel.config); the tarball inside the .deb is what is compiled.
+KERNEL_SOURCE = Deb("linux-source-6.1", "6.1.192-3",
+                    "5259c57ca92092da39bd2ea803046da0e3c28f2b6a11ea20f6297468188ceb67", arch="all")
+
+# Debian's stock kernel, the fallback (`make image KERNEL=debian`).
 KERNEL_RELEASE = "6.1.0-57-amd64"
 KERNEL = Deb("linux-image-6.1.0-57-amd64-unsigned", "6.1.192-3",
              "f43a8dbe0b318a5491880233bb20982dc9cc8ef103dd361cd56499eea15c5191")
@@ -90,10 +96,10 @@ CFFI = Wheel("cffi", "2.1.1", "cffi-2.1.1-cp311-cp311-manylinux2014_x86_64.manyl
 H11 = Wheel("h11", "0.16.0", "h11-0.16.0-py3-none-any.whl",
             "63cf8bbe7522de3bf65932fda1d9c2772064ffb3dae62d55932da54b31cb6c86")
 
-# The NIC drivers PID 1 loads, by module name (virtio_pci is the bus driver
-# virtio_net needs to find its device, yet not a "depends" of it); their
-# dependencies are read from
-# each module's ``depends=`` at build time (the .deb ships no modules.dep).
+# The NIC drivers PID 1 loads with Debian's kernel (the appliance's has them
+# built in), by module name (virtio_pci is the bus driver virtio_net needs to
+# find its device, yet not a "depends" of it); their dependencies are read
+# from each module's ``depends=`` at build time (the .deb ships no modules.dep).
 # virtio-rng feeds the kernel RNG when QEMU offers one (-device virtio-rng-pci).
 NIC_MODULES = ("virtio_pci", "virtio_net", "xen-netfront", "virtio-rng")
 

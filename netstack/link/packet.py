@@ -54,8 +54,8 @@ class PacketLink:
     def __init__(self, name: str = "eth0", mtu: int = 1500) -> None:
         self.name, self.mtu = name, mtu
         self.checksums_completed = 0
-        _bring_up(name)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        _bring_up(name, via=self.sock)      # the kernel may have no IPv4 at all (the appliance's has none)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         # tell us which frames still lack their checksum (see complete_checksum)
         self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)

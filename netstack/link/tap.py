@@ -68,9 +68,15 @@ class TapLink:
         self.fd = -1
 
 
-def _bring_up(name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sH14x", name.encode(), 0)
-        flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
-        if not flags & IFF_UP:
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+def _bring_up(name: str, via: socket.socket | None = None) -> None:
+    """Sets the interface up. The ioctls go through ``via`` when given: any
+    socket will do, and a kernel without IPv4 (the appliance's own) offers no
+    AF_INET socket to make them on."""
+    if via is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            _bring_up(name, s)
+        return
+    ifreq = struct.pack("16sH14x", name.encode(), 0)
+    flags = struct.unpack_from("16sH", fcntl.ioctl(via, SIOCGIFFLAGS, ifreq))[1]
+    if not flags & IFF_UP:
+        fcntl.ioctl(via, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))

@@ -26,15 +26,31 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
 
 
-@pytest.fixture(scope="session")
-def image() -> dict:
-    """images/ as `make image` makes it (skipped when up to date); its manifest."""
+def _build(config: pytest.Config, kernel: str, folder: str | None = None) -> dict:
     reason = _can_build()
     if reason:
         pytest.skip(reason)
     import make_image
+    out = make_image.IMAGES / folder if folder else make_image.IMAGES
     try:
-        return make_image.build(make_image.IMAGES, make_image.packages.CACHE)
+        # the build's progress goes to the terminal as it happens: on a fresh
+        # machine (CI) it compiles the kernel, which takes minutes
+        with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            return make_image.build(out, make_image.packages.CACHE, kernel=kernel)
     except (make_image.BuildError, subprocess.CalledProcessError) as e:
         # a pin the mirror no longer has is a failure to see, not a skip
         pytest.fail(f"image build failed: {e}")
+
+
+@pytest.fixture(scope="session")
+def image(pytestconfig) -> dict:
+    """images/ as `make image` makes it, with the appliance's own kernel
+    (skipped when up to date); its manifest."""
+    return _build(pytestconfig, "appliance")
+
+
+@pytest.fixture(scope="session")
+def debian_image(pytestconfig) -> dict:
+    """images/debian/: the same image with Debian's stock kernel and its NIC
+    modules (`make image KERNEL=debian`, in a folder of its own)."""
+    return _build(pytestconfig, "debian", "debian")

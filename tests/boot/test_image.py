@@ -19,6 +19,8 @@ import make_image  # noqa: E402
 import pytest
 import xen  # noqa: E402
 
+from tests.netns import Namespace, needs_root
+
 from .conftest import needs_build_tools
 
 # -- PID 1's command line ---------------------------------------------------------
@@ -129,7 +131,15 @@ def test_initramfs_contents(image):
     app = zipfile.ZipFile(BytesIO(members["app/app.zip"][1])).namelist()
     assert "unikernel/main.pyc" in app and "netstack/stack.pyc" in app and "dns/message.pyc" in app
     assert "app/config.py" in members and "app/data/d1.signpo.st.zone" in members
+    # the appliance's kernel has its drivers built in: no modules to carry or load
+    assert not any(n.startswith("lib/modules") for n in members)
 
+
+@needs_build_tools
+def test_debian_initramfs_carries_the_nic_modules_in_load_order(debian_image):
+    raw = subprocess.run(["zstd", "-dc", str(make_image.IMAGES / "debian" / "dns.initrd")], capture_output=True,
+                         check=True).stdout
+    members = {name: (mode, data, mtime) for name, mode, data, mtime in cpio.read(raw)}
     # every module comes after the ones its depends= names
     order = members["lib/modules/load-order"][1].decode().split()
     assert "virtio_net.ko" in order and "virtio_pci.ko" in order and "xen_netfront.ko" in order
@@ -142,8 +152,9 @@ def test_initramfs_contents(image):
 
 @needs_build_tools
 def test_size_target(image):
-    total = image["kernel"]["bytes"] + image["initrd"]["bytes"]
-    assert total <= 16_000_000, f"kernel + initrd = {total / 1e6:.2f} MB, the target is 16 MB"
+    kernel, total = image["kernel"]["bytes"], image["kernel"]["bytes"] + image["initrd"]["bytes"]
+    assert kernel <= 3_000_000, f"kernel {kernel / 1e6:.2f} MB, the target is 3 MB"
+    assert total <= 8_000_000, f"kernel + initrd = {total / 1e6:.2f} MB, the target is 8 MB"
 
 
 # -- Xen ------------------------------------------------------------------------------
@@ -172,11 +183,15 @@ def test_xen_parse_refuses_what_xl_would():
 
 
 @needs_build_tools
-def test_built_xen_config_points_at_the_images(image):
+def test_built_xen_config_points_at_the_images(image, debian_image):
     cfg = xen.parse((make_image.IMAGES / "dns.xl").read_text())
     for key in ("kernel", "ramdisk"):
         assert (make_image.IMAGES / cfg[key].rsplit("/", 1)[1]).exists()
-    assert "xen_netfront.ko" in image["kernel_modules"]
+    # the kernel QEMU boots is the one Xen boots, with the memory it was measured to need
+    assert cfg["kernel"] == f"{make_image.IMAGES}/dns.vmlinuz" and cfg["memory"] == image["kernel"]["memory_mb"]
+    debian = xen.parse((make_image.IMAGES / "debian" / "dns.xl").read_text())
+    assert debian["kernel"] == f"{make_image.IMAGES}/debian/dns.vmlinuz" and debian["memory"] == 128
+    assert "xen_netfront.ko" in debian_image["kernel_modules"]
 
 
 # -- boot.py's choices --------------------------------------------------------------
@@ -210,3 +225,46 @@ def test_crng_time_is_read_from_the_kernel_log():
     assert init.crng_ready_at(log) == pytest.approx(0.081024)
     assert init.crng_ready_at(["6,1,0,-;Linux version", "garbage", "5,2,x,-;random: crng init done"]) is None
     assert init.crng_ready_at([]) is None
+
+
+# -- PID 1 and the link on a kernel without an IP stack ------------------------------
+
+def test_ipv6_is_turned_off_only_where_the_kernel_has_it(tmp_path):
+    assert init.keep_kernel_off_the_wire(str(tmp_path)) is False        # the appliance's kernel: no IPv6
+    for scope in ("default", "all"):
+        (tmp_path / "net/ipv6/conf" / scope).mkdir(parents=True)
+        (tmp_path / "net/ipv6/conf" / scope / "disable_ipv6").write_text("0")
+    assert init.keep_kernel_off_the_wire(str(tmp_path)) is True
+    assert (tmp_path / "net/ipv6/conf/all/disable_ipv6").read_text() == "1"
+    assert (tmp_path / "net/ipv6/conf/default/disable_ipv6").read_text() == "1"
+
+
+@needs_root
+def test_packet_link_brings_the_nic_up_without_ipv4_sockets(monkeypatch):
+    """The appliance's kernel has no AF_INET: PacketLink must bring eth0 up
+    through its own packet socket (it used an AF_INET socket, and the first
+    boot on that kernel failed with EAFNOSUPPORT)."""
+    import errno
+    import socket
+
+    from netstack.link.packet import PacketLink
+
+    real_socket = socket.socket
+
+    def no_inet(family=socket.AF_INET, *args, **kw):
+        if family == socket.AF_INET:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *args, **kw)
+
+    with Namespace("nolink") as ns:
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+        assert "state DOWN" in ns.run("ip", "link", "show", "eth0").stdout
+        monkeypatch.setattr(socket, "socket", no_inet)
+        with ns.entered():
+            link = PacketLink("eth0")
+        monkeypatch.undo()
+        try:
+            flags = ns.run("ip", "-o", "link", "show", "eth0").stdout
+            assert "<" in flags and "UP" in flags.split("<")[1].split(">")[0].split(","), flags
+        finally:
+            link.close()

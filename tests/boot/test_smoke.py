@@ -10,13 +10,16 @@ and the seconds from QEMU start to the first answer.
 
 A second boot uses exactly the QEMU command line the README gives (no RNG
 device, QEMU's default CPU: PID 1 must wait for the kernel RNG itself), and a
-third measures the floor (the same kernel with a trivial /init).
+third measures the floor (the same kernel with a trivial /init). The figures
+test boots the appliance's kernel and Debian's side by side, three times each
+(and their floors), in the memory each is built for: 64 MB for the appliance's.
 Timings are reported, never asserted.
 """
 from __future__ import annotations
 
 import io
 import shutil
+import statistics
 import subprocess
 import textwrap
 import time
@@ -46,6 +49,7 @@ UPSTREAM_ADDRESS = "198.51.100.7"
 LINK_NAME = "printer.local."                    # published by avahi on the host side, found by mDNS
 LINK_ADDRESS = "192.0.2.20"
 BOOT_TIMEOUT = 300        # seconds; TCG on a slow, busy CI machine
+RUNS = 3                  # boots per figure; the median is reported
 
 
 def ask(ns: Namespace, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.message.Message | None:
@@ -94,14 +98,15 @@ def test_smoke_boot(image, tmp_path, capsys):
     with Namespace("boot") as ns:
         ns.add_tap("tap0", f"{HOST}/24")
         start_upstream(ns, tmp_path)
-        cmd = qemu.command(qemu.IMAGES / "dns.vmlinuz", qemu.IMAGES / "dns.initrd", memory=128,
-                           net=qemu.Tap("tap0"), monitor=monitor,
+        cmd = qemu.command(qemu.IMAGES / "dns.vmlinuz", qemu.IMAGES / "dns.initrd",
+                           memory=image["kernel"]["memory_mb"], net=qemu.Tap("tap0"), monitor=monitor,
                            append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} forward={HOST} dnssec=no")
         with qemu.Machine(cmd, monitor=monitor, prefix=("ip", "netns", "exec", ns.name)) as vm:
             seconds, reply = first_answer(ns, vm, "ns0.d1.signpo.st")
             report(capsys, f"image {size / 1e6:.2f} MB (kernel {image['kernel']['bytes'] / 1e6:.2f} + "
                            f"initrd {image['initrd']['bytes'] / 1e6:.2f}); first answer "
-                           f"{seconds:.1f} s after QEMU start ({qemu.accelerator()})")
+                           f"{seconds:.1f} s after QEMU start ({qemu.accelerator()}, "
+                           f"-m {image['kernel']['memory_mb']})")
             assert vm.wait_for(b"ready", 30) is not None, "no 'ready' line on the console"
 
             # the baked-in zone: authoritative
@@ -239,7 +244,7 @@ def test_plain_qemu_command_answers(image, tmp_path, capsys):
         host_mac = ns.run("cat", "/sys/class/net/tap0/address").stdout.strip()
         trace = tmp_path / "tap0.pcap"
         tcpdump = ns.popen("tcpdump", "-i", "tap0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(trace))
-        cmd = ["qemu-system-x86_64", "-m", "128", "-kernel", str(qemu.IMAGES / "dns.vmlinuz"),
+        cmd = ["qemu-system-x86_64", "-m", "64", "-kernel", str(qemu.IMAGES / "dns.vmlinuz"),
                "-initrd", str(qemu.IMAGES / "dns.initrd"),
                "-append", f"console=ttyS0 ipv4={GUEST}/24 ipv4-gateway={HOST}",
                "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
@@ -286,3 +291,41 @@ def test_a_fatal_error_prints_its_cause_and_powers_off(image):
     assert "not-an-address" in console                  # the cause, in the appliance's words
     assert result.exit_code == 0 and "reboot: Power down" in console
     assert "Kernel panic" not in console
+
+
+def seconds_to_first_answer(images: Path, memory: int) -> float:
+    """One boot on a tap in a namespace of its own; QEMU is killed once it has answered."""
+    with Namespace("fig") as ns:
+        ns.add_tap("tap0", f"{HOST}/24")
+        cmd = qemu.command(images / "dns.vmlinuz", images / "dns.initrd", memory=memory, net=qemu.Tap("tap0"),
+                           append=f"ipv4={GUEST}/24 ipv4-gateway={HOST}")
+        with qemu.Machine(cmd, prefix=("ip", "netns", "exec", ns.name)) as vm:
+            seconds, reply = first_answer(ns, vm, "ns0.d1.signpo.st")
+            assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+            return seconds
+
+
+def seconds_to_floor(images: Path, memory: int) -> float:
+    initrd = images / "floor.initrd"
+    initrd.write_bytes(floor.floor_initrd())
+    result = qemu.run_until(qemu.command(images / "dns.vmlinuz", initrd, memory=memory, net=None),
+                            b"floor: ready", timeout=BOOT_TIMEOUT)
+    assert result.seconds is not None, result.console[-3000:].decode(errors="replace")
+    return result.seconds
+
+
+def test_figures_side_by_side(image, debian_image, capsys):
+    """Both kernels, the same initramfs contents, the same QEMU settings: each
+    one's size, first answer and floor (median of RUNS boots), in the memory
+    it is built for. Every boot must answer; the times are only reported."""
+    report(capsys, f"figures ({qemu.accelerator()}, median of {RUNS}): kernel | kernel + initrd | -m | "
+                   f"first answer | floor (trivial /init)")
+    for name, manifest, images in (("appliance", image, qemu.IMAGES), ("debian", debian_image,
+                                                                         qemu.IMAGES / "debian")):
+        memory = manifest["kernel"]["memory_mb"]
+        answers = [seconds_to_first_answer(images, memory) for _ in range(RUNS)]
+        floors = [seconds_to_floor(images, memory) for _ in range(RUNS)]
+        k, i = manifest["kernel"]["bytes"], manifest["initrd"]["bytes"]
+        report(capsys, f"{name:<9} | {k / 1e6:.2f} MB | {(k + i) / 1e6:.2f} MB | {memory} MB | "
+                       f"{statistics.median(answers):.1f} s ({' '.join(f'{a:.1f}' for a in answers)}) | "
+                       f"{statistics.median(floors):.1f} s ({' '.join(f'{f:.1f}' for f in floors)})")
