@@ -58,7 +58,7 @@ def readelf(*args: str) -> str:
 def test_the_image_boots_the_built_kernel(image, built):
     assert image["kernel"]["kind"] == "appliance"
     assert (make_image.IMAGES / "dns.vmlinuz").read_bytes() == built.path.read_bytes()
-    assert image["kernel_modules"] == [] and image["kernel"]["memory_mb"] == 64
+    assert image["kernel_modules"] == [] and image["kernel"]["memory_mb"] == make_image.MEMORY_MB["appliance"]
 
 
 @needs_build_tools
