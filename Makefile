@@ -13,6 +13,7 @@ APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
             ca-certificates avahi-daemon chromium chromium-driver prometheus
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: deps test unit bench run boot image smoke serve clean
 
@@ -45,7 +46,7 @@ unit: deps
 	$(PY) -m pytest -q tests/unit tests/stack $(PYTEST_ARGS)
 
 bench: deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 serve: deps
 	$(PY) -m unikernel serve
