@@ -67,15 +67,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and its descendants (VmRSS summed: NSD's
-    workers share pages with their parent, so this overstates NSD a little)."""
+    """Resident memory of ``pid`` and its descendants, each shared page
+    counted once: the sum of their proportional set sizes (Pss), since NSD's
+    server and xfrd processes share most of their pages with the parent."""
     total = 0
     for p in _tree(pid):
         try:
-            status = Path(f"/proc/{p}/status").read_text()
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
         except OSError:
             continue
-        m = re.search(r"VmRSS:\s+(\d+) kB", status)
+        m = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
         total += int(m.group(1)) * 1024 if m else 0
     return total
 

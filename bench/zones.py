@@ -5,7 +5,7 @@ For each size, in one network namespace (removed afterwards), the appliance
 (on a tap) and NSD (on the namespace's loopback) start on the same generated
 zone (bench/auth.py's: ``names`` hosts, A for each, AAAA and TXT for every
 third, MX for every tenth); printed per server: the load time (start to the
-first answer), the resident memory after a pass through the query file, and
+first answer), the resident memory (the Pss of its processes) after a pass through the query file, and
 the median QPS of the rounds on the authoritative mix (hits, NXDOMAIN,
 NODATA). Verdicts: at the largest size, the appliance's RSS at most 3x NSD's
 and under 512 MB (what a 512 MB VM leaves it is less still).
