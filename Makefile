@@ -15,7 +15,7 @@ APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: deps test unit bench run boot image smoke serve clean
+.PHONY: deps test unit bench run boot image smoke serve clean fuzz
 
 deps: $(STAMP)
 	@missing=$$(for p in $(APT_PKGS); do \
@@ -47,6 +47,10 @@ unit: deps
 
 bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Hostile input at full length (make test runs short forms of the same fuzzers).
+fuzz: deps
+	$(PY) -m tests.fuzz_dns --messages 100000
 
 serve: deps
 	$(PY) -m unikernel serve

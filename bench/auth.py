@@ -124,6 +124,7 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
         ns.add_tap("tap0", HOST_SIDE)
         appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                              "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
+                             "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0: one client, full speed
                              cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, {ORIGIN: zone})),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -64,6 +64,7 @@ def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out
             started = time.monotonic()
             appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                                  "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
+                                 "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0
                                  cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 rows["appliance"] = _measure(ns, "the appliance", appliance, APPLIANCE, started, queries,

@@ -90,7 +90,18 @@ class Appliance:
     serve_stale: bool = False               # RFC 8767: expired answers while every upstream is down
     mdns: bool = True                       # .local (and our subnet's reverse names) asked on the link, RFC 6762
     mdns_domain: str | None = None          # a unicast domain answered from .local (RFC 8766), e.g. lan.example
+    rrl_rate: int = 200                     # UDP responses a second per client /24 (NSD's default); 0: off
+    rrl_slip: int = 2                       # every N-th limited response goes out truncated (0: none)
+    rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
     log_queries: bool = False
+    # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
+    # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries
+    # told of a new serial by NOTIFY (ADDR[:PORT])
+    allow_transfer: list[str] = field(default_factory=list)
+    tsig: str | None = None
+    notify: list[str] = field(default_factory=list)
+    # zones pulled from a primary and kept by its SOA timers and NOTIFY: ZONE@ADDR[:PORT]
+    secondary: list[str] = field(default_factory=list)
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:

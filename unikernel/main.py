@@ -14,6 +14,9 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import dns.tsig
 
 from netstack import ethernet
 from netstack.stack import Stack
@@ -22,12 +25,17 @@ from unikernel.process import Process, compose, processor_of_process
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import forwarder
 from unikernel.resolver.stub import StubResolver
+from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
 from unikernel.sources import zone as zones_mod
 from unikernel.sources.hosts import HostsTable, hosts_process, load_hosts
 from unikernel.sources.mdns import MdnsQuerier, check_domain
 from unikernel.sources.special import special_process
+from unikernel.transfer.notify import Notifier, NotifyService, parse_target
+from unikernel.transfer.outbound import TransferServer
+from unikernel.transfer.secondary import SecondaryService, SecondaryZones, parse_secondary
+from unikernel.transfer.tsig import parse_tsig
 
 log = logging.getLogger("unikernel.main")
 
@@ -47,6 +55,7 @@ class Loaded:
     to :func:`serve` so that each file is parsed once."""
     zone_files: zones_mod.ZoneFiles | None
     hosts: HostsTable | None
+    tsig: dns.tsig.Key | None = None
 
 
 def check(appliance: Appliance) -> Loaded:
@@ -56,6 +65,8 @@ def check(appliance: Appliance) -> Loaded:
     parse_mac(appliance.mac)
     if not 0 < appliance.port < 65536:
         raise ConfigError(f"port {appliance.port} out of range 1..65535")
+    if appliance.rrl_rate < 0 or appliance.rrl_slip < 0:
+        raise ConfigError("rrl-rate and rrl-slip must be 0 or more")
     gateway = appliance.gateway
     if gateway is not None and gateway not in appliance.interface.network:
         raise ConfigError(f"gateway {gateway} is not on {appliance.interface.network}")
@@ -73,8 +84,18 @@ def check(appliance: Appliance) -> Loaded:
             ipaddress.IPv4Address(bogus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    tsig = parse_tsig(appliance.tsig) if appliance.tsig else None
+    try:
+        for cidr in appliance.allow_transfer:
+            ipaddress.IPv4Network(cidr, strict=False)
+        for target in appliance.notify:
+            parse_target(target)
+        for secondary in appliance.secondary:
+            parse_secondary(secondary)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     zone_files = zones_mod.ZoneFiles(appliance.path(z) for z in appliance.zones) if appliance.zones else None
-    return Loaded(zone_files, hosts)
+    return Loaded(zone_files, hosts, tsig)
 
 
 # The tables that network input fills (kept answers, the cache, TCP answers
@@ -104,16 +125,67 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
+def allowed_clients(appliance: Appliance) -> AccessList:
+    """Who may recurse: ``allow``, or the appliance's own subnet."""
+    return AccessList(appliance.allow or [str(appliance.interface.network)])
+
+
+def rate_limiter(appliance: Appliance, counters) -> ResponseRateLimiter | None:
+    """RRL as declared (None when ``rrl_rate`` is 0)."""
+    if not appliance.rrl_rate:
+        return None
+    return ResponseRateLimiter(appliance.rrl_rate, appliance.rrl_slip, counters=counters,
+                               exempt=allowed_clients(appliance) if appliance.rrl_exempt_allowed else None)
+
+
+def reload_zones(lifecycle: list, server, counters) -> bool:
+    """SIGHUP: reads the zone files again; on any error keeps serving the
+    zones already loaded (False). Then kept answers are forgotten, and cached
+    forwarded answers for names the zones now hold are flushed, so a new zone
+    is not shadowed by what the forwarder said before."""
+    try:
+        count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
+    except ConfigError as e:
+        counters["dns.reload.failed"] += 1
+        log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+        return False
+    server.forget_kept_answers()
+    origins = [origin for item in lifecycle for origin in getattr(item, "origins", ())]
+    for item in lifecycle:
+        if hasattr(item, "forget_under"):
+            item.forget_under(origins)
+    counters["dns.reload.done"] += 1
+    log.warning("reloaded %d zone file(s)", count)
+    return True
+
+
+class Chain(NamedTuple):
+    """What :func:`resolution_chain` builds; see there."""
+    local: Process
+    forwarded: Process | None
+    fast_lookups: list[FastLookup]
+    lifecycle: list
+
+    @property
+    def process(self) -> Process:
+        """The whole chain as one process: the seed's ``compose(local..., forwarder)``."""
+        return self.local if self.forwarded is None else compose(self.local, self.forwarded)
+
+
 def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
-                     budgets: dict[str, int] | None = None) -> tuple[Process, list[FastLookup], list]:
+                     budgets: dict[str, int] | None = None) -> Chain:
     """The appliance's answer to every query, as the seed composes it:
-    ``compose(zones, hosts, mdns, special-use, forwarder)``.
+    ``compose(zones, hosts, mdns, special-use, forwarder)``, in two parts so
+    that the server bounds local and forwarded work apart (a flood of names
+    whose upstreams never answer must not starve the names that are ours).
 
-    Returns ``(process, fast_lookups, lifecycle)``:
+    Returns a :class:`Chain`:
 
-    * ``process``: the composed process (local zones first; each later link
+    * ``local``: the composed local process (zones first; each later link
       only sees what the earlier ones left unanswered or answered with an
       error without being final);
+    * ``forwarded``: the forwarder (None when the appliance does not forward),
+      asked what ``local`` left, as ``compose`` would;
     * ``fast_lookups``: hot-path callables ``(key, src_ip, now) -> wire | None``
       (e.g. the cache's), tried after the server's own static answers;
     * ``lifecycle``: objects whose ``start()`` (optional, may be async) runs
@@ -123,12 +195,18 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
     add its fast lookup / lifecycle object if it has one.
     """
     chain: list[Process] = []
+    forwarded: Process | None = None
     fast_lookups: list[FastLookup] = []
     lifecycle: list = []
 
     if loaded.zone_files is not None:
         chain.append(loaded.zone_files.process)
         lifecycle.append(loaded.zone_files)   # reloadable on SIGHUP
+    if appliance.secondary:
+        secondaries = SecondaryZones(appliance.secondary, key=loaded.tsig, counters=stack.counters,
+                                     clock=stack.now)
+        chain.append(secondaries.process)
+        lifecycle.append(SecondaryService(stack, secondaries))   # transfers at start, then by the timers
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
         chain.append(hosts_process(loaded.hosts, recursion_available=recursion))
@@ -150,20 +228,21 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                           counters=stack.counters,
                           **({"max_bytes": budgets["cache"]} if budgets else {}))
             relay = forwarder(appliance.forward, stub=StubResolver(stack, counters=stack.counters), cache=cache,
-                              allow=appliance.allow or [str(appliance.interface.network)],
+                              allow=allowed_clients(appliance),
                               randomize_case=appliance.randomize_case,
                               bogus_nxdomain=appliance.bogus_nxdomain, clock=stack.now)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        chain.append(relay)
+        forwarded = relay
         fast_lookups.append(relay.fast_lookup)
         lifecycle.append(relay)
+        lifecycle.append(cache)               # flushed of what a reloaded zone shadows
 
     if not chain:
         async def nothing(*, src, dst, query):
             return None
         chain.append(nothing)
-    return compose(*chain), fast_lookups, lifecycle
+    return Chain(compose(*chain), forwarded, fast_lookups, lifecycle)
 
 
 def mdns_querier(appliance: Appliance, stack):
@@ -174,6 +253,20 @@ def mdns_querier(appliance: Appliance, stack):
                        join=stack.join_group, leave=stack.leave_group, counters=stack.counters,
                        clock=stack.now, domain=appliance.mdns_domain,
                        recursion_available=bool(appliance.forward))
+
+
+def zone_transfers(appliance: Appliance, stack, loaded: Loaded) -> tuple[TransferServer | None, NotifyService | None]:
+    """AXFR/IXFR out to ``allow_transfer`` and NOTIFY to ``notify``, for the
+    zone files served (none without zones or without either setting)."""
+    if loaded.zone_files is None or not (appliance.allow_transfer or appliance.notify):
+        return None, None
+    transfers = TransferServer(loaded.zone_files.zones, allow=appliance.allow_transfer, key=loaded.tsig,
+                               counters=stack.counters)
+    notify = None
+    if appliance.notify:
+        notifier = Notifier((parse_target(t) for t in appliance.notify), key=loaded.tsig, counters=stack.counters)
+        notify = NotifyService(stack, notifier, clock=stack.now)
+    return transfers, notify
 
 
 async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
@@ -189,12 +282,26 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     stack = Stack(link, appliance.interface, appliance.gateway, mtu=appliance.mtu,
                   mac=parse_mac(appliance.mac), clock=clock)
     budgets = memory_budgets(available_memory())
-    process, fast_lookups, lifecycle = resolution_chain(appliance, stack, loaded, budgets)
-    server = DnsServer(stack, appliance.port, processor_of_process(process),
-                       fast_lookups=fast_lookups, log_queries=appliance.log_queries,
-                       max_kept_bytes=budgets["static"])
+    chain = resolution_chain(appliance, stack, loaded, budgets)
+    lifecycle = chain.lifecycle
+    server = DnsServer(stack, appliance.port, processor_of_process(chain.local),
+                       forwarder=processor_of_process(chain.forwarded) if chain.forwarded else None,
+                       fast_lookups=chain.fast_lookups, log_queries=appliance.log_queries,
+                       max_kept_bytes=budgets["static"],
+                       recursion_for=allowed_clients(appliance) if appliance.forward else None,
+                       rrl=rate_limiter(appliance, stack.counters))
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=budgets["tcp"])
+    transfers, notify = zone_transfers(appliance, stack, loaded)
+    server.transfers = transfers
+    if loaded.tsig is not None:
+        server.keyring = {loaded.tsig.name: loaded.tsig}
+    for item in lifecycle:
+        if isinstance(item, SecondaryService):
+            server.notify_handler = item.zones.handle_notify
+            item.zones.on_change.append(server.forget_kept_answers)
+    if notify is not None:
+        lifecycle.append(notify)
     log.info("memory budgets: static answers %d MiB, cache %d MiB, TCP answers %d MiB",
              *(budgets[k] >> 20 for k in ("static", "cache", "tcp")))
     # The zones are loaded for good: move them out of the collector's way, so
@@ -204,17 +311,15 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     started: list = []
     loop = asyncio.get_running_loop()
     def reload() -> None:
-        """SIGHUP: read the zone files again; on any error keep serving the
-        zones already loaded."""
-        try:
-            count = sum(item.reload() for item in lifecycle if hasattr(item, "reload"))
-        except ConfigError as e:
-            stack.counters["dns.reload.failed"] += 1
-            log.warning("reload failed, still serving the zones loaded before: %s", " ".join(str(e).split()))
+        """SIGHUP: the zone files again (all or nothing); a new serial goes
+        to the transfer journal and is NOTIFYed."""
+        if not reload_zones(lifecycle, server, stack.counters):
             return
-        server.forget_kept_answers()
-        stack.counters["dns.reload.done"] += 1
-        log.warning("reloaded %d zone file(s)", count)
+        if transfers is not None and loaded.zone_files is not None:
+            for zone in transfers.update(loaded.zone_files.zones):
+                log.warning("zone %s: serial %d", zone.origin, zone.soa[0].serial)
+                if notify is not None:
+                    notify.zone_changed(zone.origin, zone.soa)
 
     signals = {signal.SIGUSR1: stack.log_counters,   # every counter to the log
                signal.SIGHUP: reload}
@@ -235,7 +340,7 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
                 if inspect.isawaitable(outcome):
                     await outcome
             started.append(item)
-        zones = ", ".join(str(z) for z in appliance.zones) or "none"
+        zones = ", ".join([str(z) for z in appliance.zones] + [f"secondary {s}" for s in appliance.secondary]) or "none"
         ready(f"ready: DNS on {ipaddress.IPv4Address(stack.address)}:{appliance.port} "
               f"(tap {getattr(link, 'name', appliance.tap)}, zones: {zones})")
         await stop.wait()

@@ -136,16 +136,20 @@ def fast_key(payload: bytes) -> tuple[bytes, int, int] | None:
     return parse_query(payload)
 
 
-# The header bits a reply echoes from its query: RD (byte 2) and CD (byte 3).
-_RD, _CD = 0x01, 0x10
+# The header bits a reply echoes from its query: RD (byte 2) and CD (byte 3);
+# and RA (byte 3), which the server may set per client.
+_RD, _CD, _RA = 0x01, 0x10, 0x80
 
 
-def patch(answer: bytes, query: bytes, name_end: int) -> bytes:
+def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None) -> bytes:
     """``answer`` (kept for the same key) made the reply to ``query``: the
     query's ID, RD and CD copied from the query, the question's letter case
-    as asked."""
-    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD),
-                               (answer[3] & ~_CD & 0xFF) | (query[3] & _CD)))
+    as asked; RA set or cleared when ``ra`` says (whether this client may
+    recurse), else as kept."""
+    flags = (answer[3] & ~_CD & 0xFF) | (query[3] & _CD)
+    if ra is not None:
+        flags = flags | _RA if ra else flags & ~_RA & 0xFF
+    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
             + answer[4:12] + query[12:name_end] + answer[name_end:])
 
 

@@ -50,8 +50,8 @@ async def exchange(stack: FakeStack, server, payload: bytes, src_port: int = 400
     (after the slow path's task, if any, has run)."""
     before = len(stack.udp.sent)
     stack.udp.bindings[server.port](payload, CLIENT_IP, src_port, SERVER_IP, server.port)
-    while server.pending:
-        await asyncio.gather(*list(server.pending), return_exceptions=True)
+    while server.pending or server.forwarding:
+        await asyncio.gather(*server.pending, *server.forwarding, return_exceptions=True)
     sent = stack.udp.sent[before:]
     assert len(sent) <= 1, "one query, at most one reply"
     if not sent:

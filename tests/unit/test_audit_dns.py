@@ -329,6 +329,8 @@ def test_answer_records_off_the_question_chain_are_not_relayed():
         names = {r.name.to_text() for r in message.answer}
         assert names == {"www.example.com."}
         assert message.answer[0][0].address == "192.0.2.80"
+        # the planted additional record (no record here names it) is scrubbed too
+        assert message.additional == [] and message.authority == []
 
 
 def test_cname_chains_are_kept_whole():

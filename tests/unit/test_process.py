@@ -152,7 +152,7 @@ def test_zone_and_hosts_files_are_read_once_from_check_to_serving(monkeypatch):
     monkeypatch.setattr(main, "load_hosts", counting_hosts)
     appliance = Appliance(zones=["data/d1.signpo.st.zone"], hosts=["data/hosts"], forward=[])
     loaded = main.check(appliance)
-    process, _, _ = main.resolution_chain(appliance, FakeStack(), loaded)
-    answer = run(process, query("ns0.d1.signpo.st."))
+    chain = main.resolution_chain(appliance, FakeStack(), loaded)
+    answer = run(chain.process, query("ns0.d1.signpo.st."))
     assert reads == {"zones": 1, "hosts": 1}
     assert answer.message.rcode() == dns.rcode.NOERROR and answer.message.answer

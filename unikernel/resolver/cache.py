@@ -41,7 +41,7 @@ from __future__ import annotations
 import collections
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -66,6 +66,9 @@ ENTRY_OVERHEAD = 2048
 PARSED_FACTOR = 2
 
 _TTL = struct.Struct("!I")
+# CNAME targets followed in an upstream's answer: more than any resolver
+# follows itself (Unbound restarts a query at most 11 times, BIND 11 too)
+MAX_CHAIN = 16
 
 
 def question_key(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
@@ -101,6 +104,7 @@ class Entry:
     do: bool
     rendered: dict[int, _Rendered] = field(default_factory=dict)
     cost: int = 0                                # bytes charged to the cache's budget
+    refresh_failed_at: float | None = None       # serve-stale: when a refresh last got nothing
 
     @property
     def expires_at(self) -> float:
@@ -146,7 +150,7 @@ class Cache:
         additional = [self._clamped(r) for r in reply.additional
                       if r.rdtype != dns.rdatatype.OPT]
         question = (qname.canonicalize(), rdtype, rdclass)
-        if rcode == dns.rcode.NOERROR and answer:
+        if rcode == dns.rcode.NOERROR and answer and _has_data(answer, rdtype):
             ttl = min(r.ttl for r in (*answer, *authority, *additional))
             return Entry(KIND_POSITIVE, rcode, answer, authority, additional, now, ttl, question, do)
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -157,7 +161,7 @@ class Cache:
         negative_ttl = min(soa.ttl, soa[0].minimum, self.negative_max_ttl)
         negative_ttl = max(negative_ttl, min(self.min_ttl, self.negative_max_ttl))
         authority = [with_ttl(r, min(r.ttl, negative_ttl)) for r in authority]
-        # a CNAME chain ending in NXDOMAIN is part of the answer (RFC 2308 2.1)
+        # a CNAME chain ending in NXDOMAIN or NODATA is part of the answer (RFC 2308 2.1, 2.2)
         answer = [with_ttl(r, min(r.ttl, negative_ttl)) for r in answer]
         ttl = min(r.ttl for r in authority)
         return Entry(KIND_NEGATIVE, rcode, answer, authority, [], now, ttl, question, do)
@@ -224,6 +228,17 @@ class Cache:
         if entry is None or entry.kind == KIND_SERVFAIL or not self._stale_usable(entry, now):
             return None
         return entry
+
+    def forget_under(self, names: Iterable[dns.name.Name]) -> int:
+        """Drops every entry for a name at or below one of ``names`` (zones
+        that now answer those names themselves); returns how many."""
+        apexes = [name.canonicalize() for name in names]
+        shadowed = [key for key, entry in self._entries.items()
+                    if any(entry.question[0].is_subdomain(apex) for apex in apexes)]
+        for key in shadowed:
+            self._remove(key)
+        self.counters["cache.flushed"] += len(shadowed)
+        return len(shadowed)
 
     def _stale_usable(self, entry: Entry, now: float) -> bool:
         return now < entry.expires_at + self.max_stale
@@ -318,26 +333,56 @@ class Cache:
         return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
 
 
-def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
+             counters=None) -> list[dns.rrset.RRset]:
     """The RRsets of an answer section that the question leads to, in their
     order: those owned by the name or a CNAME target reached from it (RRSIGs
-    included), and DNAMEs (with their RRSIGs) owned by an ancestor of one."""
-    names = {qname.canonicalize()}
+    included), and DNAMEs (with their RRSIGs) owned by an ancestor of one.
+
+    The work is linear in the RRsets (each owner is read once, then looked up
+    by name), and at most MAX_CHAIN targets are followed: an upstream's answer
+    of 64 KB cannot make this quadratic. A chain cut there is counted
+    (``forward.chain_too_long``) when ``counters`` are given."""
+    by_owner: dict[dns.name.Name, list[int]] = {}
+    dnames: dict[dns.name.Name, list[int]] = {}
+    for index, rrset in enumerate(answer):
+        owner = rrset.name.canonicalize()
+        by_owner.setdefault(owner, []).append(index)
+        if dns.rdatatype.DNAME in (rrset.rdtype, rrset.covers):
+            dnames.setdefault(owner, []).append(index)
+    first = qname.canonicalize()
+    names, queue = {first}, [first]
     kept: set[int] = set()
-    changed = True
-    while changed:                     # a chain may be given in any order
-        changed = False
-        for index, rrset in enumerate(answer):
-            if index in kept:
-                continue
-            owner = rrset.name.canonicalize()
-            dname = dns.rdatatype.DNAME in (rrset.rdtype, rrset.covers)
-            if owner in names or (dname and any(n.is_subdomain(owner) and n != owner for n in names)):
-                kept.add(index)
-                changed = True
-                if rrset.rdtype == dns.rdatatype.CNAME and owner in names and rdtype != dns.rdatatype.CNAME:
-                    names.update(rd.target.canonicalize() for rd in rrset)
+    while queue:                       # a chain may be given in any order
+        name = queue.pop()
+        for index in by_owner.get(name, ()):
+            kept.add(index)
+            rrset = answer[index]
+            if rrset.rdtype == dns.rdatatype.CNAME and rdtype != dns.rdatatype.CNAME:
+                for rdata in rrset:
+                    target = rdata.target.canonicalize()
+                    if target in names:
+                        continue
+                    if len(names) > MAX_CHAIN:
+                        if counters is not None:
+                            counters["forward.chain_too_long"] += 1
+                        continue
+                    names.add(target)
+                    queue.append(target)
+        if dnames:
+            ancestor = name
+            while len(ancestor) > 1:
+                ancestor = ancestor.parent()
+                kept.update(dnames.get(ancestor, ()))
     return [rrset for index, rrset in enumerate(answer) if index in kept]
+
+
+def _has_data(answer: list[dns.rrset.RRset], rdtype: int) -> bool:
+    """Whether a chain holds what was asked: else it is NODATA behind a CNAME
+    (RFC 2308 section 2.2), cached as a negative answer."""
+    if rdtype in (dns.rdatatype.CNAME, dns.rdatatype.ANY, dns.rdatatype.RRSIG):
+        return True
+    return any(rrset.rdtype == rdtype for rrset in answer)
 
 
 def _cost(entry: Entry) -> int:

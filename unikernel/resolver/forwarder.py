@@ -15,7 +15,9 @@ is :mod:`unikernel.resolver.upstream`; the first usable reply before
 - no usable reply before the deadline: the stale answer when serve-stale
   allows it, else SERVFAIL (kept briefly in the cache), never silence; with
   serve-stale, a stale answer is given already after ``stale_answer_timeout``
-  (RFC 8767's 1.8 s) while the refresh goes on;
+  (RFC 8767's 1.8 s) while the refresh goes on, and, once a refresh got
+  nothing, at once without asking again for ``stale_refresh_time`` (RFC 8767
+  section 5's failure recheck timer; 30 s as BIND's stale-refresh-time);
 - NXDOMAIN wildcarding is undone: at start and every ``wildcard_interval``
   each upstream is asked for random names that cannot exist; addresses it
   answers with (and those given as ``bogus_nxdomain``) turn answers that carry
@@ -51,6 +53,7 @@ from unikernel.resolver.cache import (
     question_key,
     with_ttl,
 )
+from unikernel.resolver.scrub import scrub
 from unikernel.resolver.stub import StubError, StubResolver
 from unikernel.resolver.upstream import USABLE_RCODES, Upstream, Upstreams
 
@@ -77,7 +80,7 @@ class Forwarder:
                  rng: random.Random | None = None, max_fails: int = 2, down_time: float = 10.0,
                  probe_interval: float = 1.0, wildcard_interval: float = 3600.0,
                  wildcard_probes: int = 2, max_inflight: int = 1024, stale_answer_timeout: float = 1.8,
-                 counters=None) -> None:
+                 stale_refresh_time: float = 30.0, counters=None) -> None:
         self.clock = clock or _loop_time
         self.counters = counters if counters is not None else stub.counters
         self.upstreams = Upstreams((parse_upstream(u) if isinstance(u, str) else u for u in upstreams),
@@ -100,6 +103,7 @@ class Forwarder:
         self.wildcard_probes = wildcard_probes
         self.max_inflight = max_inflight
         self.stale_answer_timeout = stale_answer_timeout
+        self.stale_refresh_time = stale_refresh_time
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._background: asyncio.Task | None = None
         # looked up on every hit, so that replacing ``allowed`` takes effect
@@ -127,6 +131,12 @@ class Forwarder:
         if entry is not None:
             c["forward.cache.hit"] += 1
             return Answer(self.cache.response(query, entry, now))
+        if self.cache.serve_stale:
+            stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now)
+            if (stale is not None and stale.refresh_failed_at is not None
+                    and now - stale.refresh_failed_at < self.stale_refresh_time):
+                c["forward.stale.recheck_wait"] += 1
+                return Answer(self.cache.response(query, stale, now, stale=True))
         key = entry_key(question_key(q.name, q.rdtype, q.rdclass), do)
         task = self._inflight.get(key)
         if task is None:
@@ -178,7 +188,8 @@ class Forwarder:
                 self.counters["forward.truncated.relayed"] += 1
                 return "truncated", reply
             if reply.message.rcode() in USABLE_RCODES:
-                message = self._undo_wildcard(upstream, reply.message)
+                # only what the question's chain accounts for is cached and relayed
+                message = scrub(qname, rdtype, self._undo_wildcard(upstream, reply.message), self.counters)
                 entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, message, now)
                 if entry is None:
                     entry = _transient_entry(qname, rdtype, rdclass, do, message, now)
@@ -188,6 +199,7 @@ class Forwarder:
                 return "entry", entry
         stale = self.cache.get_stale(qname, rdtype, rdclass, do, now)
         if stale is not None:
+            stale.refresh_failed_at = now
             self.counters["forward.stale.served"] += 1
             return "stale", stale
         self.cache.store(self.cache.servfail_entry(qname, rdtype, rdclass, do, now))

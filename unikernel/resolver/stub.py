@@ -11,9 +11,12 @@ is a small exchange over the stack's UDP:
   port, carry our ID, have QR set, and echo the question byte for byte (the
   case pattern included). Anything else is dropped and counted, and we keep
   waiting for the real reply until the timeout;
-- a reply whose question matches except for letter case means the server does
-  not preserve case: the query ends with :class:`CaseMismatch` so the caller
-  can ask again without 0x20 (the forged-looking reply is never used);
+- a reply whose question matches except for letter case is either a forgery
+  or a server that does not preserve case: it is never used, and the wait for
+  a matching reply goes on until the timeout (a forger who guessed the ID
+  must not end the query); ``on_case_mismatch`` is told at once, so the
+  caller can ask again without 0x20 meanwhile, and a query that saw only such
+  replies ends with :class:`CaseMismatch`;
 - a truncated reply is asked again over TCP when the stack has TCP
   (``netstack.tcp.stream``); without it the truncated reply is returned as is.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.exception
@@ -109,7 +113,8 @@ class StubResolver:
     async def query(self, server: tuple[int, int], qname: dns.name.Name, rdtype: int,
                     rdclass: int = dns.rdataclass.IN, *, timeout: float = 2.0, rd: bool = True,
                     payload: int | None = DEFAULT_PAYLOAD, do: bool = False,
-                    use_0x20: bool = False, use_tcp: bool = True, tcp_only: bool = False) -> Reply:
+                    use_0x20: bool = False, use_tcp: bool = True, tcp_only: bool = False,
+                    on_case_mismatch: Callable[[], None] | None = None) -> Reply:
         """One exchange with ``server`` (ip as int, port). Raises StubTimeout,
         CaseMismatch, StubError; never returns a reply that failed the matching
         rules. ``use_tcp``: ask again over TCP when the UDP reply is truncated;
@@ -129,6 +134,7 @@ class StubResolver:
             return reply
         result: asyncio.Future = loop.create_future()
         server_ip, server_port = server
+        mismatched = False
 
         def on_datagram(payload_: bytes, src_ip: int, src_port: int, dst_ip: int, dst_port: int) -> None:
             # Runs in the stack's receive path: must never raise.
@@ -143,7 +149,13 @@ class StubResolver:
             if isinstance(verdict, dns.message.Message):
                 result.set_result((payload_, verdict))
             elif verdict == "case":
-                result.set_exception(CaseMismatch(f"{_ip_text(server_ip)}#{server_port} changed the case of {qname}"))
+                nonlocal mismatched
+                if not mismatched and on_case_mismatch is not None:
+                    try:
+                        on_case_mismatch()
+                    except Exception:  # noqa: BLE001 - the caller's bug must not reach the stack's loop
+                        self.counters["stub.case_callback.error"] += 1
+                mismatched = True
 
         port = self.stack.udp.bind_ephemeral(on_datagram)
         try:
@@ -152,6 +164,8 @@ class StubResolver:
             try:
                 reply_wire, message = await asyncio.wait_for(result, timeout)
             except TimeoutError:
+                if mismatched:
+                    raise CaseMismatch(f"{_ip_text(server_ip)}#{server_port} changed the case of {qname}") from None
                 self.counters["stub.timeout"] += 1
                 raise StubTimeout(f"no reply from {_ip_text(server_ip)}#{server_port} in {timeout:g} s") from None
         finally:

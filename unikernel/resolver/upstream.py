@@ -9,17 +9,22 @@ an upstream earns (after CoreDNS's forward plugin and RFC 5452).
   down) until a health probe (``. NS``) gets a reply from it, or
   ``down_time`` has passed;
 - 0x20 is used unless switched off; a reply that echoes the question in
-  another case makes the question be asked again without 0x20, and an
-  upstream that does so CASE_MISMATCH_LIMIT times in a row loses 0x20
-  (logged), so a single forged reply cannot switch it off;
+  another case makes the question be asked again at once without 0x20 (while
+  the first query still waits for a reply in the right case: the wrong one
+  may be a forger's), and an upstream that does so CASE_MISMATCH_LIMIT times
+  in a row loses 0x20 (logged), so a single forged reply cannot switch it off;
 - an upstream that answers an EDNS query with FORMERR or NOTIMP and no OPT
-  (RFC 6891 section 7) is asked without EDNS from then on.
+  (RFC 6891 section 7) is asked without EDNS;
+- a downgrade is not for good: after ``downgrade_recheck`` seconds (900, as
+  Unbound's infra-host-ttl forgets what it learnt of a server) 0x20 and EDNS
+  are tried again.
 
 The queries themselves go through the stub resolver the caller hands in.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +41,7 @@ log = logging.getLogger("unikernel.resolver.upstream")
 USABLE_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 HEALTH_LOG_INTERVAL = 60.0     # seconds between two down/up log lines of one upstream
 CASE_MISMATCH_LIMIT = 3        # wrong-case replies in a row before 0x20 goes off for an upstream
+DOWNGRADE_RECHECK = 900.0      # seconds before 0x20 or EDNS is tried again (Unbound's infra-host-ttl)
 # Replies about the question rather than the upstream: they say nothing about
 # its health (else a client could sideline an upstream by asking such things).
 _QUESTION_ERRORS = (dns.rcode.SERVFAIL, dns.rcode.FORMERR, dns.rcode.NOTIMP)
@@ -48,6 +54,7 @@ class Upstream:
     use_0x20: bool = True
     case_mismatches: int = 0           # replies in the wrong case since the last right one
     edns: bool = True                  # off once it answers an EDNS query with FORMERR/NOTIMP
+    downgraded_at: float = 0.0         # when 0x20 or EDNS last went off (the injected clock)
     fails: int = 0                     # consecutive failures
     down_until: float = 0.0            # on the injected clock; 0: not down
     bogus: set[str] = field(default_factory=set)   # addresses it answers non-existent names with
@@ -74,8 +81,11 @@ class Upstreams:
 
     def __init__(self, endpoints: Iterable[tuple[int, int]], *, counters, clock: Callable[[], float],
                  randomize_case: bool = True, attempt_timeout: float = 1.0, max_fails: int = 2,
-                 down_time: float = 10.0, probe_interval: float = 1.0) -> None:
+                 down_time: float = 10.0, probe_interval: float = 1.0,
+                 downgrade_recheck: float = DOWNGRADE_RECHECK) -> None:
         self.upstreams = [Upstream(ip, port, use_0x20=randomize_case) for ip, port in endpoints]
+        self.randomize_case = randomize_case
+        self.downgrade_recheck = downgrade_recheck
         if not self.upstreams:
             raise ValueError("a forwarder needs at least one upstream")
         self.counters = counters
@@ -98,9 +108,26 @@ class Upstreams:
     def order(self) -> list[Upstream]:
         """Healthy upstreams in the order given, then those down, soonest back first."""
         now = self.clock()
+        self._recheck_downgrades(now)
         up = [u for u in self.upstreams if not u.is_down(now)]
         down = sorted((u for u in self.upstreams if u.is_down(now)), key=lambda u: u.down_until)
         return up + down
+
+    def _recheck_downgrades(self, now: float) -> None:
+        for upstream in self.upstreams:
+            if (upstream.edns and (upstream.use_0x20 or not self.randomize_case)
+                    or now - upstream.downgraded_at < self.downgrade_recheck):
+                continue
+            if not upstream.edns:
+                upstream.edns = True
+                self.counters["forward.upstream.edns_retry"] += 1
+            if self.randomize_case and not upstream.use_0x20:
+                upstream.use_0x20 = True
+                upstream.case_mismatches = 0
+                self.counters["forward.upstream.0x20_retry"] += 1
+
+    def _downgraded(self, upstream: Upstream) -> None:
+        upstream.downgraded_at = self.clock()
 
     async def ask(self, stub: StubResolver, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
                   deadline: float) -> tuple[Upstream, Reply] | None:
@@ -116,13 +143,32 @@ class Upstreams:
         failure: tuple[Upstream, Reply] | None = None
         error_replies = 0
         next_launch = loop.time()
+        woken: asyncio.Future = loop.create_future()
+
+        def case_mismatch(upstream: Upstream) -> None:
+            # This question is asked again in plain case, at once. 0x20 goes off for
+            # the upstream only after several mismatches in a row, so that one
+            # forged reply (it must match ID and port) cannot switch it off.
+            self.counters["forward.upstream.case_mismatch"] += 1
+            upstream.case_mismatches += 1
+            if upstream.use_0x20 and upstream.case_mismatches >= CASE_MISMATCH_LIMIT:
+                upstream.use_0x20 = False
+                self._downgraded(upstream)
+                log.warning("upstream %s does not preserve letter case: 0x20 off for it", upstream.name)
+            if id(upstream) in plain_case:
+                return                       # a mismatch without 0x20: a forgery, ignore it
+            plain_case.add(id(upstream))
+            again.append(upstream)
+            if not woken.done():
+                woken.set_result(None)
+
         try:
             while True:
                 t = loop.time()
                 if t >= deadline:
                     return failure
                 can_launch = launched < self.max_attempts or again
-                if can_launch and t >= next_launch:
+                if again or (can_launch and t >= next_launch):
                     if again:
                         upstream = again.pop()
                     else:
@@ -132,7 +178,8 @@ class Upstreams:
                         upstream.endpoint, qname, rdtype, rdclass, timeout=deadline - t,
                         do=do and upstream.edns,
                         use_0x20=upstream.use_0x20 and id(upstream) not in plain_case,
-                        payload=DEFAULT_PAYLOAD if upstream.edns else None))
+                        payload=DEFAULT_PAYLOAD if upstream.edns else None,
+                        on_case_mismatch=functools.partial(case_mismatch, upstream)))
                     pending[attempt] = (upstream, t)
                     self.counters["forward.upstream.query"] += 1
                     next_launch = t + self.attempt_timeout
@@ -141,29 +188,19 @@ class Upstreams:
                         return failure
                     next_launch = t          # nothing left to wait for: launch now, not spin
                     continue
+                if woken.done():
+                    woken = loop.create_future()
                 wake = min(next_launch, deadline) if can_launch else deadline
-                done, _ = await asyncio.wait(list(pending), timeout=max(wake - loop.time(), 0),
+                done, _ = await asyncio.wait([*pending, woken], timeout=max(wake - loop.time(), 0),
                                              return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
+                    if finished is woken:
+                        continue             # a wrong-case reply: the re-ask is launched above
                     upstream, _started = pending.pop(finished)
                     try:
                         reply = finished.result()
                     except CaseMismatch:
-                        # This question is asked again in plain case. 0x20 goes off for
-                        # the upstream only after several mismatches in a row, so that one
-                        # forged reply (it must match ID and port) cannot switch it off.
-                        self.counters["forward.upstream.case_mismatch"] += 1
-                        upstream.case_mismatches += 1
-                        if upstream.use_0x20 and upstream.case_mismatches >= CASE_MISMATCH_LIMIT:
-                            upstream.use_0x20 = False
-                            log.warning("upstream %s does not preserve letter case: 0x20 off for it",
-                                        upstream.name)
-                        if id(upstream) in plain_case:
-                            continue                 # a mismatch without 0x20: a forgery, ignore it
-                        plain_case.add(id(upstream))
-                        again.append(upstream)
-                        next_launch = loop.time()
-                        continue
+                        continue             # counted when it came (case_mismatch)
                     except StubTimeout:
                         self.failed(upstream)
                         continue
@@ -183,6 +220,7 @@ class Upstreams:
                         # an old server that does not know EDNS (RFC 6891 section 7);
                         # one that does puts an OPT in its error, and keeps EDNS
                         upstream.edns = False
+                        self._downgraded(upstream)
                         log.warning("upstream %s rejects EDNS: asking it without", upstream.name)
                         self.counters["forward.upstream.edns_off"] += 1
                         again.append(upstream)
@@ -200,6 +238,7 @@ class Upstreams:
                         return failure
                     next_launch = loop.time()
         finally:
+            woken.cancel()
             t = loop.time()
             for unanswered, (upstream, started) in pending.items():
                 unanswered.cancel()

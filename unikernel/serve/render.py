@@ -45,30 +45,30 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
         renderer.add_question(question.name, question.rdtype, question.rdclass)
     whole, truncated, room = True, False, True
     try:
-        for rrset in response.answer:
-            renderer.add_rrset(dns.renderer.ANSWER, rrset, want_shuffle=False)
-        for rrset in response.authority:
-            if response.answer and rrset.rdtype == dns.rdatatype.NS:
+        for unit in _units(response.answer):
+            _add_unit(renderer, dns.renderer.ANSWER, unit)
+        for unit in _units(response.authority):
+            if response.answer and unit[0].rdtype == dns.rdatatype.NS:
                 try:
-                    renderer.add_rrset(dns.renderer.AUTHORITY, rrset, want_shuffle=False)
+                    _add_unit(renderer, dns.renderer.AUTHORITY, unit)
                 except dns.exception.TooBig:
                     whole, room = False, False
                     break
             else:
-                renderer.add_rrset(dns.renderer.AUTHORITY, rrset, want_shuffle=False)
+                _add_unit(renderer, dns.renderer.AUTHORITY, unit)
     except dns.exception.TooBig:
         whole, truncated, room = False, True, False
     if room and response.additional:
         groups: list[list] = [[], [], []]
-        for rrset in response.additional:
-            if rrset.rdtype != dns.rdatatype.OPT:
-                groups[_ADDITIONAL_ORDER.get(rrset.rdtype, 2)].append(rrset)
+        for unit in _units(response.additional):
+            if unit[0].rdtype != dns.rdatatype.OPT:
+                groups[_ADDITIONAL_ORDER.get(unit[0].rdtype, 2)].append(unit)
         referral = not response.answer and not response.flags & dns.flags.AA
         for group_index, group in enumerate(groups):
             added = 0
-            for rrset in group:
+            for unit in group:
                 try:
-                    renderer.add_rrset(dns.renderer.ADDITIONAL, rrset, want_shuffle=False)
+                    _add_unit(renderer, dns.renderer.ADDITIONAL, unit)
                     added += 1
                 except dns.exception.TooBig:
                     whole = False
@@ -83,3 +83,34 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
         renderer.flags |= dns.flags.TC
     renderer.write_header()
     return renderer.get_wire(), whole
+
+
+def _units(rrsets: list) -> list[list]:
+    """The RRsets of a section in order, each with the RRSIGs right after it
+    that cover it: NSD renders an RRset and its signatures together or not
+    at all (RFC 4035 3.1.1). An answer to a question for RRSIG (dnspython
+    keeps one RRset per covered type) is one unit too, as in NSD."""
+    units: list[list] = []
+    for rrset in rrsets:
+        last = units[-1] if units else None
+        if rrset.rdtype == dns.rdatatype.RRSIG and last is not None and last[0].name == rrset.name and (
+                (last[0].rdtype == rrset.covers and len(last) == 1) or last[0].rdtype == dns.rdatatype.RRSIG):
+            last.append(rrset)
+        else:
+            units.append([rrset])
+    return units
+
+
+def _add_unit(renderer: dns.renderer.Renderer, section: int, unit: list) -> None:
+    """Adds the RRsets of ``unit`` to ``section``, all or none: raises TooBig
+    with the message as it was before."""
+    start, count = renderer.output.tell(), renderer.counts[section]
+    try:
+        for rrset in unit:
+            renderer.add_rrset(section, rrset, want_shuffle=False)
+    except dns.exception.TooBig:
+        # dnspython rolls back only the RRset that did not fit; the others of
+        # the unit go too (its _rollback also forgets their compression offsets)
+        renderer._rollback(start)
+        renderer.counts[section] = count
+        raise

@@ -9,12 +9,29 @@ Two paths for a UDP query:
   cache), patch ID, RD and letter case, send. A handful of dict and bytes
   operations, no dnspython.
 * the slow path, an asyncio task per query: dnspython parses, the error rules
-  apply (FORMERR, NOTIMP, REFUSED, BADVERS), the processor answers (an
-  exception becomes SERVFAIL, no answer becomes REFUSED), EDNS is set from the
+  apply (FORMERR, NOTIMP, REFUSED, BADVERS), the processor answers, and what
+  it leaves goes to the ``forwarder`` when one is given (an exception
+  becomes SERVFAIL, no answer becomes REFUSED), EDNS is set from the
   query and the reply is rendered to fit the client's size (512 bytes
   without EDNS, at most 1232 with it), by NSD's rules for what is cut and
   when TC is set (:func:`unikernel.serve.render.render`). A static answer rendered whole is kept
-  for the hot path (bounded in count and bytes; the oldest goes first).
+  for the hot path, bounded in count and bytes.
+
+Kept answers are a segmented LRU (SLRU): a new answer goes to the probation
+segment, one asked for again moves to the protected segment (at most
+PROTECTED_SHARE of the count), and room is made from probation's least
+recently used first. A flood of names asked once (a random-subdomain attack)
+thus only churns probation and never pushes out the answers clients use.
+
+RA says whether recursion is available to the client (RFC 1035 4.1.1): with
+``recursion_for`` (main hands in the forwarder's access list) it is set on
+every answer, slow path and fast path alike, to that client's verdict.
+
+Slow-path tasks come in two pools with bounds of their own: ``max_pending``
+for what is being answered here, ``max_forwarded`` for what waits on the
+forwarder (a task moves from the first to the second when it gets there), so
+queries whose upstreams never answer cannot starve the names that are ours.
+Every UDP reply passes RRL (:mod:`unikernel.serve.rrl`) when it is on.
 
 A rendered answer never depends on the size limit when it fits, so a kept
 answer served to a client whose limit it fits is byte-identical to what the
@@ -36,7 +53,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.flags
@@ -46,6 +65,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.renderer
+import dns.tsig
 
 from unikernel import wire
 from unikernel.process import (
@@ -57,16 +77,23 @@ from unikernel.process import (
     Processor,
     processor_of_process,
 )
+from unikernel.serve import rrl as rrl_mod
 from unikernel.serve.render import UDP_PAYLOAD, render
+from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.tcp import DnsTcpServer
+
+if TYPE_CHECKING:
+    from unikernel.transfer.outbound import TransferServer
 
 log = logging.getLogger("unikernel.serve.server")
 
 TCP_LIMIT = 65535
-MAX_KEPT = 100_000                # kept answers; the oldest goes first when full
+MAX_KEPT = 100_000                # kept answers; probation's least recently used goes first when full
+PROTECTED_SHARE = 0.8             # of MAX_KEPT, for answers asked for more than once
 MAX_KEPT_BYTES = 24 * 1024 * 1024   # and their memory (about 600 bytes for a long-named NXDOMAIN)
 KEPT_OVERHEAD = 330               # what one kept answer costs beyond its key and bytes (measured)
-MAX_PENDING = 1024                # slow-path queries in flight; beyond, dropped and counted
+MAX_PENDING = 1024                # slow-path queries in flight locally; beyond, dropped and counted
+MAX_FORWARDED = 1024              # and those waiting on the forwarder; beyond, SERVFAIL at once
 # Source ports never answered: 0 is no port, and echo (7), daytime (13),
 # chargen (19) and time (37) answer whatever they are sent, so a query forged
 # from one of them would start a loop of packets between it and us.
@@ -84,6 +111,9 @@ class DnsServer:
                  fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
                  udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
                  max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
+                 recursion_for: Callable[[int], bool] | None = None,
+                 rrl: ResponseRateLimiter | None = None,
+                 forwarder: Processor | None = None, max_forwarded: int = MAX_FORWARDED,
                  clock: Callable[[], float] | None = None) -> None:
         self.stack = stack
         self.port = port
@@ -97,13 +127,30 @@ class DnsServer:
         self.max_pending = max_pending
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
-        # static answers rendered whole, by fast-path key, oldest first (bounded
-        # by max_kept and max_kept_bytes); served by wire.patch
+        # static answers rendered whole, by fast-path key (bounded by max_kept
+        # and max_kept_bytes); served by wire.patch. Their order of use is kept
+        # in the two SLRU segments, least recently used first.
         self.kept_answers: dict[bytes, bytes] = {}
+        self._probation: OrderedDict[bytes, None] = OrderedDict()
+        self._protected: OrderedDict[bytes, None] = OrderedDict()
+        self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
+        self.recursion_for = recursion_for
+        self.rrl = rrl
         self.pending: set[asyncio.Task] = set()
+        # UDP queries handed to the forwarder leave ``pending`` for this pool of
+        # their own, so local answers never wait behind forwarded ones
+        self.forwarder = forwarder
+        self.max_forwarded = max_forwarded
+        self.forwarding: set[asyncio.Task] = set()
         # the TCP side (a DnsTcpServer on handle_tcp), attached by whoever
         # wires the server (main, serve_with_processor); closed with it
         self.tcp_server: DnsTcpServer | None = None
+        # zone transfers (AXFR/IXFR over TCP), when main wires a TransferServer
+        self.transfers: TransferServer | None = None
+        # TSIG keys questions may be signed with ({name: key}; main sets it when there is one)
+        self.keyring: dict | None = None
+        # NOTIFY (opcode 4) for secondary zones: (source address, message) -> reply
+        self.notify_handler: Callable[[int, bytes], bytes | None] | None = None
         self._sendto = stack.udp.sendto
         self._loop: asyncio.AbstractEventLoop     # set by start(), before any datagram
 
@@ -115,6 +162,8 @@ class DnsServer:
     def forget_kept_answers(self) -> None:
         """Drops every kept answer (the zones behind them changed)."""
         self.kept_answers.clear()
+        self._probation.clear()
+        self._protected.clear()
         self.kept_bytes = 0
         self.counters["dns.static.forgotten"] += 1
 
@@ -123,7 +172,7 @@ class DnsServer:
         if self.tcp_server is not None:
             self.tcp_server.close()
             self.tcp_server = None
-        for task in list(self.pending):
+        for task in [*self.pending, *self.forwarding]:
             task.cancel()
 
     # -- the hot path -----------------------------------------------------------
@@ -137,7 +186,12 @@ class DnsServer:
             kept = self.kept_answers.get(key)
             if kept is not None and len(kept) <= client_size:
                 self.counters["dns.fast.hit"] += 1
-                self._sendto(wire.patch(kept, payload, name_end), self.port, src_ip, src_port)
+                if key in self._protected:
+                    self._protected.move_to_end(key)
+                else:
+                    self._promote(key)
+                ra = None if self.recursion_for is None else self.recursion_for(src_ip)
+                self._send(wire.patch(kept, payload, name_end, ra), src_ip, src_port)
                 if self.log_queries:
                     self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
                 return
@@ -153,7 +207,7 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._sendto(wire.patch(answer, payload, name_end), self.port, src_ip, src_port)
+                        self._send(wire.patch(answer, payload, name_end), src_ip, src_port)
                         if self.log_queries:
                             self._log(src_ip, src_port, payload, "fast")
                         return
@@ -163,7 +217,11 @@ class DnsServer:
             return
         task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port))
         self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        self.forwarding.discard(task)
 
     async def _udp_slow(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
                         dst_port: int) -> None:
@@ -180,31 +238,65 @@ class DnsServer:
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
             self._keep(validated[0], reply)
+        self._send(reply, src_ip, src_port)
+
+    def _send(self, reply: bytes, src_ip: int, src_port: int) -> None:
+        """Sends a UDP reply, or what RRL lets go to ``src_ip``: its
+        truncated empty form, or nothing."""
+        if self.rrl is not None:
+            verdict = self.rrl.verdict(src_ip, self.clock())
+            if verdict == rrl_mod.DROP:
+                return
+            if verdict == rrl_mod.SLIP:
+                slipped = rrl_mod.truncated_empty(reply)
+                if slipped is None:
+                    return
+                reply = slipped
         self._sendto(reply, self.port, src_ip, src_port)
 
+    def _promote(self, key: bytes) -> None:
+        """A first hit: the answer moves from probation to the young end of
+        the protected segment (hits on protected answers move them there in
+        on_datagram); protected's least recently used falls back to probation
+        when the segment is full."""
+        protected = self._protected
+        self._probation.pop(key, None)
+        protected[key] = None
+        if len(protected) > self.max_protected:
+            demoted, _ = protected.popitem(last=False)
+            self._probation[demoted] = None
+
     def _keep(self, key: bytes, answer: bytes) -> None:
-        """Keeps a static answer, the oldest going first while the table is
-        over its count or its bytes."""
+        """Keeps a static answer in probation, making room from probation's
+        least recently used (then protected's) while the table is over its
+        count or its bytes."""
         old = self.kept_answers.pop(key, None)
         if old is not None:
             self.kept_bytes -= _kept_cost(key, old)
+            self._probation.pop(key, None)
+            self._protected.pop(key, None)
         cost = _kept_cost(key, answer)
         if cost > self.max_kept_bytes:
             return
         while self.kept_answers and (len(self.kept_answers) >= self.max_kept
                                      or self.kept_bytes + cost > self.max_kept_bytes):
-            oldest = next(iter(self.kept_answers))
+            segment = self._probation or self._protected
+            oldest, _ = segment.popitem(last=False)
             self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest))
             self.counters["dns.static.evicted"] += 1
         self.kept_answers[key] = answer
+        self._probation[key] = None
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
 
-    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | None:
-        """DnsTcpServer's handler: the slow path with TCP's limit, no truncation."""
+    async def handle_tcp(self, src, dst, query_wire: bytes) -> bytes | list[bytes] | None:
+        """DnsTcpServer's handler: zone transfers to the TransferServer (when
+        there is one), the rest to the slow path with TCP's limit, no truncation."""
         self.counters["dns.tcp.query"] += 1
         try:
             src_ip, src_port = _endpoint_ints(src)
+            if self.transfers is not None and self.transfers.wants(query_wire):
+                return self.transfers.handle(ipaddress.IPv4Address(src_ip), query_wire)
             dst_ip, dst_port = _endpoint_ints(dst)
             reply, _ = await self.respond(query_wire, (src_ip, src_port), (dst_ip, dst_port), udp=False)
         except Exception:
@@ -225,11 +317,23 @@ class DnsServer:
             counters["dns.response.drop"] += 1       # never answer an answer
             return None, False
         opcode = (payload[2] >> 3) & 0x0F
+        if opcode == dns.opcode.NOTIFY and self.notify_handler is not None:
+            counters["dns.notify"] += 1
+            return self.notify_handler(src[0], payload), False
         if opcode != dns.opcode.QUERY:
             counters["dns.notimp"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
+        if payload[6:10] != b"\x00\x00\x00\x00":
+            # NSD (query.c): a query has no answer or authority records; refused
+            # from the header, before a parser reads what may be 64 KB of them
+            counters["dns.formerr.records"] += 1
+            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
         try:
-            query = dns.message.from_wire(payload, ignore_trailing=True)
+            query = dns.message.from_wire(payload, ignore_trailing=True, keyring=self.keyring)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.BadAlgorithm,
+                dns.tsig.PeerError):
+            counters["dns.tsig.bad"] += 1            # RFC 8945 5.2: NOTAUTH, unsigned
+            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTAUTH), "notauth"), False
         except Exception:
             counters["dns.formerr"] += 1
             return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
@@ -258,6 +362,13 @@ class DnsServer:
         dst_ep: Endpoint = (ipaddress.IPv4Address(dst[0]), dst[1])
         try:
             answer = await self.processor(src_ep, dst_ep, query)
+            if self.forwarder is not None and (
+                    answer is None or not (answer.final or answer.message.rcode() == dns.rcode.NOERROR)):
+                # what compose(local, forwarder) would do, in the forwarded pool
+                if not self._to_forwarding_pool():
+                    counters["dns.slow.forward_overload.servfail"] += 1
+                    return self._reply(query, _error(query, dns.rcode.SERVFAIL), limit, src, "servfail"), False
+                answer = await self.forwarder(src_ep, dst_ep, query)
         except Exception:
             counters["dns.servfail"] += 1
             log.exception("processor failed on %s", question)
@@ -266,6 +377,18 @@ class DnsServer:
             counters["dns.refused"] += 1
             return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
         response = _normalised(answer, query)
+        if self.recursion_for is not None:
+            if self.recursion_for(src[0]):
+                response.flags |= dns.flags.RA
+            else:
+                response.flags &= ~dns.flags.RA
+        if query.had_tsig:
+            # a signed question (a secondary's SOA check) gets a signed answer, never kept
+            counters["dns.tsig.signed"] += 1
+            response.use_tsig(query.keyring, query.keyname, original_id=query.id, algorithm=query.keyalgorithm)
+            response.request_mac = query.mac
+            response.use_edns(0 if query.edns >= 0 else -1, query.ednsflags & dns.flags.DO, UDP_PAYLOAD)
+            return response.to_wire(max_size=limit, prefer_truncation=True), False
         reply, whole = render(response, query, limit)
         if not whole:
             counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
@@ -273,6 +396,19 @@ class DnsServer:
         if self.log_queries:
             self._log(src[0], src[1], payload, "slow", reply[3] & 0x0F)
         return reply, bool(answer.static and whole)
+
+    def _to_forwarding_pool(self) -> bool:
+        """Moves the running UDP slow-path task from ``pending`` to
+        ``forwarding``; False when that pool is full. (TCP queries have the
+        TCP server's bounds and are not counted here.)"""
+        task = asyncio.current_task()
+        if task is None or task not in self.pending:
+            return True
+        if len(self.forwarding) >= self.max_forwarded:
+            return False
+        self.pending.discard(task)
+        self.forwarding.add(task)
+        return True
 
     def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
                src: tuple[int, int], path: str) -> bytes | None:

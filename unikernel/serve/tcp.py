@@ -22,8 +22,9 @@ is written as soon as it is ready, so answers may leave out of order (RFC 7766
 * garbage: a length below a DNS header (12 bytes) ends the connection
   cleanly: queries already read are answered, then FIN.
 
-``handle(src, dst, query_wire)`` decides the answer: bytes (up to 65535) or
-None for no answer. src and dst are ``(IPv4Address, port)``.
+``handle(src, dst, query_wire)`` decides the answer: bytes (up to 65535), a
+list of such messages written in order (a zone transfer), or None for no
+answer. src and dst are ``(IPv4Address, port)``.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from netstack.tcp.stream import TcpStreamWriter, wrap
 log = logging.getLogger(__name__)
 
 Endpoint = tuple[ipaddress.IPv4Address, int]
-Handle = Callable[[Endpoint, Endpoint, bytes], Awaitable[bytes | None]]
+Handle = Callable[[Endpoint, Endpoint, bytes], Awaitable[bytes | list[bytes] | None]]
 
 DNS_HEADER_LEN = 12
 MAX_MESSAGE = 65535
@@ -187,19 +188,22 @@ class DnsTcpServer:
         if answer is None:
             self.counters["dns_tcp.no_answer"] += 1
             return
-        if len(answer) > MAX_MESSAGE:
+        messages = answer if isinstance(answer, list) else [answer]
+        if any(len(message) > MAX_MESSAGE for message in messages):
             self.counters["dns_tcp.answer_too_big.drop"] += 1
             return
-        if self.answer_bytes + len(answer) > self.max_answer_bytes:
+        size = sum(len(message) for message in messages)
+        if self.answer_bytes + size > self.max_answer_bytes:
             self.counters["dns_tcp.answer_memory.reset"] += 1
             writer.abort()
             return
-        self.answer_bytes += len(answer)
+        self.answer_bytes += size
         try:
             async with writing:
-                writer.write(len(answer).to_bytes(2, "big") + answer)
-                # a client that stops reading must not hold the answer (and the connection) forever
-                await asyncio.wait_for(writer.drain(), self.idle_timeout)
+                for message in messages:
+                    writer.write(len(message).to_bytes(2, "big") + message)
+                    # a client that stops reading must not hold the answer (and the connection) forever
+                    await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except TimeoutError:
             self.counters["dns_tcp.write.timeout.reset"] += 1
             writer.abort()
@@ -208,6 +212,6 @@ class DnsTcpServer:
             self.counters["dns_tcp.answer.lost"] += 1
             return
         finally:
-            self.answer_bytes -= len(answer)
+            self.answer_bytes -= size
         activity[0] = self.now()
         self.counters["dns_tcp.answer"] += 1

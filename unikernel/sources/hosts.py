@@ -9,7 +9,9 @@ function of the question), so the server keeps them on its fast path.
 
 A name in the files asked for another type (MX, TXT...) is not ours: the next
 process (the forwarder) answers it, as dnsmasq does. A/AAAA of a listed name
-with no address of that family is NODATA, final: the files win over forwarding.
+with no address of that family is NODATA, final: the files win over forwarding;
+it carries a SOA owned by the name (TTL and MINIMUM the hosts TTL) so that
+resolvers behind us can cache it.
 
 Errors name the file and line: ``data/hosts:7: bad address '10.0.0.300'``.
 """
@@ -124,6 +126,12 @@ def hosts_process(table: HostsTable, *, ttl: int = DEFAULT_TTL, recursion_availa
         response = authoritative_response(query, recursion_available=recursion_available)
         for rrtype, values in records:
             response.answer.append(dns.rrset.from_text_list(q.name, ttl, dns.rdataclass.IN, rrtype, values))
+        if not records:
+            # NODATA needs a SOA to be cached (RFC 2308 section 5): the name is
+            # answered as the apex of an empty zone, as RFC 6303 zones are
+            response.authority.append(dns.rrset.from_text(
+                q.name, ttl, dns.rdataclass.IN, dns.rdatatype.SOA,
+                f"{q.name.to_text()} nobody.invalid. 1 3600 1200 604800 {ttl}"))
         return Answer(response, final=True, static=True)
 
     hosts.table = table  # type: ignore[attr-defined]

@@ -18,6 +18,14 @@ choices the RFCs leave open:
 * NXDOMAIN and NODATA carry the apex SOA with TTL min(SOA TTL, SOA minimum).
 * NS below the apex is a zone cut: a referral without AA, the cut's NS in
   authority and glue in additional (DS at the cut is answered by the parent).
+* Signed zones (RFC 4035 3.1, RFC 5155 7.2), for queries with DO only: each
+  RRset goes with the RRSIGs that cover it (owner rewritten for wildcard
+  expansions), NXDOMAIN, NODATA and wildcard answers carry their NSEC or
+  NSEC3 proofs, referrals the DS RRset or the proof that there is none. The
+  records and their order are NSD's (query.c, nsec3.c): that order is what
+  survives truncation. DNSKEY and DS answers carry no apex NS (NSD's
+  ``answer_needs_ns``: they are big enough already). Names holding only
+  NSEC3 records are not names of the zone: they are NXDOMAIN, as in NSD.
 * ANY answers one RRset (RFC 8482), chosen as NSD chooses it.
 * Several zones: the most specific apex wins; as in NSD's single name tree,
   names between a zone's apex and a zone above it are empty non-terminals of
@@ -30,11 +38,13 @@ keeps their wire form on its fast path.
 """
 from __future__ import annotations
 
+import bisect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -59,7 +69,11 @@ A, AAAA, NS, CNAME, SOA, MX, SRV, DS, PTR, ANY, DNAME = (
     dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.NS, dns.rdatatype.CNAME,
     dns.rdatatype.SOA, dns.rdatatype.MX, dns.rdatatype.SRV, dns.rdatatype.DS,
     dns.rdatatype.PTR, dns.rdatatype.ANY, dns.rdatatype.DNAME)
+DNSKEY, RRSIG, NSEC, NSEC3, NSEC3PARAM = (dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG, dns.rdatatype.NSEC,
+                                         dns.rdatatype.NSEC3, dns.rdatatype.NSEC3PARAM)
 WILDCARD = b"*"
+# Answers to these carry no apex NS in authority (NSD: their RRsets are large)
+NO_AUTHORITY_NS = frozenset({DNSKEY, DS})
 
 # Loops are stopped at the first repeat; this only bounds the work for a
 # pathological zone (NSD follows long chains until the packet is full).
@@ -158,18 +172,46 @@ def _first_owner(text: str) -> dns.name.Name | None:
 
 @dataclass(slots=True)
 class Lookup:
-    """What one zone says about a question, before rendering."""
+    """What one zone says about a question, before rendering. ``dnssec``:
+    the query had DO, so signed zones add their RRSIGs and proofs."""
 
     rcode: int = dns.rcode.NOERROR
     authoritative: bool = True
     answer: list[dns.rrset.RRset] = field(default_factory=list)
     authority: list[dns.rrset.RRset] = field(default_factory=list)
     additional: list[dns.rrset.RRset] = field(default_factory=list)
+    dnssec: bool = False
+
+
+class Nsec3Chain:
+    """A zone's NSEC3 records, by hash (RFC 5155): the parameters come from
+    the apex's NSEC3PARAM (flags 0, SHA-1), as NSD takes them."""
+
+    def __init__(self, origin: dns.name.Name, param, nodes: dict[dns.name.Name, dns.node.Node]) -> None:
+        self.salt: bytes = param.salt
+        self.iterations: int = param.iterations
+        self.algorithm: int = param.algorithm
+        self.nodes = {name.labels[0].decode("ascii").lower(): (name, node) for name, node in nodes.items()
+                      if len(name) == len(origin) + 1}
+        self.hashes = sorted(self.nodes)
+
+    def hash(self, name: dns.name.Name) -> str:
+        return dns.dnssec.nsec3_hash(name, self.salt, self.iterations, self.algorithm).lower()
+
+    def matching(self, name: dns.name.Name) -> dns.name.Name | None:
+        found = self.nodes.get(self.hash(name))
+        return found[0] if found else None
+
+    def covering(self, name: dns.name.Name) -> dns.name.Name:
+        """The NSEC3 whose hash is the greatest not above the name's (the
+        last one wraps around to cover hashes before the first)."""
+        index = bisect.bisect_right(self.hashes, self.hash(name)) - 1
+        return self.nodes[self.hashes[index]][0]
 
 
 class AuthoritativeZone:
     """One loaded zone, indexed for lookups: its names, the empty non-terminals
-    above them, and its zone cuts."""
+    above them, its zone cuts, and its NSEC or NSEC3 chain when signed."""
 
     def __init__(self, zone: dns.zone.Zone) -> None:
         self.origin: dns.name.Name = zone.origin
@@ -179,6 +221,16 @@ class AuthoritativeZone:
             name.canonicalize(): _canonical_node(node) for name, node in zone.nodes.items()}
         self.origin = self.origin.canonicalize()
         apex = self.nodes[self.origin]
+        self.signed = apex.get_rdataset(IN, RRSIG, SOA) is not None
+        hashed = {name: node for name, node in self.nodes.items() if _only_nsec3(node)}
+        for name in hashed:
+            del self.nodes[name]
+        self.hashed = hashed
+        self.nsec_owners = sorted(name for name, node in self.nodes.items()
+                                  if node.get_rdataset(IN, NSEC) is not None)
+        params = apex.get_rdataset(IN, NSEC3PARAM)
+        usable = [p for p in params or () if p.flags == 0 and p.algorithm == 1]
+        self.nsec3 = Nsec3Chain(self.origin, usable[0], hashed) if usable and hashed else None
         soa = apex.get_rdataset(IN, SOA)
         self.apex_ns = dns.rrset.RRset(self.origin, IN, NS)
         self.apex_ns.update(apex.get_rdataset(IN, NS))
@@ -186,6 +238,7 @@ class AuthoritativeZone:
         self.negative_soa = dns.rrset.RRset(self.origin, IN, SOA)
         self.negative_soa.update(soa)
         self.negative_soa.ttl = min(soa.ttl, soa[0].minimum)
+        self.soa = _rrset(self.origin, soa)
         self.dnames = frozenset(name for name, node in self.nodes.items()
                                 if node.get_rdataset(IN, DNAME) is not None)
         self.cuts = frozenset(name for name, node in self.nodes.items()
@@ -200,6 +253,13 @@ class AuthoritativeZone:
                     break
                 self.nonterminals.add(name)
 
+    def records(self) -> Iterator[tuple[dns.name.Name, dns.rdataset.Rdataset]]:
+        """Every RRset of the zone, its NSEC3 chain included (what a transfer carries)."""
+        for nodes in (self.nodes, self.hashed):
+            for name, node in nodes.items():
+                for rdataset in node.rdatasets:
+                    yield name, rdataset
+
     # -- the algorithm of RFC 1034 §4.3.2 -----------------------------------
     def step(self, name: dns.name.Name, qtype: int, result: Lookup, first: bool) -> dns.name.Name | None:
         """Answers ``name`` into ``result``; returns a CNAME's target when the
@@ -213,32 +273,43 @@ class AuthoritativeZone:
             # the synthesised CNAME is itself the answer to a CNAME question
             return None if qtype == CNAME else target
         node = self.nodes.get(name)
+        source = name          # where the records come from: the name, or the wildcard that expands
         if node is None:
             if name in self.nonterminals:
-                self._negative(result, dns.rcode.NOERROR)
+                self._nodata(name, qtype, result)
                 return None
-            node = self._wildcard(name)
+            encloser = self._closest_encloser(name)
+            source = dns.name.Name((WILDCARD,) + encloser.labels)
+            node = self.nodes.get(source)
             if node is None:
-                self._negative(result, dns.rcode.NXDOMAIN)
+                self._nxdomain(name, encloser, result)
                 return None
+            if self._proving(result):
+                self._wildcard_proof(name, encloser, result)
         if qtype == ANY:
             self._any(name, node, result)
             return None
+        if qtype == RRSIG:
+            signatures = [_rrset(name, r) for r in node.rdatasets if r.rdtype == RRSIG]
+            if signatures:      # one RRset for each type they cover, as dnspython keeps them
+                result.answer += signatures
+                self._positive(result, qtype)
+                return None
         rdataset = node.get_rdataset(IN, qtype)
         if rdataset is not None:
-            result.answer.append(_rrset(name, rdataset))
-            self._positive(result)
+            result.answer += self._signed(name, node, rdataset, result)
+            self._positive(result, qtype)
             return None
         cname = node.get_rdataset(IN, CNAME) if qtype != CNAME else None
         if cname is None:
-            self._negative(result, dns.rcode.NOERROR)
+            self._nodata(source, qtype, result)
             return None
-        result.answer.append(_rrset(name, cname))
+        result.answer += self._signed(name, node, cname, result)
         return cname[0].target
 
-    def lookup(self, qname: dns.name.Name, qtype: int) -> Lookup:
+    def lookup(self, qname: dns.name.Name, qtype: int, dnssec: bool = False) -> Lookup:
         """This zone alone (a chain leaving it ends there)."""
-        return Zones([self]).lookup(qname, qtype) or Lookup()
+        return Zones([self]).lookup(qname, qtype, dnssec) or Lookup()
 
     def _above(self, name: dns.name.Name, qtype: int) -> tuple[dns.name.Name | None, dns.name.Name | None]:
         """``(cut, None)`` for the highest zone cut at or above ``name`` (DS at
@@ -258,8 +329,9 @@ class AuthoritativeZone:
     def _dname(self, name: dns.name.Name, owner: dns.name.Name, result: Lookup) -> dns.name.Name | None:
         """RFC 6672: the DNAME, and a CNAME synthesised from it for ``name``,
         whose target the caller follows."""
-        dname = self.nodes[owner].get_rdataset(IN, DNAME)
-        result.answer.append(_rrset(owner, dname))
+        node = self.nodes[owner]
+        dname = node.get_rdataset(IN, DNAME)
+        result.answer += self._signed(owner, node, dname, result)
         try:
             target = name.relativize(owner).derelativize(dname[0].target)
         except dns.name.NameTooLong:
@@ -270,29 +342,150 @@ class AuthoritativeZone:
         result.answer.append(cname)
         return target
 
-    def _wildcard(self, name: dns.name.Name) -> dns.node.Node | None:
-        """The ``*`` node under the closest encloser of a name that does not exist."""
+    def _closest_encloser(self, name: dns.name.Name) -> dns.name.Name:
+        """The longest existing ancestor of a name that does not exist."""
         encloser = name.parent()
         while encloser not in self.nodes and encloser not in self.nonterminals \
                 and encloser != self.origin:
             encloser = encloser.parent()
+        return encloser
+
+    def _wildcard(self, name: dns.name.Name) -> dns.node.Node | None:
+        """The ``*`` node under the closest encloser of a name that does not exist."""
+        encloser = self._closest_encloser(name)
         return self.nodes.get(dns.name.Name((WILDCARD,) + encloser.labels))
+
+    def _nxdomain(self, name: dns.name.Name, encloser: dns.name.Name, result: Lookup) -> None:
+        """The proofs first (that the name, and the wildcard that could have
+        made it, do not exist: RFC 4035 3.1.3.2, RFC 5155 7.2.2), then the SOA."""
+        if self._proving(result):
+            wildcard = dns.name.Name((WILDCARD,) + encloser.labels)
+            if self.nsec3 is not None:
+                self._closest_encloser_proof(name, encloser, result)
+                self._deny_with(self.nsec3.covering(wildcard), result)
+            elif self.nsec_owners:
+                self._deny_with(self._nsec_covering(name), result)
+                self._deny_with(self._nsec_covering(wildcard), result)
+        self._negative(result, dns.rcode.NXDOMAIN)
+
+    def _nodata(self, source: dns.name.Name, qtype: int, result: Lookup) -> None:
+        """The SOA and the proof that ``source`` (the name, or the wildcard
+        that matched it) has no RRset of the type (RFC 4035 3.1.3.1/3.1.3.4,
+        RFC 5155 7.2.3-7.2.5). For an empty non-terminal of an NSEC3 zone NSD
+        puts the proof first, which decides what a truncated answer keeps."""
+        proof_first = self.nsec3 is not None and source not in self.nodes
+        if not proof_first:
+            self._negative(result, dns.rcode.NOERROR)
+        if self._proving(result):
+            self._nodata_proof(source, qtype, result)
+        if proof_first:
+            self._negative(result, dns.rcode.NOERROR)
+
+    def _nodata_proof(self, source: dns.name.Name, qtype: int, result: Lookup) -> None:
+        if self.nsec3 is None:
+            if self.nsec_owners:
+                self._deny_with(self._nsec_covering(source), result)
+        elif qtype == DS and source != self.origin:
+            self._ds_proof(source, result)
+        elif source.labels[0] == WILDCARD:
+            encloser = source.parent()
+            self._deny_with(self.nsec3.matching(encloser), result)
+            self._deny_with(self.nsec3.matching(source) or self.nsec3.covering(source), result)
+        else:
+            self._deny_with(self.nsec3.matching(source), result)
+
+    def _wildcard_proof(self, name: dns.name.Name, encloser: dns.name.Name, result: Lookup) -> None:
+        """A wildcard expansion proves that the name itself does not exist
+        (RFC 4035 3.1.3.3, RFC 5155 7.2.6)."""
+        if self.nsec3 is not None:
+            self._deny_with(self.nsec3.covering(_next_closer(name, encloser)), result)
+        elif self.nsec_owners:
+            self._deny_with(self._nsec_covering(name), result)
+
+    def _closest_encloser_proof(self, name: dns.name.Name, encloser: dns.name.Name, result: Lookup) -> None:
+        assert self.nsec3 is not None
+        self._deny_with(self.nsec3.covering(_next_closer(name, encloser)), result)
+        self._deny_with(self.nsec3.matching(encloser), result)
+
+    def _ds_proof(self, name: dns.name.Name, result: Lookup) -> None:
+        """No DS at ``name`` with NSEC3 (RFC 5155 7.2.4, 7.2.7): its own NSEC3,
+        or else (opt-out) the closest provable encloser's and, at a zone cut,
+        those covering the next closer name and the cut (NSD's
+        ``nsec3_add_ds_proof``; it has those covers only for cuts)."""
+        assert self.nsec3 is not None
+        own = self.nsec3.matching(name)
+        if own is not None:
+            self._deny_with(own, result)
+            return
+        below, parent = name, name.parent()
+        while parent != self.origin and self.nsec3.matching(parent) is None:
+            below, parent = parent, parent.parent()
+        self._deny_with(self.nsec3.matching(parent), result)
+        if name in self.cuts:
+            if below != name:
+                self._deny_with(self.nsec3.covering(below), result)
+            self._deny_with(self.nsec3.covering(name), result)
+
+    def _nsec_covering(self, name: dns.name.Name) -> dns.name.Name:
+        """The NSEC at the name, or at the last name before it in canonical order."""
+        return self.nsec_owners[bisect.bisect_right(self.nsec_owners, name) - 1]
+
+    def _deny_with(self, owner: dns.name.Name | None, result: Lookup) -> None:
+        """Adds the NSEC or NSEC3 RRset at ``owner`` and its RRSIG to the
+        authority section, once."""
+        if owner is None:
+            return
+        if self.nsec3 is not None and owner not in self.nodes:
+            rdtype, node = NSEC3, self.nsec3.nodes[owner.labels[0].decode("ascii").lower()][1]
+        else:
+            rdtype, node = NSEC, self.nodes[owner]
+        if any(r.name == owner and r.rdtype == rdtype for r in result.authority):
+            return
+        rdataset = node.get_rdataset(IN, rdtype)
+        if rdataset is not None:
+            result.authority += self._signed(owner, node, rdataset, result)
+
+    def _proving(self, result: Lookup) -> bool:
+        return result.dnssec and self.signed
+
+    def _signed(self, owner: dns.name.Name, node: dns.node.Node, rdataset: dns.rdataset.Rdataset,
+                result: Lookup) -> list[dns.rrset.RRset]:
+        """The RRset under ``owner`` and, for DO queries to a signed zone, the
+        RRSIGs at ``node`` that cover it, right after it (they are rendered
+        together or not at all)."""
+        rrsets = [_rrset(owner, rdataset)]
+        if self._proving(result) and rdataset.rdtype != RRSIG:
+            signatures = node.get_rdataset(IN, RRSIG, rdataset.rdtype)
+            if signatures is not None:
+                rrsets.append(_rrset(owner, signatures))
+        return rrsets
 
     def _negative(self, result: Lookup, rcode: int) -> Lookup:
         result.rcode = rcode
         result.authority.append(self.negative_soa)
+        if self._proving(result):
+            signatures = self.nodes[self.origin].get_rdataset(IN, RRSIG, SOA)
+            if signatures is not None:
+                rrsig = _rrset(self.origin, signatures)
+                rrsig.ttl = self.negative_soa.ttl      # NSD: the SOA's negative TTL
+                result.authority.append(rrsig)
         return result
 
-    def _positive(self, result: Lookup) -> None:
-        """The apex NS in authority, unless the answer already is that RRset,
-        then the in-zone addresses of every NS/MX/SRV target."""
-        if not any(r.rdtype == NS and r.name == self.origin for r in result.answer):
-            result.authority.append(self.apex_ns)
+    def _positive(self, result: Lookup, qtype: int) -> None:
+        """The apex NS in authority, unless the answer already is that RRset
+        or the question is for DNSKEY or DS, then the in-zone addresses of
+        every NS/MX/SRV target."""
+        if qtype not in NO_AUTHORITY_NS and not any(r.rdtype == NS and r.name == self.origin
+                                                    for r in result.answer):
+            apex = self.nodes[self.origin]
+            result.authority += self._signed(self.origin, apex, apex.get_rdataset(IN, NS), result)
         self._additional(result, result.answer + result.authority)
 
     def _any(self, owner: dns.name.Name, node: dns.node.Node, result: Lookup) -> Lookup:
         chosen = ordinary = last_resort = None
         for rdataset in node.rdatasets:
+            if rdataset.rdtype == RRSIG and self._proving(result):
+                continue          # they come with the RRset chosen
             if rdataset.rdtype in ANY_PREFERRED:
                 chosen = rdataset
                 break
@@ -303,16 +496,27 @@ class AuthoritativeZone:
         chosen = chosen or ordinary or last_resort
         if chosen is None:
             return self._negative(result, dns.rcode.NOERROR)
-        result.answer.append(_rrset(owner, chosen))
+        result.answer += self._signed(owner, node, chosen, result)
         self._additional(result, result.answer)
         return result
 
     def _referral(self, cut: dns.name.Name, result: Lookup, first: bool) -> None:
+        """The cut's NS (never signed: the child's) and, for DO, its signed DS
+        RRset or the proof that it has none (RFC 4035 3.1.4)."""
         # reached through a CNAME, the answer stays authoritative for the CNAMEs
         if first:
             result.authoritative = False
-        ns = _rrset(cut, self.nodes[cut].get_rdataset(IN, NS))
+        node = self.nodes[cut]
+        ns = _rrset(cut, node.get_rdataset(IN, NS))
         result.authority.append(ns)
+        if self._proving(result):
+            ds = node.get_rdataset(IN, DS)
+            if ds is not None:
+                result.authority += self._signed(cut, node, ds, result)
+            elif self.nsec3 is not None:
+                self._ds_proof(cut, result)
+            elif node.get_rdataset(IN, NSEC) is not None:
+                self._deny_with(cut, result)
         self._additional(result, [ns])
 
     def _additional(self, result: Lookup, rrsets: Sequence[dns.rrset.RRset]) -> None:
@@ -336,7 +540,17 @@ class AuthoritativeZone:
                     rdataset = node.get_rdataset(IN, rdtype)
                     if rdataset is not None and (target, rdtype) not in present:
                         present.add((target, rdtype))
-                        result.additional.append(_rrset(target, rdataset))
+                        result.additional += self._signed(target, node, rdataset, result)
+
+
+def _next_closer(name: dns.name.Name, encloser: dns.name.Name) -> dns.name.Name:
+    """The name one label longer than the closest encloser, on the way to ``name``."""
+    return name.split(len(encloser) + 1)[1]
+
+
+def _only_nsec3(node: dns.node.Node) -> bool:
+    types = {r.rdtype for r in node.rdatasets}
+    return NSEC3 in types and types <= {NSEC3, RRSIG}
 
 
 def _canonical_node(node: dns.node.Node) -> dns.node.Node:
@@ -386,9 +600,10 @@ class Zones:
                 return zone
         return None
 
-    def lookup(self, qname: dns.name.Name, qtype: int) -> Lookup | None:
+    def lookup(self, qname: dns.name.Name, qtype: int, dnssec: bool = False) -> Lookup | None:
         """The answer from the zone holding ``qname``, following CNAMEs into
-        every zone served here; None when no zone holds it."""
+        every zone served here; None when no zone holds it. ``dnssec``: the
+        query had DO."""
         zone = self.find(qname)
         if zone is None:
             return None
@@ -396,7 +611,7 @@ class Zones:
             # DS lives on the parent side of a cut (RFC 4034 §5)
             parent = self.find(qname.parent()) if len(qname) > 1 else None
             zone = parent or zone
-        result = Lookup()
+        result = Lookup(dnssec=dnssec)
         seen: set[dns.name.Name] = set()
         name = qname
         while True:
@@ -429,7 +644,8 @@ def zone_process(zones: Iterable[str | os.PathLike | dns.zone.Zone] | Zones) -> 
         question = query.question[0]
         if question.rdclass != IN:
             return None
-        found = table.lookup(question.name, question.rdtype)
+        dnssec = query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
+        found = table.lookup(question.name, question.rdtype, dnssec)
         if found is None:
             return None
         response = dns.message.make_response(query)
@@ -463,6 +679,11 @@ class ZoneFiles:
 
         self._process = zone_process(self.zones)
         self.process: Process = authoritative
+
+    @property
+    def origins(self) -> list[dns.name.Name]:
+        """The apex of every zone being served."""
+        return list(self.zones.by_origin)
 
     def reload(self) -> int:
         zones = Zones(load_zones(self.paths))     # raises before anything changes

@@ -1,15 +1,15 @@
 """Our per-packet Python alone: frames in, frames out, no tap, no kernel.
 
-A Stack on a link that only keeps what it is given, the DNS server on it with
-bench/auth.py's zone; each query frame of the authoritative mix is sent once
-(the slow path answers and keeps it), then the whole list is fed to
-``Stack.receive`` ``passes`` times and timed (CPU time of this process, so other jobs on the
-machine do not count). Printed: microseconds per
-answered query (the median of ``rounds``), i.e. what each query costs our
-code before the tap's write. Not part of `make bench` (which measures the
-appliance as deployed); run it before and after a change to the hot path:
+A Stack on a link that only counts what it is given, the DNS server on it
+with bench/auth.py's zone; each query frame of the authoritative mix is sent
+once (the slow path answers and keeps it), then the whole list is fed to
+``Stack.receive`` ``passes`` times and timed (CPU time of this process, so
+other jobs on the machine count less). Printed: microseconds per answered
+query (the median and the least of the rounds), what each query costs our
+code before the tap's write; bench hot_path is the DNS half of it alone.
+Run it before and after a change to the hot path:
 
-    .venv/bin/python -m bench.hotpath [--rounds 5] [--passes 5] [--names 3000]
+    .venv/bin/python -m bench frames [--frame-rounds 5] [--passes 5] [--names 3000]
 """
 from __future__ import annotations
 
@@ -106,13 +106,13 @@ async def measure(names: int, rounds: int, passes: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.hotpath", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = argparse.ArgumentParser(prog="bench frames", description=__doc__.splitlines()[0])
+    parser.add_argument("--frame-rounds", dest="rounds", type=int, default=5)
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--names", type=int, default=3000)
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     results = asyncio.run(measure(args.names, args.rounds, args.passes))
-    print(f"hot path: {statistics.median(results):.2f} us per answered query (median of {args.rounds}, "
+    print(f"frames in, frames out: {statistics.median(results):.2f} us per answered query (median of {args.rounds}, "
           f"least {min(results):.2f}; "
           f"rounds {', '.join(f'{r:.2f}' for r in results)})")
     return 0

@@ -1,0 +1,1 @@
+"""DNS's own replication: zone transfers out (AXFR, IXFR), NOTIFY, TSIG."""
