@@ -64,7 +64,7 @@ def write_zone(path: Path, names: int, rng: random.Random) -> list[str]:
     for i, host in enumerate(hosts):
         lines.append(f"{host} IN A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
         if i % 3 == 0:
-            lines.append(f"{host} IN AAAA 2001:db8::{i:x}")
+            lines.append(f"{host} IN AAAA 2001:db8::{i >> 16:x}:{i & 0xFFFF:x}")   # groups of 16 bits
             lines.append(f'{host} IN TXT "host number {i}"')
         if i % 10 == 0:
             lines.append(f"{host} IN MX 10 mail")
@@ -134,8 +134,8 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
                         stderr=subprocess.DEVNULL)
         servers = {"appliance": (APPLIANCE, appliance.pid), "nsd": ("127.0.0.1", nsd.pid),
                    "bare": (BARE, bare.pid)}
-        for address, _ in servers.values():
-            wait_for_answer(ns, address, f"host1.{ORIGIN}")     # the bare responder echoes: NOERROR
+        for (address, _), proc in zip(servers.values(), (appliance, nsd, bare)):
+            wait_for_answer(ns, address, f"host1.{ORIGIN}", proc=proc)     # the bare responder echoes: NOERROR
             dnsperf(ns, address, query_file, passes=1)       # warm-up, not counted
         runs: dict[str, list[Throughput]] = {name: [] for name in servers}
         latencies: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}

@@ -81,10 +81,14 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def wait_for_answer(ns, address: str, name: str, timeout: float = 30, port: int = 53) -> float:
-    """Seconds until ``address`` answers ``name`` (any rcode but SERVFAIL/REFUSED)."""
+def wait_for_answer(ns, address: str, name: str, timeout: float = 30, port: int = 53,
+                    proc: subprocess.Popen | None = None) -> float:
+    """Seconds until ``address`` answers ``name`` with NOERROR; a BenchError
+    when ``proc`` (the server) exits first."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"the server for {address} exited with status {proc.returncode} before answering")
         r = ns.run("dig", f"@{address}", "-p", str(port), name, "+tries=1", "+time=1", timeout=10)
         if r.returncode == 0 and "status: NOERROR" in r.stdout:
             return time.monotonic() - start

@@ -36,7 +36,7 @@ LOAD_TIMEOUT = 1800
 
 def _measure(ns, label: str, proc: subprocess.Popen, address: str, started: float, queries: Path,
              seconds: float, rounds: int) -> dict:
-    wait_for_answer(ns, address, f"host1.{ORIGIN}", timeout=LOAD_TIMEOUT)
+    wait_for_answer(ns, address, f"host1.{ORIGIN}", timeout=LOAD_TIMEOUT, proc=proc)
     loaded = time.monotonic() - started
     dnsperf(ns, address, queries, passes=1)                 # warm-up (fills the fast path)
     rss = rss_bytes(proc.pid)
