@@ -51,7 +51,7 @@ def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out
     from tests.netns import Namespace
 
     met = True
-    print(f"{'names':>9} {'server':<10} {'load s':>8} {'RSS MB':>8} {'QPS':>9}   ratios appliance/NSD", file=out)
+    print(f"{'names':>9} {'server':<10} {'load s':>8} {'Pss MB':>8} {'QPS':>9}   ratios appliance/NSD", file=out)
     with tempfile.TemporaryDirectory(prefix="zonebench") as tmp, Namespace("zonebench") as ns:
         ns.add_tap("tap0", HOST_SIDE)
         for size in sizes:
@@ -81,14 +81,14 @@ def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out
             ours, theirs = rows["appliance"], rows["nsd"]
             for name, row in rows.items():
                 ratios = "" if name == "nsd" else (
-                    f"   load {ours['load_s'] / theirs['load_s']:.1f}x, RSS {ours['rss'] / theirs['rss']:.1f}x, "
+                    f"   load {ours['load_s'] / theirs['load_s']:.1f}x, Pss {ours['rss'] / theirs['rss']:.1f}x, "
                     f"QPS {ours['qps'] / theirs['qps']:.2f}x")
                 print(f"{size:>9} {name:<10} {row['load_s']:>8.2f} {row['rss'] / 2**20:>8.1f} {row['qps']:>9.0f}"
                       f"{ratios}", file=out, flush=True)
             if size == sizes[-1]:
-                for line, ok in (verdict(f"RSS / NSD at {size} names", ours["rss"] / theirs["rss"],
+                for line, ok in (verdict(f"Pss / NSD at {size} names", ours["rss"] / theirs["rss"],
                                          at_most=MAX_RSS_RATIO),
-                                 verdict(f"RSS / 512 MB at {size} names", ours["rss"] / VM_BYTES, at_most=1.0)):
+                                 verdict(f"Pss / 512 MB at {size} names", ours["rss"] / VM_BYTES, at_most=1.0)):
                     print(line, file=out, flush=True)
                     met = met and ok
     return met
