@@ -9,13 +9,13 @@ STAMP   := $(VENV)/.installed
 # host: apt runs under a policy-rc.d that refuses every start, and the tests
 # run each one in the foreground inside a namespace of their own.
 APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
-            dnsmasq-base qemu-system-x86 cpio xz-utils zstd \
+            dnsmasq-base qemu-system-x86 cpio xz-utils zstd binutils \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
-            ca-certificates avahi-daemon chromium chromium-driver prometheus
+            ca-certificates avahi-daemon chromium chromium-driver prometheus curl
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: deps test unit bench run boot image smoke serve clean fuzz
+.PHONY: deps test unit bench fuzz run boot image smoke serve clean
 
 deps: $(STAMP)
 	@missing=$$(for p in $(APT_PKGS); do \
@@ -48,8 +48,10 @@ unit: deps
 bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
 
-# Hostile input at full length (make test runs short forms of the same fuzzers).
+# Hostile input at full length: each fuzzer prints its counts and fails on
+# any broken invariant; `make test` runs a short version of each.
 fuzz: deps
+	$(PY) -m tests.fuzz frames 1000000
 	$(PY) -m tests.fuzz_dns --messages 100000
 
 serve: deps

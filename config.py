@@ -18,4 +18,7 @@ appliance = Appliance(
     forward=["192.168.1.1"],
     allow=[],            # [] = the appliance's own subnet may use forwarding
     cache_size=10000,
+    # DNSSEC: what is forwarded is validated from the root's built-in KSKs;
+    # trust_anchors=["data/FILE"] replaces them, dnssec=False turns it off
+    dnssec=True,
 )

@@ -1,4 +1,5 @@
-"""``python -m bench [auth|forwarder|zones|hot_path|frames] [options]``: with no name, every
+"""``python -m bench [auth|forwarder|zones|hot_path|frames|dot|dnssec|blocklist] [options]``:
+with no name, every
 benchmark runs in turn, each given the same options (each ignores those
 meant for the others). Each provides ``main(argv) -> int``; the exit status
 is the worst: 0 every target met, 1 a target not met, 2 a benchmark failed.
@@ -11,7 +12,7 @@ import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder", "zones", "hot_path", "frames")
+BENCHMARKS = ("auth", "forwarder", "zones", "hot_path", "frames", "dot", "dnssec", "blocklist")
 # what --long means for each: longer rounds, and the million-name zone
 LONG = ["--seconds", "15", "--duration", "15", "--rounds", "5", "--zone-seconds", "10", "--fill", "100000"]
 

@@ -102,7 +102,7 @@ def nsd_config(work: Path, zones: dict[str, Path]) -> Path:
 
 
 def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 20000,
-        seed: int = 1, out=sys.stdout) -> dict:
+        seed: int = 1, out=sys.stdout, appliance_flags: tuple[str, ...] = ()) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.netns import Namespace
 
@@ -125,7 +125,7 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
         appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                              "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
                              "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0: one client, full speed
-                             cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             *appliance_flags, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, {ORIGIN: zone})),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ns.add_tap("tap1", BARE_HOST_SIDE)
@@ -190,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--names", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=20000)
+    parser.add_argument("--appliance-flag", action="append", default=[], metavar="FLAG",
+                        help="passed to the appliance, e.g. --appliance-flag=--metrics-port=0 (repeatable)")
     args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     if args.rounds < 3:
         parser.error("medians need at least 3 rounds")
     try:
-        result = run(args.seconds, args.rounds, args.names, args.queries)
+        result = run(args.seconds, args.rounds, args.names, args.queries,
+                     appliance_flags=tuple(args.appliance_flag))
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2

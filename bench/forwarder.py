@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BenchError, dnsperf, kill, median, rss_bytes, verdict
+from bench.common import BenchError, cpu_seconds, dnsperf, kill, median, rss_bytes, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -92,6 +92,21 @@ forward-zone:
     return conf
 
 
+def _cpu_seconds(pid: int) -> float:
+    """For bench/dot.py and bench/dnssec.py."""
+    return cpu_seconds(pid)
+
+
+def _dnsperf(ns, server: str, port: int, queries: Path, *, duration: float | None = None,
+             passes: int | None = None) -> dict:
+    """For bench/dot.py and bench/dnssec.py: 4 clients, 64 queries in flight,
+    every answer NOERROR (else BenchError)."""
+    r, _ = dnsperf(ns, server, queries, port=port, seconds=duration, passes=None if duration else passes or 1,
+                   clients=4, outstanding=64)
+    _checked(r, server, port)
+    return {"qps": r.qps, "latency_ms": r.latency_ms, "completed": r.completed, "lost": r.lost}
+
+
 def _wait_ready(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,7 +142,8 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
         nsd = ns.popen(shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(d / "nsd.conf"))
         appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
                              "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
-                             "--rrl-rate", "0", cwd=str(REPO))      # dnsmasq has no RRL: one client, full speed
+                             "--rrl-rate", "0",                   # dnsmasq has no RRL: one client, full speed
+                             "--dnssec", "no", cwd=str(REPO))     # an unsigned zone: bench/dnssec.py validates
         _wait_ready(appliance, "the appliance")
         appliance.stdout.close()             # nothing more is read from it: let it not block on a full pipe
         dnsmasq = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",

@@ -13,7 +13,8 @@ yourself (``ip addr add 192.168.1.1/24 dev tap0 && ip link set tap0 up``).
 
 --user: no root and no tap needed. The guest is 10.0.2.15/24 behind QEMU's
 slirp; udp and tcp on 127.0.0.1:5353 are forwarded to its port 53 (without
-slirp's ``restrict=on``, which silently drops forwarded UDP replies).
+slirp's ``restrict=on``, which silently drops forwarded UDP replies), and tcp
+on 127.0.0.1:9153 to its operator's port (/metrics, the dashboard).
 
 --auto picks --tap when we are root and config.py's tap exists, is up and has
 an address on the appliance's subnet, and --user otherwise.
@@ -88,7 +89,8 @@ def plan(args, appliance) -> tuple[object, str, str]:
         options += f" forward={SLIRP_HOST}"
         print(f"boot: user networking: forwarding to the host's 127.0.0.1:53 (the guest's {SLIRP_HOST}) "
               f"instead of {', '.join(appliance.forward)}", file=sys.stderr)
-    return net, options, f"dig @127.0.0.1 -p {args.port} ns0.d1.signpo.st   (and +tcp)"
+    return net, options, (f"dig @127.0.0.1 -p {args.port} ns0.d1.signpo.st   (and +tcp); "
+                          f"curl http://127.0.0.1:{net.metrics_port}/metrics   (the dashboard: /)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -395,8 +395,8 @@ def stage_serve() -> None:
             loop.add_signal_handler(signal.SIGTERM, request, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, request, "ctrl-alt-del")
             link = PacketLink(NIC, mtu=appliance.mtu)
-            await serve(appliance, link, loaded=loaded, stop=stop,
-                        ready=lambda line: log(line))
+            await serve(appliance, link, loaded=loaded, stop=stop, ready=lambda line: log(line),
+                        build_inputs=build_inputs())
             return why[0] if why else "serve returned"
 
         reason = asyncio.run(run())
@@ -405,6 +405,16 @@ def stage_serve() -> None:
         import traceback
         traceback.print_exc()
         power_off(system, f"fatal: {type(e).__name__}: {e}")
+
+
+def build_inputs() -> str:
+    """The image's input hash, which make_image.py writes beside the code
+    (/metrics reports it as dnsapp_build_info's ``inputs``)."""
+    try:
+        with open(f"{APP}/build-inputs") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def list_imports() -> None:

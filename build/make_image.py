@@ -53,23 +53,38 @@ IMAGES = REPO / "images"
 APP_PACKAGES = ("unikernel", "netstack")
 # Modules stage 2 imports (build/init.py); list-imports imports them, then
 # records everything that came with them.
-SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet",
-                 "asyncio", "signal", "ctypes", "traceback", "logging", "importlib")
+SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet", "unikernel.ops.site",
+                 "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
+                 # DNS over TLS, imported by main only when the appliance uses it
+                 "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
 # Packages kept whole, whatever the recording saw: codec lookups by name and
 # dnspython's record types are imported lazily, at the first query that needs them.
 WHOLE_STDLIB_PACKAGES = ("encodings",)
 # Imported, but optional for their importers, and costly: each is left out
 # on purpose, and the build checks (step 4) that the appliance still imports.
 LEFT_OUT = {
-    "ssl": "asyncio imports it inside try/except ImportError; the appliance does no TLS",
-    "_ssl": "with ssl; needs libssl3 + libcrypto (~5 MB)",
     "_hashlib": "hashlib falls back to the built-in _sha*/_md5/_blake2 without OpenSSL",
     "bz2": "zipfile and shutil (pulled in by importlib.metadata) tolerate its absence",
     "_bz2": "with bz2; needs libbz2",
     "lzma": "zipfile and shutil tolerate its absence",
     "_lzma": "with lzma; needs liblzma",
 }
+# Wheels with extension modules, and the top-level modules taken from them
+NATIVE_WHEELS = (packages.CRYPTOGRAPHY, packages.CFFI)
+NATIVE_MODULES = frozenset({"cryptography", "_cffi_backend"})
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+# Signs and validates one RRset with Ed25519 using only what the image holds.
+DNSSEC_CHECK = """
+import dns._features, dns.dnssec, dns.name, dns.rrset
+from cryptography.hazmat.primitives.asymmetric import ed25519
+assert dns._features.have("dnssec"), "dnspython does not see cryptography"
+key = ed25519.Ed25519PrivateKey.generate()
+dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ED25519)
+rrset = dns.rrset.from_text("a.example.", 60, "IN", "A", "192.0.2.1")
+name = dns.name.from_text("example.")
+sig = dns.dnssec.sign(rrset, key, name, dnskey, lifetime=60)
+dns.dnssec.validate_rrsig(rrset, sig, {name: [dnskey]})
+"""
 LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 PYLIB = f"usr/lib/{packages.PYTHON}"
 
@@ -207,12 +222,12 @@ def image_python(root: Path, *args: str, env: dict | None = None, **kw) -> subpr
 
 
 def check_data_files() -> None:
-    """Only data/ is baked into the image (as /app/data): every zone and hosts
-    file config.py names must be there, or the VM would miss it."""
+    """Only data/ is baked into the image (as /app/data): every zone, hosts
+    and trust-anchor file config.py names must be there, or the VM would miss it."""
     from unikernel.config import load
     appliance = load(REPO / "config.py")
     data = (REPO / "data").resolve()
-    for name in [*appliance.zones, *appliance.hosts]:
+    for name in [*appliance.zones, *appliance.hosts, *appliance.trust_anchors]:
         path = appliance.path(name).resolve()
         if not path.is_relative_to(data):
             raise BuildError(f"config.py names {name}, which is not in data/ (only data/ goes into the image)")
@@ -222,10 +237,11 @@ def check_data_files() -> None:
 
 # -- 3. record ---------------------------------------------------------------
 
-def record_imports(root: Path, dnspython: Path) -> list[tuple[str, str]]:
+def record_imports(root: Path, dnspython: Path, h11: Path, native_trees: list[Path]) -> list[tuple[str, str]]:
     """(module name, file) for every module the appliance loads at start."""
+    path = ":".join(str(p) for p in (REPO, dnspython, h11, *native_trees))
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
-                          env={"PYTHONPATH": f"{REPO}:{dnspython}", "DNS_APPLIANCE_IMPORT_ALL": "dns",
+                          env={"PYTHONPATH": path, "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
     if result.returncode != 0:
         raise BuildError(f"recording the appliance's imports failed (does it import?):\n"
@@ -276,23 +292,78 @@ def package_sources(base: Path, package: str) -> list[Path]:
     return sorted(p for p in (base / package).rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path) -> None:
+def native_files(root: Path, trees: list[Path], out: Path) -> dict[str, bytes]:
+    """Path under /app -> contents, for the packages that carry extension
+    modules (NATIVE_WHEELS): their Python compiled to unchecked-hash .pyc
+    files next to their .so files, all as plain files (the /app entry of
+    sys.path finds them; zipimport could not load the .so). Their dist-info
+    METADATA comes along: dnspython enables dns.dnssec only when
+    importlib.metadata finds cryptography's version."""
+    sources, binaries = [], {}
+    for tree in trees:
+        for path in sorted(tree.rglob("*")):
+            rel = path.relative_to(tree).as_posix()
+            if rel.endswith(".dist-info/METADATA"):
+                binaries[rel] = path.read_bytes()
+                continue
+            if not path.is_file() or ".dist-info/" in rel or "__pycache__" in path.parts:
+                continue
+            top = rel.split("/")[0]
+            if top.endswith(".libs") or top.split(".")[0] not in NATIVE_MODULES:
+                continue
+            if rel.endswith(".py"):
+                sources.append((path, rel[:-3] + ".pyc", f"/app/{rel}"))
+            elif rel.endswith(".so"):
+                binaries[rel] = stripped(path)
+    with zipfile.ZipFile(io.BytesIO(python_zip(root, sources, out))) as z:
+        compiled = {name: z.read(name) for name in z.namelist()}
+    return {**compiled, **binaries}
+
+
+def stripped(library: Path) -> bytes:
+    """A shared library without its symbol tables and debug sections (strip
+    --strip-unneeded: what the dynamic linker needs stays). cryptography's
+    Rust extension goes from 14.4 to 11.6 MB, which the initramfs holds in
+    RAM; the same input and binutils give the same bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / library.name
+        result = subprocess.run(["strip", "--strip-unneeded", "-o", str(out), str(library)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"strip {library.name} failed (binutils installed?):\n{result.stderr.strip()}")
+        return out.read_bytes()
+
+
+def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes,
+                  native: dict[str, bytes], tmp: Path) -> None:
     """Runs list-imports again with nothing but what the image will hold:
-    the two zips and the chosen extension modules. A module the selection
-    missed fails the build here rather than the boot."""
+    the two zips, the native packages' files and the chosen extension
+    modules. A module the selection missed fails the build here rather than
+    the boot."""
     home = tmp / "check" / "usr"
     (home / "lib" / packages.PYTHON / "lib-dynload").mkdir(parents=True)
     (home / "lib" / "python311.zip").write_bytes(stdlib_zip)
     for rel in extensions:
         shutil.copy(root / PYLIB / rel, home / "lib" / packages.PYTHON / rel)
     (tmp / "check" / "app.zip").write_bytes(app_zip)
+    for rel, data in native.items():
+        (tmp / "check" / "app" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "check" / "app" / rel).write_bytes(data)
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
-                          env={"PYTHONHOME": str(home), "PYTHONPATH": str(tmp / "check" / "app.zip"),
+                          env={"PYTHONHOME": str(home),
+                               "PYTHONPATH": f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}",
                                "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
     if result.returncode != 0 or result.stderr.strip():
         raise BuildError("the appliance does not import from the selected modules alone:\n"
                          f"{result.stderr.strip()[-3000:]}")
+    # DNSSEC validation needs dnspython to see cryptography (by its metadata)
+    # and cryptography's Rust extension to load: check both with a signature.
+    result = image_python(root, "-c", DNSSEC_CHECK,
+                          env={"PYTHONHOME": str(home),
+                               "PYTHONPATH": f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}"})
+    if result.returncode != 0:
+        raise BuildError(f"DNSSEC validation does not work in the image:\n{result.stderr.strip()[-3000:]}")
 
 
 # -- 5. collect --------------------------------------------------------------
@@ -318,6 +389,15 @@ def library_closure(root: Path, programs: list[bytes]) -> dict[str, bytes]:
         found[soname] = data
         todo += elf.needed(data)
     return found
+
+
+def ca_bundle(root: Path) -> bytes:
+    """The PEM bundle update-ca-certificates would write: every certificate
+    the pinned ca-certificates package ships, in name order."""
+    files = sorted((root / packages.CA_SOURCES).glob("*.crt"))
+    if not files:
+        raise BuildError(f"no certificates under {packages.CA_SOURCES} in the pinned ca-certificates")
+    return b"".join(f.read_bytes().rstrip(b"\n") + b"\n" for f in files)
 
 
 def module_name(name: str) -> str:
@@ -365,7 +445,7 @@ def compress(data: bytes) -> bytes:
 
 def input_digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.NIC_MODULES,
+    h.update(repr((packages.KERNEL, packages.USERSPACE, packages.DNSPYTHON, packages.H11, packages.NIC_MODULES,
                    packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR)).encode())
     for p in sorted(paths):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
@@ -407,7 +487,9 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         debs.append(fetch_deb(deb, cache))
         progress.item(f"{deb.name} {deb.version}{' (cached)' if cached else ''}", i, len(pins))
     wheel = fetch_wheel(packages.DNSPYTHON, cache)
-    progress.note(f"{packages.DNSPYTHON.filename}")
+    native_wheels = [fetch_wheel(w, cache) for w in NATIVE_WHEELS]
+    h11_wheel = fetch_wheel(packages.H11, cache)
+    progress.note(" ".join(w.filename for w in (packages.DNSPYTHON, packages.H11, *NATIVE_WHEELS)))
 
     progress.step("unpack with dpkg-deb -x")
     trees = cache / "trees"
@@ -416,11 +498,14 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
     root = unpack(debs[1:], trees / f"userspace-{user_key}")
     kernel_root = unpack(debs[:1], trees / f"kernel-{packages.KERNEL.sha256[:16]}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
+    native_trees = [unpack_wheel(path, trees / f"{w.name}-{w.sha256[:16]}")
+                    for w, path in zip(NATIVE_WHEELS, native_wheels)]
+    h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
     progress.note(f"{root}\n      {kernel_root}")
 
     check_data_files()
     progress.step("record the modules the appliance imports")
-    recorded = record_imports(root, dnspython)
+    recorded = record_imports(root, dnspython, h11, native_trees)
     sources, extensions = stdlib_selection(root, recorded)
     progress.note(f"{len(recorded)} modules loaded; keeping {len(sources)} stdlib sources, "
                   f"{len(extensions)} extension modules: "
@@ -431,13 +516,14 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         stdlib_files = [(root / PYLIB / rel, rel[:-3] + ".pyc", f"/{PYLIB}/{rel}") for rel in sources]
         stdlib_zip = python_zip(root, stdlib_files, Path(tmp) / "stdlib.zip")
         app_files = []
-        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",))):
+        for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",)), (h11, ("h11",))):
             for package in pkgs:
                 for src in package_sources(base, package):
                     rel = src.relative_to(base).as_posix()
                     app_files.append((src, rel[:-3] + ".pyc", f"/app/{rel}"))
         app_zip = python_zip(root, app_files, Path(tmp) / "app.zip")
-        check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp))
+        native = native_files(root, native_trees, Path(tmp) / "native.zip")
+        check_imports(root, stdlib_zip, extensions, app_zip, native, Path(tmp))
     progress.note(f"python311.zip {human(len(stdlib_zip))} ({len(stdlib_files)} modules), "
                   f"app.zip {human(len(app_zip))} ({len(app_files)} modules); "
                   f"the appliance imports from them alone")
@@ -472,7 +558,8 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         data = (root / PYLIB / rel).read_bytes()
         ext_data.append(data)
         add("python extension modules", cpio.Entry(f"{PYLIB}/{rel}", 0o100644, data))
-    libraries = library_closure(root, [interpreter, *ext_data])
+    native_so = [data for rel, data in sorted(native.items()) if rel.endswith(".so")]
+    libraries = library_closure(root, [interpreter, *ext_data, *native_so])
     for soname, data in sorted(libraries.items()):
         add("shared libraries", cpio.Entry(f"lib/x86_64-linux-gnu/{soname}", 0o100755, data))
     loader = (root / LOADER).resolve().read_bytes()
@@ -483,11 +570,22 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         add("kernel modules", cpio.Entry(f"lib/modules/{name}", 0o100644, data))
     order = "".join(f"{name}\n" for name, _ in modules).encode()
     add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
-    add("appliance code + dnspython (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    add("appliance code + dnspython + h11 (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    # what /metrics reports as the image's inputs (dnsapp_build_info)
+    add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
+    folders = {"/".join(path.split("/")[:i]) for path in native for i in range(1, path.count("/") + 1)}
+    for folder in sorted(folders):
+        add("structure", cpio.directory(f"app/{folder}"))
+    for rel, data in sorted(native.items()):
+        group = "cryptography + _cffi_backend (DNSSEC)"
+        add(group, cpio.Entry(f"app/{rel}", 0o100755 if rel.endswith(".so") else 0o100644, data))
     add("config.py + data/", cpio.Entry("app/config.py", 0o100644, (REPO / "config.py").read_bytes()))
     for entry in cpio.entries_from_tree(REPO / "data"):
         add("config.py + data/", cpio.Entry(f"app/data/{entry.path}", entry.mode, entry.data))
     add("config.py + data/", cpio.directory("app/data"))
+    for d in ("etc", "etc/ssl", "etc/ssl/certs"):
+        add("structure", cpio.directory(d))
+    add("CA bundle (ca-certificates)", cpio.Entry(packages.CA_BUNDLE, 0o100644, ca_bundle(root)))
     progress.note(f"libraries: {' '.join(sorted(libraries))}; modules: {' '.join(n for n, _ in modules)}")
 
     progress.step(f"pack initramfs (newc cpio, {packages.COMPRESSOR[0]})")
@@ -515,6 +613,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False) ->
         "extension_modules": [Path(e).name.split(".")[0] for e in extensions],
         "libraries": sorted(libraries),
         "kernel_modules": [n for n, _ in modules],
+        "inputs": digest,        # what /metrics reports as dnsapp_build_info's inputs
     }
     write_atomic(out_dir / "dns.manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     stamp.write_text(digest)

@@ -54,10 +54,12 @@ class Tap:
 @dataclass(frozen=True)
 class User:
     """QEMU user networking (slirp): no root needed. Forwards host
-    127.0.0.1:PORT (udp and tcp) to the guest's 53. Not ``restrict=on``:
-    slirp then silently drops the replies to forwarded UDP."""
+    127.0.0.1:PORT (udp and tcp) to the guest's 53, and 127.0.0.1:METRICS
+    (tcp) to its operator's port, 9153. Not ``restrict=on``: slirp then
+    silently drops the replies to forwarded UDP."""
     host_port: int = 5353
     guest_ip: str = "10.0.2.15"
+    metrics_port: int = 9153
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def netdev_args(net, mac: str | None = None) -> list[str]:
     elif isinstance(net, User):
         nd = (f"user,id=n0,net=10.0.2.0/24,dhcpstart={net.guest_ip},"
               f"hostfwd=udp:127.0.0.1:{net.host_port}-{net.guest_ip}:53,"
-              f"hostfwd=tcp:127.0.0.1:{net.host_port}-{net.guest_ip}:53")
+              f"hostfwd=tcp:127.0.0.1:{net.host_port}-{net.guest_ip}:53,"
+              f"hostfwd=tcp:127.0.0.1:{net.metrics_port}-{net.guest_ip}:9153")
     elif isinstance(net, Dgram):
         nd = (f"dgram,id=n0,local.type=inet,local.host={net.local[0]},local.port={net.local[1]},"
               f"remote.type=inet,remote.host={net.remote[0]},remote.port={net.remote[1]}")

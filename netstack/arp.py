@@ -3,7 +3,10 @@ hops, and keep a bounded cache.
 
 No I/O: methods take the time and return what to send. Resolution keeps a
 bounded queue of IP packets per unresolved next hop, retries the request, and
-drops the queue (counted) when the next hop never answers.
+drops the queue (counted) when the next hop never answers. An entry still in
+use near the end of its lifetime is refreshed by unicast requests to the MAC
+it names (Linux's STALE -> DELAY -> PROBE), so a busy next hop, the gateway
+above all, never lapses into a broadcast re-resolution with packets queued.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .counters import Counters, DropError
+from .ethernet import BROADCAST
 
 PACKET_LEN = 28
 OP_REQUEST = 1
@@ -62,25 +66,39 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Refresh:
+    probes: int = 0
+    probe_at: float = 0.0
+
+
+@dataclass(slots=True)
 class ArpInput:
     """What an incoming ARP packet calls for: a reply to send, and, when it
     resolved a next hop we were waiting for, the packets now ready for it."""
     reply: bytes | None = None
+    resolved_ip: int | None = None
     resolved_mac: bytes | None = None
     released: list[bytes] = field(default_factory=list)
 
 
 class Arp:
-    def __init__(self, mac: bytes, ip: int, counters: Counters, *, cache_size: int = 512,
+    def __init__(self, mac: bytes, ip: int, counters: Counters, *, gateway: int | None = None, cache_size: int = 512,
                  entry_lifetime: float = 120.0, max_pending: int = 64, queue_limit: int = 16,
-                 retries: int = 3, retry_interval: float = 1.0) -> None:
+                 retries: int = 3, retry_interval: float = 1.0, refresh_lead: float = 5.0) -> None:
         self.mac, self.ip, self.counters = mac, ip, counters
+        # the gateway's MAC as last learned (kept past its entry's expiry): the
+        # stack's spoof rule compares every datagram's source MAC with it
+        self.gateway = gateway
+        self.gateway_mac: bytes | None = None
         self.cache: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
         self.cache_size = cache_size
         self.entry_lifetime = entry_lifetime
         self.pending: dict[int, _Pending] = {}
         self.max_pending, self.queue_limit = max_pending, queue_limit
         self.retries, self.retry_interval = retries, retry_interval
+        # entries in use whose lifetime ends within refresh_lead: probed by unicast
+        self.refresh_lead = refresh_lead
+        self.refreshing: dict[int, _Refresh] = {}
 
     # -- packets we make ------------------------------------------------------
     def request(self, target_ip: int) -> bytes:
@@ -95,11 +113,15 @@ class Arp:
         entry = self.cache.get(ip)
         if entry is None:
             return None
-        if entry[1] <= now:
+        mac, expires_at = entry
+        if expires_at <= now:
             del self.cache[ip]
+            self.refreshing.pop(ip, None)
             self.counters["arp.cache.expired"] += 1
             return None
-        return entry[0]
+        if expires_at - now < self.refresh_lead and ip not in self.refreshing:
+            self.refreshing[ip] = _Refresh(0, now)   # the next tick probes it
+        return mac
 
     def _learn(self, ip: int, mac: bytes, now: float) -> None:
         if ip in self.cache:
@@ -108,6 +130,9 @@ class Arp:
             self.cache.popitem(last=False)
             self.counters["arp.cache.evicted"] += 1
         self.cache[ip] = (mac, now + self.entry_lifetime)
+        self.refreshing.pop(ip, None)
+        if ip == self.gateway:
+            self.gateway_mac = mac
 
     # -- input --------------------------------------------------------------------
     def input(self, now: float, data: bytes) -> ArpInput:
@@ -124,7 +149,7 @@ class Arp:
         if packet.sender_ip and (for_us or waiting or packet.sender_ip in self.cache):
             self._learn(packet.sender_ip, packet.sender_mac, now)
         if waiting:
-            outcome.resolved_mac = packet.sender_mac
+            outcome.resolved_ip, outcome.resolved_mac = packet.sender_ip, packet.sender_mac
             outcome.released = self.pending.pop(packet.sender_ip).packets
             self.counters["arp.resolved"] += 1
         if packet.op == OP_REQUEST and for_us:
@@ -133,6 +158,8 @@ class Arp:
             self.counters["arp.request.replied"] += 1
         elif not for_us and not waiting:
             self.counters["arp.not_for_us.drop"] += 1
+        elif not waiting:
+            self.counters["arp.reply.learned"] += 1   # a reply nobody awaited: RFC 826 learns it all the same
         return outcome
 
     # -- resolution -----------------------------------------------------------------
@@ -153,9 +180,35 @@ class Arp:
             pending.packets.append(packet)
         return None
 
-    def tick(self, now: float) -> list[bytes]:
-        """Retries due requests and gives up on next hops that never answered."""
+    def probe(self, now: float, ip: int) -> bytes | None:
+        """Asks who holds `ip`, with nothing queued for it; returns the request
+        to send, or None when it is known, already being asked or the pending
+        table is full (the bound that keeps probes from becoming a flood)."""
+        if ip in self.cache or ip in self.pending:
+            return None
+        if len(self.pending) >= self.max_pending:
+            self.counters["arp.pending_full.drop"] += 1
+            return None
+        self.pending[ip] = _Pending([], 1, now + self.retry_interval)
+        self.counters["arp.request.sent"] += 1
+        return self.request(ip)
+
+    def tick(self, now: float) -> list[tuple[bytes, bytes]]:
+        """Retries due requests, gives up on next hops that never answered, and
+        probes entries due for refresh. Returns (destination MAC, request) pairs."""
         requests = []
+        for ip, refresh in list(self.refreshing.items()):
+            entry = self.cache.get(ip)
+            if entry is None or entry[1] <= now:
+                del self.refreshing[ip]      # evicted, or lapsed unanswered: resolved afresh when next used
+                continue
+            if refresh.probes >= self.retries or refresh.probe_at > now:
+                continue
+            refresh.probes += 1
+            refresh.probe_at = now + self.retry_interval
+            # unicast on Ethernet, target hardware left zero, as Linux's arp_solicit sends it
+            requests.append((entry[0], self.request(ip)))
+            self.counters["arp.refresh.sent"] += 1
         for ip, pending in list(self.pending.items()):
             if pending.retry_at > now:
                 continue
@@ -165,6 +218,6 @@ class Arp:
                 continue
             pending.attempts += 1
             pending.retry_at = now + self.retry_interval
-            requests.append(self.request(ip))
+            requests.append((BROADCAST, self.request(ip)))
             self.counters["arp.request.sent"] += 1
         return requests

@@ -1,8 +1,10 @@
-"""ICMP (RFC 792): echo replies, port-unreachable errors, and their rate limit.
-Everything else is counted and ignored."""
+"""ICMP (RFC 792): echo replies, port-unreachable errors, and their rate limit;
+"fragmentation needed" read for path MTU discovery (RFC 1191). Everything
+else is counted and ignored."""
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from . import checksum as cksum
 from .counters import DropError
@@ -11,6 +13,7 @@ TYPE_ECHO_REPLY = 0
 TYPE_DEST_UNREACHABLE = 3
 TYPE_ECHO_REQUEST = 8
 CODE_PORT_UNREACHABLE = 3
+CODE_FRAGMENTATION_NEEDED = 4
 # RFC 1812 4.3.2.3: quote as much of the offending datagram as fits in 576 bytes.
 MAX_QUOTE = 576 - 20 - 8
 
@@ -29,6 +32,38 @@ def parse(message: bytes) -> tuple[int, int]:
         raise IcmpError("icmp.bad_checksum.drop")
     icmp_type, code, _ = _HEADER.unpack_from(message)
     return icmp_type, code
+
+
+class Quoted(NamedTuple):
+    """The datagram an ICMP error quotes: its addresses, protocol, total
+    length, and the start of its payload (at least 8 bytes: ports and, for
+    TCP, the sequence number)."""
+    src: int
+    dst: int
+    protocol: int
+    total_len: int
+    payload: bytes
+
+
+# RFC 1191 section 7: MTU plateaus, for a router that reports no next-hop MTU
+_PLATEAUS = (65535, 32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
+
+
+def fragmentation_needed(message: bytes) -> tuple[int, Quoted]:
+    """(next-hop MTU, quoted datagram) of a checked type 3 code 4 message. A
+    router that leaves the MTU zero (before RFC 1191) gets the plateau below
+    the quoted datagram's length."""
+    if len(message) < 8 + 20 or message[8] >> 4 != 4:
+        raise IcmpError("icmp.bad_quote.drop")
+    header_len = (message[8] & 0x0F) * 4
+    if header_len < 20 or len(message) < 8 + header_len + 8:
+        raise IcmpError("icmp.bad_quote.drop")
+    total_len, protocol, src, dst = (struct.unpack_from("!H", message, 10)[0], message[17],
+                                     *struct.unpack_from("!II", message, 20))
+    mtu = struct.unpack_from("!H", message, 6)[0]
+    if mtu == 0 or mtu >= total_len:
+        mtu = next((p for p in _PLATEAUS if p < total_len), _PLATEAUS[-1])
+    return mtu, Quoted(src, dst, protocol, total_len, message[8 + header_len:])
 
 
 def _with_checksum(body: bytes) -> bytes:

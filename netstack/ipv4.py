@@ -2,11 +2,13 @@
 
 Parsing checks in one order: integrity (can the lengths be read safely?),
 then the values (version, checksum, TTL). Reassembly keeps a bounded number of
-datagrams, each bounded in size, and drops the whole datagram on overlapping
-or inconsistent fragments (the safe reading of RFC 5722) or on timeout.
+datagrams, each bounded in size and in fragments, and drops the whole datagram
+on overlapping or inconsistent fragments (the safe reading of RFC 5722, as
+Linux does for IPv4 since 4.19) or on timeout.
 """
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -24,6 +26,9 @@ FLAG_MF = 0x2000
 OFFSET_MASK = 0x1FFF
 MAX_DATAGRAM = 65535
 DEFAULT_TTL = 64
+# Fragments kept per datagram (mirage-tcpip's bound); a 1500-byte MTU needs 45 for
+# the largest datagram, but DNS over UDP fits in a few and TCP sends with DF.
+MAX_FRAGMENTS = 16
 
 _HEADER = struct.Struct("!BBHHHBBHII")
 
@@ -117,18 +122,27 @@ def fragment(src: int, dst: int, protocol: int, payload: bytes, ident: int, mtu:
 @dataclass(slots=True)
 class _Datagram:
     expires_at: float
-    pieces: dict[int, bytes] = field(default_factory=dict)   # offset -> bytes
+    starts: list[int] = field(default_factory=list)     # fragment offsets, sorted
+    pieces: list[bytes] = field(default_factory=list)   # pieces[i] starts at starts[i]
     received: int = 0
     total: int | None = None    # payload length, known once the last fragment arrived
 
 
 class Reassembler:
-    """Bounded reassembly buffers keyed by (src, dst, protocol, ident)."""
+    """Bounded reassembly buffers keyed by (src, dst, protocol, ident).
+
+    Each datagram keeps its pieces sorted by offset, so a fragment costs one
+    bisection and two neighbour comparisons (O(log n)), and at most
+    `max_fragments` of them (mirage-tcpip's bound: 16): a sender cannot make
+    every arrival slower by splitting a datagram into thousands of 8-byte
+    pieces. Every piece must end within the total length once that is known,
+    and pieces never overlap, so "bytes received == total" means no holes."""
 
     def __init__(self, counters: Counters, *, max_datagrams: int = 64, max_bytes: int = 1 << 20,
-                 timeout: float = 30.0) -> None:
+                 max_fragments: int = MAX_FRAGMENTS, timeout: float = 30.0) -> None:
         self.counters = counters
         self.max_datagrams, self.max_bytes, self.timeout = max_datagrams, max_bytes, timeout
+        self.max_fragments = max_fragments
         self.buffers: dict[tuple[int, int, int, int], _Datagram] = {}
         self.held_bytes = 0
 
@@ -150,22 +164,33 @@ class Reassembler:
         if self.held_bytes + len(payload) > self.max_bytes:
             self.counters["ipv4.frag.memory_full.drop"] += 1
             return None
-        if offset in datagram.pieces and datagram.pieces[offset] == payload:
+        starts, pieces = datagram.starts, datagram.pieces
+        i = bisect.bisect_left(starts, offset)
+        if i < len(starts) and starts[i] == offset and pieces[i] == payload:
             self.counters["ipv4.frag.duplicate"] += 1
             return None
         if not more:
             if datagram.total is not None and datagram.total != end:
                 self._discard(key, "ipv4.frag.inconsistent.drop")
                 return None
+            # every piece already held must end within the total
+            if starts and starts[-1] + len(pieces[-1]) > end:
+                self._discard(key, "ipv4.frag.inconsistent.drop")
+                return None
             datagram.total = end
-        if datagram.total is not None and end > datagram.total:
+        elif datagram.total is not None and end > datagram.total:
             self._discard(key, "ipv4.frag.inconsistent.drop")
             return None
-        for start, piece in datagram.pieces.items():
-            if start < end and offset < start + len(piece):
-                self._discard(key, "ipv4.frag.overlap.drop")
-                return None
-        datagram.pieces[offset] = payload
+        # sorted and never overlapping, so only the neighbours can overlap the newcomer
+        if (i > 0 and starts[i - 1] + len(pieces[i - 1]) > offset) or (i < len(starts) and starts[i] < end) \
+                or (i < len(starts) and starts[i] == offset):
+            self._discard(key, "ipv4.frag.overlap.drop")
+            return None
+        if len(starts) >= self.max_fragments:
+            self._discard(key, "ipv4.frag.too_many.drop")
+            return None
+        starts.insert(i, offset)
+        pieces.insert(i, payload)
         datagram.received += len(payload)
         self.held_bytes += len(payload)
         if datagram.total is None or datagram.received != datagram.total:
@@ -174,7 +199,7 @@ class Reassembler:
         del self.buffers[key]
         self.held_bytes -= datagram.received
         self.counters["ipv4.frag.reassembled"] += 1
-        return b"".join(datagram.pieces[o] for o in sorted(datagram.pieces))
+        return b"".join(pieces)
 
     def _discard(self, key: tuple[int, int, int, int], reason: str) -> None:
         self.counters[reason] += 1

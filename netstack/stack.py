@@ -32,13 +32,16 @@ log = logging.getLogger("netstack")
 TICK_INTERVAL = 0.05
 _TYPE_IPV4 = ethernet.TYPE_IPV4.to_bytes(2, "big")
 _TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
-# Ethernet destination, then the IPv4 and UDP fields the hot path reads.
-_PLAIN_UDP = struct.Struct("!6s10xHxxHBxxxII4H")
+# Own-subnet sources behind the gateway's MAC whose datagrams wait while ARP
+# says who holds the address, and datagrams held for each.
+UNVERIFIED_SOURCES = 16
+UNVERIFIED_QUEUE = 4
+# Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
+_PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
 # A whole UDP frame's headers, packed at once: Ethernet destination, source
 # and type; IPv4 without options (total length, ident, TTL, checksum,
 # addresses); UDP (ports, length, checksum).
 _UDP_FRAME_HEAD = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
-_UDP_FRAME_OVERHEAD = ip4.MIN_HEADER_LEN + udp.HEADER_LEN
 
 
 class Stack:
@@ -60,8 +63,11 @@ class Stack:
         self.rng = rng or random.SystemRandom()
         self.counters = Counters()
         self._clock = clock
-        self.arp = arp_mod.Arp(self.mac, self.address, self.counters)
+        self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
+        # own-subnet source -> datagrams from the gateway's MAC held until ARP
+        # says who holds it; a key only while ARP's (bounded) resolution lasts
+        self._unverified: dict[int, list[bytes]] = {}
         self.icmp_errors = icmp.RateLimiter(rate=10, burst=10)
         self.udp = udp.UdpLayer(self.address, self._transmit_udp, self.counters, self.rng)
         self.tcp = self._make_tcp()
@@ -126,8 +132,11 @@ class Stack:
 
     def tick(self, now: float) -> None:
         """Runs every layer's timers (tests call it with a virtual clock)."""
-        for request in self.arp.tick(now):
-            self._send_arp(ethernet.BROADCAST, request)
+        for dst_mac, request in self.arp.tick(now):
+            self._send_arp(dst_mac, request)
+        for src in [ip for ip in self._unverified if ip not in self.arp.pending]:
+            # nobody answered for it: the datagrams were forged off-link
+            self.counters["ipv4.spoofed_via_gateway.drop"] += len(self._unverified.pop(src))
         self.reassembler.tick(now)
         self.tcp.tick(now)
         self._send_igmp(self.igmp.tick(now))
@@ -150,10 +159,11 @@ class Stack:
         and counts; so this path never decides a drop."""
         if len(frame) < 42 or frame[12:14] != _TYPE_IPV4 or frame[14] != 0x45 or frame[23] != 17:
             return False
-        (dst_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
+        (dst_mac, src_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
-                or self._impossible_source(src) or total_len != length + 20 or total_len + 14 > len(frame)
+                or self._impossible_source(src) or self._spoofed_via_gateway(src_mac, src)
+                or length < udp.HEADER_LEN or total_len != length + 20 or total_len + 14 > len(frame)
                 or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
         handler = self.udp.bindings.get(dst_port)
@@ -182,7 +192,7 @@ class Stack:
             return
         ethertype = frame[12:14]
         if ethertype == _TYPE_IPV4:
-            self._input_ipv4(frame[14:])
+            self._input_ipv4(frame[14:], frame[6:12])
         elif ethertype == _TYPE_ARP:
             self._input_arp(frame[14:])
         else:
@@ -197,6 +207,21 @@ class Stack:
         return (top == 0 or top == 127 or top >= 224 or src == self.subnet_broadcast
                 or src == self.address)
 
+    def _spoofed_via_gateway(self, src_mac: bytes, src: int) -> bool:
+        """A source on our own subnet, other than the gateway, arriving from the
+        gateway's MAC: a host on the subnet would have sent it from its own, so
+        it was forged off-link (the check Linux's rp_filter makes by route).
+        Without it, `--allow`'s own-subnet default could be borrowed from
+        outside. One exception: an address ARP maps to the gateway's MAC, as the
+        router may hold several on the LAN and has said so on the link, where
+        an off-link sender cannot speak (the general path asks ARP about an
+        address it does not know yet). Both receive paths ask it; the MAC is
+        compared first, as most datagrams are settled by that alone."""
+        if src_mac != self.arp.gateway_mac or src & self.netmask != self.network or src == self.gateway:
+            return False
+        entry = self.arp.cache.get(src)
+        return entry is None or entry[0] != src_mac
+
     def _input_arp(self, packet: bytes) -> None:
         outcome = self.arp.input(self.now(), packet)
         if outcome.reply is not None:
@@ -204,9 +229,18 @@ class Stack:
         if outcome.resolved_mac is not None:
             prefix = outcome.resolved_mac + self._src_mac_type
             for ip_packet in outcome.released:
-                self.link.send(prefix + ip_packet)
+                self._send_frame(prefix + ip_packet)
+            held = self._unverified.pop(outcome.resolved_ip or 0, None)
+            if held is not None:
+                # the gateway's MAC answered: the router's own address, so its
+                # datagrams are judged again (and pass); any other MAC: forged
+                for ip_packet in held:
+                    try:
+                        self._input_ipv4(ip_packet, self.arp.gateway_mac or b"")
+                    except DropError as e:
+                        self.counters[e.reason] += 1
 
-    def _input_ipv4(self, packet: bytes) -> None:
+    def _input_ipv4(self, packet: bytes, src_mac: bytes) -> None:
         hdr = ip4.parse(packet)
         if hdr.dst != self.address:
             if self.igmp.listening(hdr.dst):
@@ -216,6 +250,9 @@ class Stack:
             return
         if self._impossible_source(hdr.src):
             self.counters["ipv4.bad_source.drop"] += 1
+            return
+        if self._spoofed_via_gateway(src_mac, hdr.src):
+            self._verify_source(hdr.src, packet)
             return
         payload = packet[hdr.header_len:hdr.total_len]
         if hdr.is_fragment:
@@ -253,6 +290,31 @@ class Stack:
         else:
             self.counters["ipv4.multicast.unknown_protocol.drop"] += 1
 
+    def _verify_source(self, src: int, packet: bytes) -> None:
+        """An own-subnet source behind the gateway's MAC that ARP does not map
+        there. Known at another MAC, it is forged: dropped. Unknown, ARP asks
+        who holds it and the datagram waits (a few per source, only while that
+        resolution lasts): the router answers for an address of its own, a host
+        with its own MAC, and for a forgery nobody answers."""
+        entry = self.arp.cache.get(src)
+        held = self._unverified.get(src)
+        if entry is not None or (held is not None and len(held) >= UNVERIFIED_QUEUE):
+            self.counters["ipv4.spoofed_via_gateway.drop"] += 1
+            return
+        if held is None:
+            if len(self._unverified) >= UNVERIFIED_SOURCES:
+                self.counters["ipv4.spoofed_via_gateway.drop"] += 1
+                return
+            request = self.arp.probe(self.now(), src)
+            if request is None and src not in self.arp.pending:
+                self.counters["ipv4.spoofed_via_gateway.drop"] += 1   # ARP's pending table is full
+                return
+            if request is not None:
+                self._send_arp(ethernet.BROADCAST, request)
+            held = self._unverified[src] = []
+        held.append(packet)
+        self.counters["ipv4.source_check.held"] += 1
+
     def _input_udp(self, hdr: ip4.Ipv4Header, segment: bytes) -> None:
         src_port, dst_port, data = udp.parse(segment, hdr.src, hdr.dst)
         handler = self.udp.bindings.get(dst_port)
@@ -278,10 +340,16 @@ class Stack:
             self.counters["icmp.port_unreachable.rate_limited"] += 1
 
     def _input_icmp(self, hdr: ip4.Ipv4Header, message: bytes) -> None:
-        icmp_type, _code = icmp.parse(message)
+        icmp_type, code = icmp.parse(message)
         if icmp_type == icmp.TYPE_ECHO_REQUEST:
             self.counters["icmp.echo.replied"] += 1
             self.send_ip(hdr.src, ip4.PROTO_ICMP, icmp.echo_reply(message))
+        elif icmp_type == icmp.TYPE_DEST_UNREACHABLE and code == icmp.CODE_FRAGMENTATION_NEEDED:
+            mtu, quoted = icmp.fragmentation_needed(message)
+            if quoted.src != self.address or quoted.protocol != ip4.PROTO_TCP:
+                self.counters["icmp.frag_needed.not_ours.drop"] += 1   # only TCP sends with DF
+                return
+            self.tcp.path_mtu(self.now(), quoted.dst, quoted.payload, mtu)
         else:
             self.counters[f"icmp.type{icmp_type}.ignored"] += 1
 
@@ -310,7 +378,7 @@ class Stack:
                     if length & 1:
                         body <<= 8
                     udp_sum = addresses + ip4.PROTO_UDP + length + src_port + dst_port + length + body
-                    self.link.send(_UDP_FRAME_HEAD.pack(
+                    self._send_frame(_UDP_FRAME_HEAD.pack(
                         mac, self.mac, ethernet.TYPE_IPV4, 0x45, 0, total, ident, 0, ttl, ip4.PROTO_UDP,
                         0xFFFF - ip_sum % 0xFFFF, address, dst_ip, src_port, dst_port, length,
                         0xFFFF - udp_sum % 0xFFFF) + payload)
@@ -352,7 +420,7 @@ class Stack:
         if mac is not None:
             prefix = mac + self._src_mac_type
             for packet in packets:
-                self.link.send(prefix + packet)
+                self._send_frame(prefix + packet)
             return
         now = self.now()
         for packet in packets:
@@ -370,4 +438,8 @@ class Stack:
                            + header + message)
 
     def _send_arp(self, dst_mac: bytes, packet: bytes) -> None:
-        self.link.send(ethernet.header(dst_mac, self.mac, ethernet.TYPE_ARP) + packet)
+        self._send_frame(ethernet.header(dst_mac, self.mac, ethernet.TYPE_ARP) + packet)
+
+    def _send_frame(self, frame: bytes) -> None:
+        if not self.link.send(frame):
+            self.counters["link.tx.drop"] += 1

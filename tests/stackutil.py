@@ -34,8 +34,9 @@ class CaptureLink:
     def attach(self, loop, receive) -> None:
         self.receive = receive
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> bool:
         self.sent.append(bytes(frame))
+        return True
 
     def close(self) -> None:
         pass

@@ -73,8 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-queries", action="store_true", default=None, help="log every query")
     serve.add_argument("--pcap", metavar="FILE", help="write every frame to a pcap file")
     # forwarder, cache, hosts overrides (unikernel/resolver/forwarder.py, cache.py, sources/hosts.py)
-    serve.add_argument("--forward", action="append", metavar="ADDR[:PORT]",
-                       help="upstream resolver for what no local data answers; repeat for several")
+    serve.add_argument("--forward", action="append", metavar="ADDR[:PORT]|tls://ADDR[:PORT]#NAME",
+                       help="upstream resolver for what no local data answers; repeat for several. "
+                            "tls://: DNS over TLS (port 853 by default), the certificate verified for NAME")
+    serve.add_argument("--tls-ca", metavar="FILE",
+                       help="PEM bundle that tls:// upstreams' certificates must chain to "
+                            "(default: Debian's ca-certificates bundle)")
+    serve.add_argument("--dot-cert", metavar="FILE", help="certificate chain (PEM) to serve DNS over TLS on 853")
+    serve.add_argument("--dot-key", metavar="FILE", help="the private key (PEM) for --dot-cert")
     serve.add_argument("--hosts", action="append", metavar="FILE", type=lambda v: str(Path(v).resolve()),
                        help="/etc/hosts-format overrides (A/AAAA and PTR); repeat for several")
     serve.add_argument("--allow", action="append", metavar="CIDR",
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serve-stale", nargs="?", const=True, type=yes_or_no, metavar="yes|no",
                        help="give expired cached answers while no upstream answers (RFC 8767)")
     serve.add_argument("--cache-size", type=int, metavar="N", help="most answers kept in the cache")
+    serve.add_argument("--trust-anchor", dest="trust_anchors", action="append", metavar="FILE",
+                       type=lambda v: str(Path(v).resolve()),
+                       help="DNSSEC trust anchors (DS or DNSKEY records, zone-file format) replacing the "
+                            "root's built-in ones; repeat for several")
+    serve.add_argument("--dnssec", nargs="?", const=True, type=yes_or_no, metavar="yes|no",
+                       help="validate forwarded answers with DNSSEC (default yes)")
     _add_field_options(serve)
     serve.set_defaults(func=run_serve)
 
@@ -140,9 +152,11 @@ def _appliance_of(args: argparse.Namespace, appliance: Appliance | None) -> Appl
             value = [item for v in value for item in (v.split(",") if name != "zones" else [v]) if item]
             if value == ["none"]:       # `--forward none`: clear what config.py declares
                 value = []
-        if name in ("zones", "hosts"):
+        if name in ("zones", "hosts", "blocklist", "allowlist"):
             # files named on the command line are relative to where we run
             value = [str(Path(v).resolve()) for v in value]
+        if name in ("tls_ca", "dot_cert", "dot_key"):
+            value = str(Path(value).resolve())
         if name == "ipv4_gateway" and value == "none":
             value = None
         changes[name] = value

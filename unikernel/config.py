@@ -13,8 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.exception
+import dns.name
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config.py"
+# Debian's ca-certificates bundle: on a Debian host, and in the image (built
+# from the pinned package), the default trust for tls:// upstreams.
+DEBIAN_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+DOT_PORT = 853                          # DNS over TLS (RFC 7858)
 
 
 class ConfigError(ValueError):
@@ -36,6 +43,35 @@ def parse_upstream(text: str, default_port: int = 53) -> tuple[int, int]:
     if not 0 < port < 65536:
         raise ValueError(f"bad upstream {text!r}: port out of range")
     return ip, port
+
+
+def is_tls_upstream(text: str) -> bool:
+    return text.strip().lower().startswith("tls://")
+
+
+def parse_tls_upstream(text: str) -> tuple[int, int, str]:
+    """``tls://ADDR[:PORT]#NAME`` -> (ip as int, port, name). Raises ValueError."""
+    body = text.strip()
+    if not is_tls_upstream(body):
+        raise ValueError(f"bad upstream {text!r}: want tls://ADDR[:PORT]#NAME")
+    body = body[len("tls://"):]
+    where, sep, name = body.partition("#")
+    name = name.strip().rstrip(".")
+    if not sep or not name:
+        raise ValueError(f"bad upstream {text!r}: tls:// needs #NAME, the name its certificate carries")
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException as e:
+        raise ValueError(f"bad upstream {text!r}: {name!r} is not a name ({e})") from None
+    addr, colon, port_text = where.partition(":")
+    try:
+        ip = int(ipaddress.IPv4Address(addr))
+        port = int(port_text) if colon else DOT_PORT
+    except ValueError:
+        raise ValueError(f"bad upstream {text!r}: want tls://ADDR[:PORT]#NAME with an IPv4 address") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"bad upstream {text!r}: port out of range")
+    return ip, port, name
 
 
 def yes_or_no(text: str) -> bool:
@@ -82,7 +118,10 @@ class Appliance:
     port: int = 53
     zones: list[str] = field(default_factory=list)     # zone files (RFC 1035 master format)
     hosts: list[str] = field(default_factory=list)     # /etc/hosts-format overrides
-    forward: list[str] = field(default_factory=list)   # upstream resolvers, ADDR[:PORT]
+    forward: list[str] = field(default_factory=list)   # upstreams: ADDR[:PORT] or tls://ADDR[:PORT]#NAME
+    tls_ca: str | None = None               # PEM bundle for tls:// upstreams; None: DEBIAN_CA_BUNDLE
+    dot_cert: str | None = None             # with dot_key: also serve DNS over TLS on port 853
+    dot_key: str | None = None
     allow: list[str] = field(default_factory=list)     # who may use forwarding; [] = own subnet
     cache_size: int = 10000
     bogus_nxdomain: list[str] = field(default_factory=list)   # answers with these addresses become NXDOMAIN
@@ -93,7 +132,9 @@ class Appliance:
     rrl_rate: int = 200                     # UDP responses a second per client /24 (NSD's default); 0: off
     rrl_slip: int = 2                       # every N-th limited response goes out truncated (0: none)
     rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
-    log_queries: bool = False
+    dnssec: bool = True                     # validate what is forwarded (DNSSEC); bogus answers get SERVFAIL
+    trust_anchors: list[str] = field(default_factory=list)   # DS/DNSKEY files; [] = the root's built-in KSKs
+    log_queries: bool = False               # one JSON object a line per answer, on stdout
     # zone transfers (unikernel/transfer/): who may AXFR/IXFR (CIDRs; [] = nobody),
     # the TSIG key they must sign with (NAME:ALGORITHM:BASE64SECRET), secondaries
     # told of a new serial by NOTIFY (ADDR[:PORT])
@@ -102,6 +143,13 @@ class Appliance:
     notify: list[str] = field(default_factory=list)
     # zones pulled from a primary and kept by its SOA timers and NOTIFY: ZONE@ADDR[:PORT]
     secondary: list[str] = field(default_factory=list)
+    # the operator's side (unikernel/ops, sources/blocklist, sources/chaos)
+    metrics_port: int = 9153                # /metrics, /api/stats and the dashboard; 0: off
+    blocklist: list[str] = field(default_factory=list)    # hosts-format or one-domain-a-line lists
+    allowlist: list[str] = field(default_factory=list)    # names never blocked
+    block_answer: str = "nxdomain"          # nxdomain (with EDE 15) or null (0.0.0.0 / ::)
+    identity: str | None = None             # CHAOS id.server / hostname.bind; None: our address
+    hide_version: bool = False              # CHAOS version.server / version.bind REFUSED
     base: Path = REPO                       # relative paths are resolved against this
 
     def __post_init__(self) -> None:
@@ -113,6 +161,10 @@ class Appliance:
             raise ConfigError(str(e)) from None
         if not 68 <= self.mtu <= 65535:
             raise ConfigError(f"mtu {self.mtu} out of range 68..65535")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics-port {self.metrics_port} out of range 0..65535 (0: off)")
+        if self.block_answer not in ("nxdomain", "null"):
+            raise ConfigError(f"block-answer {self.block_answer!r}: nxdomain or null")
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:
@@ -121,6 +173,10 @@ class Appliance:
     @property
     def gateway(self) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(self.ipv4_gateway) if self.ipv4_gateway else None
+
+    @property
+    def upstream_ca(self) -> Path:
+        return self.path(self.tls_ca) if self.tls_ca else Path(DEBIAN_CA_BUNDLE)
 
     def path(self, name: str) -> Path:
         p = Path(name)

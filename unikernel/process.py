@@ -46,11 +46,15 @@ class Answer:
     static: the answer depends only on the question (name case-folded, type,
             class, EDNS present, DO bit), so its wire form may be kept and
             served from the fast path.
+    source: what answered (zone, hosts, special, blocked, cache, forward...),
+            for the metrics and the query log; set by :func:`labelled`
+            unless the process knows better (the forwarder's cache hits).
     """
 
     message: dns.message.Message
     final: bool = False
     static: bool = False
+    source: str = ""
 
 
 class Process(Protocol):
@@ -74,6 +78,19 @@ def compose(first: Process, *rest: Process) -> Process:
         return answer
 
     return composed
+
+
+def labelled(source: str, process: Process) -> Process:
+    """``process`` whose answers say they came from ``source`` (unless they
+    already say where they came from)."""
+
+    async def labelling(*, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
+        answer = await process(src=src, dst=dst, query=query)
+        if answer is not None and not answer.source:
+            answer.source = source
+        return answer
+
+    return labelling
 
 
 Processor = Callable[[Endpoint, Endpoint, dns.message.Message], Awaitable[Answer | None]]

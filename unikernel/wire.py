@@ -137,16 +137,20 @@ def fast_key(payload: bytes) -> tuple[bytes, int, int] | None:
 
 
 # The header bits a reply echoes from its query: RD (byte 2) and CD (byte 3);
-# and RA (byte 3), which the server may set per client.
-_RD, _CD, _RA = 0x01, 0x10, 0x80
+# RA (byte 3), which the server may set per client, and AD (byte 3), which a
+# reply keeps only for a query that set AD or DO.
+_RD, _CD, _AD, _RA = 0x01, 0x10, 0x20, 0x80
+_KEEP_AD, _DROP_AD = ~_CD & 0xFF, ~(_CD | _AD) & 0xFF
 
 
-def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None) -> bytes:
+def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None, with_do: bool = False) -> bytes:
     """``answer`` (kept for the same key) made the reply to ``query``: the
     query's ID, RD and CD copied from the query, the question's letter case
     as asked; RA set or cleared when ``ra`` says (whether this client may
-    recurse), else as kept."""
-    flags = (answer[3] & ~_CD & 0xFF) | (query[3] & _CD)
+    recurse), else as kept; the answer's AD only if the query set AD or
+    (``with_do``, the key's EDNS byte) DO, as RFC 6840 5.7 asks."""
+    keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
+    flags = (answer[3] & keep) | (query[3] & _CD)
     if ra is not None:
         flags = flags | _RA if ra else flags & ~_RA & 0xFF
     return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))

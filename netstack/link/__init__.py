@@ -4,8 +4,9 @@ A link has one small interface:
 
 * ``attach(loop, receive)``: start delivering every received frame, as bytes,
   by calling ``receive(frame)`` on the loop;
-* ``send(frame)``: put one Ethernet frame on the wire (never blocks; a frame the
-  device cannot take right now is dropped and counted, as a NIC would);
+* ``send(frame)``: put one Ethernet frame on the wire; never blocks: a frame the
+  device cannot take right now is dropped, as a NIC would, and ``send``
+  returns False (the stack counts it as ``link.tx.drop``);
 * ``close()``.
 
 Backends: ``tap`` (Linux TUN/TAP), ``packet`` (AF_PACKET on a NIC), ``memory``
@@ -27,6 +28,6 @@ class Link(Protocol):
 
     def attach(self, loop: asyncio.AbstractEventLoop, receive: Receive) -> None: ...
 
-    def send(self, frame: bytes) -> None: ...
+    def send(self, frame: bytes) -> bool: ...
 
     def close(self) -> None: ...

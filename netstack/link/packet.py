@@ -53,7 +53,6 @@ def complete_checksum(frame: bytes) -> bytes:
 class PacketLink:
     def __init__(self, name: str = "eth0", mtu: int = 1500) -> None:
         self.name, self.mtu = name, mtu
-        self.dropped = 0
         self.checksums_completed = 0
         _bring_up(name)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -89,11 +88,12 @@ class PacketLink:
 
         loop.add_reader(self.sock.fileno(), readable)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> bool:
         try:
             self.sock.send(frame)
-        except OSError:
-            self.dropped += 1
+        except OSError:   # the socket's queue is full: drop, as a NIC would
+            return False
+        return True
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

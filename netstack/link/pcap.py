@@ -37,9 +37,9 @@ class PcapTee:
             receive(frame)
         self.link.attach(loop, tee)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> bool:
         self._write(frame)
-        self.link.send(frame)
+        return self.link.send(frame)
 
     def close(self) -> None:
         self.link.close()

@@ -26,7 +26,6 @@ class TapLink:
         if len(name.encode()) >= 16:
             raise ValueError(f"interface name {name!r} is longer than 15 bytes")
         self.name, self.mtu, self.mac = name, mtu, None
-        self.dropped = 0
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
@@ -52,12 +51,13 @@ class TapLink:
 
         loop.add_reader(fd, readable)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> bool:
         try:
             os.write(self.fd, frame)
         except OSError:
             # The device's queue is full (or it went away): drop, as a NIC would.
-            self.dropped += 1
+            return False
+        return True
 
     def close(self) -> None:
         if self.fd < 0:

@@ -21,7 +21,15 @@ class TcpConfig:
     max_synack_retries: int = 4     # passive open: half-open connections are reaped after these
     initial_cwnd_segments: int = 10  # RFC 6928
     time_wait: float = 60.0         # 2 MSL
-    idle_timeout: float = 300.0     # a connection silent for this long is reset
+    fin_wait_2_timeout: float = 60.0  # Linux's tcp_fin_timeout: our FIN was ACKed, the peer's never came
+    idle_timeout: float = 300.0     # a connection with no acceptable segment for this long is reset
+    # RFC 7766 6.2.3: with the table at busy_fraction of its bound, idle connections
+    # get busy_idle_timeout instead; when it is full, one idle for evictable_idle or
+    # more makes room for a client that completed a handshake
+    busy_fraction: float = 0.75
+    busy_idle_timeout: float = 10.0
+    evictable_idle: float = 2.0
+    max_per_client: int = 16        # connections from one address (Unbound's tcp-connection-limit)
     max_half_open: int = 64         # SYN_RECEIVED entries; beyond, SYN cookies (or refusal)
     syn_cookies: bool = True
     challenge_acks_per_second: int = 100  # RFC 5961 section 7

@@ -4,8 +4,9 @@ The connection does no I/O and reads no clock on the input path: its layer
 hands it segments and the time, and it sends through the layer. Its timers
 are data, each an absolute time or None: ``rto_at`` (retransmission, which
 doubles as the persist timer while the peer's window is shut),
-``time_wait_at``, and the idle deadline from ``last_activity``; the layer's
-``tick(now)`` runs them.
+``time_wait_at``, ``fin_wait_2_at``, and the idle deadline from
+``last_activity`` (the last acceptable segment, or data we queued); the
+layer's ``tick(now)`` runs them.
 
 What is here, and where it comes from:
 
@@ -17,6 +18,8 @@ What is here, and where it comes from:
   Karn, exponential backoff), slow start and congestion avoidance, fast
   retransmit on the third duplicate ACK with NewReno-style recovery (RFC
   5681/6582), zero-window probes;
+* path MTU discovery (RFC 1191): "fragmentation needed" for a segment in
+  flight (RFC 5927) lowers the segment size and resends;
 * out-of-order segments kept in a bounded ``reassembly.Reassembly``;
 * FIN, RST, TIME_WAIT;
 * RFC 5961: an in-window RST or any SYN on a synchronized connection only
@@ -40,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 S, E = State, Event
+# Linux's ip_rt_min_pmtu (512 + 20 + 20): a "fragmentation needed" asking for
+# less is taken as this much, so a forged one cannot shrink segments to nothing.
+MIN_PATH_MTU = 552
 
 
 class Connection:
@@ -71,6 +77,7 @@ class Connection:
         self._on_accept: Callable[[Connection], None] | None = None
         self._ws_agreed = False     # both SYNs carried a window scale option
         self._cookie = False        # opened from a SYN cookie: no options were remembered
+        self._active_open = state is S.CLOSED   # connect() made it; a listener makes it in LISTEN
         self.error: str | None = None
         # send side
         self.iss = iss
@@ -111,6 +118,7 @@ class Connection:
         # timers, as data: each is an absolute time or None
         self.rto_at: float | None = None
         self.time_wait_at: float | None = None
+        self.fin_wait_2_at: float | None = None
         self.last_activity = 0.0
 
     def __repr__(self) -> str:
@@ -184,8 +192,10 @@ class Connection:
         self.state = new
         if self.on_state is not None:
             self.on_state(new)
-        if new is S.TIME_WAIT:
-            self.rto_at = None
+        if new is S.FIN_WAIT_2:
+            self.fin_wait_2_at = self.layer.now_hint + self.layer.config.fin_wait_2_timeout
+        elif new is S.TIME_WAIT:
+            self.rto_at = self.fin_wait_2_at = None
             self.time_wait_at = self.layer.now_hint + self.layer.config.time_wait
         elif new is S.CLOSED:
             self.layer._remove(self)
@@ -199,7 +209,7 @@ class Connection:
         if self.state is not S.CLOSED:  # the table must always allow this
             self.state = S.CLOSED
             self.layer._remove(self)
-        self.rto_at = self.time_wait_at = None
+        self.rto_at = self.time_wait_at = self.fin_wait_2_at = None
         if reason is not None and not was_passive_half_open and self.error is None:
             self.error = reason
             if self.on_close is not None:
@@ -321,17 +331,23 @@ class Connection:
             1 if self.fin_queued and seq_diff(self.snd_nxt, self.fin_seq) <= 0 else 0)
 
     # -- timers ----------------------------------------------------------------------------
-    def _tick(self, now: float) -> None:
-        cfg = self.layer.config
+    def _tick(self, now: float, idle_limit: float) -> None:
         if self.time_wait_at is not None and now >= self.time_wait_at:
             self.layer.counters["tcp.time_wait.expired"] += 1
             self._finish(E.TIMEOUT, None)
+            return
+        if self.fin_wait_2_at is not None and now >= self.fin_wait_2_at:
+            # Linux's tcp_fin_timeout: the peer ACKed our FIN and never sent its
+            # own; it ends with a RST, as Linux's tcp_send_active_reset
+            self.layer.counters["tcp.fin_wait_2.timeout"] += 1
+            self._send(self.snd_max, RST | ACK)
+            self._finish(E.TIMEOUT, "timeout")
             return
         if self.rto_at is not None and now >= self.rto_at:
             self._on_rto(now)
             return
         if self.state in SYNCHRONIZED and self.state is not S.TIME_WAIT \
-                and now - self.last_activity > cfg.idle_timeout:
+                and now - self.last_activity > idle_limit:
             self.layer.counters["tcp.idle.reset"] += 1
             self._send(self.snd_max, RST | ACK)
             self._finish(E.TIMEOUT, "timeout")
@@ -384,6 +400,26 @@ class Connection:
         if self.rto_at is None:
             self.rto_at = now + self.rto
 
+    def _lower_path_mtu(self, now: float, seq: int, mtu: int) -> None:
+        """RFC 1191 for TCP: segments shrink to what the path carries, and what
+        is in flight goes again at the new size, with no congestion response
+        (Linux's tcp_simple_retransmit). RFC 5927 5.1: the quoted sequence
+        number must be one in flight, or anyone could shrink our segments."""
+        counters = self.layer.counters
+        if self.state not in SENDS_DATA or not (
+                seq_diff(seq, self.snd_una) >= 0 and seq_diff(seq, self.snd_max) < 0):
+            counters["tcp.pmtu.not_in_flight.drop"] += 1
+            return
+        mss = max(mtu, MIN_PATH_MTU) - 40
+        if mss >= self.snd_mss:
+            counters["tcp.pmtu.not_lower.drop"] += 1
+            return
+        counters["tcp.pmtu.lowered"] += 1
+        self.snd_mss = mss
+        self.rtt_seq = None          # Karn: what is in flight is about to be sent again
+        self.snd_nxt = self.snd_una
+        self._output(now)
+
     # -- input -------------------------------------------------------------------------------
     def _negotiate(self, seg: TcpSegment) -> None:
         cfg = self.layer.config
@@ -401,7 +437,6 @@ class Connection:
         self.cwnd = cfg.initial_cwnd_segments * self.snd_mss
 
     def _input(self, now: float, seg: TcpSegment) -> None:
-        self.last_activity = now
         if self.state is S.SYN_SENT:
             self._input_syn_sent(now, seg)
         else:
@@ -430,12 +465,11 @@ class Connection:
             self._take_rtt(now, seg.ack)
             self.retries = 0
             self.rto_at = None
+            self.last_activity = now
             self._update_window(seg, unscaled=True, force=True)
             self._apply(E.RECV_SYN_ACK)
             self.ack_needed = True
-            counters["tcp.connect.established"] += 1
-            if self.on_established is not None:
-                self.on_established()
+            self._established_active()
         else:
             self._apply(E.RECV_SYN)      # simultaneous open: answer with SYN-ACK
             self.snd_wnd = self.max_snd_wnd = seg.window
@@ -502,15 +536,26 @@ class Connection:
                 return
             self._update_window(seg, unscaled=False, force=True)
             self._apply(E.RECV_ACK_OF_SYN)
-            self._established_passive()
+            if self._active_open:
+                self._established_active()   # a simultaneous open (RFC 9293 3.5) completed
+            else:
+                self._established_passive()
             if self.state is S.CLOSED:
                 return
         if not self._process_ack(now, seg):
             return
+        # only a segment that passed every check restarts the idle timer: an
+        # unacceptable one (anyone can send those) must not keep a connection alive
+        self.last_activity = now
         if self.state is S.CLOSED:
             return
         if seg.payload or flags & FIN:
             self._process_data(now, seg)
+
+    def _established_active(self) -> None:
+        self.layer.counters["tcp.connect.established"] += 1
+        if self.on_established is not None:
+            self.on_established()
 
     def _established_passive(self) -> None:
         on_accept, self._on_accept = self._on_accept, None

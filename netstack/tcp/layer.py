@@ -4,10 +4,13 @@ It parses segments (``segment``), dispatches them to their connection, opens
 connections for listeners (answering with SYN cookies once half-open entries
 reach their bound), answers strays with RST, and runs every connection's
 timers from ``tick(now)``. Segments leave through the ``transmit(dst_ip,
-segment_bytes)`` callback. Bounds: ``max_connections`` in total (SYNs beyond
-it are dropped, a TIME_WAIT entry is recycled first), half-open connections
-bounded, SYN-ACK retries limited, idle connections reaped, send buffer
-bounded (``BufferError``). A fresh SYN may end TIME_WAIT early (RFC 6191).
+segment_bytes)`` callback. Bounds: ``max_connections`` in total and
+``max_per_client`` from one address; half-open connections bounded, SYN-ACK
+retries limited, FIN_WAIT_2 limited to 60 s, idle connections reaped (sooner
+once the table is busy), send buffer bounded (``BufferError``). A SYN that
+finds the table full (a TIME_WAIT entry is recycled first) is answered with a
+cookie; once its ACK proves the client real, the connection idle longest
+makes room (RFC 7766 6.2.3). A fresh SYN may end TIME_WAIT early (RFC 6191).
 
 Every outcome increments a counter in ``counters`` (``tcp.bad_checksum.drop``,
 ``tcp.no_listener.rst``, ``tcp.syn_refused.drop``, ...).
@@ -47,9 +50,11 @@ class TcpLayer:
         self.rng = rng or random.SystemRandom()
         self.config = config or TcpConfig()
         self.connections: dict[tuple[int, int, int], Connection] = {}  # (remote ip, remote port, local port)
+        self._per_client: dict[int, int] = {}   # remote ip -> its entries in `connections`
         self.listeners: dict[int, Callable[[Connection], None]] = {}
         self.now_hint = 0.0  # the time of the input or tick being handled
         self._cookie_secret = self.rng.getrandbits(128).to_bytes(16, "big")
+        self._last_cookie_sent: float | None = None
         self._challenge_window = -1
         self._challenge_count = 0
 
@@ -75,7 +80,7 @@ class TcpLayer:
         conn = Connection(self, local_port, dst_ip, dst_port, self.rng.getrandbits(32), S.CLOSED)
         conn.rcv_wscale = self.config.rcv_window_shift
         conn.last_activity = now
-        self.connections[(dst_ip, dst_port, local_port)] = conn
+        self._add(conn)
         conn._apply(E.OPEN_ACTIVE)
         conn._output(now)
         return conn
@@ -93,9 +98,10 @@ class TcpLayer:
     # -- timers ----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         self.now_hint = now
+        idle_limit = self._idle_limit()   # decided once a tick, so a busy table sheds all its idlers
         for conn in list(self.connections.values()):
             try:
-                conn._tick(now)
+                conn._tick(now, idle_limit)
             except Exception:  # an application callback failed: count it, keep the layer going
                 self.counters["tcp.exception"] += 1
                 log.exception("TCP timer handling failed for %r", conn)
@@ -145,7 +151,7 @@ class TcpLayer:
             self.counters["tcp.listen.rst.drop"] += 1
             return
         if flags & ACK:
-            if not flags & SYN and self.config.syn_cookies \
+            if not flags & SYN and self._cookies_in_use(now) \
                     and self._open_from_cookie(now, src_ip, seg, on_accept):
                 return
             self.counters["tcp.listen.ack.rst"] += 1
@@ -154,8 +160,13 @@ class TcpLayer:
         if not flags & SYN:
             self.counters["tcp.listen.no_syn.drop"] += 1
             return
+        if self._client_full(src_ip):
+            return
         if len(self.connections) >= self.max_connections and not self._recycle_time_wait():
-            self.counters["tcp.syn_refused.drop"] += 1
+            if self.config.syn_cookies:
+                self._send_cookie(now, src_ip, seg)   # room is made once its ACK proves the client real
+            else:
+                self.counters["tcp.syn_refused.drop"] += 1
             return
         half_open = sum(1 for c in self.connections.values() if c.state is S.SYN_RECEIVED)
         if half_open >= self.config.max_half_open:
@@ -171,12 +182,37 @@ class TcpLayer:
         conn.snd_wnd = conn.max_snd_wnd = seg.window
         conn.snd_wl1, conn.snd_wl2 = seg.seq, conn.iss
         conn._apply(E.RECV_SYN)
-        self.connections[(src_ip, seg.src_port, seg.dst_port)] = conn
+        self._add(conn)
         self.counters["tcp.syn.accepted"] += 1
         conn._output(now)
 
+    def path_mtu(self, now: float, dst_ip: int, quoted: bytes, mtu: int) -> None:
+        """An ICMP "fragmentation needed" quoting `quoted` (the start of a
+        segment we sent to dst_ip) says the path takes `mtu` bytes (RFC 1191).
+        Only a live connection's segment counts (RFC 5927 5.1); never raises."""
+        self.now_hint = now
+        if len(quoted) < 8:
+            self.counters["tcp.pmtu.short_quote.drop"] += 1
+            return
+        our_port, their_port, seq = struct.unpack_from("!HHI", quoted)
+        conn = self.connections.get((dst_ip, their_port, our_port))
+        if conn is None:
+            self.counters["tcp.pmtu.no_connection.drop"] += 1
+            return
+        conn._lower_path_mtu(now, seq, mtu)
+
     # -- SYN cookies: a SYN answered without keeping any state --------------------------
     _COOKIE_MSS = (536, 1220, 1440, 1460)
+    # A cookie names its 64 s slot, and the current and previous slots are
+    # accepted: a cookie is good for at most 128 s after it was sent.
+    _COOKIE_LIFETIME = 128.0
+
+    def _cookies_in_use(self, now: float) -> bool:
+        """An ACK is read as a cookie only while cookies were sent recently
+        (Linux's tcp_synq_no_recent_overflow); otherwise a guessed cookie
+        could open a connection that no SYN ever asked for."""
+        return (self.config.syn_cookies and self._last_cookie_sent is not None
+                and now - self._last_cookie_sent <= self._COOKIE_LIFETIME)
 
     def _cookie_hash(self, src_ip: int, seg_src_port: int, dst_port: int, irs: int, slot: int) -> int:
         data = struct.pack("!IHHIII", src_ip, seg_src_port, dst_port, irs, slot, self.local_ip)
@@ -189,6 +225,7 @@ class TcpLayer:
         cookie = (slot << 27) | (index << 24) | (self._cookie_hash(src_ip, seg.src_port, seg.dst_port, seg.seq, slot)
                                                  & 0xFFFFFF)
         self.counters["tcp.syn_cookie.sent"] += 1
+        self._last_cookie_sent = now
         reply = TcpSegment(seg.dst_port, seg.src_port, cookie, seq_add(seg.seq, 1), SYN | ACK,
                            min(self.config.rcv_window, 0xFFFF), mss=self._COOKIE_MSS[index])
         self._transmit(src_ip, reply)
@@ -205,7 +242,10 @@ class TcpLayer:
         if self._cookie_hash(src_ip, seg.src_port, seg.dst_port, irs, slot) & 0xFFFFFF != cookie & 0xFFFFFF:
             self.counters["tcp.syn_cookie.bad"] += 1
             return False
-        if len(self.connections) >= self.max_connections and not self._recycle_time_wait():
+        if self._client_full(src_ip):
+            return True
+        if len(self.connections) >= self.max_connections and not self._recycle_time_wait() \
+                and not self._evict_idle(now):
             self.counters["tcp.syn_refused.drop"] += 1
             return True  # a valid cookie but no room: dropped; the peer's retransmission may find some
         self.counters["tcp.syn_cookie.accepted"] += 1
@@ -219,7 +259,7 @@ class TcpLayer:
         conn.snd_wl1, conn.snd_wl2 = seg.seq, seg.ack
         conn._apply(E.RECV_SYN)
         conn._apply(E.RECV_ACK_OF_SYN)
-        self.connections[(src_ip, seg.src_port, seg.dst_port)] = conn
+        self._add(conn)
         conn._on_accept = on_accept
         conn._established_passive()
         if conn.state is not S.CLOSED:
@@ -227,14 +267,44 @@ class TcpLayer:
         return True
 
     # -- helpers ------------------------------------------------------------------------
-    def _recycle_time_wait(self) -> bool:
-        """Frees one table entry by ending the TIME_WAIT that would end first."""
-        waiting = [c for c in self.connections.values() if c.state is S.TIME_WAIT]
+    def _recycle_time_wait(self, remote_ip: int | None = None) -> bool:
+        """Frees one table entry (of `remote_ip`'s, if given) by ending the
+        TIME_WAIT that would end first."""
+        waiting = [c for c in self.connections.values() if c.state is S.TIME_WAIT
+                   and (remote_ip is None or c.remote[0] == remote_ip)]
         if not waiting:
             return False
         victim = min(waiting, key=lambda c: c.time_wait_at or 0.0)
         self.counters["tcp.time_wait.recycled"] += 1
         victim._finish(E.TIMEOUT, None)
+        return True
+
+    def _client_full(self, remote_ip: int) -> bool:
+        """True (and counted) when `remote_ip` holds its share of the table and
+        none of its entries is a TIME_WAIT that could make way."""
+        if self._per_client.get(remote_ip, 0) < self.config.max_per_client or self._recycle_time_wait(remote_ip):
+            return False
+        self.counters["tcp.per_client_limit.drop"] += 1
+        return True
+
+    def _idle_limit(self) -> float:
+        """The idle timeout now: shorter once the table is busy (RFC 7766 6.2.3)."""
+        cfg = self.config
+        if len(self.connections) >= cfg.busy_fraction * self.max_connections:
+            return min(cfg.busy_idle_timeout, cfg.idle_timeout)
+        return cfg.idle_timeout
+
+    def _evict_idle(self, now: float) -> bool:
+        """Frees one table entry by resetting the connection idle longest, if
+        one has been idle for evictable_idle (RFC 7766 6.2.3); one that is
+        talking is never pushed out."""
+        idlest = min((c for c in self.connections.values() if c.state not in (S.TIME_WAIT, S.SYN_SENT)),
+                     key=lambda c: c.last_activity, default=None)
+        if idlest is None or now - idlest.last_activity < self.config.evictable_idle:
+            return False
+        self.counters["tcp.evicted.idle"] += 1
+        idlest._send(idlest.snd_max, RST | ACK)
+        idlest._finish(E.TIMEOUT, "timeout")
         return True
 
     def _take_challenge_token(self) -> bool:
@@ -259,9 +329,20 @@ class TcpLayer:
         self.counters["tcp.tx"] += 1
         self.transmit(dst_ip, seg.emit(self.local_ip, dst_ip))
 
+    def _add(self, conn: Connection) -> None:
+        remote_ip = conn.remote[0]
+        self.connections[(remote_ip, conn.remote[1], conn.local[1])] = conn
+        self._per_client[remote_ip] = self._per_client.get(remote_ip, 0) + 1
+
     def _remove(self, conn: Connection) -> None:
-        key = (conn.remote[0], conn.remote[1], conn.local[1])
+        remote_ip = conn.remote[0]
+        key = (remote_ip, conn.remote[1], conn.local[1])
         if self.connections.get(key) is conn:
             del self.connections[key]
+            left = self._per_client[remote_ip] - 1
+            if left:
+                self._per_client[remote_ip] = left
+            else:
+                del self._per_client[remote_ip]
             if conn.on_finished is not None:
                 conn.on_finished()

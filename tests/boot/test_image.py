@@ -118,7 +118,11 @@ def test_initramfs_contents(image):
     names = stdlib.namelist()
     assert names == sorted(names) and all(n.endswith(".pyc") for n in names)
     assert "asyncio/__init__.pyc" in names and "encodings/utf_8.pyc" in names
-    assert "ssl.pyc" not in names and "tkinter/__init__.pyc" not in names
+    assert "ssl.pyc" in names and "tkinter/__init__.pyc" not in names      # ssl for DNS over TLS
+    assert any(n.startswith("usr/lib/python3.11/lib-dynload/_ssl.") for n in members)
+    assert "lib/x86_64-linux-gnu/libssl.so.3" in members and "lib/x86_64-linux-gnu/libcrypto.so.3" in members
+    bundle = members[make_image.packages.CA_BUNDLE][1]           # Mozilla's roots, as Debian pins them
+    assert bundle.count(b"-----BEGIN CERTIFICATE-----") > 100
     for n in names[:20]:
         assert int.from_bytes(stdlib.read(n)[4:8], "little") == 0b01
 
@@ -193,6 +197,7 @@ def test_boot_without_a_tap_uses_user_networking_and_keeps_upstreams_local(monke
     assert "dig @127.0.0.1 -p 5353" in hint
     args = qemu.netdev_args(net)
     assert "hostfwd=udp:127.0.0.1:5353-10.0.2.15:53" in args[1] and "restrict" not in args[1]
+    assert "hostfwd=tcp:127.0.0.1:9153-10.0.2.15:9153" in args[1] and "/metrics" in hint
 
     net, options, hint = boot.plan(argparse.Namespace(mode="tap", tap="tap7", port=5353), appliance)
     assert net == qemu.Tap("tap7")

@@ -15,8 +15,10 @@ Timings are reported, never asserted.
 """
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -94,7 +96,7 @@ def test_smoke_boot(image, tmp_path, capsys):
         start_upstream(ns, tmp_path)
         cmd = qemu.command(qemu.IMAGES / "dns.vmlinuz", qemu.IMAGES / "dns.initrd", memory=128,
                            net=qemu.Tap("tap0"), monitor=monitor,
-                           append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} forward={HOST}")
+                           append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} forward={HOST} dnssec=no")
         with qemu.Machine(cmd, monitor=monitor, prefix=("ip", "netns", "exec", ns.name)) as vm:
             seconds, reply = first_answer(ns, vm, "ns0.d1.signpo.st")
             report(capsys, f"image {size / 1e6:.2f} MB (kernel {image['kernel']['bytes'] / 1e6:.2f} + "
@@ -128,6 +130,19 @@ def test_smoke_boot(image, tmp_path, capsys):
             assert ping.returncode == 0, ping.stdout + ping.stderr
             assert " 0% packet loss" in ping.stdout
 
+            # the operator's port over our TCP: /metrics as curl and promtool see it
+            metrics = ns.run("curl", "-sS", "--max-time", "20", f"http://{GUEST}:9153/metrics", timeout=40)
+            assert metrics.returncode == 0, metrics.stdout + metrics.stderr
+            assert f'dnsapp_build_info{{version="0.1.0",inputs="{image["inputs"]}"}} 1' in metrics.stdout
+            assert 'dnsapp_answers_total{source="zone",rcode="NOERROR"}' in metrics.stdout
+            assert 'dnsapp_answers_total{source="forward",rcode="NOERROR"}' in metrics.stdout
+            if shutil.which("promtool"):
+                check = subprocess.run(["promtool", "check", "metrics"], input=metrics.stdout, capture_output=True,
+                                       text=True, timeout=30)
+                assert check.returncode == 0, check.stdout + check.stderr
+            page = ns.run("curl", "-sS", "--max-time", "20", f"http://{GUEST}:9153/", timeout=40)
+            assert page.returncode == 0 and "<title>DNS appliance</title>" in page.stdout
+
             # Ctrl-Alt-Del: PID 1 stops serving and powers off
             mark = len(vm.console)
             vm.send_monitor("sendkey ctrl-alt-delete")
@@ -137,6 +152,83 @@ def test_smoke_boot(image, tmp_path, capsys):
             assert "poweroff: clean (ctrl-alt-del)" in console
             assert "reboot: Power down" in console
             assert "Kernel panic" not in vm.console.decode(errors="replace")
+
+
+SMOKE_CA, SMOKE_CERT, SMOKE_KEY = "etc/ssl/certs/smoke-ca.pem", "etc/ssl/smoke.pem", "etc/ssl/smoke.key"
+
+
+def with_smoke_pki(initrd: Path, pki, out: Path) -> Path:
+    """The image's initrd with a second, uncompressed archive appended that
+    holds the test CA, certificate and key (the kernel unpacks concatenated
+    archives in turn), so the guest can verify an upstream made at test time
+    and serve DNS over TLS with a certificate the test trusts."""
+    import cpio
+    extra = io.BytesIO()
+    cpio.write(extra, [cpio.directory("etc/ssl/certs"), cpio.Entry(SMOKE_CA, 0o100644, pki.ca.read_bytes()),
+                       cpio.Entry(SMOKE_CERT, 0o100644, pki.cert.read_bytes()),
+                       cpio.Entry(SMOKE_KEY, 0o100600, pki.key.read_bytes())])
+    data = initrd.read_bytes()
+    out.write_bytes(data + bytes(-len(data) % 512) + extra.getvalue())
+    return out
+
+
+def test_smoke_boot_speaks_dot_both_ways(image, tmp_path, capsys):
+    """The image speaks DoT to its upstream (Unbound answers over TLS only, and
+    a capture on the tap sees no query to port 53 leave the guest) and to its
+    clients (kdig +tls on port 853)."""
+    if shutil.which("unbound") is None or shutil.which("kdig") is None:
+        pytest.skip("needs unbound as the DoT upstream and kdig as the DoT client")
+    from scapy.all import IP, TCP, UDP, rdpcap
+
+    from tests.tlscerts import make_pki
+    pki = make_pki(tmp_path / "pki", name="dot.smoke.test", addresses=(HOST,))
+    conf = tmp_path / "unbound.conf"
+    conf.write_text(textwrap.dedent(f"""
+        server:
+            interface: {HOST}@853
+            tls-port: 853
+            tls-service-key: "{pki.key}"
+            tls-service-pem: "{pki.cert}"
+            access-control: 0.0.0.0/0 allow
+            username: ""
+            chroot: ""
+            directory: "{tmp_path}"
+            pidfile: "{tmp_path}/unbound.pid"
+            use-syslog: no
+            logfile: ""
+            module-config: "iterator"
+            local-zone: "." static
+            local-data: "{UPSTREAM_NAME} 300 IN A {UPSTREAM_ADDRESS}"
+        remote-control:
+            control-enable: no
+    """))
+    initrd = with_smoke_pki(qemu.IMAGES / "dns.initrd", pki, tmp_path / "smoke.initrd")
+    with Namespace("dotboot") as ns:
+        ns.add_tap("tap0", f"{HOST}/24")
+        ns.popen("unbound", "-d", "-c", str(conf))
+        trace = tmp_path / "tap0.pcap"
+        tcpdump = ns.popen("tcpdump", "-i", "tap0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(trace))
+        cmd = qemu.command(qemu.IMAGES / "dns.vmlinuz", initrd, memory=128, net=qemu.Tap("tap0"),
+                           append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} forward=tls://{HOST}#dot.smoke.test "
+                                  f"tls-ca=/{SMOKE_CA} dot-cert=/{SMOKE_CERT} dot-key=/{SMOKE_KEY}")
+        with qemu.Machine(cmd, prefix=("ip", "netns", "exec", ns.name)) as vm:
+            seconds, _ = first_answer(ns, vm, "ns0.d1.signpo.st")
+            relayed = ask(ns, UPSTREAM_NAME, timeout=10)
+            console = vm.console.decode(errors="replace")
+            assert relayed is not None, "no answer for the name forwarded over TLS; console:\n" + console[-3000:]
+            assert relayed.rcode() == dns.rcode.NOERROR, relayed
+            assert [rr.address for rr in relayed.answer[0]] == [UPSTREAM_ADDRESS]
+            report(capsys, f"DoT upstream: first answer {seconds:.1f} s after QEMU start, forwarded over TLS")
+            served = ns.run("kdig", f"@{GUEST}", "+tls", f"+tls-ca={pki.ca}", "+tls-hostname=dot.smoke.test",
+                            "+time=10", "+retry=1", "ns0.d1.signpo.st", "A", timeout=60)
+            assert served.returncode == 0 and "192.168.1.2" in served.stdout, served.stdout + served.stderr
+            assert "TLS session" in served.stdout
+        time.sleep(1)
+        tcpdump.terminate()
+        tcpdump.wait(10)
+    packets = [p for p in rdpcap(str(trace)) if IP in p and p[IP].src == GUEST]
+    assert [p for p in packets if TCP in p and p[TCP].dport == 853], "nothing went to port 853"
+    assert [p.summary() for p in packets if (UDP in p and p[UDP].dport == 53) or (TCP in p and p[TCP].dport == 53)] == []
 
 
 def test_plain_qemu_command_answers(image, tmp_path, capsys):

@@ -534,7 +534,7 @@ def test_new_syn_may_end_time_wait():
 
 def test_syn_flood_is_bounded_and_reaped():
     net = Net()
-    cfg = TcpConfig(max_half_open=32)
+    cfg = TcpConfig(max_half_open=32, max_per_client=1000)   # one address floods: the per-client cap is tested apart
     b = net.layer(B_IP, config=cfg, max_connections=64)
     peer = ScriptedPeer(net, A_IP)
     b.listen(80, lambda c: None)

@@ -150,3 +150,58 @@ def test_mac_text_round_trip():
         ethernet.mac_from_str("01:00:5e:00:00:01")   # multicast
     with pytest.raises(ValueError):
         ethernet.mac_from_str("zz:00")
+
+
+def _udp_to_peer(stack):
+    stack.udp.sendto(b"reply", 53, stack.address - 1, 4000)
+
+
+def test_an_entry_in_use_is_refreshed_by_unicast_probe_before_it_expires():
+    """Linux's way (STALE, DELAY, PROBE): an entry still in use is re-asked
+    of the MAC it names, so traffic to the gateway never stalls behind a
+    broadcast re-resolution every 120 s."""
+    stack, link, clock = make_stack()
+    prime_arp(stack)
+    clock.advance(stack.arp.entry_lifetime - 3)          # in use close to its end
+    _udp_to_peer(stack)
+    assert [Ether(f).dst for f in link.take()] == [str2mac(PEER_MAC)]   # the datagram, straight out
+    stack.tick(clock())
+    [probe] = [Ether(f) for f in link.take()]
+    assert probe.dst == str2mac(PEER_MAC) and probe[ARP].op == 1 and probe[ARP].pdst == PEER_IP
+    assert stack.counters["arp.refresh.sent"] == 1
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP,
+                                                              hwdst=OUR_MAC, pdst=OUR_IP)))
+    clock.advance(10)                                    # past the old lifetime
+    _udp_to_peer(stack)
+    [frame] = [Ether(f) for f in link.take()]
+    assert frame.dst == str2mac(PEER_MAC) and UDP in frame
+    assert stack.counters["arp.cache.expired"] == 0 and stack.counters["arp.request.sent"] == 0
+
+
+def test_an_unanswered_refresh_lets_the_entry_expire_and_an_idle_entry_is_not_probed():
+    stack, link, clock = make_stack()
+    prime_arp(stack)
+    clock.advance(stack.arp.entry_lifetime - 3)
+    stack.tick(clock())
+    assert link.take() == []                             # not in use: no probe
+    _udp_to_peer(stack)
+    link.take()
+    for _ in range(8):
+        clock.advance(0.5)
+        stack.tick(clock())
+    probes = [Ether(f) for f in link.take()]
+    assert len(probes) == stack.arp.retries and all(p.dst == str2mac(PEER_MAC) for p in probes)
+    clock.advance(1)
+    _udp_to_peer(stack)                                  # expired: resolved again by broadcast
+    [request] = [Ether(f) for f in link.take()]
+    assert request.dst == "ff:ff:ff:ff:ff:ff" and stack.counters["arp.cache.expired"] == 1
+    assert not stack.arp.refreshing
+
+
+def test_an_unsolicited_reply_for_us_is_learned_and_counted():
+    """Found by the frame fuzzer: RFC 826 learns it, and it was the one ARP outcome with no counter."""
+    stack, link, _ = make_stack()
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / ARP(op=2, hwsrc=PEER_MAC, psrc=PEER_IP,
+                                                              hwdst=OUR_MAC, pdst=OUR_IP)))
+    assert stack.counters["arp.reply.learned"] == 1 and sum(stack.counters.values()) == 1
+    assert stack.arp.lookup(stack.address - 1, 0.0) == PEER_MAC and link.take() == []

@@ -337,7 +337,7 @@ def test_a_reload_flushes_cached_forwarded_answers_that_a_new_zone_shadows(tmp_p
             self.forgotten += 1
 
     server = Server()
-    assert main_mod.reload_zones(lifecycle, server, stack.counters)
+    assert main_mod.reload_sources(lifecycle, server, stack.counters)
     assert cache.get(dns.name.from_text("www.b.test."), 1, 1, False, 1.0) is None
     assert cache.get(dns.name.from_text("www.c.test."), 1, 1, False, 1.0) is not None
     assert server.forgotten == 1 and stack.counters["cache.flushed"] == 1

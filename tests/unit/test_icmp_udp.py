@@ -104,6 +104,21 @@ def test_udp_parse_rejects_truncation():
         udp.parse(b"\x00" * 7, 1, 2)
 
 
+def test_fragmentation_needed_reads_the_mtu_or_falls_back_to_rfc_1191_plateaus():
+    quoted = bytes(IP(src=OUR_IP, dst=PEER_IP, flags="DF") / UDP() / (b"x" * 1472))[:28]
+    for mtu, expected in ((1280, 1280), (0, 1492)):
+        message = bytes(ICMP(type=3, code=4, nexthopmtu=mtu) / quoted)
+        got, q = icmp.fragmentation_needed(message)
+        assert got == expected and q.protocol == 17 and q.total_len == 1500 and len(q.payload) == 8
+
+
+def test_a_fragmentation_needed_with_a_short_quote_is_counted():
+    stack, link, _ = make_stack()
+    stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP)
+                        / ICMP(type=3, code=4, nexthopmtu=1000) / (b"\x45" + bytes(10))))
+    assert stack.counters["icmp.bad_quote.drop"] == 1 and link.take() == []
+
+
 @pytest.mark.parametrize("payload", [b"", b"x", b"answer" * 5, b"\xff" * 1471, bytes(range(256)) * 5])
 @pytest.mark.parametrize("dst", [PEER_IP, "198.51.100.7"])      # on-link, and through the gateway
 @pytest.mark.parametrize("ttl", [None, 255])

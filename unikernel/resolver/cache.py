@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -55,6 +56,7 @@ import dns.rrset
 KIND_POSITIVE = "positive"
 KIND_NEGATIVE = "negative"
 KIND_SERVFAIL = "servfail"
+SECURITY_SECURE, SECURITY_INSECURE, SECURITY_BOGUS, SECURITY_UNCHECKED = "secure", "insecure", "bogus", "unchecked"
 OUR_PAYLOAD = 1232             # the EDNS payload size our answers advertise
 MAX_BYTES = 32 * 1024 * 1024   # the cache's memory budget (see _cost)
 # What an entry costs: a fixed part plus twice its wire size for the parsed
@@ -77,9 +79,11 @@ def question_key(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
     return qname.canonicalize().to_wire() + struct.pack("!HH", rdtype, rdclass)
 
 
-def entry_key(qkey: bytes, do: bool) -> bytes:
-    """Where an entry lives: the question, then 2 for DO and 0 without."""
-    return qkey + (b"\x02" if do else b"\x00")
+def entry_key(qkey: bytes, do: bool, cd: bool = False) -> bytes:
+    """Where an entry lives: the question, then 2 for DO and 0 without, plus
+    4 for data relayed unvalidated to a CD query (never on the fast path,
+    whose keys end in 0 or 2)."""
+    return qkey + bytes(((2 if do else 0) | (4 if cd else 0),))
 
 
 @dataclass(slots=True)
@@ -105,6 +109,16 @@ class Entry:
     rendered: dict[int, _Rendered] = field(default_factory=dict)
     cost: int = 0                                # bytes charged to the cache's budget
     refresh_failed_at: float | None = None       # serve-stale: when a refresh last got nothing
+    # DNSSEC: "secure" (answered with AD), "insecure", "bogus" (a SERVFAIL
+    # with ``ede``, an RFC 8914 (code, text)), "unchecked" (not validated:
+    # validation off, or relayed for CD, then ``cd`` is set)
+    security: str = SECURITY_UNCHECKED
+    ede: tuple[int, str] | None = None
+    cd: bool = False
+
+    @property
+    def key(self) -> bytes:
+        return entry_key(question_key(*self.question), self.do, self.cd)
 
     @property
     def expires_at(self) -> float:
@@ -136,6 +150,13 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def clear(self) -> None:
+        """Forgets every entry (a reload changed what may be answered: a name
+        now blocked must not be served from here)."""
+        self._entries.clear()
+        self.size = 0
+        self.counters["cache.cleared"] += 1
 
     # -- storing ------------------------------------------------------------
     def entry_from_reply(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
@@ -170,13 +191,20 @@ class Cache:
         return Entry(KIND_SERVFAIL, dns.rcode.SERVFAIL, [], [], [], now, self.servfail_ttl,
                      (qname.canonicalize(), rdtype, rdclass), do)
 
+    def bogus_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float, ttl: int,
+                    ede: tuple[int, str]) -> Entry:
+        """A failed DNSSEC check, kept ``ttl`` seconds (Unbound's val-bogus-ttl)
+        so that a broken zone is not validated again for every query."""
+        return Entry(KIND_SERVFAIL, dns.rcode.SERVFAIL, [], [], [], now, ttl,
+                     (qname.canonicalize(), rdtype, rdclass), do, security=SECURITY_BOGUS, ede=ede)
+
     def store(self, entry: Entry) -> bool:
         """Keeps the entry if it lives at least a second; a SERVFAIL never
         replaces an answer that serve-stale could still give."""
         if entry.ttl <= 0:
             self.counters["cache.store.ttl0"] += 1
             return False
-        key = entry_key(question_key(*entry.question), entry.do)
+        key = entry.key
         old = self._entries.get(key)
         if (entry.kind == KIND_SERVFAIL and old is not None and old.kind != KIND_SERVFAIL
                 and self.serve_stale and self._stale_usable(old, entry.stored_at)):
@@ -205,10 +233,11 @@ class Cache:
             self.counters["cache.evict"] += 1
 
     # -- looking up ---------------------------------------------------------
-    def get(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry | None:
+    def get(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float, *,
+            cd: bool = False) -> Entry | None:
         """A live entry, or None. Expired entries are dropped unless serve-stale
-        may still need them."""
-        key = entry_key(question_key(qname, rdtype, rdclass), do)
+        may still need them. ``cd``: the unvalidated data kept for CD queries."""
+        key = entry_key(question_key(qname, rdtype, rdclass), do, cd)
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -219,12 +248,13 @@ class Cache:
             self._remove(key)
         return None
 
-    def get_stale(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float) -> Entry | None:
+    def get_stale(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, now: float, *,
+                  cd: bool = False) -> Entry | None:
         """An expired positive or negative entry still inside ``max_stale``
         (only with serve_stale)."""
         if not self.serve_stale:
             return None
-        entry = self._entries.get(entry_key(question_key(qname, rdtype, rdclass), do))
+        entry = self._entries.get(entry_key(question_key(qname, rdtype, rdclass), do, cd))
         if entry is None or entry.kind == KIND_SERVFAIL or not self._stale_usable(entry, now):
             return None
         return entry
@@ -260,6 +290,14 @@ class Cache:
         response.answer = [aged(r) for r in entry.answer]
         response.authority = [aged(r) for r in entry.authority]
         response.additional = [aged(r) for r in entry.additional]
+        # RFC 6840 5.7: AD for a validated answer when the client set DO or AD
+        if entry.security == SECURITY_SECURE and (query.flags & dns.flags.AD or
+                                                  (query.edns >= 0 and query.ednsflags & dns.flags.DO)):
+            response.flags |= dns.flags.AD
+        else:
+            response.flags &= ~dns.flags.AD
+        if entry.ede is not None and query.edns >= 0:
+            response.use_edns(0, query.ednsflags & dns.flags.DO, OUR_PAYLOAD, options=[_ede(entry.ede)])
         return response
 
     def fast_lookup(self, allowed: Callable[[int], bool]) -> Callable[[bytes, int, float], bytes | None]:
@@ -275,6 +313,8 @@ class Cache:
             entry = entries.get(where)
             if entry is None:
                 return None
+            if entry.security == SECURITY_BOGUS:
+                return None            # a CD query must get the data: the slow path tells them apart
             if not allowed(src_ip):
                 counters["cache.fast.refused"] += 1
                 return None
@@ -311,8 +351,11 @@ class Cache:
         message.answer = list(entry.answer)
         message.authority = list(entry.authority)
         message.additional = list(entry.additional)
+        if entry.security == SECURITY_SECURE:
+            message.flags |= dns.flags.AD      # the server's patch keeps it for queries with AD or DO only
         if flags:
-            message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD)
+            options = [_ede(entry.ede)] if entry.ede is not None else []
+            message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD, options=options)
         try:
             wire = message.to_wire()
         except Exception:  # noqa: BLE001 - an entry that cannot be rendered is just not served fast
@@ -322,7 +365,7 @@ class Cache:
         entry.rendered[flags] = rendered
         grown = 2 * len(wire)                  # the template, and its counted-down copy
         entry.cost += grown
-        key = entry_key(question_key(qname, rdtype, rdclass), entry.do)
+        key = entry.key
         if self._entries.get(key) is entry:
             self.size += grown
             self._entries.move_to_end(key)     # not the one to evict for its own growth
@@ -331,6 +374,11 @@ class Cache:
 
     def _clamped(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset:
         return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
+
+
+def _ede(ede: tuple[int, str]) -> dns.edns.EDEOption:
+    code, text = ede
+    return dns.edns.EDEOption(dns.edns.EDECode.make(code), text or None)
 
 
 def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],

@@ -23,6 +23,22 @@ is :mod:`unikernel.resolver.upstream`; the first usable reply before
   answers with (and those given as ``bogus_nxdomain``) turn answers that carry
   them back into NXDOMAIN.
 
+With a :class:`~unikernel.resolver.validation.Validation` (DNSSEC on), every
+question goes upstream with DO and CD, the reply is validated before it is
+cached, and one upstream exchange serves clients with and without DO:
+
+- secure and insecure answers are cached with their verdict (AD for secure
+  ones, for clients that set DO or AD); RRSIGs and denial records are kept
+  for DO clients only;
+- a bogus answer is a SERVFAIL with its Extended DNS Error, cached for the
+  validation's ``bogus_ttl``;
+- a client that sets CD gets the data unvalidated (a secure or insecure
+  cached answer when there is one; else a separate, unchecked entry);
+- the chain of trust asks its DS and DNSKEY questions through the same
+  upstreams (:meth:`Forwarder.fetch_for_validation`);
+- at start, an upstream whose ``. DNSKEY`` comes without RRSIG is named in
+  the log: it strips DNSSEC, so what it relays fails validation.
+
 Answers are neither ``static`` (they age and change) nor ``final``.
 """
 from __future__ import annotations
@@ -46,6 +62,10 @@ from unikernel.process import UNANSWERED_QTYPES, Answer, Endpoint
 from unikernel.resolver.cache import (
     KIND_NEGATIVE,
     KIND_POSITIVE,
+    KIND_SERVFAIL,
+    SECURITY_BOGUS,
+    SECURITY_SECURE,
+    SECURITY_UNCHECKED,
     Cache,
     Entry,
     entry_key,
@@ -53,13 +73,16 @@ from unikernel.resolver.cache import (
     question_key,
     with_ttl,
 )
+from unikernel.resolver.dnssec.verdict import EDE_DNSSEC_BOGUS, EDE_UNSUPPORTED_ALGORITHM, EDE_UNSUPPORTED_DIGEST
 from unikernel.resolver.scrub import scrub
 from unikernel.resolver.stub import StubError, StubResolver
 from unikernel.resolver.upstream import USABLE_RCODES, Upstream, Upstreams
+from unikernel.resolver.validation import Validation, for_client, relayed, strips_dnssec
 
 log = logging.getLogger("unikernel.resolver.forwarder")
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+_UNSUPPORTED = (EDE_UNSUPPORTED_ALGORITHM, EDE_UNSUPPORTED_DIGEST)
 
 
 class Forwarder:
@@ -80,7 +103,8 @@ class Forwarder:
                  rng: random.Random | None = None, max_fails: int = 2, down_time: float = 10.0,
                  probe_interval: float = 1.0, wildcard_interval: float = 3600.0,
                  wildcard_probes: int = 2, max_inflight: int = 1024, stale_answer_timeout: float = 1.8,
-                 stale_refresh_time: float = 30.0, counters=None) -> None:
+                 stale_refresh_time: float = 30.0, counters=None,
+                 validation: Validation | None = None) -> None:
         self.clock = clock or _loop_time
         self.counters = counters if counters is not None else stub.counters
         self.upstreams = Upstreams((parse_upstream(u) if isinstance(u, str) else u for u in upstreams),
@@ -104,6 +128,7 @@ class Forwarder:
         self.max_inflight = max_inflight
         self.stale_answer_timeout = stale_answer_timeout
         self.stale_refresh_time = stale_refresh_time
+        self.validation = validation
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._background: asyncio.Task | None = None
         # looked up on every hit, so that replacing ``allowed`` takes effect
@@ -126,25 +151,32 @@ class Forwarder:
             c["forward.refused.qtype"] += 1
             return None
         do = query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
+        validating = self.validation is not None
+        cd = validating and bool(query.flags & dns.flags.CD)
         now = self.clock()
         entry = self.cache.get(q.name, q.rdtype, q.rdclass, do, now)
+        if cd and (entry is None or entry.security == SECURITY_BOGUS):
+            entry = self.cache.get(q.name, q.rdtype, q.rdclass, do, now, cd=True)
+        if entry is None and validating and not do:
+            entry = self._without_dnssec(self.cache.get(q.name, q.rdtype, q.rdclass, True, now, cd=cd))
         if entry is not None:
             c["forward.cache.hit"] += 1
-            return Answer(self.cache.response(query, entry, now))
+            return Answer(self.cache.response(query, entry, now), source="cache")
         if self.cache.serve_stale:
-            stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now)
+            stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now, cd=cd)
             if (stale is not None and stale.refresh_failed_at is not None
                     and now - stale.refresh_failed_at < self.stale_refresh_time):
                 c["forward.stale.recheck_wait"] += 1
-                return Answer(self.cache.response(query, stale, now, stale=True))
-        key = entry_key(question_key(q.name, q.rdtype, q.rdclass), do)
+                return Answer(self.cache.response(query, stale, now, stale=True), source="cache")
+        # validating, one exchange (with DO) answers clients with and without DO
+        key = entry_key(question_key(q.name, q.rdtype, q.rdclass), do or validating, cd)
         task = self._inflight.get(key)
         if task is None:
             if len(self._inflight) >= self.max_inflight:
                 c["forward.inflight_full.servfail"] += 1
                 return Answer(_servfail(query))
             c["forward.cache.miss"] += 1
-            task = asyncio.ensure_future(self._resolve(q.name, q.rdtype, q.rdclass, do))
+            task = asyncio.ensure_future(self._resolve(q.name, q.rdtype, q.rdclass, do, cd))
             self._inflight[key] = task
             task.add_done_callback(lambda _t, key=key: self._inflight.pop(key, None))
         else:
@@ -152,18 +184,19 @@ class Forwarder:
         if self.cache.serve_stale:
             # RFC 8767's client response timer: a stale answer at once if the
             # upstreams are slow; the refresh goes on and fills the cache.
-            stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now)
+            stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now, cd=cd)
             if stale is not None:
                 done, _ = await asyncio.wait({task}, timeout=self.stale_answer_timeout)
                 if not done:
                     c["forward.stale.served_early"] += 1
-                    return Answer(self.cache.response(query, stale, self.clock(), stale=True))
+                    return Answer(self.cache.response(query, stale, self.clock(), stale=True), source="cache")
         kind, value = await asyncio.shield(task)
         now = self.clock()
         if kind == "entry":
-            return Answer(self.cache.response(query, value, now))
+            return Answer(self.cache.response(query, value(do), now))
         if kind == "stale":
-            return Answer(self.cache.response(query, value, now, stale=True))
+            stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now, cd=cd)
+            return Answer(self.cache.response(query, stale or value, now, stale=True))
         if kind == "truncated":
             response = dns.message.make_response(query)
             response.flags |= dns.flags.TC | dns.flags.RA
@@ -172,11 +205,15 @@ class Forwarder:
         return Answer(_servfail(query))
 
     # -- one question, upstream -----------------------------------------------
-    async def _resolve(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool):
-        """("entry", Entry) | ("stale", Entry) | ("truncated", Reply) | ("servfail", None)."""
+    async def _resolve(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool = False):
+        """("entry", entry_for) | ("stale", Entry) | ("truncated", Reply) |
+        ("servfail", None); ``entry_for(do)`` is the Entry for a client with or
+        without DO (validating, one reply serves both)."""
         loop = asyncio.get_running_loop()
+        validating = self.validation is not None
         try:
-            got = await self.upstreams.ask(self.stub, qname, rdtype, rdclass, do, loop.time() + self.deadline)
+            got = await self.upstreams.ask(self.stub, qname, rdtype, rdclass, do or validating,
+                                           loop.time() + self.deadline, cd=validating)
         except Exception:  # noqa: BLE001 - a bug here must still give SERVFAIL, not silence
             log.exception("forwarding %s failed", qname)
             self.counters["forward.error"] += 1
@@ -187,6 +224,13 @@ class Forwarder:
             if reply.truncated:
                 self.counters["forward.truncated.relayed"] += 1
                 return "truncated", reply
+            if reply.message.rcode() in USABLE_RCODES and validating:
+                # scrubbed first: the validator judges (and the cache keeps) only what the
+                # question's chain accounts for; denial proofs and their RRSIGs stay
+                message = scrub(qname, rdtype, reply.message, self.counters)
+                entry_for = await self._validated(upstream, qname, rdtype, rdclass, do, cd, message)
+                self.counters["forward.answered"] += 1
+                return "entry", entry_for
             if reply.message.rcode() in USABLE_RCODES:
                 # only what the question's chain accounts for is cached and relayed
                 message = scrub(qname, rdtype, self._undo_wildcard(upstream, reply.message), self.counters)
@@ -196,15 +240,109 @@ class Forwarder:
                 else:
                     self.cache.store(entry)
                 self.counters["forward.answered"] += 1
-                return "entry", entry
-        stale = self.cache.get_stale(qname, rdtype, rdclass, do, now)
+                return "entry", _always(entry)
+        stale = self.cache.get_stale(qname, rdtype, rdclass, do, now, cd=cd)
         if stale is not None:
             stale.refresh_failed_at = now
             self.counters["forward.stale.served"] += 1
             return "stale", stale
-        self.cache.store(self.cache.servfail_entry(qname, rdtype, rdclass, do, now))
+        for variant in {do, do or validating}:
+            servfail = self.cache.servfail_entry(qname, rdtype, rdclass, variant, now)
+            servfail.cd = cd
+            self.cache.store(servfail)
         self.counters["forward.servfail"] += 1
         return "servfail", None
+
+    async def _validated(self, upstream: Upstream, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
+                         cd: bool, message: dns.message.Message) -> Callable[[bool], Entry]:
+        """The reply (asked with DO and CD) validated, and ``entry_for(do)``:
+        its entry for clients with or without DO, made and cached when first
+        asked for (for CD, cached unvalidated apart)."""
+        assert self.validation is not None
+        verdict = None if cd else await self.validation.check(qname, rdtype, message)
+        now = self.clock()
+        entries: dict[bool, Entry] = {}
+        if verdict is not None and verdict.is_bogus:
+            ede = (verdict.ede or EDE_DNSSEC_BOGUS, verdict.reason[:200])
+            for variant in (True, False):
+                entries[variant] = self.cache.bogus_entry(qname, rdtype, rdclass, variant, now,
+                                                          self.validation.bogus_ttl, ede)
+                self.cache.store(entries[variant])
+            return entries.__getitem__
+        security = verdict.security.value if verdict is not None else SECURITY_UNCHECKED
+        # an answer insecure only for an algorithm or digest we lack says so
+        # (RFC 8914 codes 1 and 2), as information beside NOERROR
+        note = ((verdict.ede, verdict.reason[:200]) if verdict is not None and verdict.ede in _UNSUPPORTED
+                else None)
+        if security != SECURITY_SECURE:
+            message = self._undo_wildcard(upstream, message)   # a signed answer is no rewrite
+        # RFC 4035 5.3.3: kept no longer than the signatures it rests on are valid
+        left = (None if verdict is None or verdict.valid_until is None
+                else max(int(verdict.valid_until - self.validation.wall_clock()), 0))
+
+        def entry_for(variant: bool) -> Entry:
+            if variant not in entries:
+                entries[variant] = self._validated_entry(qname, rdtype, rdclass, variant, cd, message, security,
+                                                         left, now, note)
+            return entries[variant]
+
+        entry_for(do)
+        return entry_for
+
+    def _validated_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool,
+                         message: dns.message.Message, security: str, left: int | None, now: float,
+                         note: tuple[int, str] | None) -> Entry:
+        shown = relayed(message, rdtype, do)
+        entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, shown, now)
+        keep = entry is not None
+        if entry is None:
+            entry = _transient_entry(qname, rdtype, rdclass, do, shown, now)
+        entry.security, entry.cd, entry.ede = security, cd, note
+        if left is not None and left < entry.ttl:
+            entry.ttl = left
+            entry.answer, entry.authority = ([with_ttl(r, min(r.ttl, left)) for r in section]
+                                             for section in (entry.answer, entry.authority))
+        if keep:
+            self.cache.store(entry)
+        return entry
+
+    def _without_dnssec(self, entry: Entry | None) -> Entry | None:
+        """A client without DO asks what one with DO had answered: the same
+        entry without RRSIG, NSEC and NSEC3, cached in its own place."""
+        if entry is None or entry.kind == KIND_SERVFAIL:
+            return None
+        rdtype = entry.question[1]
+        copy = Entry(entry.kind, entry.rcode, for_client(entry.answer, rdtype), for_client(entry.authority, rdtype),
+                     [], entry.stored_at, entry.ttl, entry.question, False, security=entry.security, ede=entry.ede,
+                     cd=entry.cd)
+        self.cache.store(copy)
+        self.counters["forward.cache.hit_without_dnssec"] += 1
+        return copy
+
+    async def fetch_for_validation(self, name: dns.name.Name, rdtype: int) -> dns.message.Message | None:
+        """The chain of trust's DS and DNSKEY questions, asked with DO and CD
+        through the upstreams; None when no usable reply came."""
+        loop = asyncio.get_running_loop()
+        got = await self.upstreams.ask(self.stub, name, rdtype, dns.rdataclass.IN, True,
+                                       loop.time() + self.deadline, cd=True)
+        if got is None or got[1].truncated or got[1].message.rcode() not in USABLE_RCODES:
+            return None
+        return got[1].message
+
+    async def check_dnssec_upstreams(self) -> None:
+        """Names, once, each upstream whose ``. DNSKEY`` comes without RRSIG."""
+        async def check(upstream: Upstream) -> None:
+            try:
+                reply = await self.stub.query(upstream.endpoint, dns.name.root, dns.rdatatype.DNSKEY, do=True,
+                                              cd=True, timeout=self.attempt_timeout * 2, use_0x20=False)
+            except (StubError, OSError, ValueError):
+                return                       # silence is the health probes' business
+            if reply.message.rcode() == dns.rcode.NOERROR and strips_dnssec(reply.message):
+                self.counters["forward.upstream.strips_dnssec"] += 1
+                log.warning("upstream %s strips DNSSEC (no RRSIG with the root's DNSKEY): what it relays "
+                            "fails validation, so answers through it are SERVFAIL", upstream.name)
+
+        await asyncio.gather(*(check(u) for u in self.upstreams))
 
     async def probe_health(self) -> None:
         """Asks each upstream that is down whether it answers again."""
@@ -263,6 +401,11 @@ class Forwarder:
     async def _run_probes(self) -> None:
         loop = asyncio.get_running_loop()
         next_wildcard = loop.time()
+        if self.validation is not None:
+            try:
+                await self.check_dnssec_upstreams()
+            except Exception:  # noqa: BLE001 - a probe bug must not end the probing
+                log.exception("DNSSEC upstream check failed")
         while True:
             try:
                 if loop.time() >= next_wildcard:
@@ -311,6 +454,10 @@ def _transient_entry(qname, rdtype, rdclass, do, message: dns.message.Message, n
                  [with_ttl(r, r.ttl) for r in message.authority],
                  [with_ttl(r, r.ttl) for r in message.additional if r.rdtype != dns.rdatatype.OPT],
                  now, 0, (qname.canonicalize(), rdtype, rdclass), do)
+
+
+def _always(entry: Entry) -> Callable[[bool], Entry]:
+    return lambda _do: entry
 
 
 def _loop_time() -> float:

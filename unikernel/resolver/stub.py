@@ -44,6 +44,7 @@ DEFAULT_PAYLOAD = 1232          # RFC 9715 / DNS flag day 2020: no fragmentation
 _FLAG_QR = 0x8000
 _FLAG_TC = 0x0200
 _FLAG_RD = 0x0100
+_FLAG_CD = 0x0010
 _EDNS_DO = 0x8000
 
 
@@ -83,10 +84,11 @@ def randomize_case(wire_name: bytes, rng: random.Random) -> bytes:
 
 
 def build_query(qid: int, question: bytes, *, rd: bool = True, payload: int | None = DEFAULT_PAYLOAD,
-                do: bool = False) -> bytes:
+                do: bool = False, cd: bool = False) -> bytes:
     """A query made of bytes: header, the question (name wire + type + class),
-    and an OPT record when ``payload`` is given."""
-    flags = _FLAG_RD if rd else 0
+    and an OPT record when ``payload`` is given. ``cd``: checking disabled,
+    so a validating server hands over what it would reject (RFC 4035 3.2.2)."""
+    flags = (_FLAG_RD if rd else 0) | (_FLAG_CD if cd else 0)
     header = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1 if payload else 0)
     if not payload:
         return header + question
@@ -112,7 +114,7 @@ class StubResolver:
 
     async def query(self, server: tuple[int, int], qname: dns.name.Name, rdtype: int,
                     rdclass: int = dns.rdataclass.IN, *, timeout: float = 2.0, rd: bool = True,
-                    payload: int | None = DEFAULT_PAYLOAD, do: bool = False,
+                    payload: int | None = DEFAULT_PAYLOAD, do: bool = False, cd: bool = False,
                     use_0x20: bool = False, use_tcp: bool = True, tcp_only: bool = False,
                     on_case_mismatch: Callable[[], None] | None = None) -> Reply:
         """One exchange with ``server`` (ip as int, port). Raises StubTimeout,
@@ -124,7 +126,7 @@ class StubResolver:
             name_wire = randomize_case(name_wire, self.rng)
         question = name_wire + struct.pack("!HH", rdtype, rdclass)
         qid = self.rng.getrandbits(16)
-        wire = build_query(qid, question, rd=rd, payload=payload, do=do)
+        wire = build_query(qid, question, rd=rd, payload=payload, do=do, cd=cd)
         loop = asyncio.get_running_loop()
         started = loop.time()
         if tcp_only:

@@ -95,6 +95,8 @@ class Upstreams:
         self.down_time = down_time
         self.probe_interval = probe_interval
         self.max_attempts = max(3, 2 * len(self.upstreams))
+        # told (upstream name, seconds) for each answered query: the RTT metrics
+        self.observe_rtt: Callable[[str, float], None] | None = None
 
     def __iter__(self) -> Iterator[Upstream]:
         return iter(self.upstreams)
@@ -130,10 +132,10 @@ class Upstreams:
         upstream.downgraded_at = self.clock()
 
     async def ask(self, stub: StubResolver, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
-                  deadline: float) -> tuple[Upstream, Reply] | None:
+                  deadline: float, *, cd: bool = False) -> tuple[Upstream, Reply] | None:
         """The first usable reply as (Upstream, Reply); an error reply if that
         is all every upstream said; None when nothing came before ``deadline``
-        (on the loop's time)."""
+        (on the loop's time). ``cd``: ask with checking disabled."""
         loop = asyncio.get_running_loop()
         order = self.order()
         pending: dict[asyncio.Future, tuple[Upstream, float]] = {}
@@ -176,7 +178,7 @@ class Upstreams:
                         launched += 1
                     attempt = asyncio.ensure_future(stub.query(
                         upstream.endpoint, qname, rdtype, rdclass, timeout=deadline - t,
-                        do=do and upstream.edns,
+                        do=do and upstream.edns, cd=cd,
                         use_0x20=upstream.use_0x20 and id(upstream) not in plain_case,
                         payload=DEFAULT_PAYLOAD if upstream.edns else None,
                         on_case_mismatch=functools.partial(case_mismatch, upstream)))
@@ -196,7 +198,7 @@ class Upstreams:
                 for finished in done:
                     if finished is woken:
                         continue             # a wrong-case reply: the re-ask is launched above
-                    upstream, _started = pending.pop(finished)
+                    upstream, started = pending.pop(finished)
                     try:
                         reply = finished.result()
                     except CaseMismatch:
@@ -214,6 +216,8 @@ class Upstreams:
                     rcode = reply.message.rcode()
                     if rcode in USABLE_RCODES or reply.truncated:
                         self.succeeded(upstream)
+                        if self.observe_rtt is not None:
+                            self.observe_rtt(upstream.name, loop.time() - started)
                         return upstream, reply
                     if (rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and upstream.edns
                             and reply.message.edns < 0):

@@ -32,15 +32,18 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
     and so is the additional section. Additional RRsets go A first, then AAAA,
     then the rest; once one does not fit, the following groups are left out
     (a referral that could not carry any A glue gets TC). The OPT record's
-    room is reserved first; it carries our UDP size and the query's DO bit."""
+    room is reserved first; it carries our UDP size, the query's DO bit and
+    the response's options (an Extended DNS Error)."""
     renderer = dns.renderer.Renderer(response.id, response.flags, limit)
     with_edns = query.edns >= 0
     rcode = response.rcode()
     ednsflags = query.ednsflags & dns.flags.DO
     if rcode > 0xF:
         ednsflags |= (rcode >> 4) << 24
+    # the response's own EDNS options (an Extended DNS Error) go out with our OPT
+    options = list(response.options) if with_edns and response.edns >= 0 else []
     if with_edns:
-        renderer.reserve(OPT_SIZE)
+        renderer.reserve(OPT_SIZE + sum(4 + len(option.to_wire() or b"") for option in options))
     for question in response.question:
         renderer.add_question(question.name, question.rdtype, question.rdclass)
     whole, truncated, room = True, False, True
@@ -78,7 +81,7 @@ def render(response: dns.message.Message, query: dns.message.Message, limit: int
                 break
     if with_edns:
         renderer.release_reserved()
-        renderer.add_edns(0, ednsflags, UDP_PAYLOAD)
+        renderer.add_edns(0, ednsflags, UDP_PAYLOAD, options)
     if truncated:
         renderer.flags |= dns.flags.TC
     renderer.write_header()

@@ -68,6 +68,7 @@ import dns.renderer
 import dns.tsig
 
 from unikernel import wire
+from unikernel.ops.stats import Observe
 from unikernel.process import (
     META_QTYPES_FORMERR,
     META_QTYPES_NOTIMP,
@@ -108,8 +109,8 @@ class DnsServer:
     available). ``start()`` binds, ``close()`` unbinds."""
 
     def __init__(self, stack, port: int, processor: Processor, *,
-                 fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
-                 udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
+                 fast_lookups: Iterable[FastLookup] = (), observe: Observe | None = None,
+                 chaos: Processor | None = None, udp_payload: int = UDP_PAYLOAD, max_kept: int = MAX_KEPT,
                  max_kept_bytes: int = MAX_KEPT_BYTES, max_pending: int = MAX_PENDING,
                  recursion_for: Callable[[int], bool] | None = None,
                  rrl: ResponseRateLimiter | None = None,
@@ -119,7 +120,10 @@ class DnsServer:
         self.port = port
         self.processor = processor
         self.fast_lookups = tuple(fast_lookups)
-        self.log_queries = log_queries
+        # told of every reply sent (metrics, the query log): see unikernel.ops.stats.Observe
+        self.observe = observe
+        # answers class CH questions (the CHAOS names); without it they are REFUSED
+        self.chaos = chaos
         self.udp_payload = udp_payload
         self.max_kept = max_kept
         self.max_kept_bytes = max_kept_bytes
@@ -128,9 +132,9 @@ class DnsServer:
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
-        # and max_kept_bytes); served by wire.patch. Their order of use is kept
-        # in the two SLRU segments, least recently used first.
-        self.kept_answers: dict[bytes, bytes] = {}
+        # and max_kept_bytes), with what answered them; served by wire.patch.
+        # Their order of use is kept in the two SLRU segments, least recently used first.
+        self.kept_answers: dict[bytes, tuple[bytes, str]] = {}
         self._probation: OrderedDict[bytes, None] = OrderedDict()
         self._protected: OrderedDict[bytes, None] = OrderedDict()
         self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
@@ -184,16 +188,20 @@ class DnsServer:
         if parsed is not None:
             key, name_end, client_size = parsed
             kept = self.kept_answers.get(key)
-            if kept is not None and len(kept) <= client_size:
+            if kept is not None and len(kept[0]) <= client_size:
                 self.counters["dns.fast.hit"] += 1
                 if key in self._protected:
                     self._protected.move_to_end(key)
                 else:
                     self._promote(key)
+                observe = self.observe
+                arrived = self.clock() if observe is not None else 0.0
                 ra = None if self.recursion_for is None else self.recursion_for(src_ip)
-                self._send(wire.patch(kept, payload, name_end, ra), src_ip, src_port)
-                if self.log_queries:
-                    self._log(src_ip, src_port, payload, "static", kept[3] & 0x0F)
+                reply = wire.patch(kept[0], payload, name_end, ra)
+                self._send(reply, src_ip, src_port)
+                if observe is not None:
+                    observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F, kept[1],
+                            self.clock() - arrived)
                 return
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
@@ -207,15 +215,18 @@ class DnsServer:
                         answer = None
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
-                        self._send(wire.patch(answer, payload, name_end), src_ip, src_port)
-                        if self.log_queries:
-                            self._log(src_ip, src_port, payload, "fast")
+                        reply = wire.patch(answer, payload, name_end, with_do=key[-1] == wire.EDNS_DO)
+                        self._send(reply, src_ip, src_port)
+                        if self.observe is not None:
+                            # the one fast lookup main hands over is the cache's
+                            self.observe(now, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
+                                         "cache", self.clock() - now)
                         return
         self.counters["dns.fast.miss"] += 1
         if len(self.pending) >= self.max_pending:
             self.counters["dns.slow.overload.drop"] += 1
             return
-        task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port))
+        task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port, self.clock()))
         self.pending.add(task)
         task.add_done_callback(self._finished)
 
@@ -224,20 +235,20 @@ class DnsServer:
         self.forwarding.discard(task)
 
     async def _udp_slow(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
-                        dst_port: int) -> None:
+                        dst_port: int, arrived: float) -> None:
         try:
             reply, static = await self.respond(payload, (src_ip, src_port), (dst_ip, dst_port),
-                                               udp=True)
+                                               udp=True, arrived=arrived)
         except Exception:  # a bug, not the query's fault: SERVFAIL, count it, keep serving
             self.counters["dns.exception"] += 1
             log.exception("query handling failed")
-            reply, static = wire.error_reply(payload, dns.rcode.SERVFAIL), False
+            reply, static = wire.error_reply(payload, dns.rcode.SERVFAIL), ""
         if reply is None:
             return
         # kept only under a key read by the validating parser (see wire.fast_key)
         validated = wire.parse_query(payload) if static else None
         if validated is not None:
-            self._keep(validated[0], reply)
+            self._keep(validated[0], reply, static)
         self._send(reply, src_ip, src_port)
 
     def _send(self, reply: bytes, src_ip: int, src_port: int) -> None:
@@ -266,13 +277,13 @@ class DnsServer:
             demoted, _ = protected.popitem(last=False)
             self._probation[demoted] = None
 
-    def _keep(self, key: bytes, answer: bytes) -> None:
-        """Keeps a static answer in probation, making room from probation's
+    def _keep(self, key: bytes, answer: bytes, source: str) -> None:
+        """Keeps a static answer (and what answered it) in probation, making room from probation's
         least recently used (then protected's) while the table is over its
         count or its bytes."""
         old = self.kept_answers.pop(key, None)
         if old is not None:
-            self.kept_bytes -= _kept_cost(key, old)
+            self.kept_bytes -= _kept_cost(key, old[0])
             self._probation.pop(key, None)
             self._protected.pop(key, None)
         cost = _kept_cost(key, answer)
@@ -282,9 +293,9 @@ class DnsServer:
                                      or self.kept_bytes + cost > self.max_kept_bytes):
             segment = self._probation or self._protected
             oldest, _ = segment.popitem(last=False)
-            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest))
+            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest)[0])
             self.counters["dns.static.evicted"] += 1
-        self.kept_answers[key] = answer
+        self.kept_answers[key] = (answer, source)
         self._probation[key] = None
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
@@ -307,75 +318,94 @@ class DnsServer:
 
     # -- the slow path ----------------------------------------------------------
     async def respond(self, payload: bytes, src: tuple[int, int], dst: tuple[int, int], *,
-                      udp: bool) -> tuple[bytes | None, bool]:
-        """``(reply wire or None, whether it may be kept for the hot path)``."""
+                      udp: bool, arrived: float | None = None) -> tuple[bytes | None, str]:
+        """``(reply wire or None, keep)``: ``keep`` is the answer's source when
+        the reply may be kept for the hot path, else "". Every reply is handed
+        to ``observe`` (with ``arrived``, the query's arrival, for its latency)."""
+        if arrived is None:
+            arrived = self.clock()
+        reply, keep, source, rcode, key = await self._respond(payload, src, dst, udp)
+        if reply is not None and self.observe is not None:
+            self.observe(arrived, "udp" if udp else "tcp", src[0], src[1], key,
+                         reply[2] << 8 | reply[3], rcode, source, self.clock() - arrived)
+        return reply, keep
+
+    async def _respond(self, payload: bytes, src: tuple[int, int], dst: tuple[int, int],
+                       udp: bool) -> tuple[bytes | None, str, str, int, bytes]:
+        """``(reply, keep, source, rcode, key)``; ``key`` is the question's
+        fast-path key (the root's, type 0, when there is no question to read)."""
         counters = self.counters
+        key = _NO_QUESTION
         if len(payload) < wire.HEADER_SIZE:
             counters["dns.short.drop"] += 1
-            return None, False
+            return None, "", "server", 0, key
         if payload[2] & 0x80:
             counters["dns.response.drop"] += 1       # never answer an answer
-            return None, False
+            return None, "", "server", 0, key
         opcode = (payload[2] >> 3) & 0x0F
         if opcode == dns.opcode.NOTIFY and self.notify_handler is not None:
             counters["dns.notify"] += 1
-            return self.notify_handler(src[0], payload), False
+            return self.notify_handler(src[0], payload), "", "notify", 0, key
         if opcode != dns.opcode.QUERY:
             counters["dns.notimp"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTIMP), "notimp"), False
+            return wire.error_reply(payload, dns.rcode.NOTIMP), "", "server", dns.rcode.NOTIMP, key
         if payload[6:10] != b"\x00\x00\x00\x00":
             # NSD (query.c): a query has no answer or authority records; refused
             # from the header, before a parser reads what may be 64 KB of them
             counters["dns.formerr.records"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+            return wire.error_reply(payload, dns.rcode.FORMERR), "", "server", dns.rcode.FORMERR, key
         try:
             query = dns.message.from_wire(payload, ignore_trailing=True, keyring=self.keyring)
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.BadAlgorithm,
                 dns.tsig.PeerError):
             counters["dns.tsig.bad"] += 1            # RFC 8945 5.2: NOTAUTH, unsigned
-            return self._logged(src, wire.error_reply(payload, dns.rcode.NOTAUTH), "notauth"), False
+            return wire.error_reply(payload, dns.rcode.NOTAUTH), "", "server", dns.rcode.NOTAUTH, key
         except Exception:
             counters["dns.formerr"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+            return wire.error_reply(payload, dns.rcode.FORMERR), "", "server", dns.rcode.FORMERR, key
         if len(query.question) != 1:
             counters["dns.formerr"] += 1
-            return self._logged(src, wire.error_reply(payload, dns.rcode.FORMERR), "formerr"), False
+            return wire.error_reply(payload, dns.rcode.FORMERR), "", "server", dns.rcode.FORMERR, key
         limit = TCP_LIMIT
         if udp:
             limit = wire.CLASSIC_UDP_SIZE
             if query.edns >= 0:
                 limit = min(max(query.payload, wire.CLASSIC_UDP_SIZE), self.udp_payload)
         question = query.question[0]
+        key = _key_of(query)
         if query.edns > 0:
             counters["dns.badvers"] += 1
-            return self._reply(query, _error(query, dns.rcode.BADVERS), limit, src, "badvers"), False
-        if question.rdclass != dns.rdataclass.IN:
+            return self._error_reply(query, dns.rcode.BADVERS, limit, key)
+        processor = self.processor
+        if question.rdclass == dns.rdataclass.CH and self.chaos is not None:
+            processor = self.chaos
+        elif question.rdclass != dns.rdataclass.IN:
             counters["dns.refused"] += 1
-            return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
+            return self._error_reply(query, dns.rcode.REFUSED, limit, key)
         if question.rdtype in META_QTYPES_FORMERR:
             counters["dns.formerr"] += 1
-            return self._reply(query, _error(query, dns.rcode.FORMERR), limit, src, "formerr"), False
+            return self._error_reply(query, dns.rcode.FORMERR, limit, key)
         if question.rdtype in TRANSFER_QTYPES or question.rdtype in META_QTYPES_NOTIMP:
             counters["dns.notimp"] += 1
-            return self._reply(query, _error(query, dns.rcode.NOTIMP), limit, src, "notimp"), False
+            return self._error_reply(query, dns.rcode.NOTIMP, limit, key)
         src_ep: Endpoint = (ipaddress.IPv4Address(src[0]), src[1])
         dst_ep: Endpoint = (ipaddress.IPv4Address(dst[0]), dst[1])
         try:
-            answer = await self.processor(src_ep, dst_ep, query)
-            if self.forwarder is not None and (
+            answer = await processor(src_ep, dst_ep, query)
+            if self.forwarder is not None and processor is self.processor and (
                     answer is None or not (answer.final or answer.message.rcode() == dns.rcode.NOERROR)):
                 # what compose(local, forwarder) would do, in the forwarded pool
                 if not self._to_forwarding_pool():
                     counters["dns.slow.forward_overload.servfail"] += 1
-                    return self._reply(query, _error(query, dns.rcode.SERVFAIL), limit, src, "servfail"), False
+                    return self._error_reply(query, dns.rcode.SERVFAIL, limit, key)
                 answer = await self.forwarder(src_ep, dst_ep, query)
         except Exception:
             counters["dns.servfail"] += 1
             log.exception("processor failed on %s", question)
-            return self._reply(query, _error(query, dns.rcode.SERVFAIL), limit, src, "servfail"), False
+            return self._error_reply(query, dns.rcode.SERVFAIL, limit, key)
         if answer is None:
             counters["dns.refused"] += 1
-            return self._reply(query, _error(query, dns.rcode.REFUSED), limit, src, "refused"), False
+            return self._error_reply(query, dns.rcode.REFUSED, limit, key)
         response = _normalised(answer, query)
         if self.recursion_for is not None:
             if self.recursion_for(src[0]):
@@ -388,14 +418,14 @@ class DnsServer:
             response.use_tsig(query.keyring, query.keyname, original_id=query.id, algorithm=query.keyalgorithm)
             response.request_mac = query.mac
             response.use_edns(0 if query.edns >= 0 else -1, query.ednsflags & dns.flags.DO, UDP_PAYLOAD)
-            return response.to_wire(max_size=limit, prefer_truncation=True), False
+            return (response.to_wire(max_size=limit, prefer_truncation=True), "", answer.source or "server",
+                    response.rcode(), key)
         reply, whole = render(response, query, limit)
         if not whole:
             counters["dns.truncated" if reply[2] & 0x02 else "dns.trimmed"] += 1
         counters["dns.slow.answered"] += 1
-        if self.log_queries:
-            self._log(src[0], src[1], payload, "slow", reply[3] & 0x0F)
-        return reply, bool(answer.static and whole)
+        source = answer.source or "server"
+        return reply, source if answer.static and whole else "", source, response.rcode(), key
 
     def _to_forwarding_pool(self) -> bool:
         """Moves the running UDP slow-path task from ``pending`` to
@@ -410,24 +440,23 @@ class DnsServer:
         self.forwarding.add(task)
         return True
 
-    def _reply(self, query: dns.message.Message, response: dns.message.Message, limit: int,
-               src: tuple[int, int], path: str) -> bytes | None:
-        reply, _ = render(response, query, limit)
-        return self._logged(src, reply, path)
+    def _error_reply(self, query: dns.message.Message, rcode: int, limit: int,
+                     key: bytes) -> tuple[bytes | None, str, str, int, bytes]:
+        reply, _ = render(_error(query, rcode), query, limit)
+        return reply, "", "server", rcode, key
 
-    def _logged(self, src: tuple[int, int], reply: bytes | None, path: str) -> bytes | None:
-        if self.log_queries and reply is not None:
-            log.info("%s:%d %s rcode=%d", ipaddress.IPv4Address(src[0]), src[1], path, reply[3] & 0x0F)
-        return reply
 
-    def _log(self, src_ip: int, src_port: int, query: bytes, path: str, rcode: int | None = None) -> None:
-        try:
-            question = dns.message.from_wire(query, ignore_trailing=True).question[0]
-            what = f"{question.name} {dns.rdatatype.to_text(question.rdtype)}"
-        except Exception:
-            what = "?"
-        outcome = "" if rcode is None else " " + dns.rcode.to_text(rcode)
-        log.info("%s:%d %s%s %s", ipaddress.IPv4Address(src_ip), src_port, what, outcome, path)
+# the observers' key for a reply to something that is no readable question
+_NO_QUESTION = b"\x00\x00\x00\x00\x00\x00"
+
+
+def _key_of(query: dns.message.Message) -> bytes:
+    """The question's fast-path key (unikernel.wire), read from dnspython's message."""
+    question = query.question[0]
+    edns = wire.NO_EDNS if query.edns < 0 else wire.EDNS_DO if query.ednsflags & dns.flags.DO else wire.EDNS
+    name = question.name.canonicalize().to_wire()
+    assert name is not None          # to_wire() without a file returns the bytes
+    return name + question.rdtype.to_bytes(2, "big") + question.rdclass.to_bytes(2, "big") + bytes((edns,))
 
 
 def _kept_cost(key: bytes, answer: bytes) -> int:
@@ -460,14 +489,12 @@ def _endpoint_ints(endpoint) -> tuple[int, int]:
 
 
 def serve_with_processor(stack, port: int = 53, processor: Processor | None = None, *,
-                         fast_lookups: Iterable[FastLookup] = (), log_queries: bool = False,
-                         **options) -> DnsServer:
+                         fast_lookups: Iterable[FastLookup] = (), **options) -> DnsServer:
     """Starts answering on ``port`` with ``processor`` (call from a running loop).
     Returns the server; ``close()`` stops it."""
     if processor is None:
         raise ValueError("serve_with_processor needs a processor")
-    server = DnsServer(stack, port, processor, fast_lookups=fast_lookups,
-                       log_queries=log_queries, **options)
+    server = DnsServer(stack, port, processor, fast_lookups=fast_lookups, **options)
     server.start()
     if getattr(stack, "tcp", None) is not None:      # a stack without TCP (a test's fake): UDP only
         server.tcp_server = DnsTcpServer(stack.tcp, port, server.handle_tcp)

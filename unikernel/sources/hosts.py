@@ -18,7 +18,7 @@ Errors name the file and line: ``data/hosts:7: bad address '10.0.0.300'``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,3 +136,24 @@ def hosts_process(table: HostsTable, *, ttl: int = DEFAULT_TTL, recursion_availa
 
     hosts.table = table  # type: ignore[attr-defined]
     return hosts
+
+
+class HostsFiles:
+    """The hosts process for a set of files, reloadable while serving:
+    ``stage()`` reads them again (raising, file and line named, before
+    anything changes) and returns the swap, as ZoneFiles does."""
+
+    def __init__(self, paths: Iterable[str | Path], table: HostsTable, *, recursion_available: bool = False) -> None:
+        self.paths = list(paths)
+        self.recursion_available = recursion_available
+        self._process = hosts_process(table, recursion_available=recursion_available)
+
+    async def process(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
+        return await self._process(src=src, dst=dst, query=query)
+
+    def stage(self) -> Callable[[], None]:
+        table = load_hosts(self.paths)
+
+        def commit() -> None:
+            self._process = hosts_process(table, recursion_available=self.recursion_available)
+        return commit

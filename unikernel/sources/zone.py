@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -684,8 +684,15 @@ class ZoneFiles:
     def origins(self) -> list[dns.name.Name]:
         """The apex of every zone being served."""
         return list(self.zones.by_origin)
+    def stage(self) -> Callable[[], None]:
+        """Reads every file again (raising before anything changes) and
+        returns the swap, so that a reload of several sources is all or nothing."""
+        zones = Zones(load_zones(self.paths))
+
+        def commit() -> None:
+            self.zones, self._process = zones, zone_process(zones)
+        return commit
 
     def reload(self) -> int:
-        zones = Zones(load_zones(self.paths))     # raises before anything changes
-        self.zones, self._process = zones, zone_process(zones)
+        self.stage()()
         return len(self.paths)

@@ -1,0 +1,1 @@
+"""The operator's side: query statistics, /metrics, the dashboard, query logs."""
