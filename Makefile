@@ -19,6 +19,7 @@ APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
 # or Debian's stock kernel with its NIC modules (`make image KERNEL=debian`).
 KERNEL ?= appliance
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: deps test test-slow unit bench fuzz run boot image smoke serve clean
 
@@ -56,7 +57,7 @@ unit: deps
 	$(PY) -m pytest -q tests/unit tests/stack $(PYTEST_ARGS)
 
 bench: deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 # Hostile input at full length: each fuzzer prints its counts and fails on
 # any broken invariant; `make test` runs a short version of each.

@@ -9,44 +9,47 @@ alternating appliance / NSD for ``rounds`` rounds, after one untimed pass
 through the query file (which also fills the appliance's fast path, as any
 server warms up). The query mix is hits (A, MX, TXT), NXDOMAIN and NODATA.
 
+Beside them, the floor: bench/bare.py, a Python loop that writes each
+query back as its reply on a tap of its own (what the tap lets Python reach).
+
 Printed: queries per second, average latency, and the server's CPU seconds
 per 1,000 answers (utime + stime of the server's processes, from /proc), the
-median of the rounds for each, and the appliance/NSD ratios.
+median of the rounds for each, and the appliance/NSD ratios; then each
+server's latency at a fixed load below saturation (dnsperf -Q 10000, every
+answer's latency from dnsperf -v), p50 and p99, medians of the rounds. A
+verdict per target: QPS >= 1.0x NSD's, CPU per answer <= 1.3x NSD's.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import random
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import (
+    FIXED_LOAD_QPS,
+    PYTHON,
+    ROOT,
+    BenchError,
+    Throughput,
+    dnsperf,
+    median,
+    percentile,
+    verdict,
+    wait_for_answer,
+)
+
 ORIGIN = "bench.example"
 HOST_SIDE, APPLIANCE = "192.0.2.1/24", "192.0.2.2"
-TARGET_RATIO = 0.5
-OUTSTANDING = 100          # dnsperf -q: queries in flight (its default)
-
-
-@dataclass
-class Run:
-    server: str
-    qps: float
-    latency_ms: float
-    completed: int
-    lost: int
-    cpu_seconds: float
-
-    @property
-    def cpu_per_1000(self) -> float:
-        return 1000 * self.cpu_seconds / self.completed if self.completed else float("nan")
+# the bare responder (bench/bare.py) on a tap of its own, the kernel told its MAC
+BARE_HOST_SIDE, BARE, BARE_MAC = "198.51.100.1/24", "198.51.100.2", "02:00:00:00:00:02"
+TARGET_QPS = 1.0           # x NSD's
+TARGET_CPU = 1.3           # x NSD's CPU per answer, at most
+LATENCY_SECONDS = 3        # per round of the fixed-load run
 
 
 # -- the zone and the queries --------------------------------------------------
@@ -61,7 +64,7 @@ def write_zone(path: Path, names: int, rng: random.Random) -> list[str]:
     for i, host in enumerate(hosts):
         lines.append(f"{host} IN A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
         if i % 3 == 0:
-            lines.append(f"{host} IN AAAA 2001:db8::{i:x}")
+            lines.append(f"{host} IN AAAA 2001:db8::{i >> 16:x}:{i & 0xFFFF:x}")   # groups of 16 bits
             lines.append(f'{host} IN TXT "host number {i}"')
         if i % 10 == 0:
             lines.append(f"{host} IN MX 10 mail")
@@ -91,86 +94,23 @@ def write_queries(path: Path, hosts: list[str], count: int, rng: random.Random) 
     return mix
 
 
-# -- processes -------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and every descendant, in seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    stats: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
-        children.setdefault(ppid, []).append(int(entry))
-        stats[int(entry)] = (utime, stime)
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += sum(stats.get(p, (0, 0)))
-        todo.extend(children.get(p, []))
-    return total / tick
-
-
-def wait_for_answer(ns, address: str, name: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = ns.run("dig", f"@{address}", name, "+tries=1", "+time=1", "+short", timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{address} does not answer {name}")
-
-
-def dnsperf(ns, address: str, queries: Path, seconds: float, *, passes: int | None = None) -> dict:
-    args = ["dnsperf", "-s", address, "-d", str(queries), "-t", "2", "-q", str(OUTSTANDING)]
-    args += ["-n", str(passes)] if passes else ["-l", str(seconds)]
-    r = ns.run(*args, timeout=seconds + 60)
-    if r.returncode != 0:
-        raise RuntimeError(f"dnsperf failed: {r.stdout[-500:]} {r.stderr[-500:]}")
-    out = r.stdout
-
-    def number(pattern: str) -> float:
-        m = re.search(pattern, out)
-        if not m:
-            raise RuntimeError(f"dnsperf output lacks {pattern!r}:\n{out}")
-        return float(m.group(1))
-
-    return {"qps": number(r"Queries per second:\s+([\d.]+)"),
-            "latency": number(r"Average Latency \(s\):\s+([\d.]+)"),
-            "completed": int(number(r"Queries completed:\s+(\d+)")),
-            "lost": int(number(r"Queries lost:\s+(\d+)"))}
-
-
-def measure(ns, name: str, pid: int, address: str, queries: Path, seconds: float) -> Run:
-    before = cpu_seconds(pid)
-    result = dnsperf(ns, address, queries, seconds)
-    used = cpu_seconds(pid) - before
-    return Run(name, result["qps"], result["latency"] * 1000, result["completed"], result["lost"], used)
-
-
-def nsd_config(work: Path, zone: Path) -> Path:
-    from tests.nsd import nsd_conf  # tests/ is put on sys.path by run()
-    return nsd_conf(work, {ORIGIN: zone}, address="127.0.0.1", port=53)
-
-
 # -- the whole benchmark ------------------------------------------------------------
 
-def run(seconds: float = 10, rounds: int = 2, names: int = 3000, queries: int = 20000,
+def nsd_config(work: Path, zones: dict[str, Path]) -> Path:
+    from tests.nsd import nsd_conf  # tests/ is put on sys.path by run()
+    return nsd_conf(work, zones, address="127.0.0.1", port=53)
+
+
+def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 20000,
         seed: int = 1, out=sys.stdout, appliance_flags: tuple[str, ...] = ()) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.netns import Namespace
 
     for tool in ("dnsperf", "nsd", "dig", "ip"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is missing (make deps installs it)")
+            raise BenchError(f"{tool} is missing (make deps installs it)")
     if os.geteuid() != 0:
-        raise RuntimeError("the benchmark needs root (network namespace and tap)")
+        raise BenchError("the benchmark needs root (network namespace and tap)")
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="dnsbench") as tmp, Namespace("dnsbench") as ns:
         work = Path(tmp)
@@ -182,64 +122,86 @@ def run(seconds: float = 10, rounds: int = 2, names: int = 3000, queries: int = 
               f"{mix['nxdomain']} NXDOMAIN, {mix['nodata']} NODATA; dnsperf {seconds:g} s x {rounds} rounds",
               file=out, flush=True)
         ns.add_tap("tap0", HOST_SIDE)
-        appliance = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
+        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                              "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
                              "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0: one client, full speed
                              *appliance_flags, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, zone)),
+        nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, {ORIGIN: zone})),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_answer(ns, APPLIANCE, f"host1.{ORIGIN}")
-        wait_for_answer(ns, "127.0.0.1", f"host1.{ORIGIN}")
-        for address in (APPLIANCE, "127.0.0.1"):
-            dnsperf(ns, address, query_file, 60, passes=1)       # warm-up, not counted
-        runs: list[Run] = []
+        ns.add_tap("tap1", BARE_HOST_SIDE)
+        ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", "tap1")
+        bare = ns.popen(PYTHON, "-m", "bench.bare", "tap1", cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+        servers = {"appliance": (APPLIANCE, appliance.pid), "nsd": ("127.0.0.1", nsd.pid),
+                   "bare": (BARE, bare.pid)}
+        for (address, _), proc in zip(servers.values(), (appliance, nsd, bare)):
+            wait_for_answer(ns, address, f"host1.{ORIGIN}", proc=proc)     # the bare responder echoes: NOERROR
+            dnsperf(ns, address, query_file, passes=1)       # warm-up, not counted
+        runs: dict[str, list[Throughput]] = {name: [] for name in servers}
+        latencies: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
         for _ in range(rounds):
-            runs.append(measure(ns, "appliance", appliance.pid, APPLIANCE, query_file, seconds))
-            runs.append(measure(ns, "nsd", nsd.pid, "127.0.0.1", query_file, seconds))
-        for p in (appliance, nsd):
+            for name, (address, pid) in servers.items():
+                runs[name].append(dnsperf(ns, address, query_file, seconds=seconds, pid=pid)[0])
+        for _ in range(rounds):
+            for name, (address, _pid) in servers.items():
+                _, each = dnsperf(ns, address, query_file, seconds=LATENCY_SECONDS, max_qps=FIXED_LOAD_QPS,
+                                  verbose=True)
+                latencies[name].append((percentile(each, 0.5), percentile(each, 0.99)))
+        for p in (appliance, nsd, bare):
             if p.poll() is not None:
-                raise RuntimeError("a server died during the benchmark")
-    return report(runs, out)
+                raise BenchError("a server died during the benchmark")
+    return report(runs, latencies, out)
 
 
-def report(runs: list[Run], out=sys.stdout) -> dict:
+def report(runs: dict[str, list[Throughput]], latencies: dict[str, list[tuple[float, float]]],
+           out=sys.stdout) -> dict:
     print(f"\n{'server':<10} {'QPS':>10} {'latency ms':>11} {'CPU s/1000':>11} {'completed':>10} {'lost':>6}",
           file=out)
-    for r in runs:
-        print(f"{r.server:<10} {r.qps:>10.0f} {r.latency_ms:>11.3f} {r.cpu_per_1000:>11.4f} "
-              f"{r.completed:>10} {r.lost:>6}", file=out)
-
-    def median(server: str, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in runs if r.server == server)
-
-    summary = {s: {a: median(s, a) for a in ("qps", "latency_ms", "cpu_per_1000")} for s in ("appliance", "nsd")}
-    ratio_qps = summary["appliance"]["qps"] / summary["nsd"]["qps"]
-    ratio_latency = summary["appliance"]["latency_ms"] / summary["nsd"]["latency_ms"]
-    ratio_cpu = summary["appliance"]["cpu_per_1000"] / summary["nsd"]["cpu_per_1000"]
-    print(f"\nmedian     appliance {summary['appliance']['qps']:.0f} QPS, NSD {summary['nsd']['qps']:.0f} QPS",
-          file=out)
-    print(f"ratios     QPS {ratio_qps:.2f}x NSD (target >= {TARGET_RATIO}), latency {ratio_latency:.2f}x, "
-          f"CPU per answer {ratio_cpu:.2f}x", file=out)
-    print("verdict    " + ("target met" if ratio_qps >= TARGET_RATIO else "target NOT met"), file=out, flush=True)
-    return {"summary": summary, "ratio_qps": ratio_qps, "ratio_latency": ratio_latency, "ratio_cpu": ratio_cpu}
+    for name, rows in runs.items():
+        for r in rows:
+            print(f"{name:<10} {r.qps:>10.0f} {r.latency_ms:>11.3f} {r.cpu_per_1000:>11.4f} "
+                  f"{r.completed:>10} {r.lost:>6}", file=out)
+    summary = {name: {"qps": median(r.qps for r in rows), "cpu_per_1000": median(r.cpu_per_1000 for r in rows),
+                      "p50_ms": median(p50 for p50, _ in latencies[name]),
+                      "p99_ms": median(p99 for _, p99 in latencies[name])}
+               for name, rows in runs.items()}
+    ours, nsd = summary["appliance"], summary["nsd"]
+    ratio = {key: ours[key] / nsd[key] if nsd[key] else float("nan") for key in ours}
+    print(f"\nmedian     appliance {ours['qps']:.0f} QPS, {ours['cpu_per_1000']:.4f} CPU s/1000; "
+          f"NSD {nsd['qps']:.0f} QPS, {nsd['cpu_per_1000']:.4f} CPU s/1000", file=out)
+    print(f"latency    at {FIXED_LOAD_QPS} QPS: appliance p50 {ours['p50_ms']:.3f} ms p99 {ours['p99_ms']:.3f} ms; "
+          f"NSD p50 {nsd['p50_ms']:.3f} ms p99 {nsd['p99_ms']:.3f} ms", file=out)
+    bare = summary["bare"]
+    print(f"floor      bare tap responder (bench/bare.py) {bare['qps']:.0f} QPS, {bare['cpu_per_1000']:.4f} CPU s/1000:"
+          f" appliance {ours['qps'] / bare['qps']:.2f}x its QPS, {ours['cpu_per_1000'] / bare['cpu_per_1000']:.2f}x "
+          f"its CPU per answer; NSD {nsd['qps'] / bare['qps']:.2f}x its QPS", file=out)
+    lines = [verdict("authoritative QPS / NSD", ratio["qps"], at_least=TARGET_QPS),
+             verdict("CPU per answer / NSD", ratio["cpu_per_1000"], at_most=TARGET_CPU),
+             verdict(f"p50 latency at {FIXED_LOAD_QPS} QPS / NSD", ratio["p50_ms"]),
+             verdict(f"p99 latency at {FIXED_LOAD_QPS} QPS / NSD", ratio["p99_ms"])]
+    for line, _ in lines:
+        print(line, file=out, flush=True)
+    return {"summary": summary, "ratio": ratio, "met": all(ok for _, ok in lines)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench auth", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--names", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=20000)
     parser.add_argument("--appliance-flag", action="append", default=[], metavar="FLAG",
                         help="passed to the appliance, e.g. --appliance-flag=--metrics-port=0 (repeatable)")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
+    if args.rounds < 3:
+        parser.error("medians need at least 3 rounds")
     try:
         result = run(args.seconds, args.rounds, args.names, args.queries,
                      appliance_flags=tuple(args.appliance_flag))
-    except RuntimeError as e:
+    except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
-    return 0 if result["ratio_qps"] >= TARGET_RATIO else 1
+    return 0 if result["met"] else 1
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def write_list(path: Path, count: int, seed: int = 1) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench blocklist")
     parser.add_argument("--names", type=int, default=1_000_000)
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hosts"
         last = write_list(path, args.names)

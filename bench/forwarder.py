@@ -9,21 +9,28 @@ Inside a network namespace this benchmark makes (and removes):
     dnsmasq                       127.0.0.1:5300 in the namespace,
                                   `--server=192.0.2.1 --cache-rr=ANY` (by
                                   default dnsmasq caches neither MX nor TXT)
+    Unbound                       127.0.0.1:5301, num-threads 1, forwarding
+                                  everything to 192.0.2.1 (iterator only: no
+                                  validation, as the others)
 
-Both caches are filled with one pass over the query file, then dnsperf asks
-the same questions for ``duration`` seconds, alternating between the two
-(``rounds`` times each). Every answer is a cache hit. Printed: QPS, average
-latency, server CPU seconds per 1,000 answers, and the appliance/dnsmasq ratio.
+Every cache is filled with one pass over the query file, then dnsperf asks
+the same questions for ``duration`` seconds, server after server
+(``rounds`` times each, at least 3). Every answer is a cache hit. Printed:
+median QPS, average latency, server CPU seconds per 1,000 answers, ratios
+against dnsmasq and Unbound, and a verdict (QPS >= 1.0x dnsmasq's).
 
-    .venv/bin/python -m bench.forwarder [--duration 10] [--rounds 1] [--names 300]
+Then the cache's memory: each server's Pss before and after one pass over
+``fill`` further names (one A each, all distinct, all cached), as bytes per
+100,000 cached answers (scaled linearly from ``fill``); dnsmasq allocates
+its cache whole at start, so its figure is its Pss beside a dnsmasq of 150
+entries, per entry.
 
-``bench/__main__.py`` calls :func:`run` and prints its rows.
+    .venv/bin/python -m bench forwarder [--duration 5] [--rounds 3] [--names 300] [--fill 20000]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,17 +38,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import BenchError, cpu_seconds, dnsperf, kill, median, rss_bytes, verdict
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
-HOST, APPLIANCE, DNSMASQ_PORT = "192.0.2.1", "192.0.2.2", 5300
+HOST, APPLIANCE, DNSMASQ_PORT, UNBOUND_PORT = "192.0.2.1", "192.0.2.2", 5300, 5301
 ZONE = "bench.example."
+TARGET_QPS = 1.0            # x dnsmasq's
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _zone(names: int) -> str:
+def _zone(names: int, fill: int) -> str:
     lines = [f"$ORIGIN {ZONE}", "$TTL 86400",
              f"@ IN SOA ns.{ZONE} host.{ZONE} 1 7200 900 1209600 3600",
              f"@ IN NS ns.{ZONE}", f"ns IN A {HOST}", f"mail IN A {HOST}"]
@@ -49,6 +55,7 @@ def _zone(names: int) -> str:
         lines += [f"h{i} IN A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
                   f"h{i} IN MX 10 mail.{ZONE}",
                   f'h{i} IN TXT "v=spf1 -all" "host {i}"']
+    lines += [f"c{i} IN A 10.{64 + (i >> 16 & 63)}.{i >> 8 & 255}.{i & 255}" for i in range(fill)]
     return "\n".join(lines) + "\n"
 
 
@@ -56,29 +63,48 @@ def _queries(names: int) -> str:
     return "".join(f"h{i}.{ZONE} {t}\n" for i in range(names) for t in ("A", "MX", "TXT"))
 
 
+def _unbound_conf(work: Path, cache_entries: int) -> Path:
+    conf = work / "unbound.conf"
+    conf.write_text(f"""server:
+    interface: 127.0.0.1@{UNBOUND_PORT}
+    port: {UNBOUND_PORT}
+    num-threads: 1
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{work}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "iterator"
+    msg-cache-size: {max(64, cache_entries // 1000)}m
+    rrset-cache-size: {max(64, cache_entries // 500)}m
+    qname-minimisation: no
+    minimal-responses: no
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: {HOST}@53
+""")
+    return conf
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """For bench/dot.py and bench/dnssec.py."""
+    return cpu_seconds(pid)
 
 
 def _dnsperf(ns, server: str, port: int, queries: Path, *, duration: float | None = None,
              passes: int | None = None) -> dict:
-    cmd = ["dnsperf", "-s", server, "-p", str(port), "-d", str(queries), "-c", "4", "-q", "64", "-t", "2"]
-    cmd += ["-l", str(duration)] if duration else ["-n", str(passes or 1)]
-    out = ns.run(*cmd, timeout=(duration or 60) + 60)
-    text = out.stdout
-    if out.returncode != 0 or "Queries per second" not in text:
-        raise BenchError(f"dnsperf against {server}:{port} failed: {out.stdout[-400:]} {out.stderr[-400:]}")
-
-    def number(label: str) -> float:
-        m = re.search(label + r":\s+([0-9.]+)", text)
-        return float(m.group(1)) if m else 0.0
-    codes = re.search(r"Response codes:\s+(.*)", text)
-    if codes is None or not codes.group(1).startswith("NOERROR") or "," in codes.group(1):
-        raise BenchError(f"{server}:{port} did not answer everything with NOERROR: "
-                         f"{codes.group(1) if codes else 'no response codes'}")
-    return {"qps": number("Queries per second"), "latency_ms": number(r"Average Latency \(s\)") * 1000,
-            "completed": number("Queries completed"), "lost": number("Queries lost")}
+    """For bench/dot.py and bench/dnssec.py: 4 clients, 64 queries in flight,
+    every answer NOERROR (else BenchError)."""
+    r, _ = dnsperf(ns, server, queries, port=port, seconds=duration, passes=None if duration else passes or 1,
+                   clients=4, outstanding=64)
+    _checked(r, server, port)
+    return {"qps": r.qps, "latency_ms": r.latency_ms, "completed": r.completed, "lost": r.lost}
 
 
 def _wait_ready(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -92,93 +118,117 @@ def _wait_ready(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
     raise BenchError(f"{what} did not become ready")
 
 
-def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]:
-    """Rows: one per server (qps, latency_ms, cpu_per_1000), then the ratio."""
-    missing = [t for t in ("ip", "dnsperf", "dnsmasq", "nsd") if shutil.which(t) is None
+def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20000, out=sys.stdout) -> bool:
+    """Prints the cache-hit table, the cache memory table and the verdicts;
+    returns whether the target is met."""
+    missing = [t for t in ("ip", "dnsperf", "dnsmasq", "nsd", "unbound") if shutil.which(t) is None
                and not Path(f"/usr/sbin/{t}").exists()]
     if os.geteuid() != 0 or missing:
         raise BenchError(f"needs root and {', '.join(missing) or 'nothing else'}")
     sys.path.insert(0, str(REPO))
     from tests.netns import Namespace
+    cache_entries = 4 * names + fill + 100
     with tempfile.TemporaryDirectory(prefix="fwdbench") as tmp, Namespace("fwdbench") as ns:
         d = Path(tmp)
         os.chmod(d, 0o755)
-        (d / "bench.zone").write_text(_zone(names))
+        (d / "bench.zone").write_text(_zone(names, fill))
         from tests.nsd import nsd_conf
         nsd_conf(d, {ZONE: d / "bench.zone"}, address=HOST, port=53)
-        queries = d / "queries.txt"
+        queries, fill_queries = d / "queries.txt", d / "fill.txt"
         queries.write_text(_queries(names))
+        fill_queries.write_text("".join(f"c{i}.{ZONE} A\n" for i in range(fill)))
         ns.add_tap("tap0", f"{HOST}/24")
 
         nsd = ns.popen(shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(d / "nsd.conf"))
-        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
-                             "--forward", f"{HOST}:53", "--cache-size", str(4 * names + 100),
+        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+                             "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
                              "--rrl-rate", "0",                   # dnsmasq has no RRL: one client, full speed
                              "--dnssec", "no", cwd=str(REPO))     # an unsigned zone: bench/dnssec.py validates
         _wait_ready(appliance, "the appliance")
+        appliance.stdout.close()             # nothing more is read from it: let it not block on a full pipe
         dnsmasq = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",
                            "--no-resolv", "--no-hosts", "--pid-file=", f"--server={HOST}",
                            "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={DNSMASQ_PORT}",
-                           f"--cache-size={4 * names + 100}", "--cache-rr=ANY", "--user=root")
-        time.sleep(0.5)                      # NSD and dnsmasq print nothing when ready
-        for proc, what in ((nsd, "nsd"), (dnsmasq, "dnsmasq")):
+                           f"--cache-size={cache_entries}", "--cache-rr=ANY", "--user=root")
+        unbound = ns.popen(shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c",
+                           str(_unbound_conf(d, cache_entries)))
+        time.sleep(1)                        # NSD, dnsmasq and Unbound print nothing when ready
+        for proc, what in ((nsd, "nsd"), (dnsmasq, "dnsmasq"), (unbound, "unbound")):
             if proc.poll() is not None:
                 raise BenchError(f"{what} exited: {proc.stdout.read()[-400:]}")
 
-        targets = {"appliance": (APPLIANCE, 53, appliance.pid), "dnsmasq": ("127.0.0.1", DNSMASQ_PORT, dnsmasq.pid)}
-        for server, port, _ in targets.values():            # fill both caches
-            _dnsperf(ns, server, port, queries, passes=1)
-        results: dict[str, list[dict]] = {k: [] for k in targets}
+        targets = {"appliance": (APPLIANCE, 53, appliance.pid),
+                   "dnsmasq --cache-rr=ANY": ("127.0.0.1", DNSMASQ_PORT, dnsmasq.pid),
+                   "unbound num-threads 1": ("127.0.0.1", UNBOUND_PORT, unbound.pid)}
+        for server, port, _ in targets.values():            # fill every cache
+            _checked(dnsperf(ns, server, port=port, queries=queries, passes=1, clients=4, outstanding=64)[0],
+                     server, port)
+        results: dict[str, list] = {k: [] for k in targets}
         for _ in range(rounds):
             for label, (server, port, pid) in targets.items():
-                cpu0 = _cpu_seconds(pid)
-                r = _dnsperf(ns, server, port, queries, duration=duration)
-                r["cpu"] = _cpu_seconds(pid) - cpu0
-                results[label].append(r)
+                r, _ = dnsperf(ns, server, port=port, queries=queries, seconds=duration, clients=4,
+                               outstanding=64, pid=pid)
+                results[label].append(_checked(r, server, port))
+        # dnsmasq allocates its whole cache (--cache-size entries) at start, so
+        # its growth reads 0: its cost is its Pss beside a dnsmasq of 150 entries
+        small = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",
+                         "--no-resolv", "--no-hosts", "--pid-file=", f"--server={HOST}",
+                         "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={DNSMASQ_PORT + 10}",
+                         "--cache-size=150", "--cache-rr=ANY", "--user=root")
+        memory = {}
+        for label, (server, port, pid) in targets.items():
+            before = rss_bytes(pid)
+            r, _ = dnsperf(ns, server, port=port, queries=fill_queries, passes=1, clients=4, outstanding=64)
+            _checked(r, server, port)
+            if label.startswith("dnsmasq"):
+                memory[label] = (rss_bytes(pid) - rss_bytes(small.pid)) * 100_000 / (cache_entries - 150)
+            else:
+                memory[label] = (rss_bytes(pid) - before) * 100_000 / max(1, r.completed - r.lost)
+        for proc in (appliance, dnsmasq, small, unbound, nsd):
+            kill(proc)
 
-    rows = []
+    print(f"{'forwarder cache hits':<26}{'QPS':>10}{'avg latency ms':>16}{'CPU s/1000':>12}{'lost':>7}", file=out)
+    summary = {}
     for label, runs in results.items():
-        completed = sum(r["completed"] for r in runs)
-        rows.append({
-            "benchmark": "forwarder cache hits",
-            "server": "appliance" if label == "appliance" else "dnsmasq --cache-rr=ANY",
-            "qps": sum(r["qps"] for r in runs) / len(runs),
-            "latency_ms": sum(r["latency_ms"] for r in runs) / len(runs),
-            "cpu_per_1000": 1000 * sum(r["cpu"] for r in runs) / completed if completed else 0.0,
-            "lost": sum(r["lost"] for r in runs),
-        })
-    ratio = rows[0]["qps"] / rows[1]["qps"] if rows[1]["qps"] else 0.0
-    rows.append({"benchmark": "forwarder cache hits", "server": "ratio appliance/dnsmasq", "qps": ratio,
-                 "latency_ms": (rows[0]["latency_ms"] / rows[1]["latency_ms"]) if rows[1]["latency_ms"] else 0.0,
-                 "cpu_per_1000": (rows[0]["cpu_per_1000"] / rows[1]["cpu_per_1000"]) if rows[1]["cpu_per_1000"] else 0.0,
-                 "lost": 0})
-    return rows
+        summary[label] = (median(r.qps for r in runs), median(r.latency_ms for r in runs),
+                          median(r.cpu_per_1000 for r in runs), sum(r.lost for r in runs))
+        qps, latency, cpu, lost = summary[label]
+        print(f"{label:<26}{qps:>10.0f}{latency:>16.3f}{cpu:>12.4f}{lost:>7}", file=out)
+    ours = summary["appliance"]
+    for label in list(targets)[1:]:
+        theirs = summary[label]
+        print(f"{'appliance / ' + label.split()[0]:<26}{ours[0] / theirs[0]:>9.2f}x{ours[1] / theirs[1]:>15.2f}x"
+              f"{ours[2] / theirs[2]:>11.2f}x", file=out)
+    print(f"\ncache memory, Pss per 100,000 answers (growth over {fill} cached A answers; dnsmasq: "
+          f"{cache_entries} entries beside 150)", file=out)
+    for label, per in memory.items():
+        ratios = "" if label != "appliance" else "   " + ", ".join(
+            f"{memory[label] / memory[other]:.1f}x {other.split()[0]}" for other in list(memory)[1:] if memory[other] > 0)
+        print(f"{label:<26}{per / 2**20:>9.1f} MB{ratios}", file=out)
+    line, ok = verdict("cache-hit QPS / dnsmasq", ours[0] / summary["dnsmasq --cache-rr=ANY"][0], at_least=TARGET_QPS)
+    print(line, file=out)
+    print(verdict("cache-hit QPS / Unbound", ours[0] / summary["unbound num-threads 1"][0])[0], file=out, flush=True)
+    return ok
 
 
-def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'forwarder cache hits':<28}{'QPS':>12}{'avg latency ms':>16}{'CPU s/1000':>12}{'lost':>8}"]
-    for r in rows:
-        if r["server"].startswith("ratio"):
-            lines.append(f"{r['server']:<28}{r['qps']:>11.2f}x{r['latency_ms']:>15.2f}x{r['cpu_per_1000']:>11.2f}x")
-        else:
-            lines.append(f"{r['server']:<28}{r['qps']:>12.0f}{r['latency_ms']:>16.3f}{r['cpu_per_1000']:>12.4f}"
-                         f"{int(r['lost']):>8}")
-    return "\n".join(lines)
+def _checked(r, server: str, port: int):
+    if not r.codes.startswith("NOERROR") or "," in r.codes:
+        raise BenchError(f"{server}:{port} did not answer everything with NOERROR: {r.codes or 'no response codes'}")
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.forwarder", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser = argparse.ArgumentParser(prog="bench forwarder", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--names", type=int, default=300)
+    parser.add_argument("--fill", type=int, default=20000, help="distinct answers cached for the memory figure")
     args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     try:
-        rows = run(args.duration, args.rounds, args.names)
+        return 0 if run(args.duration, max(args.rounds, 3), args.names, args.fill) else 1
     except BenchError as e:
-        print(f"bench.forwarder: {e}", file=sys.stderr)
-        return 1
-    print(format_rows(rows))
-    return 0
+        print(f"bench forwarder: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

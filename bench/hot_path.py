@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench hot_path")
     parser.add_argument("--hits", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     plain = asyncio.run(per_hit(False, args.hits, args.rounds))
     limited = asyncio.run(per_hit(True, args.hits, args.rounds))
     print(f"kept-answer hit: {plain:.2f} us plain, {limited:.2f} us with RRL and RA "

@@ -38,6 +38,10 @@ UNVERIFIED_SOURCES = 16
 UNVERIFIED_QUEUE = 4
 # Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
 _PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
+# A whole UDP frame's headers, packed at once: Ethernet destination, source
+# and type; IPv4 without options (total length, ident, TTL, checksum,
+# addresses); UDP (ports, length, checksum).
+_UDP_FRAME_HEAD = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
 
 
 class Stack:
@@ -350,8 +354,37 @@ class Stack:
             self.counters[f"icmp.type{icmp_type}.ignored"] += 1
 
     # -- send path ---------------------------------------------------------------------
-    def _transmit_udp(self, dst_ip: int, segment: bytes, ttl: int | None = None) -> None:
-        self.send_ip(dst_ip, ip4.PROTO_UDP, segment, ttl=ttl or ip4.DEFAULT_TTL)
+    def _transmit_udp(self, src_port: int, dst_ip: int, dst_port: int, payload: bytes,
+                      ttl: int | None = None) -> None:
+        """Every reply passes here. A unicast datagram that fits the MTU, to a
+        next hop whose MAC is known, leaves as one frame whose three headers
+        are packed at once, both checksums summed from the field values (the
+        same bytes as udp.build, ip4.header and send_ip's prefix; a test holds
+        them equal). Anything else takes send_ip (routes, fragments, ARP)."""
+        address = self.address
+        length = udp.HEADER_LEN + len(payload)
+        total = length + ip4.MIN_HEADER_LEN
+        if total <= self.mtu and dst_ip >> 28 != 0xE:
+            hop = dst_ip if dst_ip & self.netmask == self.network else self.gateway
+            if hop is not None and hop != self.subnet_broadcast:
+                mac = self.arp.lookup(hop, self.now())
+                if mac is not None:
+                    ttl = ttl or ip4.DEFAULT_TTL
+                    ident = self._ident = (self._ident + 1) & 0xFFFF
+                    addresses = (address >> 16) + (address & 0xFFFF) + (dst_ip >> 16) + (dst_ip & 0xFFFF)
+                    ip_sum = 0x4500 + total + ident + (ttl << 8 | ip4.PROTO_UDP) + addresses
+                    # the payload read as one integer is congruent to its words' sum (checksum.py)
+                    body = int.from_bytes(payload, "big")
+                    if length & 1:
+                        body <<= 8
+                    udp_sum = addresses + ip4.PROTO_UDP + length + src_port + dst_port + length + body
+                    self._send_frame(_UDP_FRAME_HEAD.pack(
+                        mac, self.mac, ethernet.TYPE_IPV4, 0x45, 0, total, ident, 0, ttl, ip4.PROTO_UDP,
+                        0xFFFF - ip_sum % 0xFFFF, address, dst_ip, src_port, dst_port, length,
+                        0xFFFF - udp_sum % 0xFFFF) + payload)
+                    return
+        self.send_ip(dst_ip, ip4.PROTO_UDP, udp.build(address, src_port, dst_ip, dst_port, payload),
+                     ttl=ttl or ip4.DEFAULT_TTL)
 
     def _transmit_tcp(self, dst_ip: int, segment: bytes) -> None:
         self.send_ip(dst_ip, ip4.PROTO_TCP, segment, dont_fragment=True)

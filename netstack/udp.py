@@ -48,15 +48,22 @@ def build(src_ip: int, src_port: int, dst_ip: int, dst_port: int, payload: bytes
     return _HEADER.pack(src_port, dst_port, length, 0xFFFF - (words + body) % 0xFFFF) + payload
 
 
+# transmit(src_port, dst_ip, dst_port, payload, ttl): the datagram, not yet a
+# segment, so the stack can build UDP, IPv4 and Ethernet headers in one go
+Transmit = Callable[[int, int, int, bytes, "int | None"], None]
+
+
 class UdpLayer:
-    """Bound ports and their handlers. Sending goes through `transmit(dst_ip,
-    segment, ttl)`, which the stack wires to IPv4 output (ttl None: its default).
+    """Bound ports and their handlers. Sending goes through `transmit(src_port,
+    dst_ip, dst_port, payload, ttl)`, which the stack wires to its output (ttl
+    None: its default); the stack builds the segment (:func:`build`, or the
+    same bytes packed with the lower headers at once).
 
     Ports bound with ``with_ttl`` live in their own table, so the stack's hot
     path (which reads only `bindings`) leaves them to the general path, the
     one that knows the IP header."""
 
-    def __init__(self, local_ip: int, transmit: Callable[[int, bytes, int | None], None], counters: Counters,
+    def __init__(self, local_ip: int, transmit: Transmit, counters: Counters,
                  rng: random.Random | None = None) -> None:
         self.local_ip = local_ip
         self.transmit = transmit
@@ -107,4 +114,4 @@ class UdpLayer:
 
     def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int, *, ttl: int | None = None) -> None:
         self.counters["udp.sent"] += 1
-        self.transmit(dst_ip, build(self.local_ip, src_port, dst_ip, dst_port, payload), ttl)
+        self.transmit(src_port, dst_ip, dst_port, payload, ttl)

@@ -1,4 +1,6 @@
 """ICMP echo and errors, and UDP, against scapy."""
+import ipaddress
+
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
@@ -115,3 +117,30 @@ def test_a_fragmentation_needed_with_a_short_quote_is_counted():
     stack.receive(bytes(Ether(dst=OUR_MAC, src=PEER_MAC) / IP(src=PEER_IP, dst=OUR_IP)
                         / ICMP(type=3, code=4, nexthopmtu=1000) / (b"\x45" + bytes(10))))
     assert stack.counters["icmp.bad_quote.drop"] == 1 and link.take() == []
+
+
+@pytest.mark.parametrize("payload", [b"", b"x", b"answer" * 5, b"\xff" * 1471, bytes(range(256)) * 5])
+@pytest.mark.parametrize("dst", [PEER_IP, "198.51.100.7"])      # on-link, and through the gateway
+@pytest.mark.parametrize("ttl", [None, 255])
+def test_the_one_pack_udp_frame_is_the_general_paths_bytes(payload, dst, ttl):
+    """sendto packs Ethernet, IPv4 and UDP headers at once for a resolved next
+    hop; the frame must be send_ip's, and its checksums scapy's."""
+    from netstack import ipv4
+    from tests.stackutil import GATEWAY
+    stack, link, _ = make_stack()
+    prime_arp(stack)
+    prime_arp(stack, GATEWAY)
+    dst_ip = int(ipaddress.IPv4Address(dst))
+    stack._ident = 0xFFFF                    # the wrap to 0 is packed too
+    stack.udp.sendto(payload, 53, dst_ip, 4444, ttl=ttl)
+    stack._ident = 0xFFFF
+    stack.send_ip(dst_ip, ipv4.PROTO_UDP, udp.build(stack.address, 53, dst_ip, 4444, payload),
+                  ttl=ttl or ipv4.DEFAULT_TTL)
+    one_pack, general = link.take()
+    assert one_pack == general
+    sent = Ether(one_pack)
+    assert sent[IP].ttl == (ttl or 64) and sent[IP].id == 0 and bytes(sent[UDP].payload) == payload
+    again = sent.copy()
+    del again[IP].chksum, again[UDP].chksum
+    again = Ether(bytes(again))
+    assert (again[IP].chksum, again[UDP].chksum) == (sent[IP].chksum, sent[UDP].chksum)

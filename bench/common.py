@@ -1,0 +1,161 @@
+"""What every benchmark shares: dnsperf runs (throughput, and latency at a
+fixed load), a process tree's CPU time and memory, medians and verdicts."""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else "python3"
+FIXED_LOAD_QPS = 10_000     # the latency figure's load: below every server's saturation here
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Throughput:
+    qps: float
+    latency_ms: float
+    completed: int
+    lost: int
+    cpu_seconds: float
+    codes: str
+
+    @property
+    def cpu_per_1000(self) -> float:
+        return 1000 * self.cpu_seconds / self.completed if self.completed else float("nan")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and every descendant, in seconds."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            text = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants, each shared page
+    counted once: the sum of their proportional set sizes (Pss), since NSD's
+    server and xfrd processes share most of their pages with the parent."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+        total += int(m.group(1)) * 1024 if m else 0
+    return total
+
+
+def wait_for_answer(ns, address: str, name: str, timeout: float = 30, port: int = 53,
+                    proc: subprocess.Popen | None = None) -> float:
+    """Seconds until ``address`` answers ``name`` with NOERROR; a BenchError
+    when ``proc`` (the server) exits first."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"the server for {address} exited with status {proc.returncode} before answering")
+        r = ns.run("dig", f"@{address}", "-p", str(port), name, "+tries=1", "+time=1", timeout=10)
+        if r.returncode == 0 and "status: NOERROR" in r.stdout:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise BenchError(f"{address} does not answer {name} within {timeout:g} s")
+
+
+def dnsperf(ns, address: str, queries: Path, *, port: int = 53, seconds: float | None = None,
+            passes: int | None = None, clients: int = 1, outstanding: int = 100, pid: int | None = None,
+            max_qps: int | None = None, verbose: bool = False) -> tuple[Throughput, list[float]]:
+    """One dnsperf run; with ``verbose``, also every answer's latency in ms
+    (dnsperf -v prints one line per query)."""
+    args = ["dnsperf", "-s", address, "-p", str(port), "-d", str(queries), "-t", "2",
+            "-c", str(clients), "-q", str(outstanding)]
+    args += ["-n", str(passes)] if passes else ["-l", str(seconds)]
+    if max_qps:
+        args += ["-Q", str(max_qps)]
+    if verbose:
+        args.append("-v")
+    before = cpu_seconds(pid) if pid else 0.0
+    r = ns.run(*args, timeout=(seconds or 120) + 60)
+    used = cpu_seconds(pid) - before if pid else 0.0
+    out = r.stdout
+    if r.returncode != 0 or "Queries per second" not in out:
+        raise BenchError(f"dnsperf against {address}:{port} failed: {out[-400:]} {r.stderr[-400:]}")
+
+    def number(pattern: str) -> float:
+        m = re.search(pattern, out)
+        if not m:
+            raise BenchError(f"dnsperf output lacks {pattern!r}")
+        return float(m.group(1))
+
+    codes = re.search(r"Response codes:\s+(.*)", out)
+    latencies = [float(m.group(1)) * 1000 for m in re.finditer(r"^> \S+ .* ([\d.]+)$", out, re.M)] if verbose else []
+    return Throughput(number(r"Queries per second:\s+([\d.]+)"), number(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
+                      int(number(r"Queries completed:\s+(\d+)")), int(number(r"Queries lost:\s+(\d+)")), used,
+                      codes.group(1) if codes else ""), latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def verdict(name: str, ratio: float, *, at_least: float | None = None, at_most: float | None = None) -> tuple[str, bool]:
+    """One line saying whether a ratio meets its target."""
+    if at_least is not None:
+        ok = ratio >= at_least
+        return f"verdict    {name}: {ratio:.2f}x (target >= {at_least:g}x) {'met' if ok else 'NOT met'}", ok
+    if at_most is not None:
+        ok = ratio <= at_most
+        return f"verdict    {name}: {ratio:.2f}x (target <= {at_most:g}x) {'met' if ok else 'NOT met'}", ok
+    return f"verdict    {name}: {ratio:.2f}x (reported, no numeric target)", True
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
