@@ -193,7 +193,7 @@ def test_built_xen_config_points_at_the_images(image, debian_image):
     # the kernel QEMU boots is the one Xen boots, with the memory it was measured to need
     assert cfg["kernel"] == f"{make_image.IMAGES}/dns.vmlinuz" and cfg["memory"] == image["kernel"]["memory_mb"]
     debian = xen.parse((make_image.IMAGES / "debian" / "dns.xl").read_text())
-    assert debian["kernel"] == f"{make_image.IMAGES}/debian/dns.vmlinuz" and debian["memory"] == 128
+    assert debian["kernel"] == f"{make_image.IMAGES}/debian/dns.vmlinuz" and debian["memory"] == make_image.MEMORY_MB["debian"]
     assert "xen_netfront.ko" in debian_image["kernel_modules"]
 
 
