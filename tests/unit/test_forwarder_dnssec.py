@@ -32,6 +32,7 @@ class SignedUpstream:
     def __init__(self, stack, world: signed.World, data: dict) -> None:
         self.stack, self.world, self.data = stack, world, data
         self.asked: list[tuple[str, str, bool]] = []
+        self.additional: list[dns.rrset.RRset] = []     # what a poisoning upstream adds to every reply
         stack.upstreams[UP1] = self
 
     def receive(self, payload: bytes, src_port: int) -> None:
@@ -46,6 +47,7 @@ class SignedUpstream:
         else:
             response.set_rcode(found.rcode())
             response.answer, response.authority = list(found.answer), list(found.authority)
+            response.additional = list(self.additional)
         self.stack.udp.deliver(response.to_wire(), UP1[0], UP1[1], src_port)
 
 
@@ -96,6 +98,23 @@ def test_ad_follows_rfc_6840_and_rrsigs_only_with_do():
     assert with_ad.flags & dns.flags.AD
     # one upstream exchange for the answer, with DO and CD, whatever the client set
     assert [a for a in setup.upstream.asked if a[0] == "www.example."] == [("www.example.", "A", True)]
+
+
+def test_a_validated_answer_is_scrubbed_of_records_off_its_chain():
+    """The validating path skipped the scrubber the plain path has: an
+    upstream's unrelated additional record went out, and into the cache,
+    beside a secure answer."""
+    setup = Setup({})
+    setup.upstream.data[("www.example.", "A")] = www(setup.world)
+    setup.upstream.additional = [dns.rrset.from_text("bank.other.", 300, "IN", "A", "203.0.113.66")]
+
+    async def twice():
+        return [await setup.ask("www.example.", do=True) for _ in range(2)]     # relayed, then cached
+
+    for reply in asyncio.run(twice()):
+        assert reply.flags & dns.flags.AD
+        assert all(r.name != dns.name.from_text("bank.other.") for r in reply.additional)
+    assert setup.stack.counters["forward.scrub.additional"] >= 1
 
 
 def test_fast_path_keeps_ad_only_for_queries_with_ad_or_do():
