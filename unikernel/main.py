@@ -424,6 +424,13 @@ def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: lis
                                                 rtt.histograms))
         elif isinstance(item, Blocklist):
             collectors.append(functools.partial(metrics.blocklist_families, item))
+    zone_files = next((item for item in lifecycle if isinstance(item, zones_mod.ZoneFiles)), None)
+    secondaries = next((item.zones for item in lifecycle if isinstance(item, SecondaryService)), None)
+    if zone_files is not None or secondaries is not None:
+        # read at each scrape: a reload or a transfer swaps the zones in whole
+        collectors.append(lambda: metrics.zone_families(
+            zone_files.zones.by_origin.values() if zone_files is not None else (),
+            secondaries.zones.values() if secondaries is not None else (), stack.now))
     site = OpsSite(stats, collectors, clock=stack.now, identity=identity_of(appliance), version=__version__)
     allowed = AccessList(appliance.allow or [str(appliance.interface.network)])
     return HttpServer(stack.tcp, appliance.metrics_port, site.routes(), allowed=allowed, counters=stack.counters)

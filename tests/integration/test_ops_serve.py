@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import dns.zone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -149,6 +150,10 @@ def test_blocked_names_metrics_and_query_log(appliance):
     assert sample(families, "dnsapp_queries_total", "dnsapp_queries", transport="tcp", qtype="A") == 1
     assert sample(families, "dnsapp_events_total", "dnsapp_events", layer="blocklist", event="blocked") == 5
     assert sample(families, "dnsapp_build_info", version="0.1.0") == 1
+    hard = dns.zone.from_file(str(HARD), relativize=False)       # dnspython's reading of the same file
+    assert sample(families, "dnsapp_zone_serial", zone="hard.example.", role="primary") == \
+        hard.get_rdataset(hard.origin, "SOA")[0].serial
+    assert sample(families, "dnsapp_zone_names", zone="hard.example.", role="primary") == len(hard.nodes)
     assert sample(families, "process_resident_memory_bytes") > 10_000_000
     assert sample(families, "dnsapp_tcp_connections", state="ESTABLISHED") >= 1       # curl's own
     assert sample(families, "dnsapp_answer_duration_seconds_count", "dnsapp_answer_duration_seconds",

@@ -242,3 +242,27 @@ def test_collectors_read_the_real_parts():
     assert families["dnsapp_kept_answer_bytes"].samples[0][1] > 0
     assert ({"state": "ESTABLISHED"}, 0) in families["dnsapp_tcp_connections"].samples
     assert families["dnsapp_cache_entries"].samples == [({}, 0)]
+
+
+def test_zone_families_report_primary_and_secondary_zones_as_prometheus_reads_them():
+    import dns.name
+    import dns.zone
+
+    from unikernel.sources.zone import AuthoritativeZone
+    from unikernel.transfer.secondary import SecondaryZone
+
+    text = "$ORIGIN p.test.\n$TTL 60\n@ SOA ns host 7 60 60 600 60\n@ NS ns\nns A 192.0.2.53\nwww A 192.0.2.80\n"
+    primary = AuthoritativeZone(dns.zone.from_text(text, relativize=False))
+    pulled = SecondaryZone(dns.name.from_text("s.test."), (0xC0000201, 53))
+    pulled.data = dns.zone.from_text(text.replace("p.test.", "s.test.").replace(" 7 ", " 9 "), relativize=False)
+    pulled.transferred(100.0, changed=True)
+    waiting = SecondaryZone(dns.name.from_text("w.test."), (0xC0000201, 53))      # never transferred
+    families = metrics.zone_families([primary], [pulled, waiting], lambda: 101.0)
+    parsed = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(metrics.render_text(families)) for s in f.samples}
+    assert parsed[("dnsapp_zone_serial", (("role", "primary"), ("zone", "p.test.")))] == 7
+    assert parsed[("dnsapp_zone_serial", (("role", "secondary"), ("zone", "s.test.")))] == 9
+    assert parsed[("dnsapp_zone_names", (("role", "primary"), ("zone", "p.test.")))] == 3
+    assert parsed[("dnsapp_zone_expired", (("zone", "s.test."),))] == 0
+    assert parsed[("dnsapp_zone_expired", (("zone", "w.test."),))] == 1
+    assert not any(name == "dnsapp_zone_serial" and ("zone", "w.test.") in labels for name, labels in parsed)

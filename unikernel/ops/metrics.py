@@ -180,6 +180,28 @@ def upstream_families(upstreams: Iterable, now: Callable[[], float],
     return families
 
 
+def zone_families(primary: Iterable, secondary: Iterable, now: Callable[[], float]) -> list[Family]:
+    """The zones served: ``primary`` the loaded ones (``origin``, ``soa``,
+    ``nodes``), ``secondary`` the pulled ones (``origin``, ``served`` as a
+    loaded zone or None, ``expired(now)``): serial and names by zone and role."""
+    serial = Family(PREFIX + "zone_serial", "gauge", "The SOA serial of each zone served, by role.")
+    names = Family(PREFIX + "zone_names", "gauge", "Owner names in each zone served, by role.")
+    expired = Family(PREFIX + "zone_expired", "gauge",
+                     "1 while a secondary zone is expired or not yet transferred (answered SERVFAIL).")
+    for zone in primary:
+        labels = {"zone": zone.origin.to_text(), "role": "primary"}
+        serial.samples.append((labels, zone.soa[0].serial))
+        names.samples.append((labels, len(zone.nodes)))
+    t = now()
+    for zone in secondary:
+        labels = {"zone": zone.origin.to_text(), "role": "secondary"}
+        expired.samples.append(({"zone": labels["zone"]}, 1 if zone.expired(t) else 0))
+        if zone.served is not None:
+            serial.samples.append((labels, zone.served.soa[0].serial))
+            names.samples.append((labels, len(zone.served.nodes)))
+    return [serial, names, expired]
+
+
 def blocklist_families(blocklist) -> list[Family]:
     """The blocklist source: ``len(blocklist)`` names, ``malformed`` lines at the last load."""
     return [Family(PREFIX + "blocklist_names", "gauge", "Distinct names the blocklists hold.",
