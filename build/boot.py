@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,15 @@ def plan(args, appliance) -> tuple[object, str, str]:
                           f"curl http://127.0.0.1:{net.metrics_port}/metrics   (the dashboard: /)")
 
 
+def built_for_memory(manifest: Path, fallback: int = 128) -> int:
+    """The guest memory the image was built for (the appliance's kernel and
+    Debian's need different amounts), or ``fallback`` without a manifest."""
+    try:
+        return int(json.loads(manifest.read_text())["kernel"]["memory_mb"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return fallback
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = ap.add_mutually_exclusive_group()
@@ -101,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--auto", dest="mode", action="store_const", const="auto",
                        help="tap when it is set up, else user networking")
     ap.add_argument("--port", type=int, default=5353, help="host port for --user (default 5353)")
-    ap.add_argument("--memory", "-m", type=int, default=128, help="guest memory in MiB (default 128)")
+    ap.add_argument("--memory", "-m", type=int, default=None,
+                    help="guest memory in MiB (default: what the image was built for, its manifest's memory_mb)")
     ap.add_argument("--append", default="", help="more kernel command-line words, e.g. 'forward=192.0.2.1'")
     ap.add_argument("--kernel", type=Path, default=qemu.IMAGES / "dns.vmlinuz")
     ap.add_argument("--initrd", type=Path, default=qemu.IMAGES / "dns.initrd")
@@ -114,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         if not f.exists():
             print(f"boot: {f} is missing: run `make image` first", file=sys.stderr)
             return 1
+    if args.memory is None:
+        args.memory = built_for_memory(args.kernel.parent / "dns.manifest.json")
     appliance = configured()
     net, options, hint = plan(args, appliance)
     cmd = qemu.command(args.kernel, args.initrd, memory=args.memory, net=net,

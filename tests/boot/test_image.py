@@ -271,3 +271,16 @@ def test_packet_link_brings_the_nic_up_without_ipv4_sockets(monkeypatch):
             assert "<" in flags and "UP" in flags.split("<")[1].split(">")[0].split(","), flags
         finally:
             link.close()
+
+
+def test_boot_asks_for_the_memory_the_image_was_built_for(tmp_path):
+    """make run booted every image with 128 MB, which Debian's kernel with
+    this initramfs does not unpack in: the manifest says what each needs."""
+    import json
+
+    import boot
+
+    manifest = tmp_path / "dns.manifest.json"
+    manifest.write_text(json.dumps({"kernel": {"memory_mb": make_image.MEMORY_MB["debian"]}}))
+    assert boot.built_for_memory(manifest) == make_image.MEMORY_MB["debian"]
+    assert boot.built_for_memory(tmp_path / "missing.json") == 128
