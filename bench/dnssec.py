@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.forwarder import PYTHON, REPO, BenchError, _cpu_seconds, _dnsperf, _wait_ready
+from bench.common import cpu_seconds
+from bench.forwarder import PYTHON, REPO, BenchError, _dnsperf, _wait_ready
 
 TAP0, TAP1 = ("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2")
 COLD_UNBOUND = "127.0.0.3"
@@ -100,9 +101,9 @@ def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]
         results: dict[str, list[dict]] = {k: [] for k in targets}
         for _ in range(rounds):
             for label, (server, pid) in targets.items():
-                cpu0 = _cpu_seconds(pid)
+                cpu0 = cpu_seconds(pid)
                 r = _dnsperf(ns, server, 53, queries, duration=duration)
-                r["cpu"] = _cpu_seconds(pid) - cpu0
+                r["cpu"] = cpu_seconds(pid) - cpu0
                 results[label].append(r)
     rows = []
     for label, runs in results.items():

@@ -30,7 +30,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.forwarder import PYTHON, REPO, BenchError, _cpu_seconds, _dnsperf, _wait_ready
+from bench.common import cpu_seconds
+from bench.forwarder import PYTHON, REPO, BenchError, _dnsperf, _wait_ready
 
 HOST, APPLIANCE, UNBOUND_FWD_PORT = "192.0.2.1", "192.0.2.2", 5301
 ZONE, NAME = "dot.bench.", "bench.test"
@@ -130,9 +131,9 @@ def run(rounds: int = 1, names: int = 5000) -> list[dict]:
             for label, start in targets.items():
                 proc, server, port = start()
                 try:
-                    cpu0 = _cpu_seconds(proc.pid)
+                    cpu0 = cpu_seconds(proc.pid)
                     r = _dnsperf(ns, server, port, queries, passes=1)
-                    r["cpu"] = _cpu_seconds(proc.pid) - cpu0
+                    r["cpu"] = cpu_seconds(proc.pid) - cpu0
                     results[label].append(r)
                 finally:
                     proc.terminate()

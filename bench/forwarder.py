@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BenchError, cpu_seconds, dnsperf, kill, median, rss_bytes, verdict
+from bench.common import BenchError, dnsperf, kill, median, rss_bytes, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -90,11 +90,6 @@ forward-zone:
     forward-addr: {HOST}@53
 """)
     return conf
-
-
-def _cpu_seconds(pid: int) -> float:
-    """For bench/dot.py and bench/dnssec.py."""
-    return cpu_seconds(pid)
 
 
 def _dnsperf(ns, server: str, port: int, queries: Path, *, duration: float | None = None,

@@ -198,7 +198,8 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
 
 
 def allowed_clients(appliance: Appliance) -> AccessList:
-    """Who may recurse: ``allow``, or the appliance's own subnet."""
+    """Who may recurse, get mDNS answers and reach the operator's port:
+    ``allow``, or the appliance's own subnet."""
     return AccessList(appliance.allow or [str(appliance.interface.network)])
 
 
@@ -379,7 +380,7 @@ def mdns_querier(appliance: Appliance, stack):
     """The mDNS source on the stack's link; answers only the clients that
     may use the forwarder (``allow``, by default our subnet)."""
     return MdnsQuerier(stack.udp, interface=appliance.interface,
-                       allowed=AccessList(appliance.allow or [str(appliance.interface.network)]),
+                       allowed=allowed_clients(appliance),
                        join=stack.join_group, leave=stack.leave_group, counters=stack.counters,
                        clock=stack.now, domain=appliance.mdns_domain,
                        recursion_available=bool(appliance.forward))
@@ -432,8 +433,8 @@ def operator_side(appliance: Appliance, stack, server: DnsServer, lifecycle: lis
             zone_files.zones.by_origin.values() if zone_files is not None else (),
             secondaries.zones.values() if secondaries is not None else (), stack.now))
     site = OpsSite(stats, collectors, clock=stack.now, identity=identity_of(appliance), version=__version__)
-    allowed = AccessList(appliance.allow or [str(appliance.interface.network)])
-    return HttpServer(stack.tcp, appliance.metrics_port, site.routes(), allowed=allowed, counters=stack.counters)
+    return HttpServer(stack.tcp, appliance.metrics_port, site.routes(), allowed=allowed_clients(appliance),
+                      counters=stack.counters)
 
 
 def identity_of(appliance: Appliance) -> str:

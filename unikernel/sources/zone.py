@@ -664,9 +664,9 @@ def zone_process(zones: Iterable[str | os.PathLike | dns.zone.Zone] | Zones) -> 
 class ZoneFiles:
     """The zone process for a set of zone files, reloadable while serving.
 
-    ``reload()`` reads every file again and swaps the new zones in whole, only
-    once all of them loaded: a file with an error leaves the zones being
-    served untouched (and raises the error, naming file and line)."""
+    ``stage()`` reads every file again and returns the swap of the new zones
+    in whole: a file with an error raises (naming file and line) before
+    anything changes, and the zones being served stay untouched."""
 
     def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
         self.paths = list(paths)
@@ -684,6 +684,7 @@ class ZoneFiles:
     def origins(self) -> list[dns.name.Name]:
         """The apex of every zone being served."""
         return list(self.zones.by_origin)
+
     def stage(self) -> Callable[[], None]:
         """Reads every file again (raising before anything changes) and
         returns the swap, so that a reload of several sources is all or nothing."""
@@ -692,7 +693,3 @@ class ZoneFiles:
         def commit() -> None:
             self.zones, self._process = zones, zone_process(zones)
         return commit
-
-    def reload(self) -> int:
-        self.stage()()
-        return len(self.paths)
