@@ -12,6 +12,7 @@ import ctypes
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -147,3 +148,9 @@ def read_until(proc: subprocess.Popen, word: str, timeout: float = 30.0) -> str:
     finally:
         watchdog.cancel()
     raise AssertionError(f"no line with {word!r} within {timeout} s; output: {''.join(seen)[-800:]}")
+
+
+def counter(proc: subprocess.Popen, name: str) -> int:
+    """The value of counter `name` in the SIGUSR1 dump of an appliance run as `proc`."""
+    proc.send_signal(signal.SIGUSR1)
+    return int(read_until(proc, f"{name} ", timeout=10).split()[-1])

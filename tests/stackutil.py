@@ -103,3 +103,18 @@ def with_stack(body, *, lossy: int = 0):
                 stack.close()
 
         return asyncio.run(main())
+
+
+async def serving(appliance, link, body, *, timeout: float = 10.0):
+    """``await body()`` while ``unikernel.main.serve`` runs `appliance` on
+    `link` (started, and ready, before; stopped, and waited for, after)."""
+    from unikernel.main import serve
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    server = asyncio.get_running_loop().create_task(serve(appliance, link, stop=stop, ready=lambda _line: ready.set()))
+    await asyncio.wait_for(ready.wait(), timeout)
+    try:
+        return await body()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, timeout)

@@ -10,9 +10,8 @@ import sys
 import textwrap
 
 from tests.netns import Namespace, exec_in, needs_root
-from tests.stackutil import tap_link
+from tests.stackutil import serving, tap_link
 from unikernel.config import Appliance
-from unikernel.main import serve
 
 pytestmark = [needs_root]
 
@@ -38,19 +37,7 @@ def with_appliance(tmp_path, body, *, lossy: int = 0):
     with Namespace() as ns:
         link = tap_link(ns, lossy)
 
-        async def main():
-            stop = asyncio.Event()
-            ready = asyncio.Event()
-            server = asyncio.get_running_loop().create_task(
-                serve(appliance, link, stop=stop, ready=lambda _line: ready.set()))
-            await asyncio.wait_for(ready.wait(), 10)
-            try:
-                return await body(ns)
-            finally:
-                stop.set()
-                await asyncio.wait_for(server, 10)
-
-        return asyncio.run(main())
+        return asyncio.run(serving(appliance, link, lambda: body(ns)))
 
 
 def test_dig_tcp(tmp_path):

@@ -27,10 +27,9 @@ from scapy.layers.inet import TCP, UDP
 
 from tests.netns import Namespace, exec_in, needs_root
 from tests.nsd import nsd_conf
-from tests.stackutil import tap_link
+from tests.stackutil import serving, tap_link
 from tests.tlscerts import make_pki, needs_openssl
 from unikernel.config import Appliance
-from unikernel.main import serve
 
 pytestmark = [needs_root, needs_openssl, pytest.mark.root]
 
@@ -130,16 +129,7 @@ def with_appliance(tmp_path, pki, body, *, forward=None, tls_ca=None, lossy: int
 
         async def main():
             await wait_upstream(ns, pki)
-            stop = asyncio.Event()
-            ready = asyncio.Event()
-            server = asyncio.get_running_loop().create_task(
-                serve(appliance, link, stop=stop, ready=lambda _line: ready.set()))
-            await asyncio.wait_for(ready.wait(), 10)
-            try:
-                return await body(ns)
-            finally:
-                stop.set()
-                await asyncio.wait_for(server, 10)
+            return await serving(appliance, link, lambda: body(ns))
 
         result = asyncio.run(main())
         packets = []

@@ -19,7 +19,8 @@ import time
 import pytest
 
 from tests.integration.test_nsd_compare import ROOT, ask_udp, diff, make, summary
-from tests.netns import Namespace, needs_root, read_until
+from tests.knot import knot_conf
+from tests.netns import Namespace, counter, needs_root, read_until
 
 pytestmark = [needs_root, pytest.mark.skipif(shutil.which("knotd") is None, reason="needs Knot (apt install knot)")]
 
@@ -40,26 +41,12 @@ QUESTIONS = [("sec.example", "SOA"), ("sec.example", "NS"), ("www.sec.example", 
              ("x.wild.sec.example", "TXT"), ("nope.sec.example", "A"), ("mail.sec.example", "MX")]
 
 
-def knot_conf(work, appliances: tuple[str, ...] = ("192.0.2.2",)) -> str:
+def primary_conf(work, appliances: tuple[str, ...] = ("192.0.2.2",)) -> str:
+    """Knot as the hidden primary of sec.example, notifying `appliances` and letting them transfer."""
     (work / "sec.example.zone").write_text(ZONE)
-    (work / "db").mkdir()         # the journal, where knotc commits go
-    conf = work / "knot.conf"
     remotes = "".join(f"  - id: appliance{i}\n    address: {a}@53\n    key: xfr-key\n" for i, a in enumerate(appliances))
-    conf.write_text(f"""server:
-    listen: 192.0.2.1@5301
-    rundir: "{work}"
-    user: root:root
-log:
-  - target: "{work}/knot.log"
-    any: info
-database:
-    storage: "{work}/db"
-control:
+    return knot_conf(work, "192.0.2.1@5301", SECRET, f"""control:
     listen: "{work}/knot.sock"
-key:
-  - id: xfr-key
-    algorithm: hmac-sha256
-    secret: {SECRET}
 remote:
 {remotes}
 acl:
@@ -76,7 +63,6 @@ zone:
     notify: [{", ".join(f"appliance{i}" for i in range(len(appliances)))}]
     acl: appliances
 """)
-    return str(conf)
 
 
 def ask(sock, server: str, port: int, name: str, rdtype: str) -> dict:
@@ -92,16 +78,11 @@ def wait_for(check, timeout: float, what: str) -> float:
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-def counter(proc, name: str) -> int:
-    proc.send_signal(signal.SIGUSR1)
-    return int(read_until(proc, f"{name} ", timeout=10).split()[-1])
-
-
 def test_secondary_of_knot(tmp_path):
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
         ns.ip("addr", "add", "192.0.2.3/24", "dev", "tap0")
-        conf = knot_conf(tmp_path)
+        conf = primary_conf(tmp_path)
         knot = ns.popen("knotd", "-c", conf)
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -174,7 +155,7 @@ def test_three_appliances_scale_out(tmp_path):
             ns.ip("tuntap", "add", "dev", f"tap{i}", "mode", "tap")
             ns.ip("link", "set", f"tap{i}", "master", "br0")
             ns.ip("link", "set", f"tap{i}", "up")
-        conf = knot_conf(tmp_path, addresses)
+        conf = primary_conf(tmp_path, addresses)
         knot = ns.popen("knotd", "-c", conf)
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

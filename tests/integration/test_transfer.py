@@ -16,11 +16,14 @@ import shutil
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.integration.test_nsd_compare import ROOT, ZONES, ask_udp, diff, make, questions, serve_args, summary
-from tests.netns import Namespace, needs_root, read_until
+from tests.knot import knot_conf
+from tests.netns import Namespace, counter, needs_root, read_until
+from tests.nsd import nsd_conf
 from tests.signing import needs_ldns, sign_zone
 
 pytestmark = [needs_root, needs_ldns, pytest.mark.skipif(shutil.which("nsd") is None, reason="needs NSD")]
@@ -30,34 +33,10 @@ KEY = f"xfr-key:hmac-sha256:{SECRET}"
 UPDATE = "added IN TXT \"new in serial 2\"\n"
 
 
-def nsd_secondary_conf(work, zone_file) -> None:
-    (work / "nsd.conf").write_text(f"""server:
-    ip-address: 192.0.2.1@5300
-    port: 5300
-    username: ""
-    chroot: ""
-    zonesdir: "{work}"
-    pidfile: "{work}/nsd.pid"
-    database: ""
-    zonelistfile: "{work}/zone.list"
-    xfrdfile: "{work}/xfrd.state"
-    xfrdir: "{work}"
-    server-count: 1
-    rrl-ratelimit: 0
-    verbosity: 2
-    logfile: "{work}/nsd.log"
-remote-control:
-    control-enable: no
-key:
-    name: xfr-key
-    algorithm: hmac-sha256
-    secret: "{SECRET}"
-zone:
-    name: hard.example
-    zonefile: "{zone_file}"
-    request-xfr: 192.0.2.2 xfr-key
-    allow-notify: 192.0.2.2 xfr-key
-""")
+def nsd_secondary_conf(work, zone_file) -> Path:
+    return nsd_conf(work, {"hard.example": zone_file}, address="192.0.2.1", port=5300, verbosity=2,
+                    keys=f'key:\n    name: xfr-key\n    algorithm: hmac-sha256\n    secret: "{SECRET}"\n',
+                    zone_options={"hard.example": "request-xfr: 192.0.2.2 xfr-key\nallow-notify: 192.0.2.2 xfr-key"})
 
 
 def ask(sock, server: str, port: int, name: str, rdtype: str, do: bool = True) -> dict:
@@ -87,12 +66,6 @@ def differences(sock) -> list[str]:
     return problems
 
 
-def counter(proc, name: str) -> int:
-    proc.send_signal(signal.SIGUSR1)
-    line = read_until(proc, f"{name} ", timeout=10)
-    return int(line.split()[-1])
-
-
 def test_nsd_as_secondary_gets_axfr_then_ixfr(tmp_path):
     first = sign_zone(ZONES / "hard.example.zone", "hard.example", tmp_path / "zone", nsec3=True)
     work = tmp_path / "nsd"
@@ -104,8 +77,7 @@ def test_nsd_as_secondary_gets_axfr_then_ixfr(tmp_path):
         appliance = ns.popen(*serve_args([zone]), "--allow-transfer", "192.0.2.1/32", "--tsig", KEY,
                              "--notify", "192.0.2.1:5300", cwd=str(ROOT))
         read_until(appliance, "ready")
-        nsd_secondary_conf(work, work / "hard.example.secondary")
-        ns.popen("nsd", "-d", "-c", str(work / "nsd.conf"))
+        ns.popen("nsd", "-d", "-c", str(nsd_secondary_conf(work, work / "hard.example.secondary")))
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         wait_serial(sock, 2026113001, timeout=20)
@@ -161,21 +133,7 @@ def test_dig_checks_signed_axfr_and_refusals(tmp_path, algorithm):
 
 
 def knot_secondary_conf(work) -> str:
-    conf = work / "knot.conf"
-    conf.write_text(f"""server:
-    listen: 192.0.2.1@5301
-    rundir: "{work}"
-    user: root:root
-log:
-  - target: "{work}/knot.log"
-    any: info
-database:
-    storage: "{work}/db"
-key:
-  - id: xfr-key
-    algorithm: hmac-sha256
-    secret: {SECRET}
-remote:
+    return knot_conf(work, "192.0.2.1@5301", SECRET, f"""remote:
   - id: primary
     address: 192.0.2.2@53
     key: xfr-key
@@ -193,8 +151,6 @@ zone:
     master: primary
     acl: primary
 """)
-    (work / "db").mkdir()
-    return str(conf)
 
 
 @pytest.mark.skipif(shutil.which("knotd") is None, reason="needs Knot (apt install knot)")
