@@ -128,6 +128,37 @@ def dnsperf(ns, address: str, queries: Path, *, port: int = 53, seconds: float |
                       codes.group(1) if codes else ""), latencies
 
 
+def all_noerror(r: Throughput, server: str, port: int) -> Throughput:
+    """``r`` when every answer was NOERROR, else a BenchError."""
+    if not r.codes.startswith("NOERROR") or "," in r.codes:
+        raise BenchError(f"{server}:{port} did not answer everything with NOERROR: {r.codes or 'no response codes'}")
+    return r
+
+
+def dnsperf_noerror(ns, server: str, port: int, queries: Path, *, duration: float | None = None,
+                    passes: int | None = None) -> dict:
+    """The forwarding benchmarks' run: 4 clients, 64 queries in flight, for
+    ``duration`` seconds or ``passes`` (default 1) over ``queries``; every
+    answer NOERROR (else BenchError)."""
+    r, _ = dnsperf(ns, server, queries, port=port, seconds=duration, passes=None if duration else passes or 1,
+                   clients=4, outstanding=64)
+    all_noerror(r, server, port)
+    return {"qps": r.qps, "latency_ms": r.latency_ms, "completed": r.completed, "lost": r.lost}
+
+
+def wait_ready(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    """Returns once the appliance ``proc`` prints its "ready" line (its
+    stdout a pipe); a BenchError when it exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "ready" in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise BenchError(f"{what} did not become ready")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
