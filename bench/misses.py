@@ -1,0 +1,223 @@
+"""Forwarded cache misses over UDP, with DNSSEC validation off and on, each
+beside Unbound forwarding to the same upstream in the same run.
+
+Inside a network namespace this benchmark makes (and removes), on the signed
+hierarchy of tests/dnssec_world.py with ``bench.tld.`` (one A per name) added:
+
+    NSD              127.0.0.1, every zone (signed at start)
+    Unbound (up)     192.0.2.1:53 on tap0's host side, iterator only; primed
+                     with one pass, so it answers from its cache and the
+                     forwarders are what is measured
+    the appliance    192.0.2.2/24 on tap0, `--forward 192.0.2.1:53
+                     --rrl-rate 0`, with `--dnssec no`, or validating with
+                     the test root's anchor
+    Unbound (fwd)    127.0.0.1:5301, num-threads 1, `forward-addr:
+                     192.0.2.1@53`, iterator only or validating (same anchor)
+
+Every forwarder is started fresh for each round (an empty cache), then
+dnsperf (4 clients, 64 queries in flight) asks each of ``names`` distinct
+questions once: every answer is a cache miss relayed upstream. Printed:
+median QPS, average latency, server CPU per answer, answers lost, the
+ratios to Unbound in the same mode, a verdict line per mode (reported: no
+numeric target), and the appliance's counters that say where misses could
+wait (the forwarded pool, the in-flight table, RRL, the stub's timeouts).
+
+``--profile plain|validating`` instead samples that appliance with py-spy
+(``.venv/bin/pip install py-spy``) during one longer pass and prints where
+its time goes, as bench/profile.py does for hits (give ``--names`` enough
+for the seconds sampled: 20,000 for 10 s).
+
+    .venv/bin/python -m bench misses [--rounds 3] [--names 3000] [--profile plain]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from bench.common import PYTHON, ROOT, BenchError, cpu_seconds, dnsperf_noerror, median, verdict, wait_ready
+
+HOST, APPLIANCE, UNBOUND_PORT, METRICS_PORT = "192.0.2.1", "192.0.2.2", 5301, 8053
+ZONE = "bench.tld."
+MODES = ("plain", "validating")
+# the appliance's counters that tell where a miss could wait or be turned away
+WATCHED = ("dns.fast.miss", "dns.slow.overload.drop", "dns.slow.forward_overload.servfail", "dns.rrl.limited",
+           "forward.cache.miss", "forward.inflight.joined", "forward.inflight_full.servfail",
+           "forward.upstream.query", "forward.upstream.fail", "stub.timeout", "forward.servfail",
+           "validate.fetch")
+
+
+def _zone(names: int) -> str:
+    return f"{ZONE} NS ns.tld.\n" + "".join(f"m{i}.{ZONE} A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n"
+                                            for i in range(names))
+
+
+def _unbound_forwarder(work: Path, validating: bool, anchor: Path) -> Path:
+    conf = work / f"forwarder-{'validating' if validating else 'plain'}.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1@{UNBOUND_PORT}
+            port: {UNBOUND_PORT}
+            num-threads: 1
+            username: ""
+            chroot: ""
+            directory: "{work}"
+            pidfile: ""
+            use-syslog: no
+            logfile: ""
+            do-ip6: no
+            do-not-query-localhost: no
+            access-control: 0.0.0.0/0 allow
+            module-config: "{'validator iterator' if validating else 'iterator'}"
+            {f'trust-anchor-file: "{anchor}"' if validating else ''}
+            qname-minimisation: no
+            minimal-responses: no
+            aggressive-nsec: no
+            msg-cache-size: 64m
+            rrset-cache-size: 64m
+        remote-control:
+            control-enable: no
+        forward-zone:
+            name: "."
+            forward-addr: {HOST}@53
+    """))
+    return conf
+
+
+def _counters(ns) -> dict[str, int]:
+    """The appliance's dotted counters, read back from its /metrics."""
+    r = ns.run("curl", "-s", "--max-time", "5", f"http://{APPLIANCE}:{METRICS_PORT}/metrics", timeout=15)
+    counters: dict[str, int] = {}
+    for layer, kind, event, value in re.findall(
+            r'^dnsapp_(?:events|dropped)_total\{layer="([^"]+)",(event|reason)="([^"]+)"\} (\S+)$', r.stdout, re.M):
+        counters[f"{layer}.{event}" + (".drop" if kind == "reason" else "")] = int(float(value))
+    return counters
+
+
+def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds: float = 10,
+        out=sys.stdout) -> bool:
+    sys.path.insert(0, str(ROOT))
+    from tests.dnssec_world import SignedWorld, missing_tools
+    missing = missing_tools() + [t for t in ("ip", "dnsperf", "curl") if shutil.which(t) is None]
+    if os.geteuid() != 0 or missing:
+        raise BenchError(f"needs root and {', '.join(missing) or 'nothing else'}")
+    from tests.netns import Namespace
+    with tempfile.TemporaryDirectory(prefix="missbench") as tmp, Namespace("missbench") as ns:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        ns.add_tap("tap0", f"{HOST}/24")
+        world = SignedWorld(ns, work, upstream=HOST, extra_zones={ZONE: _zone(names)})
+        world.__enter__()
+        queries = work / "queries.txt"
+        queries.write_text("".join(f"m{i}.{ZONE} A\n" for i in range(names)))
+        dnsperf_noerror(ns, HOST, 53, queries, passes=1)           # prime the upstream's cache
+
+        def appliance(mode: str):
+            validation = (["--trust-anchor", str(world.anchor_file)] if mode == "validating"
+                          else ["--dnssec", "no"])
+            proc = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+                            "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(names + 100),
+                            "--rrl-rate", "0", "--metrics-port", str(METRICS_PORT), *validation, cwd=str(ROOT))
+            wait_ready(proc, f"the appliance ({mode})")
+            proc.stdout.close()              # nothing more is read from it: let it not block on a full pipe
+            return proc, APPLIANCE, 53
+
+        def unbound(mode: str):
+            proc = ns.popen("unbound", "-d", "-c", str(_unbound_forwarder(work, mode == "validating",
+                                                                          world.anchor_file)))
+            for _ in range(50):              # Unbound answers version.server itself, asking no one
+                if ns.run("dig", "@127.0.0.1", "-p", str(UNBOUND_PORT), "+time=1", "+tries=1", "version.server",
+                          "TXT", "CH").returncode == 0:
+                    break
+            return proc, "127.0.0.1", UNBOUND_PORT
+
+        if profile is not None:
+            return _profile(ns, work, appliance(profile)[0], queries, seconds, out)
+        results: dict[tuple[str, str], list[dict]] = {}
+        counters: dict[str, dict[str, int]] = {}
+        for _ in range(rounds):
+            for mode in MODES:
+                for server_name, start in (("appliance", appliance), ("Unbound", unbound)):
+                    proc, server, port = start(mode)
+                    try:
+                        cpu0 = cpu_seconds(proc.pid)
+                        r = dnsperf_noerror(ns, server, port, queries, passes=1)
+                        r["cpu"] = cpu_seconds(proc.pid) - cpu0
+                        results.setdefault((server_name, mode), []).append(r)
+                        if server_name == "appliance":
+                            counters[mode] = _counters(ns)
+                    finally:
+                        proc.terminate()
+                        proc.wait(10)
+    load = os.getloadavg()
+    print(f"{'cache misses over UDP':<34}{'QPS':>10}{'avg latency ms':>16}{'CPU us/answer':>15}{'lost':>7}",
+          file=out)
+    summary = {}
+    for (server_name, mode), runs in results.items():
+        summary[server_name, mode] = (median(r["qps"] for r in runs), median(r["latency_ms"] for r in runs),
+                                      median(1e6 * r["cpu"] / r["completed"] for r in runs if r["completed"]),
+                                      sum(r["lost"] for r in runs))
+        qps, latency, cpu, lost = summary[server_name, mode]
+        print(f"{server_name + ', ' + mode:<34}{qps:>10.0f}{latency:>16.3f}{cpu:>15.0f}{lost:>7}", file=out)
+    for mode in MODES:
+        ours, theirs = summary["appliance", mode], summary["Unbound", mode]
+        print(f"{'appliance / Unbound, ' + mode:<34}{ours[0] / theirs[0]:>9.2f}x{ours[1] / theirs[1]:>15.2f}x"
+              f"{ours[2] / theirs[2]:>14.2f}x", file=out)
+    print(f"\nthe appliance's counters after its last round ({names} misses):", file=out)
+    for name in WATCHED:
+        print(f"{name:<40}" + "".join(f"{counters.get(mode, {}).get(name, 0):>12}" for mode in MODES), file=out)
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores, shared)", file=out)
+    for mode in MODES:
+        ours, theirs = summary["appliance", mode], summary["Unbound", mode]
+        print(verdict(f"cache-miss QPS / Unbound, {mode}", ours[0] / theirs[0])[0], file=out)
+        print(verdict(f"cache-miss CPU per answer / Unbound, {mode}", ours[2] / theirs[2])[0], file=out, flush=True)
+    return True
+
+
+def _profile(ns, work: Path, proc: subprocess.Popen, queries: Path, seconds: float, out) -> bool:
+    from bench.profile import summarise
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(spy).exists():
+        raise BenchError("py-spy is missing (.venv/bin/pip install py-spy)")
+    raw = work / "profile.txt"
+    answered: list[dict] = []
+    # one pass of distinct names: give --names enough for the seconds sampled
+    load = threading.Thread(target=lambda: answered.append(dnsperf_noerror(ns, APPLIANCE, 53, queries, passes=1)),
+                            daemon=True)
+    load.start()
+    time.sleep(0.5)
+    subprocess.run([spy, "record", "--format", "raw", "-o", str(raw), "-r", "250", "-d", str(int(seconds)),
+                    "-p", str(proc.pid)], check=True, capture_output=True)
+    load.join()
+    proc.terminate()
+    proc.wait(10)
+    qps = answered[0]["qps"] if answered else float("nan")
+    print(f"{qps:.0f} QPS of misses under py-spy", file=out)
+    print(summarise(raw, 30), file=out)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench misses", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--names", type=int, default=3000)
+    parser.add_argument("--profile", choices=MODES)
+    parser.add_argument("--profile-seconds", type=float, default=10)
+    args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
+    try:
+        return 0 if run(max(args.rounds, 1), args.names, args.profile, args.profile_seconds) else 1
+    except BenchError as e:
+        print(f"bench misses: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
