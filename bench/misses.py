@@ -102,8 +102,8 @@ def _counters(ns) -> dict[str, int]:
     return counters
 
 
-def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds: float = 10,
-        out=sys.stdout) -> bool:
+def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds: float = 10, top: int = 30,
+        appliance_flags: tuple[str, ...] = (), out=sys.stdout) -> bool:
     sys.path.insert(0, str(ROOT))
     from tests.dnssec_world import SignedWorld, missing_tools
     missing = missing_tools() + [t for t in ("ip", "dnsperf", "curl") if shutil.which(t) is None]
@@ -125,7 +125,8 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
                           else ["--dnssec", "no"])
             proc = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
                             "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(names + 100),
-                            "--rrl-rate", "0", "--metrics-port", str(METRICS_PORT), *validation, cwd=str(ROOT))
+                            "--rrl-rate", "0", "--metrics-port", str(METRICS_PORT), *validation, *appliance_flags,
+                            cwd=str(ROOT))
             wait_ready(proc, f"the appliance ({mode})")
             proc.stdout.close()              # nothing more is read from it: let it not block on a full pipe
             return proc, APPLIANCE, 53
@@ -140,7 +141,7 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
             return proc, "127.0.0.1", UNBOUND_PORT
 
         if profile is not None:
-            return _profile(ns, work, appliance(profile)[0], queries, seconds, out)
+            return _profile(ns, work, appliance(profile)[0], queries, seconds, top, out)
         results: dict[tuple[str, str], list[dict]] = {}
         counters: dict[str, dict[str, int]] = {}
         for _ in range(rounds):
@@ -182,7 +183,7 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
     return True
 
 
-def _profile(ns, work: Path, proc: subprocess.Popen, queries: Path, seconds: float, out) -> bool:
+def _profile(ns, work: Path, proc: subprocess.Popen, queries: Path, seconds: float, top: int, out) -> bool:
     from bench.profile import summarise
     spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
     if not Path(spy).exists():
@@ -201,7 +202,7 @@ def _profile(ns, work: Path, proc: subprocess.Popen, queries: Path, seconds: flo
     proc.wait(10)
     qps = answered[0]["qps"] if answered else float("nan")
     print(f"{qps:.0f} QPS of misses under py-spy", file=out)
-    print(summarise(raw, 30), file=out)
+    print(summarise(raw, top), file=out)
     return True
 
 
@@ -211,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--names", type=int, default=3000)
     parser.add_argument("--profile", choices=MODES)
     parser.add_argument("--profile-seconds", type=float, default=10)
+    parser.add_argument("--top", type=int, default=30, help="rows of each profile table")
+    parser.add_argument("--appliance-flag", action="append", default=[], metavar="FLAG",
+                        help="passed to the appliance (after the bench's own), e.g. --appliance-flag=--rrl-rate=200")
     args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     try:
-        return 0 if run(max(args.rounds, 1), args.names, args.profile, args.profile_seconds) else 1
+        return 0 if run(max(args.rounds, 1), args.names, args.profile, args.profile_seconds, args.top,
+                         appliance_flags=tuple(args.appliance_flag)) else 1
     except BenchError as e:
         print(f"bench misses: {e}", file=sys.stderr)
         return 2
