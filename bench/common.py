@@ -81,6 +81,15 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def appliance_command(*flags: str) -> list[str]:
+    """``python -m unikernel serve`` with RRL off, then ``flags`` (a flag
+    given again among them wins). Every benchmark's load comes from one
+    client /24, the namespace's side of the tap, which the appliance's
+    default RRL (200 answers a second per /24, as NSD's) would cap: the
+    benchmarks measure the server, as NSD's do with rrl-ratelimit 0."""
+    return [PYTHON, "-m", "unikernel", "serve", "--rrl-rate", "0", *flags]
+
+
 def wait_for_answer(ns, address: str, name: str, timeout: float = 30, port: int = 53,
                     proc: subprocess.Popen | None = None) -> float:
     """Seconds until ``address`` answers ``name`` with NOERROR; a BenchError

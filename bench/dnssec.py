@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, BenchError, cpu_seconds, dnsperf_noerror, wait_ready
+from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, wait_ready
 
 TAP0, TAP1 = ("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2")
 COLD_UNBOUND = "127.0.0.3"
@@ -82,12 +82,12 @@ def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]
         queries = d / "queries.txt"
         queries.write_text("".join(f"h{i}.{ZONE} {t}\n" for i in range(names) for t in ("A", "MX", "TXT")))
         size = str(4 * names + 100)
-        validating = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{TAP0[1]}/24",
-                              "--ipv4-gateway", TAP0[0], "--forward", f"{TAP0[0]}:53", "--cache-size", size,
-                              "--trust-anchor", str(world.anchor_file), cwd=str(ROOT))
-        plain = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap1", "--ipv4", f"{TAP1[1]}/24",
-                         "--ipv4-gateway", TAP1[0], "--forward", f"{TAP1[0]}:53", "--cache-size", size,
-                         "--dnssec", "no", cwd=str(ROOT))
+        validating = ns.popen(*appliance_command("--tap", "tap0", "--ipv4", f"{TAP0[1]}/24", "--ipv4-gateway", TAP0[0],
+                                                 "--forward", f"{TAP0[0]}:53", "--cache-size", size,
+                                                 "--trust-anchor", str(world.anchor_file)), cwd=str(ROOT))
+        plain = ns.popen(*appliance_command("--tap", "tap1", "--ipv4", f"{TAP1[1]}/24", "--ipv4-gateway", TAP1[0],
+                                            "--forward", f"{TAP1[0]}:53", "--cache-size", size, "--dnssec", "no"),
+                         cwd=str(ROOT))
         wait_ready(validating, "the validating appliance")
         wait_ready(plain, "the appliance without validation")
         world.start_validator("cold", COLD_UNBOUND, wait=True)

@@ -30,7 +30,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, BenchError, cpu_seconds, dnsperf_noerror, wait_ready
+from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, wait_ready
 
 HOST, APPLIANCE, UNBOUND_FWD_PORT = "192.0.2.1", "192.0.2.2", 5301
 ZONE, NAME = "dot.bench.", "bench.test"
@@ -111,12 +111,10 @@ def run(rounds: int = 1, names: int = 5000) -> list[dict]:
 
         def appliance(forward: list[str]):
             args = [a for f in forward for a in ("--forward", f)]
-            proc = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                            "--ipv4-gateway", HOST, *args,
-                            "--tls-ca", str(pki.ca), "--cache-size", str(names + 100),
-                            # the upstream's zone is unsigned; one client /24 at full speed, as Unbound's
-                            # (RRL's 200 answers a second per /24 is what this bench measured before)
-                            "--dnssec", "no", "--rrl-rate", "0", cwd=str(ROOT))
+            command = appliance_command("--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
+                                        *args, "--tls-ca", str(pki.ca), "--cache-size", str(names + 100),
+                                        "--dnssec", "no")     # the upstream's zone is unsigned
+            proc = ns.popen(*command, cwd=str(ROOT))
             wait_ready(proc, "the appliance")
             return proc, APPLIANCE, 53
 

@@ -37,10 +37,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BenchError, all_noerror, dnsperf, kill, median, rss_bytes, verdict, wait_ready
+from bench.common import (
+    BenchError,
+    all_noerror,
+    appliance_command,
+    dnsperf,
+    kill,
+    median,
+    rss_bytes,
+    verdict,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 HOST, APPLIANCE, DNSMASQ_PORT, UNBOUND_PORT = "192.0.2.1", "192.0.2.2", 5300, 5301
 ZONE = "bench.example."
 TARGET_QPS = 1.0            # x dnsmasq's
@@ -113,10 +122,10 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
         ns.add_tap("tap0", f"{HOST}/24")
 
         nsd = ns.popen(shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(d / "nsd.conf"))
-        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                             "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
-                             "--rrl-rate", "0",                   # dnsmasq has no RRL: one client, full speed
-                             "--dnssec", "no", cwd=str(REPO))     # an unsigned zone: bench/dnssec.py validates
+        command = appliance_command("--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
+                                    "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
+                                    "--dnssec", "no")         # an unsigned zone: bench/dnssec.py validates
+        appliance = ns.popen(*command, cwd=str(REPO))
         wait_ready(appliance, "the appliance")
         appliance.stdout.close()             # nothing more is read from it: let it not block on a full pipe
         dnsmasq = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",

@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, BenchError, cpu_seconds, dnsperf_noerror, median, verdict, wait_ready
+from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, median, verdict, wait_ready
 
 HOST, APPLIANCE, UNBOUND_PORT, METRICS_PORT = "192.0.2.1", "192.0.2.2", 5301, 8053
 ZONE = "bench.tld."
@@ -123,10 +123,10 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
         def appliance(mode: str):
             validation = (["--trust-anchor", str(world.anchor_file)] if mode == "validating"
                           else ["--dnssec", "no"])
-            proc = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                            "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(names + 100),
-                            "--rrl-rate", "0", "--metrics-port", str(METRICS_PORT), *validation, *appliance_flags,
-                            cwd=str(ROOT))
+            command = appliance_command("--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
+                                        "--forward", f"{HOST}:53", "--cache-size", str(names + 100),
+                                        "--metrics-port", str(METRICS_PORT), *validation, *appliance_flags)
+            proc = ns.popen(*command, cwd=str(ROOT))
             wait_ready(proc, f"the appliance ({mode})")
             proc.stdout.close()              # nothing more is read from it: let it not block on a full pipe
             return proc, APPLIANCE, 53

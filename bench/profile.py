@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from bench.auth import APPLIANCE, HOST_SIDE, ORIGIN, write_queries, write_zone
-from bench.common import PYTHON, ROOT, BenchError, dnsperf, wait_for_answer
+from bench.common import ROOT, BenchError, appliance_command, dnsperf, wait_for_answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         zone, queries = work / "zone", work / "queries.txt"
         write_queries(queries, write_zone(zone, args.names, rng), 20000, rng)
         ns.add_tap("tap0", HOST_SIDE)
-        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                             "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
-                             "--rrl-rate", "0", cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = appliance_command("--forward", "none", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+                                    "--ipv4-gateway", "none", "--zone", str(zone))
+        appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_answer(ns, APPLIANCE, f"host1.{ORIGIN}")
             dnsperf(ns, APPLIANCE, queries, passes=1)                  # fill the fast path
