@@ -52,7 +52,7 @@ MODES = ("plain", "validating")
 WATCHED = ("dns.fast.miss", "dns.slow.overload.drop", "dns.slow.forward_overload.servfail", "dns.rrl.limited",
            "forward.cache.miss", "forward.inflight.joined", "forward.inflight_full.servfail",
            "forward.upstream.query", "forward.upstream.fail", "stub.timeout", "forward.servfail",
-           "validate.fetch")
+           "dnssec.chain.fetch", "dnssec.chain.hit", "dnssec.secure", "dnssec.bogus")
 
 
 def _zone(names: int) -> str:
