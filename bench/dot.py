@@ -14,8 +14,9 @@ Inside a network namespace this benchmark makes (and removes):
 Every forwarder is started fresh for each round (an empty cache), then
 dnsperf asks each of ``names`` questions once: every answer is a cache miss
 relayed upstream. Printed: QPS, average latency, server CPU seconds per
-1,000 answers, and the ratios to the appliance over UDP. Certificates are
-made with openssl for the run.
+1,000 answers, the ratios to the appliance over UDP, and verdict lines
+(reported, no numeric target) for QPS and CPU per answer over TLS against
+Unbound's. Certificates are made with openssl for the run.
 
     .venv/bin/python -m bench.dot [--rounds 1] [--names 5000]
 """
@@ -30,7 +31,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, wait_ready
+from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, verdict, wait_ready
 
 HOST, APPLIANCE, UNBOUND_FWD_PORT = "192.0.2.1", "192.0.2.2", 5301
 ZONE, NAME = "dot.bench.", "bench.test"
@@ -176,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.dot: {e}", file=sys.stderr)
         return 1
     print(format_rows(rows))
+    ours, theirs = (next(r for r in rows if r["server"] == label) for label in ("appliance over TLS", "Unbound over TLS"))
+    print(verdict("cache-miss QPS over TLS / Unbound over TLS", ours["qps"] / theirs["qps"])[0])
+    print(verdict("cache-miss CPU per answer over TLS / Unbound over TLS",
+                  ours["cpu_per_1000"] / theirs["cpu_per_1000"])[0], flush=True)
     return 0
 
 
