@@ -18,6 +18,8 @@ Every forwarder is started fresh for each round (an empty cache), then
 dnsperf (4 clients, 64 queries in flight) asks each of ``names`` distinct
 questions once: every answer is a cache miss relayed upstream. Printed:
 median QPS, average latency, server CPU per answer, answers lost, the
+latency of a miss asked alone (one in flight, ``ALONE`` further names) and
+of a hit (the same names again), the
 ratios to Unbound in the same mode, a verdict line per mode (reported: no
 numeric target), and the appliance's counters that say where misses could
 wait (the forwarded pool, the in-flight table, RRL, the stub's timeouts).
@@ -43,10 +45,22 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, median, verdict, wait_ready
+from bench.common import (
+    ROOT,
+    BenchError,
+    all_noerror,
+    appliance_command,
+    cpu_seconds,
+    dnsperf,
+    dnsperf_noerror,
+    median,
+    verdict,
+    wait_ready,
+)
 
 HOST, APPLIANCE, UNBOUND_PORT, METRICS_PORT = "192.0.2.1", "192.0.2.2", 5301, 8053
 ZONE = "bench.tld."
+ALONE = 200                  # further names, asked one at a time: a miss's latency without a queue
 MODES = ("plain", "validating")
 # the appliance's counters that tell where a miss could wait or be turned away
 WATCHED = ("dns.fast.miss", "dns.slow.overload.drop", "dns.slow.forward_overload.servfail", "dns.rrl.limited",
@@ -56,8 +70,9 @@ WATCHED = ("dns.fast.miss", "dns.slow.overload.drop", "dns.slow.forward_overload
 
 
 def _zone(names: int) -> str:
-    return f"{ZONE} NS ns.tld.\n" + "".join(f"m{i}.{ZONE} A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n"
-                                            for i in range(names))
+    return (f"{ZONE} NS ns.tld.\n"
+            + "".join(f"m{i}.{ZONE} A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(names))
+            + "".join(f"s{i}.{ZONE} A 10.255.0.{i}\n" for i in range(ALONE)))
 
 
 def _unbound_forwarder(work: Path, validating: bool, anchor: Path) -> Path:
@@ -118,7 +133,10 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
         world.__enter__()
         queries = work / "queries.txt"
         queries.write_text("".join(f"m{i}.{ZONE} A\n" for i in range(names)))
-        dnsperf_noerror(ns, HOST, 53, queries, passes=1)           # prime the upstream's cache
+        alone = work / "alone.txt"
+        alone.write_text("".join(f"s{i}.{ZONE} A\n" for i in range(ALONE)))
+        for primed in (queries, alone):                            # prime the upstream's cache
+            dnsperf_noerror(ns, HOST, 53, primed, passes=1)
 
         def appliance(mode: str):
             validation = (["--trust-anchor", str(world.anchor_file)] if mode == "validating"
@@ -152,6 +170,11 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
                         cpu0 = cpu_seconds(proc.pid)
                         r = dnsperf_noerror(ns, server, port, queries, passes=1)
                         r["cpu"] = cpu_seconds(proc.pid) - cpu0
+                        one, _ = dnsperf(ns, server, alone, port=port, passes=1, clients=1, outstanding=1)
+                        r["alone_ms"] = all_noerror(one, server, port).latency_ms
+                        # the same names again, now cached: the floor of an exchange with this server
+                        one, _ = dnsperf(ns, server, alone, port=port, passes=1, clients=1, outstanding=1)
+                        r["hit_ms"] = all_noerror(one, server, port).latency_ms
                         results.setdefault((server_name, mode), []).append(r)
                         if server_name == "appliance":
                             counters[mode] = _counters(ns)
@@ -159,19 +182,22 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
                         proc.terminate()
                         proc.wait(10)
     load = os.getloadavg()
-    print(f"{'cache misses over UDP':<34}{'QPS':>10}{'avg latency ms':>16}{'CPU us/answer':>15}{'lost':>7}",
-          file=out)
+    print(f"{'cache misses over UDP':<34}{'QPS':>10}{'avg latency ms':>16}{'CPU us/answer':>15}{'lost':>7}"
+          f"{'one at a time: miss, hit ms':>29}", file=out)
     summary = {}
     for (server_name, mode), runs in results.items():
         summary[server_name, mode] = (median(r["qps"] for r in runs), median(r["latency_ms"] for r in runs),
                                       median(1e6 * r["cpu"] / r["completed"] for r in runs if r["completed"]),
-                                      sum(r["lost"] for r in runs))
-        qps, latency, cpu, lost = summary[server_name, mode]
-        print(f"{server_name + ', ' + mode:<34}{qps:>10.0f}{latency:>16.3f}{cpu:>15.0f}{lost:>7}", file=out)
+                                      sum(r["lost"] for r in runs), median(r["alone_ms"] for r in runs),
+                                      median(r["hit_ms"] for r in runs))
+        qps, latency, cpu, lost, alone_ms, hit_ms = summary[server_name, mode]
+        print(f"{server_name + ', ' + mode:<34}{qps:>10.0f}{latency:>16.3f}{cpu:>15.0f}{lost:>7}{alone_ms:>21.3f}"
+              f"{hit_ms:>8.3f}", file=out)
     for mode in MODES:
         ours, theirs = summary["appliance", mode], summary["Unbound", mode]
         print(f"{'appliance / Unbound, ' + mode:<34}{ours[0] / theirs[0]:>9.2f}x{ours[1] / theirs[1]:>15.2f}x"
-              f"{ours[2] / theirs[2]:>14.2f}x", file=out)
+              f"{ours[2] / theirs[2]:>14.2f}x{'':>7}{ours[4] / theirs[4]:>20.2f}x{ours[5] / theirs[5]:>7.2f}x",
+              file=out)
     print(f"\nthe appliance's counters after its last round ({names} misses):", file=out)
     for name in WATCHED:
         print(f"{name:<40}" + "".join(f"{counters.get(mode, {}).get(name, 0):>12}" for mode in MODES), file=out)
