@@ -27,9 +27,11 @@ wait (the forwarded pool, the in-flight table, RRL, the stub's timeouts).
 ``--profile plain|validating`` instead samples that appliance with py-spy
 (``.venv/bin/pip install py-spy``) during one longer pass and prints where
 its time goes, as bench/profile.py does for hits (give ``--names`` enough
-for the seconds sampled: 20,000 for 10 s).
+for the seconds sampled: 20,000 for 10 s). ``--trace plain|validating``
+times misses asked one at a time from tcpdump's timestamps on tap0: the
+appliance's work before asking upstream, the upstream's, and its work after.
 
-    .venv/bin/python -m bench misses [--rounds 3] [--names 3000] [--profile plain]
+    .venv/bin/python -m bench misses [--rounds 3] [--names 3000] [--profile plain] [--trace plain]
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from bench.common import (
     dnsperf,
     dnsperf_noerror,
     median,
+    percentile,
     verdict,
     wait_ready,
 )
@@ -118,7 +121,7 @@ def _counters(ns) -> dict[str, int]:
 
 
 def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds: float = 10, top: int = 30,
-        appliance_flags: tuple[str, ...] = (), out=sys.stdout) -> bool:
+        appliance_flags: tuple[str, ...] = (), trace: str | None = None, out=sys.stdout) -> bool:
     sys.path.insert(0, str(ROOT))
     from tests.dnssec_world import SignedWorld, missing_tools
     missing = missing_tools() + [t for t in ("ip", "dnsperf", "curl") if shutil.which(t) is None]
@@ -160,6 +163,8 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
 
         if profile is not None:
             return _profile(ns, work, appliance(profile)[0], queries, seconds, top, out)
+        if trace is not None:
+            return _trace(ns, work, appliance(trace)[0], alone, out)
         results: dict[tuple[str, str], list[dict]] = {}
         counters: dict[str, dict[str, int]] = {}
         for _ in range(rounds):
@@ -198,7 +203,7 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
         print(f"{'appliance / Unbound, ' + mode:<34}{ours[0] / theirs[0]:>9.2f}x{ours[1] / theirs[1]:>15.2f}x"
               f"{ours[2] / theirs[2]:>14.2f}x{'':>7}{ours[4] / theirs[4]:>20.2f}x{ours[5] / theirs[5]:>7.2f}x",
               file=out)
-    print(f"\nthe appliance's counters after its last round ({names} misses):", file=out)
+    print(f"\nthe appliance's counters after its last round ({names} misses, then {ALONE} asked alone, twice):", file=out)
     for name in WATCHED:
         print(f"{name:<40}" + "".join(f"{counters.get(mode, {}).get(name, 0):>12}" for mode in MODES), file=out)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores, shared)", file=out)
@@ -232,6 +237,51 @@ def _profile(ns, work: Path, proc: subprocess.Popen, queries: Path, seconds: flo
     return True
 
 
+def _trace(ns, work: Path, proc: subprocess.Popen, alone: Path, out) -> bool:
+    """Misses asked one at a time while tcpdump records tap0, which every
+    frame of an exchange crosses: the client's query in, ours to the
+    upstream, its reply, ours to the client. Prints the median and 90th
+    percentile of the three gaps between them (the appliance's work before
+    asking, the upstream's, the appliance's after)."""
+    pcap = work / "misses.pcap"
+    dump = ns.popen("tcpdump", "-i", "tap0", "-n", "-U", "-w", str(pcap), "udp port 53")
+    time.sleep(1)                           # tcpdump says nothing when it is listening
+    one, _ = dnsperf(ns, APPLIANCE, alone, passes=1, clients=1, outstanding=1)
+    time.sleep(0.5)
+    dump.terminate()
+    dump.wait(10)
+    proc.terminate()
+    proc.wait(10)
+    text = subprocess.run(["tcpdump", "-n", "-tt", "-r", str(pcap)], capture_output=True, text=True).stdout
+    frames = [(float(m[1]), m[2], m[3]) for m in re.finditer(r"^(\d+\.\d+) IP (\S+) > (\S+?):", text, re.M)]
+    legs = ((lambda s, d: s.startswith(APPLIANCE + ".") and d == f"{HOST}.53"),     # ours to the upstream
+            (lambda s, d: s == f"{HOST}.53" and d.startswith(APPLIANCE + ".")),     # its reply
+            (lambda s, d: s == f"{APPLIANCE}.53"))                                   # ours to the client
+    gaps: list[list[float]] = [[], [], []]
+    i = 0
+    while i < len(frames):
+        if frames[i][2] != f"{APPLIANCE}.53":
+            i += 1
+            continue
+        times, j = [frames[i][0]], i + 1
+        for leg in legs:                    # one in flight: the next frames of each kind are this miss's
+            while j < len(frames) and not leg(frames[j][1], frames[j][2]):
+                j += 1
+            if j < len(frames):
+                times.append(frames[j][0])
+                j += 1
+        if len(times) == 4:
+            for k in range(3):
+                gaps[k].append(times[k + 1] - times[k])
+        i = j
+    print(f"one miss at a time, {len(gaps[0])} traced on tap0; dnsperf's average latency {one.latency_ms:.3f} ms",
+          file=out)
+    for label, values in zip(("query in -> ours upstream", "the upstream", "its reply -> ours out"), gaps):
+        print(f"{label:<28}median {1000 * median(values):.3f} ms, 90th percentile "
+              f"{1000 * percentile(values, 0.9):.3f} ms", file=out)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench misses", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -239,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=MODES)
     parser.add_argument("--profile-seconds", type=float, default=10)
     parser.add_argument("--top", type=int, default=30, help="rows of each profile table")
+    parser.add_argument("--trace", choices=MODES, help="time one miss at a time from tcpdump on tap0")
     parser.add_argument("--appliance-flag", action="append", default=[], metavar="FLAG",
                         help="passed to the appliance (after the bench's own), e.g. --appliance-flag=--rrl-rate=200")
     args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     try:
         return 0 if run(max(args.rounds, 1), args.names, args.profile, args.profile_seconds, args.top,
-                         appliance_flags=tuple(args.appliance_flag)) else 1
+                         appliance_flags=tuple(args.appliance_flag), trace=args.trace) else 1
     except BenchError as e:
         print(f"bench misses: {e}", file=sys.stderr)
         return 2
