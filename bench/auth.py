@@ -36,6 +36,7 @@ from bench.common import (
     ROOT,
     BenchError,
     Throughput,
+    appliance_command,
     dnsperf,
     median,
     percentile,
@@ -122,10 +123,9 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
               f"{mix['nxdomain']} NXDOMAIN, {mix['nodata']} NODATA; dnsperf {seconds:g} s x {rounds} rounds",
               file=out, flush=True)
         ns.add_tap("tap0", HOST_SIDE)
-        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                             "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
-                             "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0: one client, full speed
-                             *appliance_flags, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = appliance_command("--forward", "none", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+                                    "--ipv4-gateway", "none", "--zone", str(zone), *appliance_flags)
+        appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, {ORIGIN: zone})),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ns.add_tap("tap1", BARE_HOST_SIDE)

@@ -81,6 +81,15 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def appliance_command(*flags: str) -> list[str]:
+    """``python -m unikernel serve`` with RRL off, then ``flags`` (a flag
+    given again among them wins). Every benchmark's load comes from one
+    client /24, the namespace's side of the tap, which the appliance's
+    default RRL (200 answers a second per /24, as NSD's) would cap: the
+    benchmarks measure the server, as NSD's do with rrl-ratelimit 0."""
+    return [PYTHON, "-m", "unikernel", "serve", "--rrl-rate", "0", *flags]
+
+
 def wait_for_answer(ns, address: str, name: str, timeout: float = 30, port: int = 53,
                     proc: subprocess.Popen | None = None) -> float:
     """Seconds until ``address`` answers ``name`` with NOERROR; a BenchError
@@ -126,6 +135,37 @@ def dnsperf(ns, address: str, queries: Path, *, port: int = 53, seconds: float |
     return Throughput(number(r"Queries per second:\s+([\d.]+)"), number(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
                       int(number(r"Queries completed:\s+(\d+)")), int(number(r"Queries lost:\s+(\d+)")), used,
                       codes.group(1) if codes else ""), latencies
+
+
+def all_noerror(r: Throughput, server: str, port: int) -> Throughput:
+    """``r`` when every answer was NOERROR, else a BenchError."""
+    if not r.codes.startswith("NOERROR") or "," in r.codes:
+        raise BenchError(f"{server}:{port} did not answer everything with NOERROR: {r.codes or 'no response codes'}")
+    return r
+
+
+def dnsperf_noerror(ns, server: str, port: int, queries: Path, *, duration: float | None = None,
+                    passes: int | None = None) -> dict:
+    """The forwarding benchmarks' run: 4 clients, 64 queries in flight, for
+    ``duration`` seconds or ``passes`` (default 1) over ``queries``; every
+    answer NOERROR (else BenchError)."""
+    r, _ = dnsperf(ns, server, queries, port=port, seconds=duration, passes=None if duration else passes or 1,
+                   clients=4, outstanding=64)
+    all_noerror(r, server, port)
+    return {"qps": r.qps, "latency_ms": r.latency_ms, "completed": r.completed, "lost": r.lost}
+
+
+def wait_ready(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    """Returns once the appliance ``proc`` prints its "ready" line (its
+    stdout a pipe); a BenchError when it exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "ready" in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise BenchError(f"{what} did not become ready")
 
 
 def percentile(values: list[float], fraction: float) -> float:

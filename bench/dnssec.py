@@ -32,8 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import cpu_seconds
-from bench.forwarder import PYTHON, REPO, BenchError, _dnsperf, _wait_ready
+from bench.common import ROOT, BenchError, appliance_command, cpu_seconds, dnsperf_noerror, wait_ready
 
 TAP0, TAP1 = ("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2")
 COLD_UNBOUND = "127.0.0.3"
@@ -67,7 +66,7 @@ def _query_ms(ns, server: str, name: str) -> float:
 
 
 def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]:
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(ROOT))
     from tests.dnssec_world import SignedWorld, missing_tools
     missing = missing_tools() + [t for t in ("ip", "dnsperf") if shutil.which(t) is None]
     if os.geteuid() != 0 or missing:
@@ -83,26 +82,26 @@ def run(duration: float = 10.0, rounds: int = 1, names: int = 300) -> list[dict]
         queries = d / "queries.txt"
         queries.write_text("".join(f"h{i}.{ZONE} {t}\n" for i in range(names) for t in ("A", "MX", "TXT")))
         size = str(4 * names + 100)
-        validating = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{TAP0[1]}/24",
-                              "--ipv4-gateway", TAP0[0], "--forward", f"{TAP0[0]}:53", "--cache-size", size,
-                              "--trust-anchor", str(world.anchor_file), cwd=str(REPO))
-        plain = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap1", "--ipv4", f"{TAP1[1]}/24",
-                         "--ipv4-gateway", TAP1[0], "--forward", f"{TAP1[0]}:53", "--cache-size", size,
-                         "--dnssec", "no", cwd=str(REPO))
-        _wait_ready(validating, "the validating appliance")
-        _wait_ready(plain, "the appliance without validation")
+        validating = ns.popen(*appliance_command("--tap", "tap0", "--ipv4", f"{TAP0[1]}/24", "--ipv4-gateway", TAP0[0],
+                                                 "--forward", f"{TAP0[0]}:53", "--cache-size", size,
+                                                 "--trust-anchor", str(world.anchor_file)), cwd=str(ROOT))
+        plain = ns.popen(*appliance_command("--tap", "tap1", "--ipv4", f"{TAP1[1]}/24", "--ipv4-gateway", TAP1[0],
+                                            "--forward", f"{TAP1[0]}:53", "--cache-size", size, "--dnssec", "no"),
+                         cwd=str(ROOT))
+        wait_ready(validating, "the validating appliance")
+        wait_ready(plain, "the appliance without validation")
         world.start_validator("cold", COLD_UNBOUND, wait=True)
         cold = {"appliance": _query_ms(ns, TAP0[1], "www.secure.tld."),
                 "unbound": _query_ms(ns, COLD_UNBOUND, "www.secure.tld.")}
 
         targets = {"validated": (TAP0[1], validating.pid), "unvalidated": (TAP1[1], plain.pid)}
         for server, _ in targets.values():
-            _dnsperf(ns, server, 53, queries, passes=1)
+            dnsperf_noerror(ns, server, 53, queries, passes=1)
         results: dict[str, list[dict]] = {k: [] for k in targets}
         for _ in range(rounds):
             for label, (server, pid) in targets.items():
                 cpu0 = cpu_seconds(pid)
-                r = _dnsperf(ns, server, 53, queries, duration=duration)
+                r = dnsperf_noerror(ns, server, 53, queries, duration=duration)
                 r["cpu"] = cpu_seconds(pid) - cpu0
                 results[label].append(r)
     rows = []

@@ -32,16 +32,24 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BenchError, dnsperf, kill, median, rss_bytes, verdict
+from bench.common import (
+    BenchError,
+    all_noerror,
+    appliance_command,
+    dnsperf,
+    kill,
+    median,
+    rss_bytes,
+    verdict,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 HOST, APPLIANCE, DNSMASQ_PORT, UNBOUND_PORT = "192.0.2.1", "192.0.2.2", 5300, 5301
 ZONE = "bench.example."
 TARGET_QPS = 1.0            # x dnsmasq's
@@ -92,27 +100,6 @@ forward-zone:
     return conf
 
 
-def _dnsperf(ns, server: str, port: int, queries: Path, *, duration: float | None = None,
-             passes: int | None = None) -> dict:
-    """For bench/dot.py and bench/dnssec.py: 4 clients, 64 queries in flight,
-    every answer NOERROR (else BenchError)."""
-    r, _ = dnsperf(ns, server, queries, port=port, seconds=duration, passes=None if duration else passes or 1,
-                   clients=4, outstanding=64)
-    _checked(r, server, port)
-    return {"qps": r.qps, "latency_ms": r.latency_ms, "completed": r.completed, "lost": r.lost}
-
-
-def _wait_ready(proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "ready" in line:
-            return
-        if not line and proc.poll() is not None:
-            break
-    raise BenchError(f"{what} did not become ready")
-
-
 def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20000, out=sys.stdout) -> bool:
     """Prints the cache-hit table, the cache memory table and the verdicts;
     returns whether the target is met."""
@@ -135,11 +122,11 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
         ns.add_tap("tap0", f"{HOST}/24")
 
         nsd = ns.popen(shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(d / "nsd.conf"))
-        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                             "--ipv4-gateway", HOST, "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
-                             "--rrl-rate", "0",                   # dnsmasq has no RRL: one client, full speed
-                             "--dnssec", "no", cwd=str(REPO))     # an unsigned zone: bench/dnssec.py validates
-        _wait_ready(appliance, "the appliance")
+        command = appliance_command("--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
+                                    "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
+                                    "--dnssec", "no")         # an unsigned zone: bench/dnssec.py validates
+        appliance = ns.popen(*command, cwd=str(REPO))
+        wait_ready(appliance, "the appliance")
         appliance.stdout.close()             # nothing more is read from it: let it not block on a full pipe
         dnsmasq = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",
                            "--no-resolv", "--no-hosts", "--pid-file=", f"--server={HOST}",
@@ -156,14 +143,14 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
                    "dnsmasq --cache-rr=ANY": ("127.0.0.1", DNSMASQ_PORT, dnsmasq.pid),
                    "unbound num-threads 1": ("127.0.0.1", UNBOUND_PORT, unbound.pid)}
         for server, port, _ in targets.values():            # fill every cache
-            _checked(dnsperf(ns, server, port=port, queries=queries, passes=1, clients=4, outstanding=64)[0],
+            all_noerror(dnsperf(ns, server, port=port, queries=queries, passes=1, clients=4, outstanding=64)[0],
                      server, port)
         results: dict[str, list] = {k: [] for k in targets}
         for _ in range(rounds):
             for label, (server, port, pid) in targets.items():
                 r, _ = dnsperf(ns, server, port=port, queries=queries, seconds=duration, clients=4,
                                outstanding=64, pid=pid)
-                results[label].append(_checked(r, server, port))
+                results[label].append(all_noerror(r, server, port))
         # dnsmasq allocates its whole cache (--cache-size entries) at start, so
         # its growth reads 0: its cost is its Pss beside a dnsmasq of 150 entries
         small = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",
@@ -174,7 +161,7 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
         for label, (server, port, pid) in targets.items():
             before = rss_bytes(pid)
             r, _ = dnsperf(ns, server, port=port, queries=fill_queries, passes=1, clients=4, outstanding=64)
-            _checked(r, server, port)
+            all_noerror(r, server, port)
             if label.startswith("dnsmasq"):
                 memory[label] = (rss_bytes(pid) - rss_bytes(small.pid)) * 100_000 / (cache_entries - 150)
             else:
@@ -204,12 +191,6 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
     print(line, file=out)
     print(verdict("cache-hit QPS / Unbound", ours[0] / summary["unbound num-threads 1"][0])[0], file=out, flush=True)
     return ok
-
-
-def _checked(r, server: str, port: int):
-    if not r.codes.startswith("NOERROR") or "," in r.codes:
-        raise BenchError(f"{server}:{port} did not answer everything with NOERROR: {r.codes or 'no response codes'}")
-    return r
 
 
 def main(argv: list[str] | None = None) -> int:

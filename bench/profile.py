@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from bench.auth import APPLIANCE, HOST_SIDE, ORIGIN, write_queries, write_zone
-from bench.common import PYTHON, ROOT, BenchError, dnsperf, wait_for_answer
+from bench.common import ROOT, BenchError, appliance_command, dnsperf, wait_for_answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         zone, queries = work / "zone", work / "queries.txt"
         write_queries(queries, write_zone(zone, args.names, rng), 20000, rng)
         ns.add_tap("tap0", HOST_SIDE)
-        appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                             "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
-                             "--rrl-rate", "0", cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = appliance_command("--forward", "none", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+                                    "--ipv4-gateway", "none", "--zone", str(zone))
+        appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_answer(ns, APPLIANCE, f"host1.{ORIGIN}")
             dnsperf(ns, APPLIANCE, queries, passes=1)                  # fill the fast path
@@ -60,31 +60,40 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             subprocess.run(record, check=True, capture_output=True)
             load.join()
+            report = summarise(raw, args.top)      # read before the temporary folder goes
         except (BenchError, subprocess.CalledProcessError) as e:
             print(f"bench.profile: {e} {getattr(e, 'stderr', b'')!r}", file=sys.stderr)
             return 2
-        own: collections.Counter[str] = collections.Counter()
-        inclusive: collections.Counter[str] = collections.Counter()
-        total = 0
-        for line in raw.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            # "function (path/file.py:line)" -> "function file.py": lines of one function add up
-            frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0] for f in stack.split(";")]
-            n = int(count)
-            total += n
-            own[frames[-1]] += n
-            for frame in set(frames):
-                inclusive[frame] += n
     qps = answered[0].qps if answered else float("nan")
     # at 250 samples a second, one sample is 4 ms; per answer: 4 ms * share * seconds / answers
     per_answer_us = 1e6 / qps if qps else float("nan")
-    print(f"{total} samples over {args.seconds:g} s; {qps:.0f} QPS under py-spy, {per_answer_us:.1f} us of wall "
+    print(f"over {args.seconds:g} s; {qps:.0f} QPS under py-spy, {per_answer_us:.1f} us of wall "
           "time per answer; a share below is that share of it")
-    for title, table in (("own time", own), ("inclusive", inclusive)):
-        print(f"\n{title}:")
-        for frame, n in table.most_common(args.top):
-            print(f"{100 * n / total:6.1f} %  {frame}")
+    print(report)
     return 0
+
+
+def summarise(raw: Path, top: int) -> str:
+    """py-spy's raw samples as two tables: the functions with the most
+    samples of their own (leaf) time, and in them or below (inclusive), as
+    shares of all samples."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        # "function (path/file.py:line)" -> "function file.py": lines of one function add up
+        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0] for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    lines = [f"{total} samples"]
+    for title, table in (("own time", own), ("inclusive", inclusive)):
+        lines.append(f"\n{title}:")
+        lines += [f"{100 * n / total:6.1f} %  {frame}" for frame, n in table.most_common(top)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.auth import APPLIANCE, HOST_SIDE, ORIGIN, nsd_config, write_queries, write_zone
-from bench.common import PYTHON, ROOT, BenchError, dnsperf, kill, median, rss_bytes, verdict, wait_for_answer
+from bench.common import ROOT, BenchError, appliance_command, dnsperf, kill, median, rss_bytes, verdict, wait_for_answer
 
 SIZES = (3000, 100_000)
 LONG_SIZES = (3000, 100_000, 1_000_000)
@@ -62,10 +62,9 @@ def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out
             write_queries(queries, write_zone(zone, size, rng), 20000, rng)
             rows = {}
             started = time.monotonic()
-            appliance = ns.popen(PYTHON, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                                 "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(zone),
-                                 "--rrl-rate", "0",          # as NSD's rrl-ratelimit: 0
-                                 cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            command = appliance_command("--forward", "none", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+                                        "--ipv4-gateway", "none", "--zone", str(zone))
+            appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 rows["appliance"] = _measure(ns, "the appliance", appliance, APPLIANCE, started, queries,
                                              seconds, rounds)
