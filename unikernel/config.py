@@ -131,7 +131,9 @@ class Appliance:
     mdns_domain: str | None = None          # a unicast domain answered from .local (RFC 8766), e.g. lan.example
     rrl_rate: int = 200                     # UDP responses a second per client /24 (NSD's default); 0: off
     rrl_slip: int = 2                       # every N-th limited response goes out truncated (0: none)
-    rrl_exempt_allowed: bool = False        # clients in `allow` are never rate-limited
+    # clients in `allow` (else our subnet, whose sources the stack checks by ARP)
+    # are never rate-limited: a LAN behind one /24 would otherwise share 200 answers a second
+    rrl_exempt_allowed: bool = True
     dnssec: bool = True                     # validate what is forwarded (DNSSEC); bogus answers get SERVFAIL
     trust_anchors: list[str] = field(default_factory=list)   # DS/DNSKEY files; [] = the root's built-in KSKs
     log_queries: bool = False               # one JSON object a line per answer, on stdout

@@ -24,7 +24,7 @@ def limited():
         ns.add_tap("tap0", "192.0.2.1/24")
         proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
                         "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none", "--zone", str(HARD),
-                        "--rrl-rate", str(RATE), "--rrl-slip", "2", cwd=str(ROOT))
+                        "--rrl-rate", str(RATE), "--rrl-slip", "2", "--rrl-exempt-allowed", "no", cwd=str(ROOT))
         read_until(proc, "ready")
         yield ns, proc
 

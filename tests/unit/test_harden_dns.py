@@ -466,7 +466,10 @@ def test_responses_to_one_client_net_are_rate_limited_with_slip():
     assert later is not None and dns.message.from_wire(later).answer
 
 
-def test_rrl_exempts_allowed_clients_only_when_asked_and_zero_turns_it_off():
+def test_rrl_exempts_the_clients_we_serve_by_default_and_zero_turns_it_off():
+    """A LAN's clients share one /24: limited, they would share 200 answers a
+    second between them. By default the allowed clients (our subnet when
+    `allow` is empty) are exempt, the rest of the world limited."""
     from collections import Counter
 
     from unikernel import main as main_mod
@@ -476,11 +479,13 @@ def test_rrl_exempts_allowed_clients_only_when_asked_and_zero_turns_it_off():
     counters = Counter()
     base = Appliance(ipv4="192.0.2.2/24", ipv4_gateway=None)
     assert main_mod.rate_limiter(base.replace(rrl_rate=0), counters) is None
-    default = main_mod.rate_limiter(base, counters)
-    assert default.rate_limit == 200 and default.slip == 2 and default.exempt is None
-    exempting = main_mod.rate_limiter(base.replace(rrl_rate=1, rrl_exempt_allowed=True), counters)
-    assert all(exempting.verdict(0xC0000263, 0.0) == SEND for _ in range(50))     # 192.0.2.99: allowed
-    assert any(exempting.verdict(0xCB007105, 0.0) != SEND for _ in range(50))     # 203.0.113.5: not
+    default = main_mod.rate_limiter(base.replace(rrl_rate=1), counters)
+    assert default.rate_limit == 1 and default.slip == 2
+    assert all(default.verdict(0xC0000263, 0.0) == SEND for _ in range(50))     # 192.0.2.99: our subnet
+    assert any(default.verdict(0xCB007105, 0.0) != SEND for _ in range(50))     # 203.0.113.5: not
+    strict = main_mod.rate_limiter(base.replace(rrl_rate=1, rrl_exempt_allowed=False), counters)
+    assert strict.exempt is None
+    assert any(strict.verdict(0xC0000264, 0.0) != SEND for _ in range(50))
 
 
 def test_rrl_buckets_are_a_fixed_table():
