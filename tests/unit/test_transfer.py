@@ -291,6 +291,18 @@ def test_no_bytes_crash_the_transfer_and_notify_handlers():
     check()
 
 
+def test_a_response_given_to_the_notify_handler_is_dropped_and_counted():
+    """Found by the fuzz test above: a message with QR set that dnspython
+    parses made ``make_response`` raise out of the handler."""
+    counters = Counters()
+    secondaries = SecondaryZones(["t.example@192.0.2.1"], key=KEY, counters=counters, clock=lambda: 0.0)
+    response = dns.message.make_response(dns.message.make_query("t.example.", "SOA"))
+    response.set_opcode(dns.opcode.NOTIFY)
+    for payload in (response.to_wire(), bytes.fromhex("0000800000010000000100010000") + bytes(120), b"\x00\x01"):
+        assert secondaries.handle_notify(0xC0000201, payload) is None
+    assert counters["notify.in.response.drop"] == 3
+
+
 def _edit(data: bytes, edits) -> bytearray:
     out = bytearray(data)
     for index, value in edits:

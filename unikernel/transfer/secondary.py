@@ -140,7 +140,13 @@ class SecondaryZones:
 
     def handle_notify(self, src_ip: int, payload: bytes) -> bytes | None:
         """A NOTIFY (opcode 4) for one of our zones: from its primary, signed
-        when we have a key, it schedules a check now; others are refused."""
+        when we have a key, it schedules a check now; others are refused.
+        A response (QR set) is dropped: an answer is never answered (the
+        server drops those before they get here; this keeps the handler whole
+        on its own)."""
+        if len(payload) < 12 or payload[2] & 0x80:
+            self.counters["notify.in.response.drop"] += 1
+            return None
         try:
             query = dns.message.from_wire(payload, keyring=self.keyring)
         except Exception:
