@@ -149,12 +149,45 @@ def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None, wi
     as asked; RA set or cleared when ``ra`` says (whether this client may
     recurse), else as kept; the answer's AD only if the query set AD or
     (``with_do``, the key's EDNS byte) DO, as RFC 6840 5.7 asks."""
+    return patch_summed(answer, 0, 1, query, name_end, ra, with_do)[0]
+
+
+def payload_sum(payload: bytes) -> int:
+    """The ones'-complement sum of ``payload``'s 16-bit words, up to a
+    multiple of 0xFFFF (the form netstack.udp.Responder hands the stack): the
+    payload read as one integer, padded to an even length."""
+    body = int.from_bytes(payload, "big")
+    return body << 8 if len(payload) & 1 else body
+
+
+def patch_sums(answer: bytes, name_end: int) -> tuple[int, int]:
+    """What every :func:`patch` of ``answer`` has in common, so a reply's
+    :func:`payload_sum` is :func:`patch_summed`'s few operations instead of a
+    pass over the reply: ``(base, weight)``, ``base`` the sum of ``answer``
+    with the bytes patch rewrites zeroed (ID and flags, the question's name),
+    ``weight`` what the name's bytes, read as one integer, are multiplied by
+    where they sit (256 when an odd number of bytes follows them in the
+    padded reply, 1 otherwise: 0x10000 is 1 mod 0xFFFF)."""
+    size = len(answer)
+    odd = size & 1
+    base = int.from_bytes(bytes(4) + answer[4:12] + bytes(name_end - HEADER_SIZE) + answer[name_end:]
+                          + bytes(odd), "big") % 0xFFFF
+    return base, 256 if (size + odd - name_end) & 1 else 1
+
+
+def patch_summed(answer: bytes, base: int, weight: int, query: bytes, name_end: int,
+                 ra: bool | None = None, with_do: bool = False) -> tuple[bytes, int]:
+    """:func:`patch`, and the reply's :func:`payload_sum` from ``answer``'s
+    :func:`patch_sums` (``base`` and ``weight``): RFC 1624's update, only the
+    bytes rewritten are summed. One function, as it runs once a reply."""
     keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
     flags = (answer[3] & keep) | (query[3] & _CD)
     if ra is not None:
         flags = flags | _RA if ra else flags & ~_RA & 0xFF
-    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
-            + answer[4:12] + query[12:name_end] + answer[name_end:])
+    head = query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
+    name = query[HEADER_SIZE:name_end]
+    return (head + answer[4:12] + name + answer[name_end:],
+            base + int.from_bytes(head, "big") + int.from_bytes(name, "big") * weight)
 
 
 def error_reply(query: bytes, rcode: int) -> bytes | None:

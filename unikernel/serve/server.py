@@ -132,9 +132,10 @@ class DnsServer:
         self.counters = stack.counters
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
-        # and max_kept_bytes), with what answered them; served by wire.patch.
+        # and max_kept_bytes), with what answered them; served by wire.patch_summed.
         # Their order of use is kept in the two SLRU segments, least recently used first.
-        self.kept_answers: dict[bytes, tuple[bytes, str]] = {}
+        # Each with the sums its patches share (wire.patch_sums), for the stack's checksum.
+        self.kept_answers: dict[bytes, tuple[bytes, str, int, int]] = {}
         self._probation: OrderedDict[bytes, None] = OrderedDict()
         self._protected: OrderedDict[bytes, None] = OrderedDict()
         self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
@@ -161,7 +162,7 @@ class DnsServer:
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.stack.udp.bind(self.port, self.on_datagram)
+        self.stack.udp.bind_responder(self.port, self.answer_datagram)
 
     def forget_kept_answers(self) -> None:
         """Drops every kept answer (the zones behind them changed)."""
@@ -180,10 +181,14 @@ class DnsServer:
             task.cancel()
 
     # -- the hot path -----------------------------------------------------------
-    def on_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int, dst_port: int) -> None:
+    def answer_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
+                        dst_port: int) -> tuple[bytes, int] | None:
+        """The port's responder (netstack.udp.Responder): the reply to send at
+        once, with its payload sum, or None (dropped, or left to the slow
+        path, which sends its reply itself)."""
         if src_port in BAD_SOURCE_PORTS:
             self.counters["dns.bad_source_port.drop"] += 1
-            return
+            return None
         parsed = wire.fast_key(payload)
         if parsed is not None:
             key, name_end, client_size = parsed
@@ -197,12 +202,17 @@ class DnsServer:
                 observe = self.observe
                 arrived = self.clock() if observe is not None else 0.0
                 ra = None if self.recursion_for is None else self.recursion_for(src_ip)
-                reply = wire.patch(kept[0], payload, name_end, ra)
-                self._send(reply, src_ip, src_port)
+                summed = wire.patch_summed(kept[0], kept[2], kept[3], payload, name_end, ra)
                 if observe is not None:
+                    reply = summed[0]
                     observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F, kept[1],
                             self.clock() - arrived)
-                return
+                if self.rrl is None:
+                    return summed
+                limited = self._rate_limited(summed[0], src_ip)
+                if limited is None:
+                    return None
+                return summed if limited is summed[0] else (limited, wire.payload_sum(limited))   # or slipped
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
                 now = self.clock()
@@ -216,19 +226,21 @@ class DnsServer:
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
                         reply = wire.patch(answer, payload, name_end, with_do=key[-1] == wire.EDNS_DO)
-                        self._send(reply, src_ip, src_port)
                         if self.observe is not None:
                             # the one fast lookup main hands over is the cache's
                             self.observe(now, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
                                          "cache", self.clock() - now)
-                        return
+                        limited = self._rate_limited(reply, src_ip)
+                        # summed here: the cache keeps no sums (its answers' TTLs change)
+                        return None if limited is None else (limited, wire.payload_sum(limited))
         self.counters["dns.fast.miss"] += 1
         if len(self.pending) >= self.max_pending:
             self.counters["dns.slow.overload.drop"] += 1
-            return
+            return None
         task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port, self.clock()))
         self.pending.add(task)
         task.add_done_callback(self._finished)
+        return None
 
     def _finished(self, task: asyncio.Task) -> None:
         self.pending.discard(task)
@@ -252,23 +264,26 @@ class DnsServer:
         self._send(reply, src_ip, src_port)
 
     def _send(self, reply: bytes, src_ip: int, src_port: int) -> None:
-        """Sends a UDP reply, or what RRL lets go to ``src_ip``: its
-        truncated empty form, or nothing."""
+        """Sends a slow-path UDP reply, or what RRL lets go to ``src_ip``."""
+        limited = self._rate_limited(reply, src_ip)
+        if limited is not None:
+            self._sendto(limited, self.port, src_ip, src_port)
+
+    def _rate_limited(self, reply: bytes, src_ip: int) -> bytes | None:
+        """What RRL lets go to ``src_ip``: the reply, its truncated empty
+        form, or nothing."""
         if self.rrl is not None:
             verdict = self.rrl.verdict(src_ip, self.clock())
             if verdict == rrl_mod.DROP:
-                return
+                return None
             if verdict == rrl_mod.SLIP:
-                slipped = rrl_mod.truncated_empty(reply)
-                if slipped is None:
-                    return
-                reply = slipped
-        self._sendto(reply, self.port, src_ip, src_port)
+                return rrl_mod.truncated_empty(reply)
+        return reply
 
     def _promote(self, key: bytes) -> None:
         """A first hit: the answer moves from probation to the young end of
         the protected segment (hits on protected answers move them there in
-        on_datagram); protected's least recently used falls back to probation
+        answer_datagram); protected's least recently used falls back to probation
         when the segment is full."""
         protected = self._protected
         self._probation.pop(key, None)
@@ -295,7 +310,7 @@ class DnsServer:
             oldest, _ = segment.popitem(last=False)
             self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest)[0])
             self.counters["dns.static.evicted"] += 1
-        self.kept_answers[key] = (answer, source)
+        self.kept_answers[key] = (answer, source, *wire.patch_sums(answer, len(key) + wire.HEADER_SIZE - 5))
         self._probation[key] = None
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
