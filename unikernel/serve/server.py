@@ -17,11 +17,16 @@ Two paths for a UDP query:
   when TC is set (:func:`unikernel.serve.render.render`). A static answer rendered whole is kept
   for the hot path, bounded in count and bytes.
 
-Kept answers are a segmented LRU (SLRU): a new answer goes to the probation
-segment, one asked for again moves to the protected segment (at most
-PROTECTED_SHARE of the count), and room is made from probation's least
-recently used first. A flood of names asked once (a random-subdomain attack)
-thus only churns probation and never pushes out the answers clients use.
+Kept answers are a segmented LRU (SLRU) whose protected segment is a CLOCK:
+a new answer goes to the probation segment (first in, first out), one asked
+for again moves to the protected segment (at most PROTECTED_SHARE of the
+count), and room is made from probation's oldest first. A hit on a protected
+answer only sets its reference bit (one store, where an LRU would move it);
+when protected is over its share, the hand goes round from its oldest: an
+answer referenced since the hand last passed gets a second chance (bit
+cleared, back to the young end), the first one not referenced falls back to
+probation. A flood of names asked once (a random-subdomain attack) thus only
+churns probation and never pushes out the answers clients use.
 
 RA says whether recursion is available to the client (RFC 1035 4.1.1): with
 ``recursion_for`` (main hands in the forwarder's access list) it is set on
@@ -101,6 +106,20 @@ MAX_FORWARDED = 1024              # and those waiting on the forwarder; beyond, 
 BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
 
 FastLookup = Callable[[bytes, int, float], "bytes | None"]
+# where a kept answer is: probation, or protected with its reference bit clear or set
+_PROBATION, _PROTECTED, _REFERENCED = 0, 1, 2
+
+
+class _Kept:
+    """A kept answer: its bytes, what answered it, the sums its patches
+    share (wire.patch_sums), and its segment (and reference bit)."""
+
+    __slots__ = ("answer", "source", "sum_base", "name_weight", "state")
+
+    def __init__(self, answer: bytes, source: str, name_end: int) -> None:
+        self.answer, self.source = answer, source
+        self.sum_base, self.name_weight = wire.patch_sums(answer, name_end)
+        self.state = _PROBATION
 
 
 
@@ -134,8 +153,7 @@ class DnsServer:
         # static answers rendered whole, by fast-path key (bounded by max_kept
         # and max_kept_bytes), with what answered them; served by wire.patch_summed.
         # Their order of use is kept in the two SLRU segments, least recently used first.
-        # Each with the sums its patches share (wire.patch_sums), for the stack's checksum.
-        self.kept_answers: dict[bytes, tuple[bytes, str, int, int]] = {}
+        self.kept_answers: dict[bytes, _Kept] = {}
         self._probation: OrderedDict[bytes, None] = OrderedDict()
         self._protected: OrderedDict[bytes, None] = OrderedDict()
         self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
@@ -193,20 +211,21 @@ class DnsServer:
         if parsed is not None:
             key, name_end, client_size = parsed
             kept = self.kept_answers.get(key)
-            if kept is not None and len(kept[0]) <= client_size:
+            if kept is not None and len(kept.answer) <= client_size:
                 self.counters["dns.fast.hit"] += 1
-                if key in self._protected:
-                    self._protected.move_to_end(key)
-                else:
-                    self._promote(key)
+                state = kept.state
+                if state == _PROTECTED:
+                    kept.state = _REFERENCED
+                elif state == _PROBATION:
+                    self._promote(key, kept)
                 observe = self.observe
                 arrived = self.clock() if observe is not None else 0.0
                 ra = None if self.recursion_for is None else self.recursion_for(src_ip)
-                summed = wire.patch_summed(kept[0], kept[2], kept[3], payload, name_end, ra)
+                summed = wire.patch_summed(kept.answer, kept.sum_base, kept.name_weight, payload, name_end, ra)
                 if observe is not None:
                     reply = summed[0]
-                    observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F, kept[1],
-                            self.clock() - arrived)
+                    observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
+                            kept.source, self.clock() - arrived)
                 if self.rrl is None:
                     return summed
                 limited = self._rate_limited(summed[0], src_ip)
@@ -280,25 +299,40 @@ class DnsServer:
                 return rrl_mod.truncated_empty(reply)
         return reply
 
-    def _promote(self, key: bytes) -> None:
+    def _promote(self, key: bytes, kept: _Kept) -> None:
         """A first hit: the answer moves from probation to the young end of
-        the protected segment (hits on protected answers move them there in
-        answer_datagram); protected's least recently used falls back to probation
-        when the segment is full."""
-        protected = self._protected
+        the protected segment; when that is over its share, the hand makes
+        room (_demote)."""
         self._probation.pop(key, None)
-        protected[key] = None
-        if len(protected) > self.max_protected:
-            demoted, _ = protected.popitem(last=False)
-            self._probation[demoted] = None
+        self._protected[key] = None
+        kept.state = _PROTECTED
+        if len(self._protected) > self.max_protected:
+            self._demote()
+
+    def _demote(self) -> None:
+        """The CLOCK's hand: from protected's oldest, referenced answers get
+        their bit cleared and go to the young end; the first one not
+        referenced falls back to probation. Ends within one turn, as every
+        bit it passes is cleared."""
+        protected, kept_answers = self._protected, self.kept_answers
+        while True:
+            key, _ = protected.popitem(last=False)
+            kept = kept_answers[key]
+            if kept.state == _REFERENCED:
+                kept.state = _PROTECTED
+                protected[key] = None
+            else:
+                kept.state = _PROBATION
+                self._probation[key] = None
+                return
 
     def _keep(self, key: bytes, answer: bytes, source: str) -> None:
-        """Keeps a static answer (and what answered it) in probation, making room from probation's
-        least recently used (then protected's) while the table is over its
-        count or its bytes."""
+        """Keeps a static answer (and what answered it) in probation, making
+        room from probation's oldest (then protected's) while the table is
+        over its count or its bytes."""
         old = self.kept_answers.pop(key, None)
         if old is not None:
-            self.kept_bytes -= _kept_cost(key, old[0])
+            self.kept_bytes -= _kept_cost(key, old.answer)
             self._probation.pop(key, None)
             self._protected.pop(key, None)
         cost = _kept_cost(key, answer)
@@ -308,9 +342,10 @@ class DnsServer:
                                      or self.kept_bytes + cost > self.max_kept_bytes):
             segment = self._probation or self._protected
             oldest, _ = segment.popitem(last=False)
-            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest)[0])
+            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest).answer)
             self.counters["dns.static.evicted"] += 1
-        self.kept_answers[key] = (answer, source, *wire.patch_sums(answer, len(key) + wire.HEADER_SIZE - 5))
+        # the question's name ends where the key's name does, 12 bytes in
+        self.kept_answers[key] = _Kept(answer, source, wire.HEADER_SIZE + len(key) - 5)
         self._probation[key] = None
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
