@@ -62,6 +62,8 @@ class Stack:
         self.mac = mac or getattr(link, "mac", None) or ethernet.stable_mac(self.address)
         self.rng = rng or random.SystemRandom()
         self.counters = Counters()
+        # counted on every datagram delivered: a plain integer (Counters.tally)
+        self._delivered = self.counters.tally("udp.delivered")
         self._clock = clock
         self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
@@ -178,14 +180,14 @@ class Stack:
                 body <<= 8
             if (body + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length) % 0xFFFF:
                 return False
-        self.counters["udp.delivered"] += 1
+        self._delivered.count += 1
         if handler is not None:
             handler(frame[42:end], src, src_port, dst, dst_port)
             return True
         assert responder is not None
         reply = responder(frame[42:end], src, src_port, dst, dst_port)
         if reply is not None:
-            self.counters["udp.sent"] += 1      # what udp.sendto counts, for the same datagram
+            self.udp.sent.count += 1            # what udp.sendto counts, for the same datagram
             self._transmit_udp(dst_port, src, src_port, reply[0], None, reply[1])
         return True
 
@@ -329,19 +331,19 @@ class Stack:
         src_port, dst_port, data = udp.parse(segment, hdr.src, hdr.dst)
         responder = self.udp.responders.get(dst_port)
         if responder is not None:
-            self.counters["udp.delivered"] += 1
+            self._delivered.count += 1
             reply = responder(data, hdr.src, src_port, hdr.dst, dst_port)
             if reply is not None:
                 self.udp.sendto(reply[0], dst_port, hdr.src, src_port)
             return
         handler = self.udp.bindings.get(dst_port)
         if handler is not None:
-            self.counters["udp.delivered"] += 1
+            self._delivered.count += 1
             handler(data, hdr.src, src_port, hdr.dst, dst_port)
             return
         handler_with_ttl = self.udp.bindings_with_ttl.get(dst_port)
         if handler_with_ttl is not None:
-            self.counters["udp.delivered"] += 1
+            self._delivered.count += 1
             handler_with_ttl(data, hdr.src, src_port, hdr.dst, dst_port, hdr.ttl)
             return
         if hdr.dst != self.address:     # RFC 1122 3.2.2: no ICMP error about a multicast datagram

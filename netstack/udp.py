@@ -79,6 +79,8 @@ class UdpLayer:
         self.local_ip = local_ip
         self.transmit = transmit
         self.counters = counters
+        # counted on every reply: a plain integer (Counters.tally)
+        self.sent = counters.tally("udp.sent")
         self.rng = rng or random.SystemRandom()
         self.bindings: dict[int, OnDatagram] = {}
         self.bindings_with_ttl: dict[int, OnDatagramWithTtl] = {}
@@ -130,5 +132,5 @@ class UdpLayer:
         self.responders.pop(port, None)
 
     def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int, *, ttl: int | None = None) -> None:
-        self.counters["udp.sent"] += 1
+        self.sent.count += 1
         self.transmit(src_port, dst_ip, dst_port, payload, ttl)

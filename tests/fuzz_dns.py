@@ -54,6 +54,7 @@ import dns.rdatatype
 import dns.rrset
 
 from netstack.checksum import ones_sum
+from netstack.counters import Counters
 from unikernel.config import AccessList
 from unikernel.process import compose, processor_of_process
 from unikernel.resolver.cache import Cache
@@ -138,7 +139,7 @@ class Clock:
 
 @dataclass
 class FuzzStack:
-    counters: Counter = field(default_factory=Counter)
+    counters: Counters = field(default_factory=Counters)
     clock: Clock = field(default_factory=Clock)
     tcp: None = None
     address: int = SERVER_IP

@@ -149,6 +149,8 @@ class DnsServer:
         self.kept_bytes = 0               # what the kept answers cost, by _kept_cost
         self.max_pending = max_pending
         self.counters = stack.counters
+        # counted on every hit: a plain integer (netstack.counters.Counters.tally)
+        self._fast_hits = stack.counters.tally("dns.fast.hit")
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
         # and max_kept_bytes), with what answered them; served by wire.patch_summed.
@@ -212,7 +214,7 @@ class DnsServer:
             key, name_end, client_size = parsed
             kept = self.kept_answers.get(key)
             if kept is not None and len(kept.answer) <= client_size:
-                self.counters["dns.fast.hit"] += 1
+                self._fast_hits.count += 1
                 state = kept.state
                 if state == _PROTECTED:
                     kept.state = _REFERENCED
