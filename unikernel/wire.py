@@ -33,6 +33,8 @@ slow path.
 """
 from __future__ import annotations
 
+import struct
+
 HEADER_SIZE = 12
 NO_EDNS, EDNS, EDNS_DO = 0, 1, 3
 # counts: QDCOUNT=1, ANCOUNT=0, NSCOUNT=0, then ARCOUNT 0 or 1
@@ -149,7 +151,12 @@ def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None, wi
     as asked; RA set or cleared when ``ra`` says (whether this client may
     recurse), else as kept; the answer's AD only if the query set AD or
     (``with_do``, the key's EDNS byte) DO, as RFC 6840 5.7 asks."""
-    return patch_summed(answer, 0, 1, query, name_end, ra, with_do)[0]
+    keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
+    flags = (answer[3] & keep) | (query[3] & _CD)
+    if ra is not None:
+        flags = flags | _RA if ra else flags & ~_RA & 0xFF
+    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
+            + answer[4:12] + query[12:name_end] + answer[name_end:])
 
 
 def payload_sum(payload: bytes) -> int:
@@ -161,9 +168,8 @@ def payload_sum(payload: bytes) -> int:
 
 
 def patch_sums(answer: bytes, name_end: int) -> tuple[int, int]:
-    """What every :func:`patch` of ``answer`` has in common, so a reply's
-    :func:`payload_sum` is :func:`patch_summed`'s few operations instead of a
-    pass over the reply: ``(base, weight)``, ``base`` the sum of ``answer``
+    """What every :func:`patch` of ``answer`` has in common for its
+    :func:`payload_sum`: ``(base, weight)``, ``base`` the sum of ``answer``
     with the bytes patch rewrites zeroed (ID and flags, the question's name),
     ``weight`` what the name's bytes, read as one integer, are multiplied by
     where they sit (256 when an odd number of bytes follows them in the
@@ -175,19 +181,44 @@ def patch_sums(answer: bytes, name_end: int) -> tuple[int, int]:
     return base, 256 if (size + odd - name_end) & 1 else 1
 
 
-def patch_summed(answer: bytes, base: int, weight: int, query: bytes, name_end: int,
-                 ra: bool | None = None, with_do: bool = False) -> tuple[bytes, int]:
-    """:func:`patch`, and the reply's :func:`payload_sum` from ``answer``'s
-    :func:`patch_sums` (``base`` and ``weight``): RFC 1624's update, only the
-    bytes rewritten are summed. One function, as it runs once a reply."""
-    keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
-    flags = (answer[3] & keep) | (query[3] & _CD)
+_ID_FLAGS = struct.Struct("!HH")
+
+
+class KeptAnswer:
+    """An answer kept for the fast path, cut where :func:`patch_kept`
+    rewrites it (no copy of it is kept whole), with the sums its patches
+    share (:func:`patch_sums`): with the question's name as first asked, and
+    without it."""
+
+    __slots__ = ("size", "rd_cleared", "flags_low", "tail", "name", "sum_named", "sum_unnamed", "name_weight")
+
+    def __init__(self, answer: bytes, name_end: int) -> None:
+        self.size = len(answer)
+        self.rd_cleared = answer[2] & ~_RD & 0xFF
+        self.flags_low = answer[3]
+        self.tail = answer[4:]
+        self.name = answer[HEADER_SIZE:name_end]
+        self.sum_unnamed, self.name_weight = patch_sums(answer, name_end)
+        self.sum_named = self.sum_unnamed + int.from_bytes(self.name, "big") * self.name_weight
+
+
+def patch_kept(kept: KeptAnswer, query: bytes, name_end: int, ra: bool | None = None) -> tuple[bytes, int]:
+    """:func:`patch` of a kept answer (without ``with_do``, as kept answers
+    are served), and the reply's :func:`payload_sum`: RFC 1624's update, only
+    the rewritten bytes summed; none but the ID and flags when the query
+    spells the name as the answer does (most do)."""
+    low = kept.flags_low & (_KEEP_AD if query[3] & _AD else _DROP_AD) | (query[3] & _CD)
     if ra is not None:
-        flags = flags | _RA if ra else flags & ~_RA & 0xFF
-    head = query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
+        low = low | _RA if ra else low & ~_RA & 0xFF
+    ident = query[0] << 8 | query[1]
+    flags = (kept.rd_cleared | (query[2] & _RD)) << 8 | low
+    head = _ID_FLAGS.pack(ident, flags)
+    if query.startswith(kept.name, HEADER_SIZE):
+        return head + kept.tail, kept.sum_named + ident + flags
     name = query[HEADER_SIZE:name_end]
-    return (head + answer[4:12] + name + answer[name_end:],
-            base + int.from_bytes(head, "big") + int.from_bytes(name, "big") * weight)
+    tail = kept.tail
+    return (head + tail[:8] + name + tail[name_end - 4:],
+            kept.sum_unnamed + ident + flags + int.from_bytes(name, "big") * kept.name_weight)
 
 
 def error_reply(query: bytes, rcode: int) -> bytes | None:

@@ -110,15 +110,15 @@ FastLookup = Callable[[bytes, int, float], "bytes | None"]
 _PROBATION, _PROTECTED, _REFERENCED = 0, 1, 2
 
 
-class _Kept:
-    """A kept answer: its bytes, what answered it, the sums its patches
-    share (wire.patch_sums), and its segment (and reference bit)."""
+class _Kept(wire.KeptAnswer):
+    """A kept answer (wire.KeptAnswer), what answered it, and its segment
+    (and reference bit)."""
 
-    __slots__ = ("answer", "source", "sum_base", "name_weight", "state")
+    __slots__ = ("source", "state")
 
     def __init__(self, answer: bytes, source: str, name_end: int) -> None:
-        self.answer, self.source = answer, source
-        self.sum_base, self.name_weight = wire.patch_sums(answer, name_end)
+        super().__init__(answer, name_end)
+        self.source = source
         self.state = _PROBATION
 
 
@@ -153,7 +153,7 @@ class DnsServer:
         self._fast_hits = stack.counters.tally("dns.fast.hit")
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
-        # and max_kept_bytes), with what answered them; served by wire.patch_summed.
+        # and max_kept_bytes), with what answered them; served by wire.patch_kept.
         # Their order of use is kept in the two SLRU segments, least recently used first.
         self.kept_answers: dict[bytes, _Kept] = {}
         self._probation: OrderedDict[bytes, None] = OrderedDict()
@@ -213,7 +213,7 @@ class DnsServer:
         if parsed is not None:
             key, name_end, client_size = parsed
             kept = self.kept_answers.get(key)
-            if kept is not None and len(kept.answer) <= client_size:
+            if kept is not None and kept.size <= client_size:
                 self._fast_hits.count += 1
                 state = kept.state
                 if state == _PROTECTED:
@@ -223,7 +223,7 @@ class DnsServer:
                 observe = self.observe
                 arrived = self.clock() if observe is not None else 0.0
                 ra = None if self.recursion_for is None else self.recursion_for(src_ip)
-                summed = wire.patch_summed(kept.answer, kept.sum_base, kept.name_weight, payload, name_end, ra)
+                summed = wire.patch_kept(kept, payload, name_end, ra)
                 if observe is not None:
                     reply = summed[0]
                     observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
@@ -334,17 +334,17 @@ class DnsServer:
         over its count or its bytes."""
         old = self.kept_answers.pop(key, None)
         if old is not None:
-            self.kept_bytes -= _kept_cost(key, old.answer)
+            self.kept_bytes -= _kept_cost(key, old.size)
             self._probation.pop(key, None)
             self._protected.pop(key, None)
-        cost = _kept_cost(key, answer)
+        cost = _kept_cost(key, len(answer))
         if cost > self.max_kept_bytes:
             return
         while self.kept_answers and (len(self.kept_answers) >= self.max_kept
                                      or self.kept_bytes + cost > self.max_kept_bytes):
             segment = self._probation or self._protected
             oldest, _ = segment.popitem(last=False)
-            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest).answer)
+            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest).size)
             self.counters["dns.static.evicted"] += 1
         # the question's name ends where the key's name does, 12 bytes in
         self.kept_answers[key] = _Kept(answer, source, wire.HEADER_SIZE + len(key) - 5)
@@ -511,8 +511,8 @@ def _key_of(query: dns.message.Message) -> bytes:
     return name + question.rdtype.to_bytes(2, "big") + question.rdclass.to_bytes(2, "big") + bytes((edns,))
 
 
-def _kept_cost(key: bytes, answer: bytes) -> int:
-    return len(key) + len(answer) + KEPT_OVERHEAD
+def _kept_cost(key: bytes, size: int) -> int:
+    return len(key) + size + KEPT_OVERHEAD
 
 
 def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
