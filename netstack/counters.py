@@ -2,12 +2,84 @@
 
 Every outcome and every drop reason increments one counter, so tests can pin
 which branch ran, and an operator can see why traffic disappeared.
+
+The few counters every answered packet moves (``udp.delivered``...) are
+tallies: plain integers (``tally.count += 1``, a fifth of a Counter update's
+cost, measured), which the mapping reads as counters like any other. A
+tallied name never lives in the dict itself, so every increment of it must
+go through its tally.
 """
 from collections import Counter
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from typing import Any
 
 
-class Counters(Counter):
-    """A Counter with a stable text dump; keys are dotted path names."""
+class Tally:
+    """One counter as a plain integer, for the hot path."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+
+
+class Counters(Counter[str]):
+    """A Counter with a stable text dump; keys are dotted path names. Reads
+    (``[]``, ``get``, iteration, ``items``, ``dump``...) see the tallies'
+    counts as counters (those still at zero are absent, as an untouched
+    counter is); writes are for names that are not tallied."""
+
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
+        self._tallies: dict[str, Tally] = {}
+        super().__init__(counts or {})
+
+    def tally(self, name: str) -> Tally:
+        """The plain-integer counter for ``name`` (the same one on every call),
+        starting from what the mapping held for it."""
+        tally = self._tallies.get(name)
+        if tally is None:
+            tally = self._tallies[name] = Tally(dict.pop(self, name, 0))
+        return tally
+
+    def __missing__(self, key: str) -> int:
+        tally = self._tallies.get(key)
+        return 0 if tally is None else tally.count
+
+    def _snapshot(self) -> Counter[str]:
+        """Every counter, tallies folded in, as a plain Counter."""
+        whole = Counter(dict(super().items()))
+        for name, tally in self._tallies.items():
+            if tally.count:
+                whole[name] = tally.count
+        return whole
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._snapshot().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._snapshot()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._snapshot())
+
+    def __len__(self) -> int:
+        return len(self._snapshot())
+
+    # views of a snapshot, not of the dict: what they show includes the tallies
+    def keys(self) -> KeysView[str]:              # type: ignore[override]
+        return self._snapshot().keys()
+
+    def values(self) -> ValuesView[int]:          # type: ignore[override]
+        return self._snapshot().values()
+
+    def items(self) -> ItemsView[str, int]:       # type: ignore[override]
+        return self._snapshot().items()
+
+    def copy(self) -> "Counters":
+        return Counters(self._snapshot())
+
+    def __repr__(self) -> str:
+        return f"Counters({dict(self._snapshot())!r})"
 
     def dump(self) -> str:
         return "\n".join(f"{k} {v}" for k, v in sorted(self.items()))

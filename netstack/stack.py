@@ -62,6 +62,8 @@ class Stack:
         self.mac = mac or getattr(link, "mac", None) or ethernet.stable_mac(self.address)
         self.rng = rng or random.SystemRandom()
         self.counters = Counters()
+        # counted on every datagram delivered: a plain integer (Counters.tally)
+        self._delivered = self.counters.tally("udp.delivered")
         self._clock = clock
         self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
@@ -162,12 +164,14 @@ class Stack:
         (dst_mac, src_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
-                or self._impossible_source(src) or self._spoofed_via_gateway(src_mac, src)
+                or self._impossible_source(src)
+                or (src_mac == self.arp.gateway_mac and self._spoofed_via_gateway(src_mac, src))
                 or length < udp.HEADER_LEN or total_len != length + 20 or total_len + 14 > len(frame)
                 or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
-        handler = self.udp.bindings.get(dst_port)
-        if handler is None:
+        responder = self.udp.responders.get(dst_port)
+        handler = self.udp.bindings.get(dst_port) if responder is None else None
+        if responder is None and handler is None:
             return False
         end = 14 + total_len
         if checksum:
@@ -176,8 +180,15 @@ class Stack:
                 body <<= 8
             if (body + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length) % 0xFFFF:
                 return False
-        self.counters["udp.delivered"] += 1
-        handler(frame[42:end], src, src_port, dst, dst_port)
+        self._delivered.count += 1
+        if handler is not None:
+            handler(frame[42:end], src, src_port, dst, dst_port)
+            return True
+        assert responder is not None
+        reply = responder(frame[42:end], src, src_port, dst, dst_port)
+        if reply is not None:
+            self.udp.sent.count += 1            # what udp.sendto counts, for the same datagram
+            self._transmit_udp(dst_port, src, src_port, reply[0], None, reply[1])
         return True
 
     # Keep the receive path flat: it runs once per frame.
@@ -216,7 +227,8 @@ class Stack:
         router may hold several on the LAN and has said so on the link, where
         an off-link sender cannot speak (the general path asks ARP about an
         address it does not know yet). Both receive paths ask it; the MAC is
-        compared first, as most datagrams are settled by that alone."""
+        compared first, as most datagrams are settled by that alone (the hot
+        path compares it before the call)."""
         if src_mac != self.arp.gateway_mac or src & self.netmask != self.network or src == self.gateway:
             return False
         entry = self.arp.cache.get(src)
@@ -317,14 +329,21 @@ class Stack:
 
     def _input_udp(self, hdr: ip4.Ipv4Header, segment: bytes) -> None:
         src_port, dst_port, data = udp.parse(segment, hdr.src, hdr.dst)
+        responder = self.udp.responders.get(dst_port)
+        if responder is not None:
+            self._delivered.count += 1
+            reply = responder(data, hdr.src, src_port, hdr.dst, dst_port)
+            if reply is not None:
+                self.udp.sendto(reply[0], dst_port, hdr.src, src_port)
+            return
         handler = self.udp.bindings.get(dst_port)
         if handler is not None:
-            self.counters["udp.delivered"] += 1
+            self._delivered.count += 1
             handler(data, hdr.src, src_port, hdr.dst, dst_port)
             return
         handler_with_ttl = self.udp.bindings_with_ttl.get(dst_port)
         if handler_with_ttl is not None:
-            self.counters["udp.delivered"] += 1
+            self._delivered.count += 1
             handler_with_ttl(data, hdr.src, src_port, hdr.dst, dst_port, hdr.ttl)
             return
         if hdr.dst != self.address:     # RFC 1122 3.2.2: no ICMP error about a multicast datagram
@@ -355,12 +374,14 @@ class Stack:
 
     # -- send path ---------------------------------------------------------------------
     def _transmit_udp(self, src_port: int, dst_ip: int, dst_port: int, payload: bytes,
-                      ttl: int | None = None) -> None:
+                      ttl: int | None = None, payload_sum: int | None = None) -> None:
         """Every reply passes here. A unicast datagram that fits the MTU, to a
         next hop whose MAC is known, leaves as one frame whose three headers
         are packed at once, both checksums summed from the field values (the
         same bytes as udp.build, ip4.header and send_ip's prefix; a test holds
-        them equal). Anything else takes send_ip (routes, fragments, ARP)."""
+        them equal), the payload's share from ``payload_sum`` when a responder
+        kept it (udp.Responder), else summed here. Anything else takes send_ip
+        (routes, fragments, ARP)."""
         address = self.address
         length = udp.HEADER_LEN + len(payload)
         total = length + ip4.MIN_HEADER_LEN
@@ -373,15 +394,17 @@ class Stack:
                     ident = self._ident = (self._ident + 1) & 0xFFFF
                     addresses = (address >> 16) + (address & 0xFFFF) + (dst_ip >> 16) + (dst_ip & 0xFFFF)
                     ip_sum = 0x4500 + total + ident + (ttl << 8 | ip4.PROTO_UDP) + addresses
-                    # the payload read as one integer is congruent to its words' sum (checksum.py)
-                    body = int.from_bytes(payload, "big")
-                    if length & 1:
-                        body <<= 8
-                    udp_sum = addresses + ip4.PROTO_UDP + length + src_port + dst_port + length + body
-                    self._send_frame(_UDP_FRAME_HEAD.pack(
-                        mac, self.mac, ethernet.TYPE_IPV4, 0x45, 0, total, ident, 0, ttl, ip4.PROTO_UDP,
-                        0xFFFF - ip_sum % 0xFFFF, address, dst_ip, src_port, dst_port, length,
-                        0xFFFF - udp_sum % 0xFFFF) + payload)
+                    if payload_sum is None:
+                        # the payload read as one integer is congruent to its words' sum (checksum.py)
+                        body = int.from_bytes(payload, "big")
+                        payload_sum = body << 8 if length & 1 else body
+                    udp_sum = addresses + ip4.PROTO_UDP + length + src_port + dst_port + length + payload_sum
+                    # _send_frame, inlined: every reply passes here
+                    if not self.link.send(_UDP_FRAME_HEAD.pack(
+                            mac, self.mac, ethernet.TYPE_IPV4, 0x45, 0, total, ident, 0, ttl, ip4.PROTO_UDP,
+                            0xFFFF - ip_sum % 0xFFFF, address, dst_ip, src_port, dst_port, length,
+                            0xFFFF - udp_sum % 0xFFFF) + payload):
+                        self.counters["link.tx.drop"] += 1
                     return
         self.send_ip(dst_ip, ip4.PROTO_UDP, udp.build(address, src_port, dst_ip, dst_port, payload),
                      ttl=ttl or ip4.DEFAULT_TTL)

@@ -17,6 +17,13 @@ OnDatagram = Callable[[bytes, int, int, int, int], None]
 # (payload, src_ip, src_port, dst_ip, dst_port, ip_ttl): for a protocol that
 # must see how far a datagram came (mDNS: TTL 255 means no router forwarded it)
 OnDatagramWithTtl = Callable[[bytes, int, int, int, int, int], None]
+# (payload, src_ip, src_port, dst_ip, dst_port) -> the reply to send back to
+# the datagram's source from the port it came to, as (reply payload, its sum),
+# or None for none (yet). The sum is any integer congruent, mod 0xFFFF, to the
+# ones'-complement sum of the payload's 16-bit words (an odd length padded with
+# a zero): a responder that memoises replies keeps what they have in common, so
+# the stack patches the UDP checksum (RFC 1624) instead of summing the payload.
+Responder = Callable[[bytes, int, int, int, int], "tuple[bytes, int] | None"]
 
 
 class UdpError(DropError):
@@ -60,20 +67,27 @@ class UdpLayer:
     same bytes packed with the lower headers at once).
 
     Ports bound with ``with_ttl`` live in their own table, so the stack's hot
-    path (which reads only `bindings`) leaves them to the general path, the
-    one that knows the IP header."""
+    path (which reads only `responders` and `bindings`) leaves them to the
+    general path, the one that knows the IP header.
+
+    A port bound with ``bind_responder`` hands its reply back instead of
+    calling ``sendto``: the stack then builds the reply frame at once from the
+    query's addresses, with the checksum patched from the responder's sum."""
 
     def __init__(self, local_ip: int, transmit: Transmit, counters: Counters,
                  rng: random.Random | None = None) -> None:
         self.local_ip = local_ip
         self.transmit = transmit
         self.counters = counters
+        # counted on every reply: a plain integer (Counters.tally)
+        self.sent = counters.tally("udp.sent")
         self.rng = rng or random.SystemRandom()
         self.bindings: dict[int, OnDatagram] = {}
         self.bindings_with_ttl: dict[int, OnDatagramWithTtl] = {}
+        self.responders: dict[int, Responder] = {}
 
     def _free(self, port: int) -> bool:
-        return port not in self.bindings and port not in self.bindings_with_ttl
+        return port not in self.bindings and port not in self.bindings_with_ttl and port not in self.responders
 
     def _check_free(self, port: int) -> None:
         if not 0 < port < 65536:
@@ -84,6 +98,10 @@ class UdpLayer:
     def bind(self, port: int, on_datagram: OnDatagram) -> None:
         self._check_free(port)
         self.bindings[port] = on_datagram
+
+    def bind_responder(self, port: int, responder: Responder) -> None:
+        self._check_free(port)
+        self.responders[port] = responder
 
     def bind_with_ttl(self, port: int, on_datagram: OnDatagramWithTtl) -> None:
         self._check_free(port)
@@ -111,7 +129,8 @@ class UdpLayer:
     def unbind(self, port: int) -> None:
         self.bindings.pop(port, None)
         self.bindings_with_ttl.pop(port, None)
+        self.responders.pop(port, None)
 
     def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int, *, ttl: int | None = None) -> None:
-        self.counters["udp.sent"] += 1
+        self.sent.count += 1
         self.transmit(src_port, dst_ip, dst_port, payload, ttl)

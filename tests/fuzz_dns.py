@@ -53,6 +53,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from netstack.checksum import ones_sum
+from netstack.counters import Counters
 from unikernel.config import AccessList
 from unikernel.process import compose, processor_of_process
 from unikernel.resolver.cache import Cache
@@ -93,6 +95,16 @@ class FuzzUdp:
     def bind(self, port, handler) -> None:
         self.bindings[port] = handler
 
+    def bind_responder(self, port, responder) -> None:
+        """A responder's reply is sent as the stack sends it, its sum held to its payload's."""
+        def deliver(payload, src_ip, src_port, dst_ip, dst_port):
+            reply = responder(payload, src_ip, src_port, dst_ip, dst_port)
+            if reply is not None:
+                if reply[1] % 0xFFFF != ones_sum(reply[0]):
+                    raise AssertionError("the responder's sum is not its payload's")
+                self.sendto(reply[0], port, src_ip, src_port)
+        self.bindings[port] = deliver
+
     def bind_ephemeral(self, handler) -> int:
         while True:
             port = self.rng.randint(1024, 65535)
@@ -127,7 +139,7 @@ class Clock:
 
 @dataclass
 class FuzzStack:
-    counters: Counter = field(default_factory=Counter)
+    counters: Counters = field(default_factory=Counters)
     clock: Clock = field(default_factory=Clock)
     tcp: None = None
     address: int = SERVER_IP
@@ -362,7 +374,7 @@ async def run(messages: int, seed: int = 1, tcp_share: float = 0.05) -> Counter:
             while port in by_port:                       # one message per source port in a batch
                 port = port + 1 if port < 65535 else 1024
             by_port[port] = (wire, ip)
-            server.on_datagram(wire, ip, port, SERVER_IP, 53)
+            udp.bindings[53](wire, ip, port, SERVER_IP, 53)
             findings["udp"] += 1
         await asyncio.sleep(0)
         while server.pending or server.forwarding or tcp_jobs:

@@ -1,9 +1,10 @@
 """A stand-in for netstack.Stack's UDP contract, for the DNS server's unit tests:
-``bind``/``unbind``/``sendto`` recorded, no frames."""
+``bind``/``bind_responder``/``unbind``/``sendto`` recorded, no frames."""
 from __future__ import annotations
 
 import asyncio
 
+from netstack.checksum import ones_sum
 from netstack.counters import Counters
 
 CLIENT_IP = 0xC0000201     # 192.0.2.1
@@ -19,6 +20,16 @@ class FakeUdp:
         if port in self.bindings:
             raise OSError("bound")
         self.bindings[port] = on_datagram
+
+    def bind_responder(self, port, responder):
+        """What the stack does with a responder's reply: sends it, once its
+        sum is held to the payload's (the stack patches the checksum with it)."""
+        def deliver(payload, src_ip, src_port, dst_ip, dst_port):
+            reply = responder(payload, src_ip, src_port, dst_ip, dst_port)
+            if reply is not None:
+                assert reply[1] % 0xFFFF == ones_sum(reply[0]), "the responder's sum is not its payload's"
+                self.sendto(reply[0], port, src_ip, src_port)
+        self.bind(port, deliver)
 
     def unbind(self, port):
         self.bindings.pop(port, None)

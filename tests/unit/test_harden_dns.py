@@ -16,6 +16,7 @@ import pytest
 from tests.unit import test_forwarder as tf
 from tests.unit.fake_stack import FakeStack, exchange
 from tests.unit.test_server import ZONE
+from unikernel import wire
 from unikernel.process import processor_of_process
 from unikernel.resolver.cache import Cache, on_chain
 from unikernel.resolver.stub import StubResolver
@@ -279,6 +280,35 @@ def test_a_flood_of_new_names_does_not_push_out_the_answers_asked_for():
     assert hits == 6                       # asked three times: two hits each
     assert after_flood == 3                # still on the fast path after 500 new names
     assert len(server.kept_answers) <= 40 and server.counters["dns.static.evicted"] >= 460
+
+
+def test_a_protected_answer_asked_for_again_survives_the_clock_hand():
+    """The protected segment is a CLOCK: a hit sets a reference bit; when a
+    promotion overfills the segment, the hand spares the referenced oldest
+    (its bit cleared) and demotes the first one that was not asked for since."""
+    names = [f"r{i}x.hard.example." for i in range(9)]
+
+    def key(name):
+        return wire.fast_key(dns.message.make_query(name, "A").to_wire())[0]
+
+    async def main():
+        stack, server = serve_zone(max_kept=10)            # protected holds 8
+        for name in names[:8]:
+            for _ in range(2):                              # kept, then a hit: protected
+                await exchange(stack, server, dns.message.make_query(name, "A").to_wire())
+        await exchange(stack, server, dns.message.make_query(names[0], "A").to_wire())   # its bit set
+        for _ in range(2):
+            await exchange(stack, server, dns.message.make_query(names[8], "A").to_wire())
+        server.close()
+        return server
+
+    server = asyncio.run(main())
+    assert server.max_protected == 8 and len(server._protected) == 8
+    assert key(names[0]) in server._protected               # referenced: a second chance
+    assert key(names[1]) in server._probation               # the oldest not asked for again
+    assert key(names[8]) in server._protected
+    assert list(server._protected)[-1] == key(names[0])    # to the young end, behind the promoted one
+    assert len(server.kept_answers) == len(server._probation) + len(server._protected) == 9
 
 
 # -- serve-stale: the failure recheck timer -----------------------------------------------

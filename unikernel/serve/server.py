@@ -17,11 +17,16 @@ Two paths for a UDP query:
   when TC is set (:func:`unikernel.serve.render.render`). A static answer rendered whole is kept
   for the hot path, bounded in count and bytes.
 
-Kept answers are a segmented LRU (SLRU): a new answer goes to the probation
-segment, one asked for again moves to the protected segment (at most
-PROTECTED_SHARE of the count), and room is made from probation's least
-recently used first. A flood of names asked once (a random-subdomain attack)
-thus only churns probation and never pushes out the answers clients use.
+Kept answers are a segmented LRU (SLRU) whose protected segment is a CLOCK:
+a new answer goes to the probation segment (first in, first out), one asked
+for again moves to the protected segment (at most PROTECTED_SHARE of the
+count), and room is made from probation's oldest first. A hit on a protected
+answer only sets its reference bit (one store, where an LRU would move it);
+when protected is over its share, the hand goes round from its oldest: an
+answer referenced since the hand last passed gets a second chance (bit
+cleared, back to the young end), the first one not referenced falls back to
+probation. A flood of names asked once (a random-subdomain attack) thus only
+churns probation and never pushes out the answers clients use.
 
 RA says whether recursion is available to the client (RFC 1035 4.1.1): with
 ``recursion_for`` (main hands in the forwarder's access list) it is set on
@@ -101,6 +106,20 @@ MAX_FORWARDED = 1024              # and those waiting on the forwarder; beyond, 
 BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
 
 FastLookup = Callable[[bytes, int, float], "bytes | None"]
+# where a kept answer is: probation, or protected with its reference bit clear or set
+_PROBATION, _PROTECTED, _REFERENCED = 0, 1, 2
+
+
+class _Kept(wire.KeptAnswer):
+    """A kept answer (wire.KeptAnswer), what answered it, and its segment
+    (and reference bit)."""
+
+    __slots__ = ("source", "state")
+
+    def __init__(self, answer: bytes, source: str, name_end: int) -> None:
+        super().__init__(answer, name_end)
+        self.source = source
+        self.state = _PROBATION
 
 
 
@@ -130,11 +149,13 @@ class DnsServer:
         self.kept_bytes = 0               # what the kept answers cost, by _kept_cost
         self.max_pending = max_pending
         self.counters = stack.counters
+        # counted on every hit: a plain integer (netstack.counters.Counters.tally)
+        self._fast_hits = stack.counters.tally("dns.fast.hit")
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
-        # and max_kept_bytes), with what answered them; served by wire.patch.
+        # and max_kept_bytes), with what answered them; served by wire.patch_kept.
         # Their order of use is kept in the two SLRU segments, least recently used first.
-        self.kept_answers: dict[bytes, tuple[bytes, str]] = {}
+        self.kept_answers: dict[bytes, _Kept] = {}
         self._probation: OrderedDict[bytes, None] = OrderedDict()
         self._protected: OrderedDict[bytes, None] = OrderedDict()
         self.max_protected = max(1, int(max_kept * PROTECTED_SHARE))
@@ -161,7 +182,7 @@ class DnsServer:
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.stack.udp.bind(self.port, self.on_datagram)
+        self.stack.udp.bind_responder(self.port, self.answer_datagram)
 
     def forget_kept_answers(self) -> None:
         """Drops every kept answer (the zones behind them changed)."""
@@ -180,29 +201,39 @@ class DnsServer:
             task.cancel()
 
     # -- the hot path -----------------------------------------------------------
-    def on_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int, dst_port: int) -> None:
+    def answer_datagram(self, payload: bytes, src_ip: int, src_port: int, dst_ip: int,
+                        dst_port: int) -> tuple[bytes, int] | None:
+        """The port's responder (netstack.udp.Responder): the reply to send at
+        once, with its payload sum, or None (dropped, or left to the slow
+        path, which sends its reply itself)."""
         if src_port in BAD_SOURCE_PORTS:
             self.counters["dns.bad_source_port.drop"] += 1
-            return
+            return None
         parsed = wire.fast_key(payload)
         if parsed is not None:
             key, name_end, client_size = parsed
             kept = self.kept_answers.get(key)
-            if kept is not None and len(kept[0]) <= client_size:
-                self.counters["dns.fast.hit"] += 1
-                if key in self._protected:
-                    self._protected.move_to_end(key)
-                else:
-                    self._promote(key)
+            if kept is not None and kept.size <= client_size:
+                self._fast_hits.count += 1
+                state = kept.state
+                if state == _PROTECTED:
+                    kept.state = _REFERENCED
+                elif state == _PROBATION:
+                    self._promote(key, kept)
                 observe = self.observe
                 arrived = self.clock() if observe is not None else 0.0
                 ra = None if self.recursion_for is None else self.recursion_for(src_ip)
-                reply = wire.patch(kept[0], payload, name_end, ra)
-                self._send(reply, src_ip, src_port)
+                summed = wire.patch_kept(kept, payload, name_end, ra)
                 if observe is not None:
-                    observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F, kept[1],
-                            self.clock() - arrived)
-                return
+                    reply = summed[0]
+                    observe(arrived, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
+                            kept.source, self.clock() - arrived)
+                if self.rrl is None:
+                    return summed
+                limited = self._rate_limited(summed[0], src_ip)
+                if limited is None:
+                    return None
+                return summed if limited is summed[0] else (limited, wire.payload_sum(limited))   # or slipped
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
                 now = self.clock()
@@ -216,19 +247,21 @@ class DnsServer:
                     if answer is not None and len(answer) <= limit:
                         self.counters["dns.fast.lookup_hit"] += 1
                         reply = wire.patch(answer, payload, name_end, with_do=key[-1] == wire.EDNS_DO)
-                        self._send(reply, src_ip, src_port)
                         if self.observe is not None:
                             # the one fast lookup main hands over is the cache's
                             self.observe(now, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
                                          "cache", self.clock() - now)
-                        return
+                        limited = self._rate_limited(reply, src_ip)
+                        # summed here: the cache keeps no sums (its answers' TTLs change)
+                        return None if limited is None else (limited, wire.payload_sum(limited))
         self.counters["dns.fast.miss"] += 1
         if len(self.pending) >= self.max_pending:
             self.counters["dns.slow.overload.drop"] += 1
-            return
+            return None
         task = self._loop.create_task(self._udp_slow(payload, src_ip, src_port, dst_ip, dst_port, self.clock()))
         self.pending.add(task)
         task.add_done_callback(self._finished)
+        return None
 
     def _finished(self, task: asyncio.Task) -> None:
         self.pending.discard(task)
@@ -252,50 +285,69 @@ class DnsServer:
         self._send(reply, src_ip, src_port)
 
     def _send(self, reply: bytes, src_ip: int, src_port: int) -> None:
-        """Sends a UDP reply, or what RRL lets go to ``src_ip``: its
-        truncated empty form, or nothing."""
+        """Sends a slow-path UDP reply, or what RRL lets go to ``src_ip``."""
+        limited = self._rate_limited(reply, src_ip)
+        if limited is not None:
+            self._sendto(limited, self.port, src_ip, src_port)
+
+    def _rate_limited(self, reply: bytes, src_ip: int) -> bytes | None:
+        """What RRL lets go to ``src_ip``: the reply, its truncated empty
+        form, or nothing."""
         if self.rrl is not None:
             verdict = self.rrl.verdict(src_ip, self.clock())
             if verdict == rrl_mod.DROP:
-                return
+                return None
             if verdict == rrl_mod.SLIP:
-                slipped = rrl_mod.truncated_empty(reply)
-                if slipped is None:
-                    return
-                reply = slipped
-        self._sendto(reply, self.port, src_ip, src_port)
+                return rrl_mod.truncated_empty(reply)
+        return reply
 
-    def _promote(self, key: bytes) -> None:
+    def _promote(self, key: bytes, kept: _Kept) -> None:
         """A first hit: the answer moves from probation to the young end of
-        the protected segment (hits on protected answers move them there in
-        on_datagram); protected's least recently used falls back to probation
-        when the segment is full."""
-        protected = self._protected
+        the protected segment; when that is over its share, the hand makes
+        room (_demote)."""
         self._probation.pop(key, None)
-        protected[key] = None
-        if len(protected) > self.max_protected:
-            demoted, _ = protected.popitem(last=False)
-            self._probation[demoted] = None
+        self._protected[key] = None
+        kept.state = _PROTECTED
+        if len(self._protected) > self.max_protected:
+            self._demote()
+
+    def _demote(self) -> None:
+        """The CLOCK's hand: from protected's oldest, referenced answers get
+        their bit cleared and go to the young end; the first one not
+        referenced falls back to probation. Ends within one turn, as every
+        bit it passes is cleared."""
+        protected, kept_answers = self._protected, self.kept_answers
+        while True:
+            key, _ = protected.popitem(last=False)
+            kept = kept_answers[key]
+            if kept.state == _REFERENCED:
+                kept.state = _PROTECTED
+                protected[key] = None
+            else:
+                kept.state = _PROBATION
+                self._probation[key] = None
+                return
 
     def _keep(self, key: bytes, answer: bytes, source: str) -> None:
-        """Keeps a static answer (and what answered it) in probation, making room from probation's
-        least recently used (then protected's) while the table is over its
-        count or its bytes."""
+        """Keeps a static answer (and what answered it) in probation, making
+        room from probation's oldest (then protected's) while the table is
+        over its count or its bytes."""
         old = self.kept_answers.pop(key, None)
         if old is not None:
-            self.kept_bytes -= _kept_cost(key, old[0])
+            self.kept_bytes -= _kept_cost(key, old.size)
             self._probation.pop(key, None)
             self._protected.pop(key, None)
-        cost = _kept_cost(key, answer)
+        cost = _kept_cost(key, len(answer))
         if cost > self.max_kept_bytes:
             return
         while self.kept_answers and (len(self.kept_answers) >= self.max_kept
                                      or self.kept_bytes + cost > self.max_kept_bytes):
             segment = self._probation or self._protected
             oldest, _ = segment.popitem(last=False)
-            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest)[0])
+            self.kept_bytes -= _kept_cost(oldest, self.kept_answers.pop(oldest).size)
             self.counters["dns.static.evicted"] += 1
-        self.kept_answers[key] = (answer, source)
+        # the question's name ends where the key's name does, 12 bytes in
+        self.kept_answers[key] = _Kept(answer, source, wire.HEADER_SIZE + len(key) - 5)
         self._probation[key] = None
         self.kept_bytes += cost
         self.counters["dns.static.stored"] += 1
@@ -459,8 +511,8 @@ def _key_of(query: dns.message.Message) -> bytes:
     return name + question.rdtype.to_bytes(2, "big") + question.rdclass.to_bytes(2, "big") + bytes((edns,))
 
 
-def _kept_cost(key: bytes, answer: bytes) -> int:
-    return len(key) + len(answer) + KEPT_OVERHEAD
+def _kept_cost(key: bytes, size: int) -> int:
+    return len(key) + size + KEPT_OVERHEAD
 
 
 def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
