@@ -24,6 +24,8 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
+from netstack.counters import Counters
+from tests.unit.fake_stack import FakeUdp
 from unikernel.process import processor_of_process
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import Forwarder
@@ -36,20 +38,18 @@ UPSTREAM = (0xC0000201, 53)     # 192.0.2.1
 MISSES = 300                    # above dnsperf's 64 in flight, below every default bound (1024)
 
 
-class Udp:
-    """The stack's UDP contract for the server (bind) and the stub resolver
+class Udp(FakeUdp):
+    """The stack's UDP contract for the server (bind_responder, as
+    tests/unit/fake_stack.py holds it) and the stub resolver
     (bind_ephemeral): datagrams to the upstream go to it, the rest are the
     server's replies to clients, kept."""
 
     def __init__(self, stack):
+        super().__init__()
         self.stack = stack
-        self.bindings = {}
         self.replies: dict[int, bytes] = {}         # client port -> reply
         self.before_release: set[int] = set()       # client ports answered before the upstream answered any
         self.rng = random.Random(5)
-
-    def bind(self, port, handler):
-        self.bindings[port] = handler
 
     def bind_ephemeral(self, handler):
         while True:
@@ -57,9 +57,6 @@ class Udp:
             if port not in self.bindings:
                 self.bindings[port] = handler
                 return port
-
-    def unbind(self, port):
-        self.bindings.pop(port, None)
 
     def sendto(self, payload, src_port, dst_ip, dst_port):
         if (dst_ip, dst_port) == UPSTREAM:
@@ -78,7 +75,7 @@ class Udp:
 
 class Stack:
     def __init__(self, release_at: int):
-        self.counters = Counter()
+        self.counters = Counters()
         self.udp = Udp(self)
         self.tcp = None
         self.upstream = HoldingUpstream(self, release_at)
