@@ -5,19 +5,23 @@ For each size, in one network namespace (removed afterwards), the appliance
 (on a tap) and NSD (on the namespace's loopback) start on the same generated
 zone (bench/auth.py's: ``names`` hosts, A for each, AAAA and TXT for every
 third, MX for every tenth); printed per server: the load time (start to the
-first answer), the resident memory (the Pss of its processes) after a pass through the query file, and
-the median QPS of the rounds on the authoritative mix (hits, NXDOMAIN,
-NODATA). Verdicts: at the largest size, the appliance's RSS at most 3x NSD's
-and under 512 MB (what a 512 MB VM leaves it is less still).
+first answer) and the CPU seconds its processes had used by then (the
+steadier figure on a shared machine), the resident memory (the Pss of its processes) after a pass through the query file, the
+peak resident memory of its main process (VmHWM: what loading the zone
+needed at its height), and the median QPS of the rounds on the authoritative
+mix (hits, NXDOMAIN, NODATA). Verdicts: at the largest size, the appliance's
+Pss at most 3x NSD's, and its Pss and its peak under 512 MB (what a 512 MB
+VM leaves it is less still).
 
     .venv/bin/python -m bench zones [--sizes 3000,100000] [--long]
 
-``--long`` adds the million-name zone (minutes of loading, GBs today).
+``--long`` adds the million-name zone (minutes of loading: dnspython reads the file).
 """
 from __future__ import annotations
 
 import argparse
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,18 @@ import time
 from pathlib import Path
 
 from bench.auth import APPLIANCE, HOST_SIDE, ORIGIN, nsd_config, write_queries, write_zone
-from bench.common import ROOT, BenchError, appliance_command, dnsperf, kill, median, rss_bytes, verdict, wait_for_answer
+from bench.common import (
+    ROOT,
+    BenchError,
+    appliance_command,
+    cpu_seconds,
+    dnsperf,
+    kill,
+    median,
+    rss_bytes,
+    verdict,
+    wait_for_answer,
+)
 
 SIZES = (3000, 100_000)
 LONG_SIZES = (3000, 100_000, 1_000_000)
@@ -34,16 +49,26 @@ VM_BYTES = 512 * 1024 * 1024
 LOAD_TIMEOUT = 1800
 
 
+def _peak_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM), 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(m.group(1)) * 1024 if m else 0
+
+
 def _measure(ns, label: str, proc: subprocess.Popen, address: str, started: float, queries: Path,
              seconds: float, rounds: int) -> dict:
     wait_for_answer(ns, address, f"host1.{ORIGIN}", timeout=LOAD_TIMEOUT, proc=proc)
-    loaded = time.monotonic() - started
+    loaded, load_cpu = time.monotonic() - started, cpu_seconds(proc.pid)
     dnsperf(ns, address, queries, passes=1)                 # warm-up (fills the fast path)
-    rss = rss_bytes(proc.pid)
+    rss, peak = rss_bytes(proc.pid), _peak_bytes(proc.pid)
     qps = median(dnsperf(ns, address, queries, seconds=seconds)[0].qps for _ in range(rounds))
     if proc.poll() is not None:
         raise BenchError(f"{label} died")
-    return {"load_s": loaded, "rss": rss, "qps": qps}
+    return {"load_s": loaded, "load_cpu": load_cpu, "rss": rss, "peak": peak, "qps": qps}
 
 
 def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out=sys.stdout) -> bool:
@@ -51,7 +76,8 @@ def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out
     from tests.netns import Namespace
 
     met = True
-    print(f"{'names':>9} {'server':<10} {'load s':>8} {'Pss MB':>8} {'QPS':>9}   ratios appliance/NSD", file=out)
+    print(f"{'names':>9} {'server':<10} {'load s':>8} {'CPU s':>8} {'Pss MB':>8} {'peak MB':>8} {'QPS':>9}"
+          "   ratios appliance/NSD", file=out)
     with tempfile.TemporaryDirectory(prefix="zonebench") as tmp, Namespace("zonebench") as ns:
         ns.add_tap("tap0", HOST_SIDE)
         for size in sizes:
@@ -80,14 +106,15 @@ def run(sizes: tuple[int, ...] = SIZES, seconds: float = 3, rounds: int = 3, out
             ours, theirs = rows["appliance"], rows["nsd"]
             for name, row in rows.items():
                 ratios = "" if name == "nsd" else (
-                    f"   load {ours['load_s'] / theirs['load_s']:.1f}x, Pss {ours['rss'] / theirs['rss']:.1f}x, "
+                    f"   load {ours['load_s'] / theirs['load_s']:.1f}x, CPU {ours['load_cpu'] / theirs['load_cpu']:.1f}x, Pss {ours['rss'] / theirs['rss']:.1f}x, "
                     f"QPS {ours['qps'] / theirs['qps']:.2f}x")
-                print(f"{size:>9} {name:<10} {row['load_s']:>8.2f} {row['rss'] / 2**20:>8.1f} {row['qps']:>9.0f}"
-                      f"{ratios}", file=out, flush=True)
+                print(f"{size:>9} {name:<10} {row['load_s']:>8.2f} {row['load_cpu']:>8.2f} {row['rss'] / 2**20:>8.1f} "
+                      f"{row['peak'] / 2**20:>8.1f} {row['qps']:>9.0f}{ratios}", file=out, flush=True)
             if size == sizes[-1]:
                 for line, ok in (verdict(f"Pss / NSD at {size} names", ours["rss"] / theirs["rss"],
                                          at_most=MAX_RSS_RATIO),
-                                 verdict(f"Pss / 512 MB at {size} names", ours["rss"] / VM_BYTES, at_most=1.0)):
+                                 verdict(f"Pss / 512 MB at {size} names", ours["rss"] / VM_BYTES, at_most=1.0),
+                                 verdict(f"peak / 512 MB at {size} names", ours["peak"] / VM_BYTES, at_most=1.0)):
                     print(line, file=out, flush=True)
                     met = met and ok
     return met

@@ -248,7 +248,7 @@ def test_cache_rendered_variants_count_against_the_budget():
             assert lookup(key + bytes((flags,)), 1, 0.0) is not None
     assert cache.size <= cache.max_bytes
     assert cache.size == sum(e.cost for e in cache._entries.values())
-    held = sum(len(e.rendered) for e in cache._entries.values())
+    held = sum(r is not None for e in cache._entries.values() for r in e.rendered)
     assert 0 < len(cache) < 30 and held <= 2 * len(cache)
 
 

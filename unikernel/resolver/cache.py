@@ -13,8 +13,8 @@ What is kept (RFC 2308, RFC 8767, RFC 9520):
   upstream answers.
 
 At most ``max_entries`` entries and ``max_bytes`` of memory (an estimate:
-the answer's wire size, times what dnspython's parsed form costs, plus each
-rendered fast-path variant); the least recently used goes first. A large
+a fixed part, the answer's wire form, and each rendered fast-path variant);
+the least recently used goes first. A large
 answer (over TCP an upstream may give 64 KB) thus takes the room of many small
 ones, so a client asking for big answers cannot fill the appliance's memory.
 
@@ -35,6 +35,14 @@ its answer rendered once per EDNS variant, with the offsets of its TTL fields,
 so a hit costs a dict lookup and, once a second, a few ``pack_into`` calls.
 Answers with and without DO are different entries (DO changes what an
 upstream sends); with and without OPT share one entry.
+
+Compact entries. Once stored, an entry keeps its records only as that wire
+form (the answer without OPT, TTLs as stored: also the fast path's template
+for queries without EDNS) and its question as the key's bytes; dnspython's
+RRsets are parsed again from it on the rare slow-path uses (a stale answer,
+a copy without DNSSEC records, an EDNS variant rendered the first time).
+dnspython's objects cost several times the wire's size, so a cache of
+100,000 answers kept them as most of its memory.
 """
 from __future__ import annotations
 
@@ -42,7 +50,7 @@ import collections
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.edns
 import dns.flags
@@ -59,15 +67,15 @@ KIND_SERVFAIL = "servfail"
 SECURITY_SECURE, SECURITY_INSECURE, SECURITY_BOGUS, SECURITY_UNCHECKED = "secure", "insecure", "bogus", "unchecked"
 OUR_PAYLOAD = 1232             # the EDNS payload size our answers advertise
 MAX_BYTES = 32 * 1024 * 1024   # the cache's memory budget (see _cost)
-# What an entry costs: a fixed part plus twice its wire size for the parsed
-# records, and twice the length of each rendered variant (template and its
-# counted-down copy). Measured with tracemalloc, this overestimates by up to a
-# quarter: a long-named NXDOMAIN really takes about 4.3 KB, a 30 KB TXT
-# answer about 97 KB.
-ENTRY_OVERHEAD = 2048
-PARSED_FACTOR = 2
+# What an entry costs: a fixed part (the entry, its key, its place in the
+# table, the variants' bookkeeping), its wire form and twice the length of
+# each rendered variant (template and its counted-down copy). Measured with
+# tracemalloc over 20,000 cached A answers, each asked once with EDNS: 767
+# bytes an entry, charged 950.
+ENTRY_OVERHEAD = 768
 
 _TTL = struct.Struct("!I")
+_TTL_FIELD = struct.Struct("!HI")
 # CNAME targets followed in an upstream's answer: more than any resolver
 # follows itself (Unbound restarts a query at most 11 times, BIND 11 too)
 MAX_CHAIN = 16
@@ -90,35 +98,99 @@ def entry_key(qkey: bytes, do: bool, cd: bool = False) -> bytes:
 class _Rendered:
     """One EDNS variant of an entry, as bytes, with where its TTLs are."""
     template: bytes
-    ttl_fields: tuple[tuple[int, int], ...]      # (offset, ttl as stored)
+    ttl_fields: bytes          # (offset, ttl as stored) packed as _TTL_FIELD, one a record
     memo_elapsed: int = 0
     memo_wire: bytes = b""
 
 
-@dataclass(slots=True)
 class Entry:
-    kind: str
-    rcode: int
-    answer: list[dns.rrset.RRset]
-    authority: list[dns.rrset.RRset]
-    additional: list[dns.rrset.RRset]
-    stored_at: float
-    ttl: int
-    question: tuple[dns.name.Name, int, int]
-    do: bool
-    rendered: dict[int, _Rendered] = field(default_factory=dict)
-    cost: int = 0                                # bytes charged to the cache's budget
-    refresh_failed_at: float | None = None       # serve-stale: when a refresh last got nothing
-    # DNSSEC: "secure" (answered with AD), "insecure", "bogus" (a SERVFAIL
-    # with ``ede``, an RFC 8914 (code, text)), "unchecked" (not validated:
-    # validation off, or relayed for CD, then ``cd`` is set)
-    security: str = SECURITY_UNCHECKED
-    ede: tuple[int, str] | None = None
-    cd: bool = False
+    """One answer. Made with dnspython's RRsets (the forwarder may still
+    change them); :meth:`compact` turns them into ``wire``, after which the
+    sections are parsed from it on each read."""
+
+    __slots__ = ("kind", "rcode", "_sections", "wire", "stored_at", "ttl", "key", "rendered", "cost",
+                 "refresh_failed_at", "security", "ede")
+
+    def __init__(self, kind: str, rcode: int, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset],
+                 additional: list[dns.rrset.RRset], stored_at: float, ttl: int,
+                 question: tuple[dns.name.Name, int, int], do: bool, *, security: str = SECURITY_UNCHECKED,
+                 ede: tuple[int, str] | None = None, cd: bool = False) -> None:
+        self.kind = kind
+        self.rcode = rcode
+        self._sections: tuple[list[dns.rrset.RRset], ...] | None = (answer, authority, additional)
+        self.wire: bytes | None = None          # once compact: the answer without OPT (see _render)
+        self.stored_at = stored_at
+        self.ttl = ttl
+        # where the entry lives (entry_key): the same bytes are the table's key
+        self.key = entry_key(question_key(*question), do, cd)
+        # the fast path's variants, by the key's EDNS byte (0, 1 or 3)
+        self.rendered: list[_Rendered | None] = [None, None, None, None]
+        self.cost = 0                           # bytes charged to the cache's budget
+        self.refresh_failed_at: float | None = None   # serve-stale: when a refresh last got nothing
+        # DNSSEC: "secure" (answered with AD), "insecure", "bogus" (a SERVFAIL
+        # with ``ede``, an RFC 8914 (code, text)), "unchecked" (not validated:
+        # validation off, or relayed for CD, then ``cd`` is set)
+        self.security = security
+        self.ede = ede
 
     @property
-    def key(self) -> bytes:
-        return entry_key(question_key(*self.question), self.do, self.cd)
+    def question(self) -> tuple[dns.name.Name, int, int]:
+        qname, used = dns.name.from_wire(self.key, 0)
+        rdtype, rdclass = struct.unpack_from("!HH", self.key, used)
+        return qname, rdtype, rdclass
+
+    @property
+    def do(self) -> bool:
+        return bool(self.key[-1] & 2)
+
+    @property
+    def cd(self) -> bool:
+        return bool(self.key[-1] & 4)
+
+    @cd.setter
+    def cd(self, cd: bool) -> None:
+        self.key = entry_key(self.key[:-1], self.do, cd)
+
+    def sections(self) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+        """Answer, authority and additional: parsed again from the wire once compact."""
+        if self._sections is not None:
+            answer, authority, additional = self._sections
+        else:
+            assert self.wire is not None
+            answer, authority, additional = dns.message.from_wire(self.wire).sections[1:]
+        return answer, authority, additional
+
+    def _set_section(self, index: int, rrsets: list[dns.rrset.RRset]) -> None:
+        """Changes a section (the forwarder's, before it stores the entry):
+        the entry is made of RRsets again, its renderings forgotten."""
+        sections = list(self.sections())
+        sections[index] = rrsets
+        self._sections, self.wire = tuple(sections), None
+        self.rendered = [None, None, None, None]
+
+    answer = property(lambda self: self.sections()[0], lambda self, rrsets: self._set_section(0, rrsets))
+    authority = property(lambda self: self.sections()[1], lambda self, rrsets: self._set_section(1, rrsets))
+    additional = property(lambda self: self.sections()[2], lambda self, rrsets: self._set_section(2, rrsets))
+
+    def compact(self) -> bool:
+        """Renders the records into ``wire`` and drops the RRsets; False when
+        they cannot be rendered (then the entry keeps them and is not stored)."""
+        if self.wire is not None:
+            return True
+        qname, rdtype, rdclass = self.question
+        message = dns.message.Message(id=0)
+        message.flags = dns.flags.QR | dns.flags.RA
+        if self.security == SECURITY_SECURE:
+            message.flags |= dns.flags.AD      # the server's patch keeps it for queries with AD or DO only
+        message.set_rcode(self.rcode)
+        message.question = [dns.rrset.RRset(qname, rdclass, rdtype)]
+        message.answer, message.authority, message.additional = (list(s) for s in self.sections())
+        try:
+            self.wire = message.to_wire()
+        except Exception:  # noqa: BLE001 - dnspython raises several kinds for what does not fit
+            return False
+        self._sections = None
+        return True
 
     @property
     def expires_at(self) -> float:
@@ -210,6 +282,9 @@ class Cache:
                 and self.serve_stale and self._stale_usable(old, entry.stored_at)):
             self.counters["cache.store.servfail_kept_stale"] += 1
             return False
+        if not entry.compact():
+            self.counters["cache.store.unrenderable"] += 1     # answered, never kept
+            return False
         entry.cost = _cost(entry)
         if entry.cost > self.max_bytes // 4:
             self.counters["cache.store.too_big"] += 1     # answered, never kept
@@ -263,7 +338,7 @@ class Cache:
         """Drops every entry for a name at or below one of ``names`` (zones
         that now answer those names themselves); returns how many."""
         apexes = [name.canonicalize() for name in names]
-        shadowed = [key for key, entry in self._entries.items()
+        shadowed = [key for key, entry in self._entries.items()     # the names parsed: a reload's work
                     if any(entry.question[0].is_subdomain(apex) for apex in apexes)]
         for key in shadowed:
             self._remove(key)
@@ -287,9 +362,10 @@ class Cache:
         def aged(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
             return with_ttl(rrset, self.stale_ttl if stale else max(rrset.ttl - elapsed, 0))
 
-        response.answer = [aged(r) for r in entry.answer]
-        response.authority = [aged(r) for r in entry.authority]
-        response.additional = [aged(r) for r in entry.additional]
+        answer, authority, additional = entry.sections()
+        response.answer = [aged(r) for r in answer]
+        response.authority = [aged(r) for r in authority]
+        response.additional = [aged(r) for r in additional]
         # RFC 6840 5.7: AD for a validated answer when the client set DO or AD
         if entry.security == SECURITY_SECURE and (query.flags & dns.flags.AD or
                                                   (query.edns >= 0 and query.ednsflags & dns.flags.DO)):
@@ -321,7 +397,7 @@ class Cache:
             elapsed = int(now - entry.stored_at)
             if elapsed >= entry.ttl:
                 return None            # expired: the slow path refreshes it (or serves it stale)
-            rendered = entry.rendered.get(flags)
+            rendered = entry.rendered[flags]
             if rendered is None:
                 rendered = self._render(entry, flags)
                 if rendered is None:
@@ -332,7 +408,7 @@ class Cache:
                 return rendered.template
             if rendered.memo_elapsed != elapsed:
                 buf = bytearray(rendered.template)
-                for offset, ttl in rendered.ttl_fields:
+                for offset, ttl in _TTL_FIELD.iter_unpack(rendered.ttl_fields):
                     _TTL.pack_into(buf, offset, ttl - elapsed if ttl > elapsed else 0)
                 rendered.memo_wire = bytes(buf)
                 rendered.memo_elapsed = elapsed
@@ -342,28 +418,27 @@ class Cache:
 
     def _render(self, entry: Entry, flags: int) -> _Rendered | None:
         """The entry as an answer wire for one EDNS variant (ID 0, RD clear,
-        RA set, question lowercase), and where its TTL fields sit."""
-        qname, rdtype, rdclass = entry.question
-        message = dns.message.Message(id=0)
-        message.flags = dns.flags.QR | dns.flags.RA
-        message.set_rcode(entry.rcode)
-        message.question = [dns.rrset.RRset(qname, rdclass, rdtype)]
-        message.answer = list(entry.answer)
-        message.authority = list(entry.authority)
-        message.additional = list(entry.additional)
-        if entry.security == SECURITY_SECURE:
-            message.flags |= dns.flags.AD      # the server's patch keeps it for queries with AD or DO only
-        if flags:
-            options = [_ede(entry.ede)] if entry.ede is not None else []
-            message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD, options=options)
-        try:
-            wire = message.to_wire()
-        except Exception:  # noqa: BLE001 - an entry that cannot be rendered is just not served fast
+        RA set, question lowercase), and where its TTL fields sit. Without
+        EDNS that is the entry's own wire; with it, the wire parsed again and
+        rendered with an OPT."""
+        if not entry.compact():
             self.counters["cache.render.failed"] += 1
             return None
-        rendered = _Rendered(wire, tuple(ttl_fields(wire)))
+        assert entry.wire is not None
+        wire = entry.wire
+        grown = len(wire)                      # its counted-down copy
+        if flags:
+            message = dns.message.from_wire(wire)
+            options = [_ede(entry.ede)] if entry.ede is not None else []
+            message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD, options=options)
+            try:
+                wire = message.to_wire()
+            except Exception:  # noqa: BLE001 - an entry that cannot be rendered is just not served fast
+                self.counters["cache.render.failed"] += 1
+                return None
+            grown = 2 * len(wire)              # the template, and its counted-down copy
+        rendered = _Rendered(wire, b"".join(_TTL_FIELD.pack(*field) for field in ttl_fields(wire)))
         entry.rendered[flags] = rendered
-        grown = 2 * len(wire)                  # the template, and its counted-down copy
         entry.cost += grown
         key = entry.key
         if self._entries.get(key) is entry:
@@ -434,13 +509,13 @@ def _has_data(answer: list[dns.rrset.RRset], rdtype: int) -> bool:
 
 
 def _cost(entry: Entry) -> int:
-    """What an entry is charged against the cache's byte budget."""
-    wire = 0
-    for rrset in (*entry.answer, *entry.authority, *entry.additional):
-        owner = len(rrset.name.to_wire())
-        for rdata in rrset:
-            wire += owner + 10 + len(rdata.to_digestable())
-    return ENTRY_OVERHEAD + PARSED_FACTOR * wire + sum(2 * len(r.template) for r in entry.rendered.values())
+    """What a compact entry is charged against the cache's byte budget: its
+    wire, and for each variant its counted-down copy and, unless the variant
+    is the wire itself, its template."""
+    assert entry.wire is not None
+    variants = sum(len(r.template) if r.template is entry.wire else 2 * len(r.template)
+                   for r in entry.rendered if r is not None)
+    return ENTRY_OVERHEAD + len(entry.wire) + variants
 
 
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:

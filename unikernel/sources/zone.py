@@ -59,10 +59,18 @@ import dns.rdtypes.ANY.CNAME
 import dns.rrset
 import dns.tokenizer
 import dns.zone
-import dns.zonefile
 
 from unikernel.config import ConfigError
 from unikernel.process import Answer, Endpoint, Process
+from unikernel.sources.compact import (
+    CompactNodes,
+    CompactZone,
+    key_name,
+    name_key,
+    node_types,
+    parent_key,
+    read_master_file,
+)
 
 IN = dns.rdataclass.IN
 A, AAAA, NS, CNAME, SOA, MX, SRV, DS, PTR, ANY, DNAME = (
@@ -87,24 +95,28 @@ ANY_LAST_RESORT = frozenset({dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG,
 
 # -- loading -----------------------------------------------------------------
 
-def load_zone(path: str | os.PathLike) -> dns.zone.Zone:
-    """Reads one master file. The origin comes from ``$ORIGIN`` or, failing
-    that, from an absolute owner on the first record (the SOA). Any problem
-    raises :class:`ConfigError` naming the file, and the line when there is one."""
+def load_zone(path: str | os.PathLike) -> AuthoritativeZone:
+    """Reads one master file into compact form and indexes it. The origin
+    comes from ``$ORIGIN`` or, failing that, from an absolute owner on the
+    first record (the SOA). Any problem raises :class:`ConfigError` naming
+    the file, and the line when there is one."""
     path = Path(path)
+    # The file is read as a stream, never whole: a str of it handed to the
+    # tokenizer becomes a StringIO of 4 bytes a character (340 MB for a
+    # million names), more than the zone itself takes once read.
     try:
-        text = path.read_text(encoding="utf-8", errors="strict")
+        with path.open(encoding="utf-8", errors="strict") as lines:
+            has_origin, origin = _origin_hints(lines)
+        stream = path.open(encoding="utf-8", errors="strict")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(f"{path}: cannot read zone file: {reason}") from None
-    origin = None if _has_origin_directive(text) else _first_owner(text)
-    if origin is None and not _has_origin_directive(text):
+    if origin is None and not has_origin:
         raise ConfigError(f"{path}:1: no $ORIGIN and the first record's owner is not an absolute name")
-    zone = dns.zone.Zone(origin, IN, relativize=False)
-    tokenizer = _LineTracking(text, str(path))
+    tokenizer = _LineTracking(stream, str(path))
     try:
-        with zone.writer(True) as txn:
-            dns.zonefile.Reader(tokenizer, IN, txn, allow_include=False).read()
+        with stream:
+            zone = read_master_file(tokenizer, origin)
     except dns.exception.SyntaxError as e:
         # dnspython says "file:line: what", but its line may be the next one
         # (the tokenizer has read the newline): name the record's own line
@@ -119,7 +131,7 @@ def load_zone(path: str | os.PathLike) -> dns.zone.Zone:
         zone.check_origin()
     except dns.exception.DNSException as e:
         raise ConfigError(f"{path}: zone {zone.origin}: {e}") from None
-    return zone
+    return AuthoritativeZone(zone)
 
 
 class _LineTracking(dns.tokenizer.Tokenizer):
@@ -139,7 +151,7 @@ class _LineTracking(dns.tokenizer.Tokenizer):
         return token
 
 
-def load_zones(paths: Iterable[str | os.PathLike]) -> list[dns.zone.Zone]:
+def load_zones(paths: Iterable[str | os.PathLike]) -> list[AuthoritativeZone]:
     zones = [load_zone(p) for p in paths]
     seen: dict[dns.name.Name, int] = {}
     for i, zone in enumerate(zones):
@@ -149,23 +161,24 @@ def load_zones(paths: Iterable[str | os.PathLike]) -> list[dns.zone.Zone]:
     return zones
 
 
-def _has_origin_directive(text: str) -> bool:
-    return any(line.lstrip().upper().startswith("$ORIGIN") for line in text.splitlines())
-
-
-def _first_owner(text: str) -> dns.name.Name | None:
-    """The owner of the first record when it is absolute (``example.com.``)."""
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith((";", "$")) or line[0].isspace():
+def _origin_hints(lines: Iterable[str]) -> tuple[bool, dns.name.Name | None]:
+    """``(True, None)`` when the file has an ``$ORIGIN`` directive, else
+    ``(False, the owner of the first record when it is absolute)``."""
+    owner: dns.name.Name | None = None
+    first_record_seen = False
+    for line in lines:
+        if line.lstrip().upper().startswith("$ORIGIN"):
+            return True, None
+        if first_record_seen or not line.strip() or line.lstrip().startswith((";", "$")) or line[0].isspace():
             continue
-        owner = line.split()[0]
-        if owner.endswith(".") and owner != "@":
+        first_record_seen = True
+        word = line.split()[0]
+        if word.endswith(".") and word != "@":
             try:
-                return dns.name.from_text(owner)
+                owner = dns.name.from_text(word)
             except dns.exception.DNSException:
-                return None
-        return None
-    return None
+                owner = None
+    return False, owner
 
 
 # -- answering ---------------------------------------------------------------
@@ -187,50 +200,63 @@ class Nsec3Chain:
     """A zone's NSEC3 records, by hash (RFC 5155): the parameters come from
     the apex's NSEC3PARAM (flags 0, SHA-1), as NSD takes them."""
 
-    def __init__(self, origin: dns.name.Name, param, nodes: dict[dns.name.Name, dns.node.Node]) -> None:
+    def __init__(self, origin: dns.name.Name, param, hashed: CompactNodes) -> None:
         self.salt: bytes = param.salt
         self.iterations: int = param.iterations
         self.algorithm: int = param.algorithm
-        self.nodes = {name.labels[0].decode("ascii").lower(): (name, node) for name, node in nodes.items()
-                      if len(name) == len(origin) + 1}
-        self.hashes = sorted(self.nodes)
+        apex = name_key(origin)
+        # the owners, by their first label (the hash), for those right below the apex
+        self.names = {key[1:1 + key[0]].decode("ascii").lower(): key_name(key) for key in hashed.blobs
+                      if parent_key(key) == apex}
+        self.hashes = sorted(self.names)
 
     def hash(self, name: dns.name.Name) -> str:
         return dns.dnssec.nsec3_hash(name, self.salt, self.iterations, self.algorithm).lower()
 
     def matching(self, name: dns.name.Name) -> dns.name.Name | None:
-        found = self.nodes.get(self.hash(name))
-        return found[0] if found else None
+        return self.names.get(self.hash(name))
 
     def covering(self, name: dns.name.Name) -> dns.name.Name:
         """The NSEC3 whose hash is the greatest not above the name's (the
         last one wraps around to cover hashes before the first)."""
         index = bisect.bisect_right(self.hashes, self.hash(name)) - 1
-        return self.nodes[self.hashes[index]][0]
+        return self.names[self.hashes[index]]
 
 
 class AuthoritativeZone:
     """One loaded zone, indexed for lookups: its names, the empty non-terminals
-    above them, its zone cuts, and its NSEC or NSEC3 chain when signed."""
+    above them, its zone cuts, and its NSEC or NSEC3 chain when signed.
 
-    def __init__(self, zone: dns.zone.Zone) -> None:
-        self.origin: dns.name.Name = zone.origin
-        # NSD answers with names as it stores them: lowercased (RFC 4034 §6.2
-        # canonical form, for owners and for names inside RDATA)
-        self.nodes: dict[dns.name.Name, dns.node.Node] = {
-            name.canonicalize(): _canonical_node(node) for name, node in zone.nodes.items()}
-        self.origin = self.origin.canonicalize()
+    The nodes stay in compact form (:mod:`unikernel.sources.compact`): owners
+    and RDATA lowercased, as NSD stores and answers them (RFC 4034 §6.2
+    canonical form); a node is decoded when a question reaches it. A
+    :class:`CompactZone` given is taken over, not copied."""
+
+    def __init__(self, zone: dns.zone.Zone | CompactZone) -> None:
+        compact = zone if isinstance(zone, CompactZone) else CompactZone.of_zone(zone)
+        self.origin: dns.name.Name = compact.origin.canonicalize()
+        blobs = compact.nodes.blobs
+        hashed_keys, nsec_keys, dname_keys, cut_keys = [], [], [], []
+        origin_key = name_key(self.origin)
+        for key, blob in blobs.items():
+            types = {rdtype for rdtype, _ in node_types(blob)}
+            if NSEC3 in types and types <= {NSEC3, RRSIG}:
+                hashed_keys.append(key)     # not a name of the zone: NSEC3 records only
+                continue
+            if NSEC in types:
+                nsec_keys.append(key)
+            if DNAME in types:
+                dname_keys.append(key)
+            if NS in types and key != origin_key:
+                cut_keys.append(key)
+        self.hashed = CompactNodes({key: blobs.pop(key) for key in hashed_keys})
+        self.nodes = CompactNodes(blobs)
         apex = self.nodes[self.origin]
         self.signed = apex.get_rdataset(IN, RRSIG, SOA) is not None
-        hashed = {name: node for name, node in self.nodes.items() if _only_nsec3(node)}
-        for name in hashed:
-            del self.nodes[name]
-        self.hashed = hashed
-        self.nsec_owners = sorted(name for name, node in self.nodes.items()
-                                  if node.get_rdataset(IN, NSEC) is not None)
+        self.nsec_owners = sorted(key_name(key) for key in nsec_keys)
         params = apex.get_rdataset(IN, NSEC3PARAM)
         usable = [p for p in params or () if p.flags == 0 and p.algorithm == 1]
-        self.nsec3 = Nsec3Chain(self.origin, usable[0], hashed) if usable and hashed else None
+        self.nsec3 = Nsec3Chain(self.origin, usable[0], self.hashed) if usable and self.hashed else None
         soa = apex.get_rdataset(IN, SOA)
         self.apex_ns = dns.rrset.RRset(self.origin, IN, NS)
         self.apex_ns.update(apex.get_rdataset(IN, NS))
@@ -239,19 +265,17 @@ class AuthoritativeZone:
         self.negative_soa.update(soa)
         self.negative_soa.ttl = min(soa.ttl, soa[0].minimum)
         self.soa = _rrset(self.origin, soa)
-        self.dnames = frozenset(name for name, node in self.nodes.items()
-                                if node.get_rdataset(IN, DNAME) is not None)
-        self.cuts = frozenset(name for name, node in self.nodes.items()
-                              if name != self.origin and node.get_rdataset(IN, NS) is not None)
+        self.dnames = frozenset(key_name(key) for key in dname_keys)
+        self.cuts = frozenset(key_name(key) for key in cut_keys)
         # every ancestor (down to the apex) of an existing name exists, at
-        # least as an empty non-terminal
-        self.nonterminals: set[dns.name.Name] = set()
-        for name in self.nodes:
-            while name != self.origin and len(name) > len(self.origin):
-                name = name.parent()
-                if name in self.nonterminals:
+        # least as an empty non-terminal; kept as keys (name_key)
+        self.nonterminals: set[bytes] = set()
+        for key in blobs:
+            while len(key) > len(origin_key):
+                key = parent_key(key)
+                if key in self.nonterminals:
                     break
-                self.nonterminals.add(name)
+                self.nonterminals.add(key)
 
     def records(self) -> Iterator[tuple[dns.name.Name, dns.rdataset.Rdataset]]:
         """Every RRset of the zone, its NSEC3 chain included (what a transfer carries)."""
@@ -275,7 +299,7 @@ class AuthoritativeZone:
         node = self.nodes.get(name)
         source = name          # where the records come from: the name, or the wildcard that expands
         if node is None:
-            if name in self.nonterminals:
+            if name_key(name) in self.nonterminals:
                 self._nodata(name, qtype, result)
                 return None
             encloser = self._closest_encloser(name)
@@ -344,11 +368,11 @@ class AuthoritativeZone:
 
     def _closest_encloser(self, name: dns.name.Name) -> dns.name.Name:
         """The longest existing ancestor of a name that does not exist."""
-        encloser = name.parent()
-        while encloser not in self.nodes and encloser not in self.nonterminals \
-                and encloser != self.origin:
-            encloser = encloser.parent()
-        return encloser
+        origin = name_key(self.origin)
+        encloser = parent_key(name_key(name))
+        while encloser not in self.nodes.blobs and encloser not in self.nonterminals and encloser != origin:
+            encloser = parent_key(encloser)
+        return key_name(encloser)
 
     def _wildcard(self, name: dns.name.Name) -> dns.node.Node | None:
         """The ``*`` node under the closest encloser of a name that does not exist."""
@@ -436,7 +460,7 @@ class AuthoritativeZone:
         if owner is None:
             return
         if self.nsec3 is not None and owner not in self.nodes:
-            rdtype, node = NSEC3, self.nsec3.nodes[owner.labels[0].decode("ascii").lower()][1]
+            rdtype, node = NSEC3, self.hashed[owner]
         else:
             rdtype, node = NSEC, self.nodes[owner]
         if any(r.name == owner and r.rdtype == rdtype for r in result.authority):
@@ -532,7 +556,7 @@ class AuthoritativeZone:
                 continue
             for target in targets:
                 node = self.nodes.get(target)
-                if node is None and target.is_subdomain(self.origin) and target not in self.nonterminals:
+                if node is None and target.is_subdomain(self.origin) and name_key(target) not in self.nonterminals:
                     node = self._wildcard(target)     # NSD expands wildcards here too
                 if node is None:
                     continue
@@ -546,21 +570,6 @@ class AuthoritativeZone:
 def _next_closer(name: dns.name.Name, encloser: dns.name.Name) -> dns.name.Name:
     """The name one label longer than the closest encloser, on the way to ``name``."""
     return name.split(len(encloser) + 1)[1]
-
-
-def _only_nsec3(node: dns.node.Node) -> bool:
-    types = {r.rdtype for r in node.rdatasets}
-    return NSEC3 in types and types <= {NSEC3, RRSIG}
-
-
-def _canonical_node(node: dns.node.Node) -> dns.node.Node:
-    copy = dns.node.Node()
-    for rdataset in node.rdatasets:
-        rdatas = [dns.rdata.from_wire(rd.rdclass, rd.rdtype, digest, 0, len(digest))
-                  for rd in rdataset for digest in (rd.to_digestable(),)]
-        canonical = dns.rdataset.from_rdata_list(rdataset.ttl, rdatas)
-        copy.rdatasets.append(canonical)
-    return copy
 
 
 def _rrset(owner: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
@@ -589,7 +598,7 @@ class Zones:
                 if parent is not None:
                     below = origin
                     while below != name:
-                        parent.nonterminals.add(below)
+                        parent.nonterminals.add(name_key(below))
                         below = below.parent()
                     break
 
@@ -627,13 +636,13 @@ class Zones:
             name = target
 
 
-def zone_process(zones: Iterable[str | os.PathLike | dns.zone.Zone] | Zones) -> Process:
+def zone_process(zones: Iterable[str | os.PathLike | dns.zone.Zone | AuthoritativeZone] | Zones) -> Process:
     """The process that answers from zone files (paths, loaded zones, or a
     :class:`Zones`): ``None`` for names under no apex and for other classes,
     else a final, static answer."""
     if not isinstance(zones, Zones):
         items = list(zones)
-        loaded = [z if isinstance(z, dns.zone.Zone) else load_zone(z) for z in items]
+        loaded = [z if isinstance(z, (dns.zone.Zone, AuthoritativeZone)) else load_zone(z) for z in items]
         zones = Zones(loaded)
     table = zones
 
