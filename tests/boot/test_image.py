@@ -131,6 +131,11 @@ def test_initramfs_contents(image):
     app = zipfile.ZipFile(BytesIO(members["app/app.zip"][1])).namelist()
     assert "unikernel/main.pyc" in app and "netstack/stack.pyc" in app and "dns/message.pyc" in app
     assert "app/config.py" in members and "app/data/d1.signpo.st.zone" in members
+    # DNSSEC checks signatures with libcrypto.so.3 through ctypes: no cryptography or cffi wheel
+    assert "unikernel/resolver/dnssec/crypto.pyc" in app
+    assert any(n.startswith("usr/lib/python3.11/lib-dynload/_ctypes.") for n in members)
+    assert "lib/x86_64-linux-gnu/libffi.so.8" in members
+    assert not any("cryptography" in n or "cffi" in n for n in members), "the cryptography wheel is back"
     # the appliance's kernel has its drivers built in: no modules to carry or load
     assert not any(n.startswith("lib/modules") for n in members)
 
