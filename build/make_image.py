@@ -62,9 +62,17 @@ SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstac
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
                  # DNS over TLS, imported by main only when the appliance uses it
                  "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
-# Packages kept whole, whatever the recording saw: codec lookups by name and
-# dnspython's record types are imported lazily, at the first query that needs them.
-WHOLE_STDLIB_PACKAGES = ("encodings",)
+# Codecs kept whatever the recording saw, because they are looked up by name
+# when first used: dnspython's IDNA (idna, punycode) and the Unicode and byte
+# codecs text handling may name; the other hundred (code pages, CJK tables,
+# 0.5 MB of bytecode) are never named by the appliance or dnspython.
+CODECS_BY_NAME = ("aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "utf_16", "utf_16_be", "utf_16_le",
+                  "utf_32", "utf_32_be", "utf_32_le", "idna", "punycode", "raw_unicode_escape", "unicode_escape",
+                  "charmap", "hex_codec", "base64_codec",
+                  "cp437")     # zipfile decodes member names with it (importlib.metadata reads app.zip)
+# dnspython's modules that cannot load in the image (their optional packages
+# are not there) or serve another platform: left out of app.zip.
+DNSPYTHON_LEFT_OUT = ("dns/quic/", "dns/dnssecalgs/", "dns/_trio_backend.py", "dns/win32util.py")
 # Imported, but optional for their importers, and costly: each is left out
 # on purpose, and the build checks (step 5) that the appliance still imports.
 LEFT_OUT = {
@@ -282,9 +290,9 @@ def stdlib_selection(root: Path, recorded: list[tuple[str, str]]) -> tuple[list[
             extensions.add(rel)
         elif rel.endswith(".py"):
             sources.add(rel)
-    for package in WHOLE_STDLIB_PACKAGES:
-        for path in (stdlib / package).rglob("*.py"):
-            sources.add(path.relative_to(stdlib).as_posix())
+    for codec in CODECS_BY_NAME:
+        sources.add(f"encodings/{codec}.py")
+    sources.add("encodings/__init__.py")
     return sorted(sources), sorted(extensions)
 
 
@@ -293,7 +301,7 @@ def stdlib_selection(root: Path, recorded: list[tuple[str, str]]) -> tuple[list[
 def python_zip(root: Path, files: list[tuple[Path, str, str]], out: Path) -> bytes:
     """files: (source, member name .pyc, path shown in tracebacks)."""
     spec = {"out": str(out), "files": [[str(s), m, shown] for s, m, shown in files]}
-    result = image_python(root, str(BUILD / "pyzip.py"), input=json.dumps(spec))
+    result = image_python(root, "-X", "no_debug_ranges", str(BUILD / "pyzip.py"), input=json.dumps(spec))
     if result.returncode != 0:
         raise BuildError(f"compiling failed:\n{result.stderr.strip()[-3000:]}")
     return out.read_bytes()
@@ -544,6 +552,8 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
             for package in pkgs:
                 for src in package_sources(base, package):
                     rel = src.relative_to(base).as_posix()
+                    if rel.startswith(DNSPYTHON_LEFT_OUT):
+                        continue
                     app_files.append((src, rel[:-3] + ".pyc", f"/app/{rel}"))
         app_zip = python_zip(root, app_files, Path(tmp) / "app.zip")
         check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp))
