@@ -22,7 +22,7 @@ Steps (each shown as it runs):
            they need (read from DT_NEEDED, not guessed), the NIC kernel
            modules and everything they depend on (read from ``depends=``);
 7. pack    a sorted newc cpio with fixed times and root ownership, compressed
-           with zstd -19 (see packages.COMPRESSOR for the measurements): the
+           with xz (see packages.COMPRESSOR for the measurements): the
            same inputs give the same bytes;
 8. write   the Xen PVH guest config, and print a summary of what takes space.
 
@@ -104,7 +104,9 @@ KERNELS = ("appliance", "debian")
 # the Xen config asks for it.
 # The guest memory each kernel is booted with (and Xen's config asks for). The
 # initramfs is held in RAM unpacked beside its compressed form while it
-# unpacks; Debian's kernel and its modules want more.
+# unpacks: with the appliance's kernel 56 MB is the least that answers and 48
+# runs out (measured), so 96 leaves room for the caches; Debian's kernel and
+# its modules want more.
 MEMORY_MB = {"appliance": 96, "debian": 192}
 
 
