@@ -12,7 +12,8 @@ A second boot uses exactly the QEMU command line the README gives (no RNG
 device, QEMU's default CPU: PID 1 must wait for the kernel RNG itself), and a
 third measures the floor (the same kernel with a trivial /init). The figures
 test boots the appliance's kernel and Debian's side by side, three times each
-(and their floors), in the memory each is built for: 64 MB for the appliance's.
+(and their floors): the appliance's in 64 MB (issue 17's target; it is built
+to boot with more, room for its caches), Debian's in the memory it is built for.
 Timings are reported, never asserted.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ LINK_NAME = "printer.local."                    # published by avahi on the host
 LINK_ADDRESS = "192.0.2.20"
 BOOT_TIMEOUT = 300        # seconds; TCG on a slow, busy CI machine
 RUNS = 3                  # boots per figure; the median is reported
+TARGET_MEMORY_MB = 64     # issue 17: the appliance's kernel boots and answers in this much
 
 
 def ask(ns: Namespace, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.message.Message | None:
@@ -323,7 +325,7 @@ def test_figures_side_by_side(image, debian_image, capsys):
                    f"first answer | floor (trivial /init)")
     for name, manifest, images in (("appliance", image, qemu.IMAGES), ("debian", debian_image,
                                                                          qemu.IMAGES / "debian")):
-        memory = manifest["kernel"]["memory_mb"]
+        memory = TARGET_MEMORY_MB if name == "appliance" else manifest["kernel"]["memory_mb"]
         answers = [seconds_to_first_answer(images, memory) for _ in range(RUNS)]
         floors = [seconds_to_floor(images, memory) for _ in range(RUNS)]
         k, i = manifest["kernel"]["bytes"], manifest["initrd"]["bytes"]
