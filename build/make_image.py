@@ -22,7 +22,7 @@ Steps (each shown as it runs):
            they need (read from DT_NEEDED, not guessed), the NIC kernel
            modules and everything they depend on (read from ``depends=``);
 7. pack    a sorted newc cpio with fixed times and root ownership, compressed
-           with zstd -19 (see packages.COMPRESSOR for the measurements): the
+           with xz (see packages.COMPRESSOR for the measurements): the
            same inputs give the same bytes;
 8. write   the Xen PVH guest config, and print a summary of what takes space.
 
@@ -62,9 +62,17 @@ SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstac
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
                  # DNS over TLS, imported by main only when the appliance uses it
                  "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
-# Packages kept whole, whatever the recording saw: codec lookups by name and
-# dnspython's record types are imported lazily, at the first query that needs them.
-WHOLE_STDLIB_PACKAGES = ("encodings",)
+# Codecs kept whatever the recording saw, because they are looked up by name
+# when first used: dnspython's IDNA (idna, punycode) and the Unicode and byte
+# codecs text handling may name; the other hundred (code pages, CJK tables,
+# 0.5 MB of bytecode) are never named by the appliance or dnspython.
+CODECS_BY_NAME = ("aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "utf_16", "utf_16_be", "utf_16_le",
+                  "utf_32", "utf_32_be", "utf_32_le", "idna", "punycode", "raw_unicode_escape", "unicode_escape",
+                  "charmap", "hex_codec", "base64_codec",
+                  "cp437")     # zipfile decodes member names with it (importlib.metadata reads app.zip)
+# dnspython's modules that cannot load in the image (their optional packages
+# are not there) or serve another platform: left out of app.zip.
+DNSPYTHON_LEFT_OUT = ("dns/quic/", "dns/dnssecalgs/", "dns/_trio_backend.py", "dns/win32util.py")
 # Imported, but optional for their importers, and costly: each is left out
 # on purpose, and the build checks (step 5) that the appliance still imports.
 LEFT_OUT = {
@@ -74,21 +82,20 @@ LEFT_OUT = {
     "lzma": "zipfile and shutil tolerate its absence",
     "_lzma": "with lzma; needs liblzma",
 }
-# Wheels with extension modules, and the top-level modules taken from them
-NATIVE_WHEELS = (packages.CRYPTOGRAPHY, packages.CFFI)
-NATIVE_MODULES = frozenset({"cryptography", "_cffi_backend"})
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
-# Signs and validates one RRset with Ed25519 using only what the image holds.
+# Loaded with dlopen, so no DT_NEEDED names them: DNSSEC's signature checks
+# (unikernel.resolver.dnssec.crypto, through ctypes).
+DLOPENED_LIBRARIES = ("libcrypto.so.3",)
+# Checks signatures the host's openssl made at build time (signatures_by_openssl)
+# with the appliance's verifier, using only what the image holds: ctypes,
+# libffi and libcrypto.so.3 found by soname.
 DNSSEC_CHECK = """
-import dns._features, dns.dnssec, dns.name, dns.rrset
-from cryptography.hazmat.primitives.asymmetric import ed25519
-assert dns._features.have("dnssec"), "dnspython does not see cryptography"
-key = ed25519.Ed25519PrivateKey.generate()
-dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ED25519)
-rrset = dns.rrset.from_text("a.example.", 60, "IN", "A", "192.0.2.1")
-name = dns.name.from_text("example.")
-sig = dns.dnssec.sign(rrset, key, name, dnskey, lifetime=60)
-dns.dnssec.validate_rrsig(rrset, sig, {name: [dnskey]})
+import json, sys
+from unikernel.resolver.dnssec import crypto
+for algorithm, key, signature, data in json.load(sys.stdin):
+    key, signature, data = bytes.fromhex(key), bytes.fromhex(signature), bytes.fromhex(data)
+    assert crypto.verify(algorithm, key, signature, data), f"algorithm {algorithm}: openssl's signature fails"
+    assert not crypto.verify(algorithm, key, signature, data + b"x"), f"algorithm {algorithm}: a changed text verifies"
 """
 LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 PYLIB = f"usr/lib/{packages.PYTHON}"
@@ -96,10 +103,10 @@ KERNELS = ("appliance", "debian")
 # The least guest memory each kernel's image runs in (measured: tests/boot/test_smoke.py);
 # the Xen config asks for it.
 # The guest memory each kernel is booted with (and Xen's config asks for). The
-# initramfs is held in RAM unpacked (36 MB, a third of it cryptography for
-# DNSSEC) beside its compressed form while it unpacks: with the appliance's
-# kernel the smallest -m that answers is 80 (measured), so 96 leaves room for
-# the caches; Debian's kernel and its modules want more.
+# initramfs is held in RAM unpacked beside its compressed form while it
+# unpacks: with the appliance's kernel 56 MB is the least that answers and 48
+# runs out (measured), so 96 leaves room for the caches; Debian's kernel and
+# its modules want more.
 MEMORY_MB = {"appliance": 96, "debian": 192}
 
 
@@ -251,9 +258,9 @@ def check_data_files() -> None:
 
 # -- 4. record ---------------------------------------------------------------
 
-def record_imports(root: Path, dnspython: Path, h11: Path, native_trees: list[Path]) -> list[tuple[str, str]]:
+def record_imports(root: Path, dnspython: Path, h11: Path) -> list[tuple[str, str]]:
     """(module name, file) for every module the appliance loads at start."""
-    path = ":".join(str(p) for p in (REPO, dnspython, h11, *native_trees))
+    path = ":".join(str(p) for p in (REPO, dnspython, h11))
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
                           env={"PYTHONPATH": path, "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
@@ -285,9 +292,9 @@ def stdlib_selection(root: Path, recorded: list[tuple[str, str]]) -> tuple[list[
             extensions.add(rel)
         elif rel.endswith(".py"):
             sources.add(rel)
-    for package in WHOLE_STDLIB_PACKAGES:
-        for path in (stdlib / package).rglob("*.py"):
-            sources.add(path.relative_to(stdlib).as_posix())
+    for codec in CODECS_BY_NAME:
+        sources.add(f"encodings/{codec}.py")
+    sources.add("encodings/__init__.py")
     return sorted(sources), sorted(extensions)
 
 
@@ -296,7 +303,7 @@ def stdlib_selection(root: Path, recorded: list[tuple[str, str]]) -> tuple[list[
 def python_zip(root: Path, files: list[tuple[Path, str, str]], out: Path) -> bytes:
     """files: (source, member name .pyc, path shown in tracebacks)."""
     spec = {"out": str(out), "files": [[str(s), m, shown] for s, m, shown in files]}
-    result = image_python(root, str(BUILD / "pyzip.py"), input=json.dumps(spec))
+    result = image_python(root, "-X", "no_debug_ranges", str(BUILD / "pyzip.py"), input=json.dumps(spec))
     if result.returncode != 0:
         raise BuildError(f"compiling failed:\n{result.stderr.strip()[-3000:]}")
     return out.read_bytes()
@@ -306,78 +313,73 @@ def package_sources(base: Path, package: str) -> list[Path]:
     return sorted(p for p in (base / package).rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def native_files(root: Path, trees: list[Path], out: Path) -> dict[str, bytes]:
-    """Path under /app -> contents, for the packages that carry extension
-    modules (NATIVE_WHEELS): their Python compiled to unchecked-hash .pyc
-    files next to their .so files, all as plain files (the /app entry of
-    sys.path finds them; zipimport could not load the .so). Their dist-info
-    METADATA comes along: dnspython enables dns.dnssec only when
-    importlib.metadata finds cryptography's version."""
-    sources, binaries = [], {}
-    for tree in trees:
-        for path in sorted(tree.rglob("*")):
-            rel = path.relative_to(tree).as_posix()
-            if rel.endswith(".dist-info/METADATA"):
-                binaries[rel] = path.read_bytes()
-                continue
-            if not path.is_file() or ".dist-info/" in rel or "__pycache__" in path.parts:
-                continue
-            top = rel.split("/")[0]
-            if top.endswith(".libs") or top.split(".")[0] not in NATIVE_MODULES:
-                continue
-            if rel.endswith(".py"):
-                sources.append((path, rel[:-3] + ".pyc", f"/app/{rel}"))
-            elif rel.endswith(".so"):
-                binaries[rel] = stripped(path)
-    with zipfile.ZipFile(io.BytesIO(python_zip(root, sources, out))) as z:
-        compiled = {name: z.read(name) for name in z.namelist()}
-    return {**compiled, **binaries}
-
-
-def stripped(library: Path) -> bytes:
-    """A shared library without its symbol tables and debug sections (strip
-    --strip-unneeded: what the dynamic linker needs stays). cryptography's
-    Rust extension goes from 14.4 to 11.6 MB, which the initramfs holds in
-    RAM; the same input and binutils give the same bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / library.name
-        result = subprocess.run(["strip", "--strip-unneeded", "-o", str(out), str(library)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BuildError(f"strip {library.name} failed (binutils installed?):\n{result.stderr.strip()}")
-        return out.read_bytes()
-
-
-def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes,
-                  native: dict[str, bytes], tmp: Path) -> None:
+def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path) -> None:
     """Runs list-imports again with nothing but what the image will hold:
-    the two zips, the native packages' files and the chosen extension
-    modules. A module the selection missed fails the build here rather than
-    the boot."""
+    the two zips and the chosen extension modules. A module the selection
+    missed fails the build here rather than the boot; then DNSSEC's verifier
+    checks signatures made by the host's openssl."""
     home = tmp / "check" / "usr"
     (home / "lib" / packages.PYTHON / "lib-dynload").mkdir(parents=True)
     (home / "lib" / "python311.zip").write_bytes(stdlib_zip)
     for rel in extensions:
         shutil.copy(root / PYLIB / rel, home / "lib" / packages.PYTHON / rel)
     (tmp / "check" / "app.zip").write_bytes(app_zip)
-    for rel, data in native.items():
-        (tmp / "check" / "app" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / "check" / "app" / rel).write_bytes(data)
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
                           env={"PYTHONHOME": str(home),
-                               "PYTHONPATH": f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}",
+                               "PYTHONPATH": str(tmp / "check" / "app.zip"),
                                "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
     if result.returncode != 0 or result.stderr.strip():
         raise BuildError("the appliance does not import from the selected modules alone:\n"
                          f"{result.stderr.strip()[-3000:]}")
-    # DNSSEC validation needs dnspython to see cryptography (by its metadata)
-    # and cryptography's Rust extension to load: check both with a signature.
-    result = image_python(root, "-c", DNSSEC_CHECK,
-                          env={"PYTHONHOME": str(home),
-                               "PYTHONPATH": f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}"})
+    result = image_python(root, "-c", DNSSEC_CHECK, input=json.dumps(signatures_by_openssl(tmp / "openssl")),
+                          env={"PYTHONHOME": str(home), "PYTHONPATH": str(tmp / "check" / "app.zip")})
     if result.returncode != 0:
         raise BuildError(f"DNSSEC validation does not work in the image:\n{result.stderr.strip()[-3000:]}")
+
+
+def signatures_by_openssl(work: Path) -> list[list]:
+    """[algorithm, DNSKEY key field, RRSIG signature field, signed text] (hex)
+    for RSA/SHA-256, ECDSA P-256 and Ed25519 signatures made here by the
+    host's openssl: fresh keys, so the image's verifier is checked against
+    signatures it has never seen."""
+    work.mkdir(parents=True, exist_ok=True)
+    text = b"DNSSEC self-check of the image's verifier"
+    (work / "text").write_bytes(text)
+
+    def openssl(*args: str) -> bytes:
+        try:
+            result = subprocess.run(["openssl", *args], cwd=work, capture_output=True, check=False)
+        except FileNotFoundError as e:
+            raise BuildError("openssl (apt install openssl) signs what the build checks DNSSEC with") from e
+        if result.returncode != 0:
+            raise BuildError(f"openssl {' '.join(args)} failed:\n{result.stderr.decode(errors='replace')}")
+        return result.stdout
+
+    out = []
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "rsa.pem")
+    modulus = bytes.fromhex(openssl("rsa", "-in", "rsa.pem", "-noout", "-modulus").decode().split("=", 1)[1])
+    signature = openssl("dgst", "-sha256", "-sign", "rsa.pem", "text")
+    out.append([8, (b"\x03\x01\x00\x01" + modulus).hex(), signature.hex(), text.hex()])   # RFC 3110, e = 65537
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.pem")
+    point = openssl("pkey", "-in", "ec.pem", "-pubout", "-outform", "DER")[-64:]            # X || Y after 0x04
+    out.append([13, point.hex(), ecdsa_raw(openssl("dgst", "-sha256", "-sign", "ec.pem", "text"), 32).hex(),
+                text.hex()])
+    openssl("genpkey", "-algorithm", "ED25519", "-out", "ed.pem")
+    key = openssl("pkey", "-in", "ed.pem", "-pubout", "-outform", "DER")[-32:]
+    signature = openssl("pkeyutl", "-sign", "-inkey", "ed.pem", "-rawin", "-in", "text")
+    out.append([15, key.hex(), signature.hex(), text.hex()])
+    return out
+
+
+def ecdsa_raw(der: bytes, size: int) -> bytes:
+    """RFC 6605's r || s from a DER ECDSA-Sig-Value (SEQUENCE of two short INTEGERs)."""
+    if der[0] != 0x30 or der[2] != 0x02:
+        raise BuildError("openssl's ECDSA signature is not a DER SEQUENCE of INTEGERs")
+    r_length = der[3]
+    r, rest = der[4:4 + r_length], der[4 + r_length:]
+    s = rest[2:2 + rest[1]]
+    return r.lstrip(b"\0").rjust(size, b"\0") + s.lstrip(b"\0").rjust(size, b"\0")
 
 
 # -- 6. collect --------------------------------------------------------------
@@ -391,10 +393,11 @@ def find_library(root: Path, soname: str) -> Path:
                      f"to build/packages.py")
 
 
-def library_closure(root: Path, programs: list[bytes]) -> dict[str, bytes]:
-    """soname -> contents, for every library the programs need, transitively."""
+def library_closure(root: Path, programs: list[bytes], dlopened: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """soname -> contents, for every library the programs need (and the
+    ``dlopened`` sonames), transitively."""
     found: dict[str, bytes] = {}
-    todo = [n for p in programs for n in elf.needed(p)]
+    todo = [*dlopened, *(n for p in programs for n in elf.needed(p))]
     while todo:
         soname = todo.pop()
         if soname in found:
@@ -504,9 +507,8 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
         debs.append(fetch_deb(deb, cache))
         progress.item(f"{deb.name} {deb.version}{' (cached)' if cached else ''}", i, len(pins))
     wheel = fetch_wheel(packages.DNSPYTHON, cache)
-    native_wheels = [fetch_wheel(w, cache) for w in NATIVE_WHEELS]
     h11_wheel = fetch_wheel(packages.H11, cache)
-    progress.note(" ".join(w.filename for w in (packages.DNSPYTHON, packages.H11, *NATIVE_WHEELS)))
+    progress.note(" ".join(w.filename for w in (packages.DNSPYTHON, packages.H11)))
 
     progress.step("unpack with dpkg-deb -x")
     trees = cache / "trees"
@@ -514,8 +516,6 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     user_key = hashlib.sha256("".join(d.sha256 for d in packages.USERSPACE).encode()).hexdigest()[:16]
     root = unpack(debs[1:], trees / f"userspace-{user_key}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
-    native_trees = [unpack_wheel(path, trees / f"{w.name}-{w.sha256[:16]}")
-                    for w, path in zip(NATIVE_WHEELS, native_wheels)]
     h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
     progress.note(f"{root}")
 
@@ -539,7 +539,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
 
     check_data_files()
     progress.step("record the modules the appliance imports")
-    recorded = record_imports(root, dnspython, h11, native_trees)
+    recorded = record_imports(root, dnspython, h11)
     sources, extensions = stdlib_selection(root, recorded)
     progress.note(f"{len(recorded)} modules loaded; keeping {len(sources)} stdlib sources, "
                   f"{len(extensions)} extension modules: "
@@ -554,10 +554,11 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
             for package in pkgs:
                 for src in package_sources(base, package):
                     rel = src.relative_to(base).as_posix()
+                    if rel.startswith(DNSPYTHON_LEFT_OUT):
+                        continue
                     app_files.append((src, rel[:-3] + ".pyc", f"/app/{rel}"))
         app_zip = python_zip(root, app_files, Path(tmp) / "app.zip")
-        native = native_files(root, native_trees, Path(tmp) / "native.zip")
-        check_imports(root, stdlib_zip, extensions, app_zip, native, Path(tmp))
+        check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp))
     progress.note(f"python311.zip {human(len(stdlib_zip))} ({len(stdlib_files)} modules), "
                   f"app.zip {human(len(app_zip))} ({len(app_files)} modules); "
                   f"the appliance imports from them alone")
@@ -592,8 +593,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
         data = (root / PYLIB / rel).read_bytes()
         ext_data.append(data)
         add("python extension modules", cpio.Entry(f"{PYLIB}/{rel}", 0o100644, data))
-    native_so = [data for rel, data in sorted(native.items()) if rel.endswith(".so")]
-    libraries = library_closure(root, [interpreter, *ext_data, *native_so])
+    libraries = library_closure(root, [interpreter, *ext_data], DLOPENED_LIBRARIES)
     for soname, data in sorted(libraries.items()):
         add("shared libraries", cpio.Entry(f"lib/x86_64-linux-gnu/{soname}", 0o100755, data))
     loader = (root / LOADER).resolve().read_bytes()
@@ -608,12 +608,6 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     add("appliance code + dnspython + h11 (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
     # what /metrics reports as the image's inputs (dnsapp_build_info)
     add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
-    folders = {"/".join(path.split("/")[:i]) for path in native for i in range(1, path.count("/") + 1)}
-    for folder in sorted(folders):
-        add("structure", cpio.directory(f"app/{folder}"))
-    for rel, data in sorted(native.items()):
-        group = "cryptography + _cffi_backend (DNSSEC)"
-        add(group, cpio.Entry(f"app/{rel}", 0o100755 if rel.endswith(".so") else 0o100644, data))
     add("config.py + data/", cpio.Entry("app/config.py", 0o100644, (REPO / "config.py").read_bytes()))
     for entry in cpio.entries_from_tree(REPO / "data"):
         add("config.py + data/", cpio.Entry(f"app/data/{entry.path}", entry.mode, entry.data))

@@ -15,7 +15,8 @@ if str(BUILD) not in sys.path:
 
 def _can_build() -> str | None:
     """Why the image cannot be built here, or None."""
-    for tool in ("dpkg-deb", "zstd", "apt-get"):
+    import packages
+    for tool in ("dpkg-deb", packages.COMPRESSOR[0], "apt-get"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (make deps installs the image tools)"
     return None

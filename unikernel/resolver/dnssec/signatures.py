@@ -1,5 +1,6 @@
 """RRSIG checks (RFC 4035 5.3) and DS against DNSKEY (RFC 4035 5.2), after
-Unbound's ``val_sigcrypt.c``; dnspython does the arithmetic.
+Unbound's ``val_sigcrypt.c``; :mod:`.crypto` does the arithmetic with the
+system's libcrypto.
 
 Bounds (KeyTrap, CVE-2023-50387): at most ``MAX_RRSIGS_PER_RRSET`` signatures
 are tried for one RRset, and every signature check of one answer is paid from
@@ -8,6 +9,7 @@ share a key tag.
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ import dns.rdataset
 import dns.rdatatype
 import dns.rrset
 
+from unikernel.resolver.dnssec import crypto
 from unikernel.resolver.dnssec.verdict import (
     EDE_DNSKEY_MISSING,
     EDE_DNSSEC_BOGUS,
@@ -33,19 +36,11 @@ from unikernel.resolver.dnssec.verdict import (
 )
 
 # RSASHA256, RSASHA512, ECDSAP256SHA256, ECDSAP384SHA384, ED25519, ED448
-SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
-SUPPORTED_DIGESTS = frozenset({2, 4})            # SHA-256, SHA-384
+SUPPORTED_ALGORITHMS = frozenset(crypto.ALGORITHMS)
+SUPPORTED_DIGESTS = frozenset(crypto.DS_DIGESTS)     # SHA-256, SHA-384
 MAX_RRSIGS_PER_RRSET = 8
 SIGNATURE_CHECKS_PER_ANSWER = 32                 # cryptographic verifications, whole chain included
 _ZONE_KEY, _REVOKE, _PROTOCOL = 0x0100, 0x0080, 3
-
-
-def _dnssec():
-    """dnspython's dns.dnssec, imported at the first signature check rather
-    than at start: it loads cryptography, which takes seconds under QEMU's
-    TCG and would hold back the first answer of every boot."""
-    import dns.dnssec
-    return dns.dnssec
 
 
 class Budget:
@@ -91,7 +86,6 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
     """``rrset`` checked against the RRSIGs given (those by ``zone``), with the
     zone's validated ``keys``: :class:`Checked`, or a bogus Verdict naming
     the first reason among expired, not yet valid, no key, wrong signature."""
-    dnssec = _dnssec()
     owner = rrset.name
     candidates = [sig for sig in rrsigs
                   if sig.type_covered == rrset.rdtype and sig.signer == zone
@@ -101,7 +95,8 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
                      zone)
     failure: Verdict | None = None
     for sig in candidates:
-        if sig.algorithm not in SUPPORTED_ALGORITHMS or sig.labels > label_count(owner):
+        if (sig.algorithm not in SUPPORTED_ALGORITHMS or sig.labels > label_count(owner)
+                or sig.rdclass != rrset.rdclass):
             failure = failure or bogus(EDE_DNSSEC_BOGUS, f"unusable RRSIG over {owner}", zone)
             continue
         if now > sig.expiration:
@@ -110,37 +105,33 @@ def verify_rrset(rrset: dns.rrset.RRset, rrsigs: Iterable, zone: dns.name.Name,
         if now < sig.inception:
             failure = failure or bogus(EDE_SIGNATURE_NOT_YET_VALID, f"RRSIG over {owner} not yet valid", zone)
             continue
-        matching = [k for k in keys if k.algorithm == sig.algorithm and dnssec.key_id(k) == sig.key_tag
+        matching = [k for k in keys if k.algorithm == sig.algorithm and k.key_id() == sig.key_tag
                     and k.flags & _ZONE_KEY and k.protocol == _PROTOCOL
                     and (not k.flags & _REVOKE or rrset.rdtype == dns.rdatatype.DNSKEY)]
         if not matching:
             failure = failure or bogus(EDE_DNSKEY_MISSING, f"no DNSKEY {sig.key_tag} in {zone} for {owner}", zone)
             continue
+        data = crypto.signed_data(owner, rrset.rdtype, rrset.rdclass, rrset, sig)
         for key in matching:
             if not budget.spend():
                 return bogus(EDE_DNSSEC_BOGUS, "signature check budget spent", zone)
-            one_key = dns.rdataset.from_rdata(keys.ttl, key)
             try:
-                dnssec.validate_rrsig(rrset, sig, {zone: one_key}, now=now,
-                                          policy=dnssec.allow_all_policy)
-            except (dnssec.ValidationFailure, dnssec.UnsupportedAlgorithm, dns.exception.DNSException,
-                    ValueError):
+                verified = crypto.verify(sig.algorithm, key.key, sig.signature, data)
+            except crypto.CryptoUnavailable as e:
+                return bogus(EDE_DNSSEC_BOGUS, str(e), zone)
+            except (crypto.UnsupportedAlgorithm, ValueError, struct.error, dns.exception.DNSException):
                 continue
-            return Checked(sig)
+            if verified:
+                return Checked(sig)
         failure = failure or bogus(EDE_DNSSEC_BOGUS, f"RRSIG over {owner} does not verify", zone)
     assert failure is not None
     return failure
 
 
 def ds_matches(zone: dns.name.Name, key, ds) -> bool:
-    dnssec = _dnssec()
-    if key.algorithm != ds.algorithm or dnssec.key_id(key) != ds.key_tag:
+    if key.algorithm != ds.algorithm or key.key_id() != ds.key_tag:
         return False
-    try:
-        made = dnssec.make_ds(zone, key, ds.digest_type, validating=True, policy=dnssec.allow_all_policy)
-    except (dnssec.UnsupportedAlgorithm, dns.exception.DNSException, ValueError):
-        return False
-    return made.digest == ds.digest
+    return crypto.ds_digest(zone, key, ds.digest_type) == ds.digest
 
 
 def unusable_ds(zone: dns.name.Name, ds_set: Iterable) -> Verdict | None:
