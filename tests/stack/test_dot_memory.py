@@ -239,3 +239,34 @@ def test_lossy_wire_still_answers(pki):
         await up.close()
     run(pki, body, timeout=150, drop=0.15)
 
+
+
+def test_a_transfer_over_tls_comes_whole_each_message_padded(pki):
+    """XoT (RFC 9103): a handler's answer of several messages (a zone
+    transfer) reaches the client message by message, each padded as any
+    answer over TLS is (RFC 8467). Before, the padding step took the list for
+    one message, failed to parse it and let every message go unpadded."""
+    async def body(a, b, server, handler):
+        async def transfer(src, dst, query_wire):
+            query = dns.message.from_wire(query_wire)
+            messages = []
+            for i in range(3):
+                response = dns.message.make_response(query)
+                response.answer.append(dns.rrset.from_text(f"r{i}.example.", 60, "IN", "A", f"192.0.2.{i}"))
+                messages.append(response.to_wire())
+            return messages
+        server.inner = transfer
+        reader, writer = await open_connection(a.tcp, B, 853, timeout=5)
+        plain_reader, plain_writer = await tls.client(reader, writer, tls.client_context(str(pki.ca)),
+                                                      server_hostname=pki.name)
+        query = dns.message.make_query("example.", "AXFR", use_edns=0).to_wire()
+        plain_writer.write(len(query).to_bytes(2, "big") + query)
+        received = []
+        for _ in range(3):
+            length = int.from_bytes(await asyncio.wait_for(plain_reader.readexactly(2), 10), "big")
+            received.append(await plain_reader.readexactly(length))
+        assert [dns.message.from_wire(m).answer[0].name.to_text() for m in received] == \
+            ["r0.example.", "r1.example.", "r2.example."]
+        assert all(len(m) % 468 == 0 for m in received)          # each padded (the query had EDNS)
+        plain_writer.close()
+    run(pki, body)

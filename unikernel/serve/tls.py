@@ -69,8 +69,10 @@ class DnsTlsServer(DnsTcpServer):
         self.handshake_timeout = handshake_timeout
         self.handshaking: dict[Connection, None] = {}     # in the order they came: the oldest first
 
-    async def _padded(self, src, dst, query: bytes) -> bytes | None:
+    async def _padded(self, src, dst, query: bytes) -> bytes | list[bytes] | None:
         answer = await self.inner(src, dst, query)
+        if isinstance(answer, list):            # a zone transfer's messages (XoT): each padded
+            return [padded_answer(message) for message in answer]
         return padded_answer(answer) if answer is not None else None
 
     def _accept(self, conn: Connection) -> None:
