@@ -1,5 +1,5 @@
 """The linters are part of the tests, so CI holds them: ruff over the whole
-tree (its configuration is in pyproject.toml) and mypy over netstack/."""
+tree (its configuration is in pyproject.toml) and mypy over netstack/ and unikernel/."""
 from __future__ import annotations
 
 import shutil
@@ -29,7 +29,7 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_finds_nothing_in_netstack():
-    result = subprocess.run([_tool("mypy"), "--no-incremental", "netstack"], cwd=REPO,
+def test_mypy_finds_nothing_in_netstack_and_unikernel():
+    result = subprocess.run([_tool("mypy"), "--no-incremental", "netstack", "unikernel"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

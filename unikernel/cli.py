@@ -172,10 +172,11 @@ def run_serve(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     else:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    from netstack.link import Link
     from netstack.link.tap import TapLink
 
     try:
-        link = TapLink(appliance.tap, mtu=appliance.mtu)
+        link: Link = TapLink(appliance.tap, mtu=appliance.mtu)
     except (OSError, ValueError) as e:
         raise ConfigError(f"tap {appliance.tap}: {e}") from None
     if args.pcap:

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError("no server: give @SERVER (or --ipv4-gateway, which is then asked)")
             options.server = str(gateway)
         server = ipaddress.IPv4Address(options.server)
+        assert options.name is not None            # _parse_words defaults it to the root
         qname = dns.name.from_text(options.name)
         if not 0 < args.port < 65536:
             raise UsageError(f"port {args.port} out of range")
@@ -175,6 +176,7 @@ async def _dig(args, o: _Options, interface, gateway, server: ipaddress.IPv4Addr
         command = " ".join(["@" + str(server), *(w for w in args.words if not w.startswith("@"))])
         if args.reverse:
             command += f" -x {args.reverse}"
+        assert o.rdtype is not None                # _parse_words defaults it (A, NS or PTR)
         for _ in range(o.tries):
             try:
                 reply = await stub.query((int(server), args.port), qname, o.rdtype, timeout=o.timeout,

@@ -273,6 +273,7 @@ def upstream_transports(appliance: Appliance, stack) -> tuple[list[tuple[int, in
     for text in appliance.forward:
         if is_tls_upstream(text):
             ip, port, name = parse_tls_upstream(text)
+            assert client_context is not None      # tls_contexts makes one when a tls:// upstream is given
             tls_upstreams[(ip, port)] = TlsUpstream(stack.tcp, ip, port, name, client_context,
                                                     counters=stack.counters)
             endpoints.append((ip, port))

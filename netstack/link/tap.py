@@ -25,7 +25,8 @@ class TapLink:
     def __init__(self, name: str = "tap0", mtu: int = 1500) -> None:
         if len(name.encode()) >= 16:
             raise ValueError(f"interface name {name!r} is longer than 15 bytes")
-        self.name, self.mtu, self.mac = name, mtu, None
+        self.name, self.mtu = name, mtu
+        self.mac: bytes | None = None
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))

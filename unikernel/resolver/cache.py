@@ -51,6 +51,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import dns.edns
 import dns.flags
@@ -84,7 +85,7 @@ MAX_CHAIN = 16
 def question_key(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
     """The question as on the wire with the name lowercased: the fast-path key
     without its final EDNS byte."""
-    return qname.canonicalize().to_wire() + struct.pack("!HH", rdtype, rdclass)
+    return cast(bytes, qname.canonicalize().to_wire()) + struct.pack("!HH", rdtype, rdclass)
 
 
 def entry_key(qkey: bytes, do: bool, cd: bool = False) -> bytes:
@@ -111,8 +112,8 @@ class Entry:
     __slots__ = ("kind", "rcode", "_sections", "wire", "stored_at", "ttl", "key", "rendered", "cost",
                  "refresh_failed_at", "security", "ede")
 
-    def __init__(self, kind: str, rcode: int, answer: list[dns.rrset.RRset], authority: list[dns.rrset.RRset],
-                 additional: list[dns.rrset.RRset], stored_at: float, ttl: int,
+    def __init__(self, kind: str, rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset],
+                 authority: list[dns.rrset.RRset], additional: list[dns.rrset.RRset], stored_at: float, ttl: int,
                  question: tuple[dns.name.Name, int, int], do: bool, *, security: str = SECURITY_UNCHECKED,
                  ede: tuple[int, str] | None = None, cd: bool = False) -> None:
         self.kind = kind
@@ -183,7 +184,8 @@ class Entry:
         if self.security == SECURITY_SECURE:
             message.flags |= dns.flags.AD      # the server's patch keeps it for queries with AD or DO only
         message.set_rcode(self.rcode)
-        message.question = [dns.rrset.RRset(qname, rdclass, rdtype)]
+        message.question = [dns.rrset.RRset(qname, dns.rdataclass.RdataClass.make(rdclass),
+                                            dns.rdatatype.RdataType.make(rdtype))]
         message.answer, message.authority, message.additional = (list(s) for s in self.sections())
         try:
             self.wire = message.to_wire()
@@ -429,7 +431,7 @@ class Cache:
         grown = len(wire)                      # its counted-down copy
         if flags:
             message = dns.message.from_wire(wire)
-            options = [_ede(entry.ede)] if entry.ede is not None else []
+            options: list[dns.edns.Option] = [_ede(entry.ede)] if entry.ede is not None else []
             message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD, options=options)
             try:
                 wire = message.to_wire()

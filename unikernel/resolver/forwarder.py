@@ -44,6 +44,7 @@ Answers are neither ``static`` (they age and change) nor ``final``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -178,7 +179,7 @@ class Forwarder:
             c["forward.cache.miss"] += 1
             task = asyncio.ensure_future(self._resolve(q.name, q.rdtype, q.rdclass, do, cd))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, key=key: self._inflight.pop(key, None))
+            task.add_done_callback(functools.partial(self._resolved, key))
         else:
             c["forward.inflight.joined"] += 1
         if self.cache.serve_stale:
@@ -205,6 +206,9 @@ class Forwarder:
         return Answer(_servfail(query))
 
     # -- one question, upstream -----------------------------------------------
+    def _resolved(self, key, _task: asyncio.Future) -> None:
+        self._inflight.pop(key, None)
+
     async def _resolve(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool = False):
         """("entry", entry_for) | ("stale", Entry) | ("truncated", Reply) |
         ("servfail", None); ``entry_for(do)`` is the Entry for a client with or

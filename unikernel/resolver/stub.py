@@ -30,6 +30,7 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import dns.exception
 import dns.flags
@@ -121,7 +122,7 @@ class StubResolver:
         CaseMismatch, StubError; never returns a reply that failed the matching
         rules. ``use_tcp``: ask again over TCP when the UDP reply is truncated;
         ``tcp_only``: ask over TCP only (dig's +tcp)."""
-        name_wire = qname.to_wire()     # uncompressed, in the case given
+        name_wire = cast(bytes, qname.to_wire())     # uncompressed, in the case given
         if use_0x20:
             name_wire = randomize_case(name_wire, self.rng)
         question = name_wire + struct.pack("!HH", rdtype, rdclass)

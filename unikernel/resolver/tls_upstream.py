@@ -37,6 +37,7 @@ import random
 import ssl
 import struct
 from dataclasses import dataclass, field
+from typing import cast
 
 import dns.exception
 import dns.flags
@@ -134,7 +135,7 @@ class TlsUpstream:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
-        question = qname.to_wire() + struct.pack("!HH", rdtype, rdclass)
+        question = cast(bytes, qname.to_wire()) + struct.pack("!HH", rdtype, rdclass)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_connections * self.max_inflight)
         try:
@@ -274,7 +275,7 @@ class TlsUpstream:
                 wire = await asyncio.wait_for(conn.reader.readexactly(length), self.idle_timeout)
                 self._match(conn, wire)
                 if not conn.session_taken:      # after a reply: TLS 1.3 tickets come after the handshake
-                    self.session = conn.writer.get_extra_info("session")
+                    self.session = cast("ssl.SSLSession | None", conn.writer.get_extra_info("session"))
                     conn.session_taken = True
                 if not conn.pending:
                     idle_since = loop.time()

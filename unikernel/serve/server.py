@@ -467,6 +467,7 @@ class DnsServer:
         if query.had_tsig:
             # a signed question (a secondary's SOA check) gets a signed answer, never kept
             counters["dns.tsig.signed"] += 1
+            assert query.keyalgorithm is not None and query.mac is not None     # had_tsig: both read
             response.use_tsig(query.keyring, query.keyname, original_id=query.id, algorithm=query.keyalgorithm)
             response.request_mac = query.mac
             response.use_edns(0 if query.edns >= 0 else -1, query.ednsflags & dns.flags.DO, UDP_PAYLOAD)
@@ -492,7 +493,7 @@ class DnsServer:
         self.forwarding.add(task)
         return True
 
-    def _error_reply(self, query: dns.message.Message, rcode: int, limit: int,
+    def _error_reply(self, query: dns.message.Message, rcode: dns.rcode.Rcode, limit: int,
                      key: bytes) -> tuple[bytes | None, str, str, int, bytes]:
         reply, _ = render(_error(query, rcode), query, limit)
         return reply, "", "server", rcode, key
@@ -515,7 +516,7 @@ def _kept_cost(key: bytes, size: int) -> int:
     return len(key) + size + KEPT_OVERHEAD
 
 
-def _error(query: dns.message.Message, rcode: int) -> dns.message.Message:
+def _error(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
     response = dns.message.make_response(query)
     response.set_rcode(rcode)
     return response

@@ -29,13 +29,15 @@ answer. src and dst are ``(IPv4Address, port)``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
 from netstack.tcp.connection import Connection
 from netstack.tcp.layer import TcpLayer
-from netstack.tcp.stream import TcpStreamWriter, wrap
+from netstack.tcp.stream import wrap
+from netstack.tls import ByteStreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,12 @@ class DnsTcpServer:
         reader, writer = wrap(conn)
         task = asyncio.get_running_loop().create_task(self._serve(conn, reader, writer))
         self.sessions[conn] = task
-        task.add_done_callback(lambda _t, c=conn: self.sessions.pop(c, None))
+        task.add_done_callback(functools.partial(self._session_ended, conn))
 
-    async def _serve(self, conn: Connection, reader: asyncio.StreamReader, writer: TcpStreamWriter) -> None:
+    def _session_ended(self, conn: Connection, _task: asyncio.Task) -> None:
+        self.sessions.pop(conn, None)
+
+    async def _serve(self, conn: Connection, reader: asyncio.StreamReader, writer: ByteStreamWriter) -> None:
         src = (ipaddress.IPv4Address(conn.remote[0]), conn.remote[1])
         dst = (ipaddress.IPv4Address(conn.local[0]), conn.local[1])
         pending: set[asyncio.Task] = set()
@@ -165,7 +170,7 @@ class DnsTcpServer:
         self.counters["dns_tcp.query"] += 1
         return query
 
-    async def _answer(self, src: Endpoint, dst: Endpoint, query: bytes, writer: TcpStreamWriter,
+    async def _answer(self, src: Endpoint, dst: Endpoint, query: bytes, writer: ByteStreamWriter,
                       slots: asyncio.Semaphore, writing: asyncio.Lock, activity: list) -> None:
         # the slot is held until the answer is written: a query whose answer
         # still waits in memory counts against the connection's bound
@@ -174,7 +179,7 @@ class DnsTcpServer:
         finally:
             slots.release()
 
-    async def _answer_and_write(self, src: Endpoint, dst: Endpoint, query: bytes, writer: TcpStreamWriter,
+    async def _answer_and_write(self, src: Endpoint, dst: Endpoint, query: bytes, writer: ByteStreamWriter,
                                 writing: asyncio.Lock, activity: list) -> None:
         try:
             answer = await asyncio.wait_for(self.handle(src, dst, query), self.answer_timeout)

@@ -23,6 +23,7 @@ rules are the processor's, the same on every transport.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 
 import dns.edns
@@ -90,7 +91,7 @@ class DnsTlsServer(DnsTcpServer):
         self.handshaking[conn] = None
         task = asyncio.get_running_loop().create_task(self._handshake_then_serve(conn, reader, writer))
         self.sessions[conn] = task
-        task.add_done_callback(lambda _t, c=conn: self.sessions.pop(c, None))
+        task.add_done_callback(functools.partial(self._session_ended, conn))
 
     async def _handshake_then_serve(self, conn: Connection, reader, writer) -> None:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Mapping
+from typing import cast
 
 import dns.name
 import dns.node
@@ -40,7 +41,7 @@ def name_key(name: dns.name.Name) -> bytes:
     """The key of an absolute name: its wire form, ASCII letters lowercased
     (a label's length byte is at most 63, below every letter, so lowering
     the whole string is DNS's case-insensitive comparison)."""
-    return name.to_wire().lower()
+    return cast(bytes, name.to_wire()).lower()
 
 
 def parent_key(key: bytes) -> bytes:
@@ -111,7 +112,7 @@ class CompactNodes(Mapping[dns.name.Name, dns.node.Node]):
     def __getitem__(self, name: dns.name.Name) -> dns.node.Node:
         return decode_node(self.blobs[name_key(name)])
 
-    def get(self, name: dns.name.Name, default=None):  # type: ignore[override]
+    def get(self, name: dns.name.Name, default=None):
         blob = self.blobs.get(name_key(name))
         return default if blob is None else decode_node(blob)
 

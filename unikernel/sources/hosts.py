@@ -108,7 +108,7 @@ def hosts_process(table: HostsTable, *, ttl: int = DEFAULT_TTL, recursion_availa
             return None
         name = q.name.canonicalize()
         rdtype = q.rdtype
-        records: list[tuple[int, list[str]]] = []
+        records: list[tuple[dns.rdatatype.RdataType, list[str]]] = []
         if rdtype == dns.rdatatype.PTR:
             target = table.ptr.get(name)
             if target is None:

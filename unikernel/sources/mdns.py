@@ -47,6 +47,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -98,7 +99,7 @@ class Record:
     name: dns.name.Name
     rdtype: int
     ttl: int
-    rdata: dns.rdata.Rdata
+    rdata: Any                  # a dns.rdata.Rdata (PTR's and SRV's have .target)
 
 
 @dataclass(slots=True)
@@ -150,13 +151,13 @@ def _uncompressed_rdata(wire: bytes, rdtype: int, start: int, end: int) -> bytes
         name, after = _read_name(wire, start)
         if after > end:
             raise MdnsFormatError("name runs past the rdata")
-        return name.to_wire() + (wire[after:end] if rdtype == dns.rdatatype.NSEC else b"")
+        return cast(bytes, name.to_wire()) + (wire[after:end] if rdtype == dns.rdatatype.NSEC else b"")
     if rdtype in (dns.rdatatype.SRV, dns.rdatatype.MX):
         fixed = 6 if rdtype == dns.rdatatype.SRV else 2
         name, after = _read_name(wire, start + fixed)
         if after > end:
             raise MdnsFormatError("name runs past the rdata")
-        return wire[start:start + fixed] + name.to_wire()
+        return wire[start:start + fixed] + cast(bytes, name.to_wire())
     return wire[start:end]
 
 
@@ -215,7 +216,7 @@ def _nsec_denies(rdata, rdtype: int) -> bool:
 
 @dataclass(slots=True)
 class Outcome:
-    rcode: int
+    rcode: dns.rcode.Rcode
     records: list[Record]          # answers first, then what they point to
     answer_count: int
 
@@ -279,7 +280,8 @@ class MdnsQuerier:
         self.cache: OrderedDict[tuple[dns.name.Name, int], tuple[float, Outcome]] = OrderedDict()
         self._in_flight: dict[tuple[dns.name.Name, int], _Lookup] = {}
         self._by_ident: dict[int, _Lookup] = {}
-        self._tokens, self._tokens_at = float(QUERY_BURST), None
+        self._tokens = float(QUERY_BURST)
+        self._tokens_at: float | None = None
         self.port: int | None = None
         self._listening = False
         self._timer: asyncio.TimerHandle | None = None
@@ -401,7 +403,7 @@ class MdnsQuerier:
         self._by_ident[ident] = lookup
         # RD clear, no QU bit (RFC 6762 5.4): from a port other than 5353, the
         # responders answer by unicast (6.7), and some by multicast as well
-        wire = _HEADER.pack(ident, 0, 1, 0, 0, 0) + name.to_wire() + struct.pack("!HH", rdtype, 1)
+        wire = _HEADER.pack(ident, 0, 1, 0, 0, 0) + cast(bytes, name.to_wire()) + struct.pack("!HH", rdtype, 1)
         self.udp.sendto(wire, self.port, MDNS_GROUP, MDNS_PORT, ttl=LINK_TTL)
         self.counters["mdns.query.sent"] += 1
         self._wake_at(loop, lookup.deadline)
@@ -594,11 +596,12 @@ class MdnsQuerier:
             key = (i < outcome.answer_count, owner, record.rdtype)
             rrset = sections.get(key)
             if rrset is None:
-                rrset = sections[key] = dns.rrset.RRset(owner, dns.rdataclass.IN, record.rdtype)
+                rrset = sections[key] = dns.rrset.RRset(owner, dns.rdataclass.IN,
+                                                        dns.rdatatype.RdataType.make(record.rdtype))
                 (response.answer if key[0] else response.additional).append(rrset)
             rrset.add(rdata, record.ttl)
         if outcome.rcode == dns.rcode.NXDOMAIN or (outcome.rcode == dns.rcode.NOERROR and not outcome.records):
-            apex = self.domain if mapped else LOCAL
+            apex = self.domain if mapped and self.domain is not None else LOCAL
             response.authority.append(dns.rrset.from_text(
                 apex, MAX_TTL, "IN", "SOA", f"{apex} nobody.invalid. 1 3600 1200 604800 {MAX_TTL}"))
         return Answer(response, final=True)

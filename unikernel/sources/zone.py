@@ -188,7 +188,7 @@ class Lookup:
     """What one zone says about a question, before rendering. ``dnssec``:
     the query had DO, so signed zones add their RRSIGs and proofs."""
 
-    rcode: int = dns.rcode.NOERROR
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR
     authoritative: bool = True
     answer: list[dns.rrset.RRset] = field(default_factory=list)
     authority: list[dns.rrset.RRset] = field(default_factory=list)
@@ -257,9 +257,9 @@ class AuthoritativeZone:
         params = apex.get_rdataset(IN, NSEC3PARAM)
         usable = [p for p in params or () if p.flags == 0 and p.algorithm == 1]
         self.nsec3 = Nsec3Chain(self.origin, usable[0], self.hashed) if usable and self.hashed else None
-        soa = apex.get_rdataset(IN, SOA)
+        soa = apex.find_rdataset(IN, SOA)        # check_origin: the apex has SOA and NS
         self.apex_ns = dns.rrset.RRset(self.origin, IN, NS)
-        self.apex_ns.update(apex.get_rdataset(IN, NS))
+        self.apex_ns.update(apex.find_rdataset(IN, NS))
         # RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and MINIMUM
         self.negative_soa = dns.rrset.RRset(self.origin, IN, SOA)
         self.negative_soa.update(soa)
@@ -354,7 +354,7 @@ class AuthoritativeZone:
         """RFC 6672: the DNAME, and a CNAME synthesised from it for ``name``,
         whose target the caller follows."""
         node = self.nodes[owner]
-        dname = node.get_rdataset(IN, DNAME)
+        dname = node.find_rdataset(IN, DNAME)
         result.answer += self._signed(owner, node, dname, result)
         try:
             target = name.relativize(owner).derelativize(dname[0].target)
@@ -484,7 +484,7 @@ class AuthoritativeZone:
                 rrsets.append(_rrset(owner, signatures))
         return rrsets
 
-    def _negative(self, result: Lookup, rcode: int) -> Lookup:
+    def _negative(self, result: Lookup, rcode: dns.rcode.Rcode) -> Lookup:
         result.rcode = rcode
         result.authority.append(self.negative_soa)
         if self._proving(result):
@@ -502,7 +502,7 @@ class AuthoritativeZone:
         if qtype not in NO_AUTHORITY_NS and not any(r.rdtype == NS and r.name == self.origin
                                                     for r in result.answer):
             apex = self.nodes[self.origin]
-            result.authority += self._signed(self.origin, apex, apex.get_rdataset(IN, NS), result)
+            result.authority += self._signed(self.origin, apex, apex.find_rdataset(IN, NS), result)
         self._additional(result, result.answer + result.authority)
 
     def _any(self, owner: dns.name.Name, node: dns.node.Node, result: Lookup) -> Lookup:
@@ -531,7 +531,7 @@ class AuthoritativeZone:
         if first:
             result.authoritative = False
         node = self.nodes[cut]
-        ns = _rrset(cut, node.get_rdataset(IN, NS))
+        ns = _rrset(cut, node.find_rdataset(IN, NS))
         result.authority.append(ns)
         if self._proving(result):
             ds = node.get_rdataset(IN, DS)

@@ -167,7 +167,7 @@ class SecondaryZones:
         return _reply(query, dns.rcode.NOERROR)
 
 
-def _reply(query: dns.message.Message, rcode: int) -> bytes:
+def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
     response = dns.message.make_response(query)
     response.flags |= dns.flags.AA
     response.set_rcode(rcode)
@@ -277,7 +277,7 @@ class SecondaryService:
                     done = inbound.process_message(reply)
                     tsig_ctx = reply.tsig_ctx
             # a single SOA no newer than ours: up to date, nothing committed
-            return zone.data.get_rdataset(zone.origin, dns.rdatatype.SOA) is not None and \
-                zone.data.get_rdataset(zone.origin, dns.rdatatype.SOA)[0].serial != serial
+            soa = zone.data.get_rdataset(zone.origin, dns.rdatatype.SOA)
+            return soa is not None and soa[0].serial != serial
         finally:
             writer.close()

@@ -209,10 +209,10 @@ def verify(algorithm: int, key: bytes, signature: bytes, data: bytes) -> bool:
     if spec is None:
         raise UnsupportedAlgorithm(f"DNSSEC algorithm {algorithm}")
     key_der = public_key_der(algorithm, key)
-    signature = signature_der(algorithm, signature)
-    if key_der is None or signature is None:
+    signature_for_openssl = signature_der(algorithm, signature)
+    if key_der is None or signature_for_openssl is None:
         return False
-    return libcrypto().verify(key_der, spec.digest, signature, data)
+    return libcrypto().verify(key_der, spec.digest, signature_for_openssl, data)
 
 
 # -- what is signed and digested (RFC 4034) ------------------------------------
