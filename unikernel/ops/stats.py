@@ -1,8 +1,10 @@
 """What the appliance answered, in bounded tables: for /metrics and the dashboard.
 
 The server calls :meth:`QueryStats.record` once for every reply it sends, on
-the fast path as on the slow one, so the call is cheap: a few dict updates,
-no dnspython. The question is handed over as the fast path's key
+the fast path as on the slow one, so the call is cheap: it appends the
+reply's fields to a flat list, and every :data:`BATCH` replies (or when a page
+reads) :meth:`QueryStats.drain` counts them with C-level passes over each
+field. The question is handed over as the fast path's key
 (:mod:`unikernel.wire`: lowercased name wire + qtype + qclass + EDNS byte) and
 is only turned into text when a page asks for it.
 
@@ -288,7 +290,6 @@ class QueryStats:
                 self.rate.add(second, n)
 
     def _count_questions(self, transports: list[str], keys: list[bytes]) -> None:
-        by_query = self.by_query
         if any(map(operator.getitem, keys, itertools.repeat(_QTYPE_HIGH))):
             # a qtype above 255 (CAA, an unassigned one): the two bytes, rare enough to pay for their slices
             qtypes: Iterable = map(operator.getitem, keys, itertools.repeat(_QTYPE_BYTES))
@@ -297,12 +298,25 @@ class QueryStats:
             # the low byte alone says it: an int, which indexing a bytes makes without allocating
             qtypes = map(operator.getitem, keys, itertools.repeat(_QTYPE_LOW))
             labels = _QTYPE_LABELS_BY_LOW_BYTE
-        one_transport = transports.count(transports[0]) == len(transports)
-        counted = collections.Counter(qtypes if one_transport else zip(transports, qtypes))
-        for item, n in counted.items():
-            transport, qtype = (transports[0], item) if one_transport else item
-            label = (transport, labels.get(qtype, "other"))
-            by_query[label] = by_query.get(label, 0) + n
+        qtypes = list(qtypes)
+        kinds = set(transports)
+        most = max(kinds, key=transports.count) if len(kinds) > 1 else transports[0]
+        # the most used transport's count is what the others leave: one pass over the batch, and one more
+        # (a compress) for each other transport in it, rather than a Counter of (transport, qtype) pairs
+        counted = collections.Counter(qtypes)
+        for transport in kinds - {most}:
+            theirs = collections.Counter(itertools.compress(qtypes, map(operator.eq, transports,
+                                                                        itertools.repeat(transport))))
+            counted.subtract(theirs)
+            self._count_qtypes(transport, theirs, labels)
+        self._count_qtypes(most, counted, labels)
+
+    def _count_qtypes(self, transport: str, counted: collections.Counter, labels: dict) -> None:
+        by_query = self.by_query
+        for qtype, n in counted.items():
+            if n:
+                label = (transport, labels.get(qtype, "other"))
+                by_query[label] = by_query.get(label, 0) + n
 
     def _count_answers(self, sources: list[str], rcodes: list[int], latencies: list[float]) -> None:
         by_answer = self.by_answer
