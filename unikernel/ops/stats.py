@@ -66,10 +66,6 @@ def fan_out(observers: list[Observe]) -> Observe | None:
     return observe_all
 
 
-def qtype_label(key: bytes) -> str:
-    return QTYPE_LABELS.get(key[-5:-3], "other")
-
-
 _QTYPE_BYTES = slice(-5, -3)     # of a fast-path key: name wire, qtype, qclass, EDNS byte
 _QTYPE_HIGH, _QTYPE_LOW = -5, -4
 _NAME_BYTES = slice(None, -5)
