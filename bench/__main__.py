@@ -1,4 +1,4 @@
-"""``python -m bench [auth|forwarder|zones|hot_path|frames|dot|dnssec|misses|blocklist] [options]``:
+"""``python -m bench [auth|forwarder|zones|hot_path|frames|dot|dnssec|misses|blocklist|stats] [options]``:
 with no name, every
 benchmark runs in turn, each given the same options (each ignores those
 meant for the others). Each provides ``main(argv) -> int``; the exit status
@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import sys
 
-BENCHMARKS = ("auth", "forwarder", "zones", "hot_path", "frames", "dot", "dnssec", "misses", "blocklist")
+BENCHMARKS = ("auth", "forwarder", "zones", "hot_path", "frames", "dot", "dnssec", "misses", "blocklist", "stats")
 # what --long means for each: longer rounds, and the million-name zone
 LONG = ["--seconds", "15", "--duration", "15", "--rounds", "5", "--zone-seconds", "10", "--fill", "100000"]
 

@@ -1,8 +1,10 @@
 """What the appliance answered, in bounded tables: for /metrics and the dashboard.
 
 The server calls :meth:`QueryStats.record` once for every reply it sends, on
-the fast path as on the slow one, so the call is cheap: a few dict updates,
-no dnspython. The question is handed over as the fast path's key
+the fast path as on the slow one, so the call is cheap: it appends the
+reply's fields to a flat list, and every :data:`BATCH` replies (or when a page
+reads) :meth:`QueryStats.drain` counts them with C-level passes over each
+field. The question is handed over as the fast path's key
 (:mod:`unikernel.wire`: lowercased name wire + qtype + qclass + EDNS byte) and
 is only turned into text when a page asks for it.
 
@@ -19,7 +21,7 @@ import collections
 import ipaddress
 import itertools
 import operator
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 import dns.name
@@ -64,12 +66,13 @@ def fan_out(observers: list[Observe]) -> Observe | None:
     return observe_all
 
 
-def qtype_label(key: bytes) -> str:
-    return QTYPE_LABELS.get(key[-5:-3], "other")
-
-
 _QTYPE_BYTES = slice(-5, -3)     # of a fast-path key: name wire, qtype, qclass, EDNS byte
+_QTYPE_HIGH, _QTYPE_LOW = -5, -4
 _NAME_BYTES = slice(None, -5)
+_QTYPE_LABELS_BY_LOW_BYTE = {code[1]: label for code, label in QTYPE_LABELS.items() if code[0] == 0}
+# the Observe arguments' places
+_FIELDS = 9
+_ARRIVED, _TRANSPORT, _CLIENT, _KEY, _RCODE, _SOURCE, _LATENCY = 0, 1, 2, 4, 6, 7, 8
 
 
 def qtype_text(key: bytes) -> str:
@@ -114,6 +117,21 @@ class Histogram:
         self.total += value
         self.count += 1
 
+    def observe_sorted(self, values: list[float]) -> None:
+        """:meth:`observe` each of ``values``, given in ascending order: a bisect per bucket they reach."""
+        counts = self.counts
+        below = 0
+        for bucket, bound in enumerate(self.bounds):
+            upto = bisect.bisect_right(values, bound, below)
+            counts[bucket] += upto - below
+            below = upto
+            if below == len(values):
+                break
+        else:
+            counts[-1] += len(values) - below
+        self.total += sum(values)
+        self.count += len(values)
+
     def cumulative(self) -> list[tuple[float, int]]:
         """``(upper bound, observations at or below it)``, ending with +Inf."""
         out, running = [], 0
@@ -128,13 +146,13 @@ Item = TypeVar("Item", bound=Hashable)
 
 class TopK(Generic[Item]):
     """The most frequent items of an unbounded stream in ``capacity``
-    counters (Misra and Gries's "frequent" algorithm): a new item, once the
-    table is full, takes one from every counter and the counters that reach
-    zero leave. A count is never above the truth and at most ``decrements``
-    below it, so every item seen more than n / (capacity + 1) times of n is
-    kept. Each update is O(1) amortized (a round of decrements costs what the
-    increments it undoes cost), and the common one, an item already counted,
-    is one dict lookup: cheap enough for the fast path."""
+    counters (Misra and Gries's "frequent" algorithm, in the mergeable form of
+    Agarwal et al.): items are counted exactly, a batch at a time, and once the
+    table holds more than ``capacity`` counters every counter gives up the
+    (capacity + 1)-th largest count and those left at zero leave. A count is
+    never above the truth and at most ``decrements`` below it; each round takes
+    ``floor`` from at least capacity + 1 counters, so ``decrements`` stays at
+    most n / (capacity + 1) of n, and every item seen more often is kept."""
 
     __slots__ = ("capacity", "counts", "decrements")
 
@@ -142,26 +160,30 @@ class TopK(Generic[Item]):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self.counts: dict[Item, int] = {}
+        self.counts: collections.Counter[Item] = collections.Counter()
         self.decrements = 0
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def add(self, item: Item, weight: int = 1) -> None:
-        """``weight`` more of ``item`` (the weighted form: once the table
-        overflows, every counter gives up the smallest count among them)."""
+        """``weight`` more of ``item``."""
+        self.counts[item] += weight
+        if len(self.counts) > self.capacity:
+            self._trim()
+
+    def update(self, items: Iterable[Item]) -> None:
+        """One more of each of ``items`` (counted at C speed, then trimmed once)."""
+        self.counts.update(items)
+        if len(self.counts) > self.capacity:
+            self._trim()
+
+    def _trim(self) -> None:
         counts = self.counts
-        count = counts.get(item)
-        if count is not None:
-            counts[item] = count + weight
-        elif len(counts) < self.capacity:
-            counts[item] = weight
-        else:
-            counts[item] = weight
-            floor = min(counts.values())
-            self.decrements += floor
-            self.counts = {kept: n - floor for kept, n in counts.items() if n > floor}
+        floor = sorted(counts.values(), reverse=True)[self.capacity]
+        self.decrements += floor
+        kept = itertools.compress(counts.items(), map(operator.gt, counts.values(), itertools.repeat(floor)))
+        self.counts = collections.Counter({item: n - floor for item, n in kept})
 
     def top(self, n: int) -> list[tuple[Item, int, int]]:
         """``(item, count, error)`` for the ``n`` most counted, most first;
@@ -202,84 +224,129 @@ class RateRing:
 
 class QueryStats:
     """Totals, latency histograms, top names and clients, the last queries and
-    the rate, all bounded (see the module's doc)."""
+    the rate, all bounded (see the module's doc).
+
+    :attr:`record` is the server's observer: it only appends the reply's
+    arguments to one flat list of at most :data:`BATCH` replies; :meth:`drain`
+    counts that batch field by field with C-level passes (strided slices,
+    Counter, sort, bisect over the sorted latencies), so the tables are touched once per distinct label in a
+    batch rather than once per reply. What only a page shows (the names as
+    text, the sum per transport or per source) is made when a page asks."""
 
     def __init__(self, *, top: int = 100, recent: int = 100, window: int = 600) -> None:
-        # (transport, qtype label, source, rcode) -> answers: one dict update a
-        # query; the per-label totals are sums of it, made when a page asks
-        self.totals: dict[tuple[str, str, str, int], int] = {}
+        # answers by (transport, qtype label) and by (source, rcode): the pages read these two sums, never
+        # the four labels together
+        self.by_query: dict[tuple[str, str], int] = {}
+        self.by_answer: dict[tuple[str, int], int] = {}
         self.latency: dict[str, Histogram] = {source: Histogram() for source in SOURCES}
         self.names: TopK[bytes] = TopK(top)           # question names (wire, lowercased)
         self.clients: TopK[int] = TopK(top)
         self.recent: collections.deque = collections.deque(maxlen=recent)
         self.rate = RateRing(window)
-        self._pending: list[tuple] = []                # recorded, not yet counted (at most BATCH)
+        self.record: Observe = self._recorder()
 
-    def record(self, *event) -> None:
-        """One reply sent, with the :data:`Observe` arguments. On the fast
-        path, so it only queues the event; :meth:`drain` counts a batch at a
-        time, with C-level passes (Counter, map) rather than Python per reply."""
-        pending = self._pending
-        pending.append(event)
-        if len(pending) >= BATCH:
-            self.drain()
+    def _recorder(self) -> Observe:
+        # a closure, not a method: the list's extend is a cell away, not an attribute lookup on every reply;
+        # one flat list, not a tuple per reply, so drain takes each field as one strided slice
+        pending: list = []
+        extend = pending.extend
+        self._pending = pending
+        drain = self.drain
+        limit = BATCH * _FIELDS
+
+        def record(*event) -> None:
+            """One reply sent, with the :data:`Observe` arguments: queued, counted by :meth:`drain`."""
+            extend(event)
+            if len(pending) >= limit:
+                drain()
+        return record
 
     def drain(self) -> None:
         """Counts the queued replies into the tables (every reader calls it)."""
-        events, self._pending = self._pending, []
-        if not events:
+        flat = self._pending
+        if not flat:
             return
-        arrived, transports, clients, _ports, keys, _flags, rcodes, sources, latencies = map(list, zip(*events))
-        # one C-level count over what varies; a key's hash is already cached
-        # (the fast path looked it up), so this costs little per reply
-        buckets = map(bisect.bisect_left, itertools.repeat(LATENCY_BUCKETS), latencies)
-        totals = self.totals
-        names: collections.Counter[bytes] = collections.Counter()
-        for (key, transport, source, rcode, bucket), n in collections.Counter(zip(keys, transports, sources, rcodes,
-                                                                                  buckets)).items():
-            label = (transport, QTYPE_LABELS.get(key[_QTYPE_BYTES], "other"), source, rcode)
-            totals[label] = totals.get(label, 0) + n
-            names[key[_NAME_BYTES]] += n
-            histogram = self.latency.get(source)
-            if histogram is not None:
-                histogram.counts[bucket] += n
-                histogram.count += n
-        for source in set(sources):
-            histogram = self.latency.get(source)
-            if histogram is not None:
-                histogram.total += sum(itertools.compress(latencies, map(operator.eq, sources,
-                                                                         itertools.repeat(source))))
-        for name, n in names.items():
-            self.names.add(name, n)
-        for client, n in collections.Counter(clients).items():
-            self.clients.add(client, n)
-        if int(arrived[0]) == int(arrived[-1]):          # the common case: all within one second
-            self.rate.add(arrived[0], len(arrived))
+        last = flat[-(self.recent.maxlen or 0) * _FIELDS:]
+        self.recent.extend(zip(*[iter(last)] * _FIELDS))          # in the order they were sent
+        arrived, transports, clients, keys, rcodes, sources, latencies = (flat[field::_FIELDS] for field in (
+            _ARRIVED, _TRANSPORT, _CLIENT, _KEY, _RCODE, _SOURCE, _LATENCY))
+        flat.clear()
+        self._count_seconds(arrived)
+        self._count_questions(transports, keys)
+        self._count_answers(sources, rcodes, latencies)
+        self.names.update(map(operator.getitem, keys, itertools.repeat(_NAME_BYTES)))
+        self.clients.update(clients)
+
+    def _count_seconds(self, arrived: list[float]) -> None:
+        first, last = int(min(arrived)), int(max(arrived))
+        if first == last:                 # the common case: the whole batch arrived within one second
+            self.rate.add(first, len(arrived))
         else:
             for second, n in collections.Counter(map(int, arrived)).items():
                 self.rate.add(second, n)
-        self.recent.extend(events[-(self.recent.maxlen or 0):])
+
+    def _count_questions(self, transports: list[str], keys: list[bytes]) -> None:
+        if any(map(operator.getitem, keys, itertools.repeat(_QTYPE_HIGH))):
+            # a qtype above 255 (CAA, an unassigned one): the two bytes, rare enough to pay for their slices
+            qtypes: Iterable = map(operator.getitem, keys, itertools.repeat(_QTYPE_BYTES))
+            labels: dict = QTYPE_LABELS
+        else:
+            # the low byte alone says it: an int, which indexing a bytes makes without allocating
+            qtypes = map(operator.getitem, keys, itertools.repeat(_QTYPE_LOW))
+            labels = _QTYPE_LABELS_BY_LOW_BYTE
+        qtypes = list(qtypes)
+        kinds = set(transports)
+        most = max(kinds, key=transports.count) if len(kinds) > 1 else transports[0]
+        # the most used transport's count is what the others leave: one pass over the batch, and one more
+        # (a compress) for each other transport in it, rather than a Counter of (transport, qtype) pairs
+        counted = collections.Counter(qtypes)
+        for transport in kinds - {most}:
+            theirs = collections.Counter(itertools.compress(qtypes, map(operator.eq, transports,
+                                                                        itertools.repeat(transport))))
+            counted.subtract(theirs)
+            self._count_qtypes(transport, theirs, labels)
+        self._count_qtypes(most, counted, labels)
+
+    def _count_qtypes(self, transport: str, counted: collections.Counter, labels: dict) -> None:
+        by_query = self.by_query
+        for qtype, n in counted.items():
+            if n:
+                label = (transport, labels.get(qtype, "other"))
+                by_query[label] = by_query.get(label, 0) + n
+
+    def _count_answers(self, sources: list[str], rcodes: list[int], latencies: list[float]) -> None:
+        by_answer = self.by_answer
+        sizes = sorted(collections.Counter(sources).items())
+        if len(sizes) > 1:
+            # each source's replies side by side (a stable sort of the indices by source, which is the order
+            # of ``sizes``), so each has one slice of rcodes and one of latencies
+            order = sorted(range(len(sources)), key=sources.__getitem__)
+            rcodes = list(map(rcodes.__getitem__, order))
+            latencies = list(map(latencies.__getitem__, order))
+        start = 0
+        for source, size in sizes:
+            end = start + size
+            for rcode, n in collections.Counter(rcodes[start:end]).items():
+                by_answer[(source, rcode)] = by_answer.get((source, rcode), 0) + n
+            histogram = self.latency.get(source)
+            if histogram is not None:
+                histogram.observe_sorted(sorted(latencies[start:end]))
+            start = end
 
     # -- read by the pages ------------------------------------------------------------
     def queries(self) -> collections.Counter[tuple[str, str]]:
         """Answers by (transport, qtype label)."""
         self.drain()
-        out: collections.Counter[tuple[str, str]] = collections.Counter()
-        for (transport, qtype, _source, _rcode), n in self.totals.items():
-            out[(transport, qtype)] += n
-        return out
+        return collections.Counter(self.by_query)
 
     def answers(self) -> collections.Counter[tuple[str, int]]:
         """Answers by (source, rcode)."""
         self.drain()
-        out: collections.Counter[tuple[str, int]] = collections.Counter()
-        for (_transport, _qtype, source, rcode), n in self.totals.items():
-            out[(source, rcode)] += n
-        return out
+        return collections.Counter(self.by_answer)
 
     def total(self) -> int:
         self.drain()
-        return sum(self.totals.values())
+        return sum(self.by_answer.values())
 
     def by_source(self) -> dict[str, int]:
         out = dict.fromkeys(SOURCES, 0)
