@@ -228,6 +228,49 @@ def unpack_wheel(wheel: Path, into: Path) -> Path:
     return into
 
 
+# dnspython's dns._features answers have() by scanning the installed
+# distributions with importlib.metadata, whose import (email, zipfile, csv...)
+# is a tenth of the appliance's imports. The image's packages never change
+# after the build, so the image gets the answers the build computes instead.
+SETTLED_FEATURES = '''"""dnspython's dns._features for the appliance image, written by
+build/make_image.py: the optional features' availability, computed at build
+time by the image's interpreter against exactly the packages the image holds,
+so the boot imports no importlib.metadata. have() and force() as upstream."""
+
+_requirements: dict[str, list[str]] = {requirements!r}
+
+_cache: dict[str, bool] = {answers!r}
+
+
+def have(feature: str) -> bool:
+    return _cache.get(feature, False)
+
+
+def force(feature: str, enabled: bool) -> None:
+    _cache[feature] = enabled
+'''
+FEATURES_QUESTION = """
+import json
+import dns._features as features
+print(json.dumps([features._requirements, {name: features.have(name) for name in sorted(features._requirements)}]))
+"""
+
+
+def settle_dnspython_features(root: Path, dnspython: Path, into: Path) -> Path:
+    """A copy of the dnspython tree whose dns/_features.py holds the answers
+    the image's interpreter gives, with the image's packages (dnspython and
+    h11) as the only ones on its path."""
+    result = image_python(root, "-c", FEATURES_QUESTION, env={"PYTHONPATH": str(dnspython)})
+    if result.returncode != 0:
+        raise BuildError(f"asking dnspython for its features failed:\n{result.stderr.strip()[-3000:]}")
+    requirements, answers = json.loads(result.stdout)
+    if into.exists():
+        shutil.rmtree(into)
+    shutil.copytree(dnspython, into)
+    (into / "dns" / "_features.py").write_text(SETTLED_FEATURES.format(requirements=requirements, answers=answers))
+    return into
+
+
 # -- the image's interpreter, run on the build host ----------------------------
 
 def image_python(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -517,6 +560,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     root = unpack(debs[1:], trees / f"userspace-{user_key}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
     h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
+    dnspython = settle_dnspython_features(root, dnspython, dnspython.with_name(dnspython.name + "-settled"))
     progress.note(f"{root}")
 
     modules: list[tuple[str, bytes]] = []
