@@ -60,8 +60,10 @@ APP_PACKAGES = ("unikernel", "netstack")
 # records everything that came with them.
 SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet", "unikernel.ops.site",
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
-                 # DNS over TLS, imported by main only when the appliance uses it
-                 "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
+                 # imported by main only when the appliance uses them: DNS over TLS,
+                 # mDNS, zone transfers out and NOTIFY
+                 "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls",
+                 "unikernel.sources.mdns", "unikernel.transfer.outbound", "unikernel.transfer.notify")
 # Codecs kept whatever the recording saw, because they are looked up by name
 # when first used: dnspython's IDNA (idna, punycode) and the Unicode and byte
 # codecs text handling may name; the other hundred (code pages, CJK tables,
