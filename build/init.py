@@ -35,6 +35,7 @@ only acts when run as /init.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -366,6 +367,11 @@ def wait_for_nic(name: str, timeout: float) -> bool:
 
 
 def stage_serve() -> None:
+    # Until the appliance is ready it only builds what it keeps (modules, zones,
+    # tables): the collector's passes over the growing heap would find nothing,
+    # and cost a tenth of the imports. serve() collects once and freezes what
+    # it built before saying ready; the collector runs from then on.
+    gc.disable()
     system = System()
     try:
         import asyncio
@@ -395,6 +401,10 @@ def stage_serve() -> None:
         if not wait_for_nic(NIC, NIC_WAIT_SECONDS):
             power_off(system, f"fatal: no {NIC} after {NIC_WAIT_SECONDS:.0f} s (is there a virtio-net or Xen vif?)")
 
+        def announce(line: str) -> None:
+            gc.enable()
+            log(line)
+
         async def run() -> str:
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
@@ -406,8 +416,7 @@ def stage_serve() -> None:
             loop.add_signal_handler(signal.SIGTERM, request, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, request, "ctrl-alt-del")
             link = PacketLink(NIC, mtu=appliance.mtu)
-            await serve(appliance, link, loaded=loaded, stop=stop, ready=lambda line: log(line),
-                        build_inputs=build_inputs())
+            await serve(appliance, link, loaded=loaded, stop=stop, ready=announce, build_inputs=build_inputs())
             return why[0] if why else "serve returned"
 
         reason = asyncio.run(run())

@@ -60,8 +60,10 @@ APP_PACKAGES = ("unikernel", "netstack")
 # records everything that came with them.
 SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet", "unikernel.ops.site",
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
-                 # DNS over TLS, imported by main only when the appliance uses it
-                 "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls")
+                 # imported by main only when the appliance uses them: DNS over TLS,
+                 # mDNS, zone transfers out and NOTIFY
+                 "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls",
+                 "unikernel.sources.mdns", "unikernel.transfer.outbound", "unikernel.transfer.notify")
 # Codecs kept whatever the recording saw, because they are looked up by name
 # when first used: dnspython's IDNA (idna, punycode) and the Unicode and byte
 # codecs text handling may name; the other hundred (code pages, CJK tables,
@@ -228,6 +230,49 @@ def unpack_wheel(wheel: Path, into: Path) -> Path:
     return into
 
 
+# dnspython's dns._features answers have() by scanning the installed
+# distributions with importlib.metadata, whose import (email, zipfile, csv...)
+# is a tenth of the appliance's imports. The image's packages never change
+# after the build, so the image gets the answers the build computes instead.
+SETTLED_FEATURES = '''"""dnspython's dns._features for the appliance image, written by
+build/make_image.py: the optional features' availability, computed at build
+time by the image's interpreter against exactly the packages the image holds,
+so the boot imports no importlib.metadata. have() and force() as upstream."""
+
+_requirements: dict[str, list[str]] = {requirements!r}
+
+_cache: dict[str, bool] = {answers!r}
+
+
+def have(feature: str) -> bool:
+    return _cache.get(feature, False)
+
+
+def force(feature: str, enabled: bool) -> None:
+    _cache[feature] = enabled
+'''
+FEATURES_QUESTION = """
+import json
+import dns._features as features
+print(json.dumps([features._requirements, {name: features.have(name) for name in sorted(features._requirements)}]))
+"""
+
+
+def settle_dnspython_features(root: Path, dnspython: Path, into: Path) -> Path:
+    """A copy of the dnspython tree whose dns/_features.py holds the answers
+    the image's interpreter gives, with the image's packages (dnspython and
+    h11) as the only ones on its path."""
+    result = image_python(root, "-c", FEATURES_QUESTION, env={"PYTHONPATH": str(dnspython)})
+    if result.returncode != 0:
+        raise BuildError(f"asking dnspython for its features failed:\n{result.stderr.strip()[-3000:]}")
+    requirements, answers = json.loads(result.stdout)
+    if into.exists():
+        shutil.rmtree(into)
+    shutil.copytree(dnspython, into)
+    (into / "dns" / "_features.py").write_text(SETTLED_FEATURES.format(requirements=requirements, answers=answers))
+    return into
+
+
 # -- the image's interpreter, run on the build host ----------------------------
 
 def image_python(root: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
@@ -307,6 +352,16 @@ def python_zip(root: Path, files: list[tuple[Path, str, str]], out: Path) -> byt
     if result.returncode != 0:
         raise BuildError(f"compiling failed:\n{result.stderr.strip()[-3000:]}")
     return out.read_bytes()
+
+
+def init_zipapp(root: Path, tmp: Path) -> bytes:
+    """/init: build/init.py's own #! line, then a zip holding it compiled as
+    __main__.pyc, which the interpreter runs as it would the source (zipapp's
+    layout). Compiling the source at every boot cost a quarter of a second
+    under TCG, before the first line PID 1 prints."""
+    shebang = (BUILD / "init.py").read_bytes().partition(b"\n")[0] + b"\n"
+    program = python_zip(root, [(BUILD / "init.py", "__main__.pyc", "/init")], tmp / "init.zip")
+    return shebang + program
 
 
 def package_sources(base: Path, package: str) -> list[Path]:
@@ -517,6 +572,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     root = unpack(debs[1:], trees / f"userspace-{user_key}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
     h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
+    dnspython = settle_dnspython_features(root, dnspython, dnspython.with_name(dnspython.name + "-settled"))
     progress.note(f"{root}")
 
     modules: list[tuple[str, bytes]] = []
@@ -549,6 +605,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     with tempfile.TemporaryDirectory() as tmp:
         stdlib_files = [(root / PYLIB / rel, rel[:-3] + ".pyc", f"/{PYLIB}/{rel}") for rel in sources]
         stdlib_zip = python_zip(root, stdlib_files, Path(tmp) / "stdlib.zip")
+        init_program = init_zipapp(root, Path(tmp))
         app_files = []
         for base, pkgs in ((REPO, APP_PACKAGES), (dnspython, ("dns",)), (h11, ("h11",))):
             for package in pkgs:
@@ -579,8 +636,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     add("structure", cpio.char_device("dev/console", 5, 1))
     add("structure", cpio.char_device("dev/urandom", 1, 9, 0o666))
     add("structure", cpio.char_device("dev/null", 1, 3, 0o666))
-    init_source = (BUILD / "init.py").read_bytes()
-    add("init", cpio.Entry("init", 0o100755, init_source))
+    add("init", cpio.Entry("init", 0o100755, init_program))
     # the kernel runs /sbin/poweroff for an orderly shutdown it is asked for
     # (Xen's `xl shutdown`); it hands the request to PID 1 as SIGTERM
     add("structure", cpio.directory("sbin"))

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import dns.tsig
 
@@ -42,23 +42,26 @@ from unikernel.resolver.dnssec.chain import ChainOfTrust
 from unikernel.resolver.dnssec.validator import Validator
 from unikernel.resolver.forwarder import Forwarder, forwarder
 from unikernel.resolver.stub import StubResolver
-from unikernel.resolver.tls_upstream import TlsUpstream
 from unikernel.resolver.transports import UpstreamTransports
 from unikernel.resolver.validation import Validation
 from unikernel.serve.rrl import ResponseRateLimiter
 from unikernel.serve.server import DnsServer, FastLookup
 from unikernel.serve.tcp import DnsTcpServer
-from unikernel.serve.tls import DnsTlsServer
 from unikernel.sources import zone as zones_mod
 from unikernel.sources.blocklist import Blocklist
 from unikernel.sources.chaos import chaos_process
 from unikernel.sources.hosts import HostsFiles, HostsTable, load_hosts
-from unikernel.sources.mdns import MdnsQuerier, check_domain
 from unikernel.sources.special import special_process
-from unikernel.transfer.notify import Notifier, NotifyService, parse_target
-from unikernel.transfer.outbound import TransferServer
 from unikernel.transfer.secondary import SecondaryService, SecondaryZones, parse_secondary
 from unikernel.transfer.tsig import parse_tsig
+
+if TYPE_CHECKING:
+    # The parts a default appliance never builds (DNS over TLS, mDNS, zone
+    # transfers out, NOTIFY) are imported by the function that builds each,
+    # so that the VM's first answer does not wait for their imports.
+    from unikernel.resolver.tls_upstream import TlsUpstream
+    from unikernel.transfer.notify import NotifyService
+    from unikernel.transfer.outbound import TransferServer
 
 log = logging.getLogger("unikernel.main")
 
@@ -114,6 +117,7 @@ def check(appliance: Appliance) -> Loaded:
                                   "or to a loopback address (its stack has no loopback)")
         AccessList(appliance.allow)
         if appliance.mdns and appliance.mdns_domain:
+            from unikernel.sources.mdns import check_domain
             check_domain(appliance.mdns_domain)
         for bogus in appliance.bogus_nxdomain:
             ipaddress.IPv4Address(bogus)
@@ -123,8 +127,10 @@ def check(appliance: Appliance) -> Loaded:
     try:
         for cidr in appliance.allow_transfer:
             ipaddress.IPv4Network(cidr, strict=False)
-        for target in appliance.notify:
-            parse_target(target)
+        if appliance.notify:
+            from unikernel.transfer.notify import parse_target
+            for target in appliance.notify:
+                parse_target(target)
         for secondary in appliance.secondary:
             parse_secondary(secondary)
     except ValueError as e:
@@ -272,6 +278,7 @@ def upstream_transports(appliance: Appliance, stack) -> tuple[list[tuple[int, in
     tls_upstreams: dict[tuple[int, int], TlsUpstream] = {}
     for text in appliance.forward:
         if is_tls_upstream(text):
+            from unikernel.resolver.tls_upstream import TlsUpstream
             ip, port, name = parse_tls_upstream(text)
             assert client_context is not None      # tls_contexts makes one when a tls:// upstream is given
             tls_upstreams[(ip, port)] = TlsUpstream(stack.tcp, ip, port, name, client_context,
@@ -380,6 +387,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
 def mdns_querier(appliance: Appliance, stack):
     """The mDNS source on the stack's link; answers only the clients that
     may use the forwarder (``allow``, by default our subnet)."""
+    from unikernel.sources.mdns import MdnsQuerier
     return MdnsQuerier(stack.udp, interface=appliance.interface,
                        allowed=allowed_clients(appliance),
                        join=stack.join_group, leave=stack.leave_group, counters=stack.counters,
@@ -392,10 +400,12 @@ def zone_transfers(appliance: Appliance, stack, loaded: Loaded) -> tuple[Transfe
     zone files served (none without zones or without either setting)."""
     if loaded.zone_files is None or not (appliance.allow_transfer or appliance.notify):
         return None, None
+    from unikernel.transfer.outbound import TransferServer
     transfers = TransferServer(loaded.zone_files.zones, allow=appliance.allow_transfer, key=loaded.tsig,
                                counters=stack.counters)
     notify = None
     if appliance.notify:
+        from unikernel.transfer.notify import Notifier, NotifyService, parse_target
         notifier = Notifier((parse_target(t) for t in appliance.notify), key=loaded.tsig, counters=stack.counters)
         notify = NotifyService(stack, notifier, clock=stack.now)
     return transfers, notify
@@ -484,6 +494,8 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=stream_answer_bytes)
     # the same handler as TCP 53: the same processor, access rules and limits
+    if dot_context is not None:
+        from unikernel.serve.tls import DnsTlsServer
     dot_server = (DnsTlsServer(stack.tcp, DOT_PORT, server.handle_tcp, dot_context,
                                max_answer_bytes=stream_answer_bytes) if dot_context is not None else None)
     transfers, notify = zone_transfers(appliance, stack, loaded)

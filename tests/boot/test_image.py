@@ -109,6 +109,8 @@ def test_initramfs_contents(image):
     assert {mtime for _, _, mtime in members.values()} == {make_image.packages.SOURCE_DATE_EPOCH}
     mode, data, _ = members["init"]
     assert stat.S_ISREG(mode) and mode & 0o111 and data.startswith(b"#!/usr/bin/python3.11 -S")
+    # after its #! line, /init is a zipapp of init.py compiled: nothing to compile at boot
+    assert zipfile.ZipFile(BytesIO(data)).namelist() == ["__main__.pyc"]
     assert stat.S_ISCHR(members["dev/console"][0])
     mode, helper, _ = members["sbin/poweroff"]                 # what `xl shutdown` makes the kernel run
     assert mode & 0o111 and helper.startswith(b"#!/usr/bin/python3.11") and b"SIGTERM" in helper
@@ -121,6 +123,10 @@ def test_initramfs_contents(image):
     assert names == sorted(names) and all(n.endswith(".pyc") for n in names)
     assert "asyncio/__init__.pyc" in names and "encodings/utf_8.pyc" in names
     assert "ssl.pyc" in names and "tkinter/__init__.pyc" not in names      # ssl for DNS over TLS
+    # dnspython's features are answered at build time, so nothing imports importlib.metadata
+    assert not any(n.startswith("importlib/metadata/") for n in names)
+    features = zipfile.ZipFile(BytesIO(members["app/app.zip"][1])).read("dns/_features.pyc")
+    assert b"importlib" not in features and b"_cache" in features
     assert any(n.startswith("usr/lib/python3.11/lib-dynload/_ssl.") for n in members)
     assert "lib/x86_64-linux-gnu/libssl.so.3" in members and "lib/x86_64-linux-gnu/libcrypto.so.3" in members
     bundle = members[make_image.packages.CA_BUNDLE][1]           # Mozilla's roots, as Debian pins them
