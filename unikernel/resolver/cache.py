@@ -40,8 +40,8 @@ Answers with and without DO are different entries (DO changes what an
 upstream sends); with and without OPT share one entry.
 
 Compact entries. Once stored, an entry keeps its records only as that wire
-form (the answer without OPT, TTLs as stored: also the fast path's template
-for queries without EDNS) and its question as the key's bytes; dnspython's
+form (the answer without OPT, TTLs as stored: also what the fast path's
+variant for queries without EDNS is cut from) and its question as the key's bytes; dnspython's
 RRsets are parsed again from it on the rare slow-path uses (a stale answer,
 a copy without DNSSEC records, an EDNS variant rendered the first time).
 dnspython's objects cost several times the wire's size, so a cache of
