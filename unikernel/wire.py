@@ -18,9 +18,9 @@ Whoever produces entries (the server's static answers, the cache) stores a
 complete response for a query with that key; its question section must be
 the query's question at offset 12 (as every renderer writes it), with every
 other copy of the query name compressed against it. Serving it is then
-:func:`patch`: the query's ID, the RD bit from the query, and the query's
-own letter case copied over the question, so the answer's compressed names
-echo the question as asked.
+:func:`patch_kept` of it, kept as a :class:`KeptAnswer`: the query's ID,
+the RD bit from the query, and the query's own letter case copied over the
+question, so the answer's compressed names echo the question as asked.
 
 Only plain queries take the fast path: QR clear, opcode QUERY, exactly one
 question and nothing else but an optional OPT (EDNS version 0, no extended
@@ -145,20 +145,6 @@ _RD, _CD, _AD, _RA = 0x01, 0x10, 0x20, 0x80
 _KEEP_AD, _DROP_AD = ~_CD & 0xFF, ~(_CD | _AD) & 0xFF
 
 
-def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None, with_do: bool = False) -> bytes:
-    """``answer`` (kept for the same key) made the reply to ``query``: the
-    query's ID, RD and CD copied from the query, the question's letter case
-    as asked; RA set or cleared when ``ra`` says (whether this client may
-    recurse), else as kept; the answer's AD only if the query set AD or
-    (``with_do``, the key's EDNS byte) DO, as RFC 6840 5.7 asks."""
-    keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
-    flags = (answer[3] & keep) | (query[3] & _CD)
-    if ra is not None:
-        flags = flags | _RA if ra else flags & ~_RA & 0xFF
-    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
-            + answer[4:12] + query[12:name_end] + answer[name_end:])
-
-
 def payload_sum(payload: bytes) -> int:
     """The ones'-complement sum of ``payload``'s 16-bit words, up to a
     multiple of 0xFFFF (the form netstack.udp.Responder hands the stack): the
@@ -177,8 +163,8 @@ class KeptAnswer:
     flags zeroed (mod 0xFFFF), and ``name_weight``, what the question's name,
     read as one integer, is multiplied by where it sits (256 when an odd
     number of bytes follows it in the padded answer, 1 otherwise: 0x10000 is
-    1 mod 0xFFFF). ``with_do``: kept for queries with DO, so its AD stays for
-    every one of them (:func:`patch`'s ``with_do``)."""
+    1 mod 0xFFFF). ``with_do``: kept for queries with DO (the key's EDNS
+    byte), so its AD stays for every one of them."""
 
     __slots__ = ("size", "rd_cleared", "flags_ad", "flags_no_ad", "tail", "name", "tail_sum", "name_weight")
 
@@ -196,9 +182,14 @@ class KeptAnswer:
 
 
 def patch_kept(kept: KeptAnswer, query: bytes, name_end: int, ra: bool | None = None) -> tuple[bytes, int]:
-    """:func:`patch` of a kept answer, and the reply's :func:`payload_sum`:
-    RFC 1624's update, only the rewritten bytes summed; none but the ID and
-    flags when the query spells the name as the answer does (most do)."""
+    """The kept answer (kept for the same key) made the reply to ``query``,
+    and the reply's :func:`payload_sum`: the query's ID, RD and CD copied
+    from the query, the question's letter case as asked; RA set or cleared
+    when ``ra`` says (whether this client may recurse), else as kept; the
+    answer's AD only if the query set AD or the answer was kept ``with_do``,
+    as RFC 6840 5.7 asks. The sum is RFC 1624's update, only the rewritten
+    bytes summed; none but the ID and flags when the query spells the name
+    as the answer does (most do)."""
     low = (kept.flags_ad if query[3] & _AD else kept.flags_no_ad) | (query[3] & _CD)
     if ra is not None:
         low = low | _RA if ra else low & ~_RA & 0xFF

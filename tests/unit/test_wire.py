@@ -147,7 +147,8 @@ def test_patch_copies_id_rd_and_case():
     answer = response.to_wire()
     query = make_query("WWW.eXample.", qid=0xBEEF, rd=False)
     _, end, _ = wire.parse_query(query)
-    patched = wire.patch(answer, query, end)
+    patched, summed = wire.patch_kept(wire.KeptAnswer(answer, end), query, end)
+    assert summed % 0xFFFF == wire.payload_sum(patched) % 0xFFFF
     msg = dns.message.from_wire(patched)
     assert msg.id == 0xBEEF
     assert not msg.flags & dns.flags.RD and msg.flags & dns.flags.QR
