@@ -18,9 +18,9 @@ Whoever produces entries (the server's static answers, the cache) stores a
 complete response for a query with that key; its question section must be
 the query's question at offset 12 (as every renderer writes it), with every
 other copy of the query name compressed against it. Serving it is then
-:func:`patch`: the query's ID, the RD bit from the query, and the query's
-own letter case copied over the question, so the answer's compressed names
-echo the question as asked.
+:func:`patch_kept` of it, kept as a :class:`KeptAnswer`: the query's ID,
+the RD bit from the query, and the query's own letter case copied over the
+question, so the answer's compressed names echo the question as asked.
 
 Only plain queries take the fast path: QR clear, opcode QUERY, exactly one
 question and nothing else but an optional OPT (EDNS version 0, no extended
@@ -145,20 +145,6 @@ _RD, _CD, _AD, _RA = 0x01, 0x10, 0x20, 0x80
 _KEEP_AD, _DROP_AD = ~_CD & 0xFF, ~(_CD | _AD) & 0xFF
 
 
-def patch(answer: bytes, query: bytes, name_end: int, ra: bool | None = None, with_do: bool = False) -> bytes:
-    """``answer`` (kept for the same key) made the reply to ``query``: the
-    query's ID, RD and CD copied from the query, the question's letter case
-    as asked; RA set or cleared when ``ra`` says (whether this client may
-    recurse), else as kept; the answer's AD only if the query set AD or
-    (``with_do``, the key's EDNS byte) DO, as RFC 6840 5.7 asks."""
-    keep = _KEEP_AD if with_do or query[3] & _AD else _DROP_AD
-    flags = (answer[3] & keep) | (query[3] & _CD)
-    if ra is not None:
-        flags = flags | _RA if ra else flags & ~_RA & 0xFF
-    return (query[:2] + bytes(((answer[2] & ~_RD & 0xFF) | (query[2] & _RD), flags))
-            + answer[4:12] + query[12:name_end] + answer[name_end:])
-
-
 def payload_sum(payload: bytes) -> int:
     """The ones'-complement sum of ``payload``'s 16-bit words, up to a
     multiple of 0xFFFF (the form netstack.udp.Responder hands the stack): the
@@ -167,58 +153,58 @@ def payload_sum(payload: bytes) -> int:
     return body << 8 if len(payload) & 1 else body
 
 
-def patch_sums(answer: bytes, name_end: int) -> tuple[int, int]:
-    """What every :func:`patch` of ``answer`` has in common for its
-    :func:`payload_sum`: ``(base, weight)``, ``base`` the sum of ``answer``
-    with the bytes patch rewrites zeroed (ID and flags, the question's name),
-    ``weight`` what the name's bytes, read as one integer, are multiplied by
-    where they sit (256 when an odd number of bytes follows them in the
-    padded reply, 1 otherwise: 0x10000 is 1 mod 0xFFFF)."""
-    size = len(answer)
-    odd = size & 1
-    base = int.from_bytes(bytes(4) + answer[4:12] + bytes(name_end - HEADER_SIZE) + answer[name_end:]
-                          + bytes(odd), "big") % 0xFFFF
-    return base, 256 if (size + odd - name_end) & 1 else 1
-
-
 _ID_FLAGS = struct.Struct("!HH")
 
 
 class KeptAnswer:
     """An answer kept for the fast path, cut where :func:`patch_kept`
-    rewrites it (no copy of it is kept whole), with the sums its patches
-    share (:func:`patch_sums`): with the question's name as first asked, and
-    without it."""
+    rewrites it (no copy of it is kept whole), with what every patch's
+    :func:`payload_sum` shares: ``tail_sum``, the answer's sum with ID and
+    flags zeroed (mod 0xFFFF), and ``name_weight``, what the question's name,
+    read as one integer, is multiplied by where it sits (256 when an odd
+    number of bytes follows it in the padded answer, 1 otherwise: 0x10000 is
+    1 mod 0xFFFF). ``with_do``: kept for queries with DO (the key's EDNS
+    byte), so its AD stays for every one of them."""
 
-    __slots__ = ("size", "rd_cleared", "flags_low", "tail", "name", "sum_named", "sum_unnamed", "name_weight")
+    __slots__ = ("size", "rd_cleared", "flags_ad", "flags_no_ad", "tail", "name", "tail_sum", "name_weight")
 
-    def __init__(self, answer: bytes, name_end: int) -> None:
-        self.size = len(answer)
+    def __init__(self, answer: bytes, name_end: int, with_do: bool = False) -> None:
+        self.size = size = len(answer)
         self.rd_cleared = answer[2] & ~_RD & 0xFF
-        self.flags_low = answer[3]
+        # the low flag byte for a query with AD and for one without, CD
+        # cleared (the query's is copied in)
+        self.flags_ad = answer[3] & _KEEP_AD
+        self.flags_no_ad = self.flags_ad if with_do else answer[3] & _DROP_AD
         self.tail = answer[4:]
         self.name = answer[HEADER_SIZE:name_end]
-        self.sum_unnamed, self.name_weight = patch_sums(answer, name_end)
-        self.sum_named = self.sum_unnamed + int.from_bytes(self.name, "big") * self.name_weight
+        self.tail_sum = payload_sum(self.tail) % 0xFFFF      # 4 bytes fewer before it: the same weights
+        self.name_weight = 256 if (size + (size & 1) - name_end) & 1 else 1
 
 
 def patch_kept(kept: KeptAnswer, query: bytes, name_end: int, ra: bool | None = None) -> tuple[bytes, int]:
-    """:func:`patch` of a kept answer (without ``with_do``, as kept answers
-    are served), and the reply's :func:`payload_sum`: RFC 1624's update, only
-    the rewritten bytes summed; none but the ID and flags when the query
-    spells the name as the answer does (most do)."""
-    low = kept.flags_low & (_KEEP_AD if query[3] & _AD else _DROP_AD) | (query[3] & _CD)
+    """The kept answer (kept for the same key) made the reply to ``query``,
+    and the reply's :func:`payload_sum`: the query's ID, RD and CD copied
+    from the query, the question's letter case as asked; RA set or cleared
+    when ``ra`` says (whether this client may recurse), else as kept; the
+    answer's AD only if the query set AD or the answer was kept ``with_do``,
+    as RFC 6840 5.7 asks. The sum is RFC 1624's update, only the rewritten
+    bytes summed; none but the ID and flags when the query spells the name
+    as the answer does (most do)."""
+    low = (kept.flags_ad if query[3] & _AD else kept.flags_no_ad) | (query[3] & _CD)
     if ra is not None:
         low = low | _RA if ra else low & ~_RA & 0xFF
     ident = query[0] << 8 | query[1]
     flags = (kept.rd_cleared | (query[2] & _RD)) << 8 | low
     head = _ID_FLAGS.pack(ident, flags)
     if query.startswith(kept.name, HEADER_SIZE):
-        return head + kept.tail, kept.sum_named + ident + flags
+        return head + kept.tail, kept.tail_sum + ident + flags
     name = query[HEADER_SIZE:name_end]
     tail = kept.tail
+    # the name's bytes change, so does their share of the sum (a negative
+    # sum is as good as any congruent one)
     return (head + tail[:8] + name + tail[name_end - 4:],
-            kept.sum_unnamed + ident + flags + int.from_bytes(name, "big") * kept.name_weight)
+            kept.tail_sum + ident + flags
+            + (int.from_bytes(name, "big") - int.from_bytes(kept.name, "big")) * kept.name_weight)
 
 
 def error_reply(query: bytes, rcode: int) -> bytes | None:

@@ -70,3 +70,16 @@ async def exchange(stack: FakeStack, server, payload: bytes, src_port: int = 400
     reply, src, dst_ip, dst_port = sent[0]
     assert (src, dst_ip, dst_port) == (server.port, CLIENT_IP, src_port)
     return reply
+
+
+def kept_wire(kept) -> bytes | None:
+    """A fast lookup's wire.KeptAnswer (or None) as the whole answer kept
+    (ID 0, RD and CD clear), once its kept sum is held to that answer's: a
+    sum that did not follow the TTLs counted down fails here."""
+    if kept is None:
+        return None
+    flags = kept.rd_cleared << 8 | kept.flags_ad
+    whole = flags.to_bytes(4, "big") + kept.tail
+    assert len(whole) == kept.size and whole[12:12 + len(kept.name)] == kept.name
+    assert (kept.tail_sum + flags) % 0xFFFF == ones_sum(whole), "the kept sum is not the answer's"
+    return whole

@@ -18,6 +18,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from tests.unit.fake_stack import kept_wire
 from unikernel.config import AccessList, parse_upstream
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import Forwarder
@@ -193,7 +194,7 @@ def test_cache_hit_never_reaches_upstream_and_counts_down():
         # and the fast path agrees
         from unikernel.resolver.cache import question_key
         key = question_key(dns.name.from_text("www.example.com."), 1, 1) + b"\x00"
-        wire = fwd.fast_lookup(key, int(CLIENT[0]), clock.t)
+        wire = kept_wire(fwd.fast_lookup(key, int(CLIENT[0]), clock.t))
         assert dns.message.from_wire(wire).answer[0].ttl == 200
         assert fwd.fast_lookup(key, int(OUTSIDER[0]), clock.t) is None
         clock.t += 200

@@ -28,17 +28,20 @@ forwarder passes its clock's reading), so tests move time by hand.
 Fast path. The server looks answers up by the key that ``unikernel/wire.py``
 documents: the question as on the wire, name lowercased (labels + type +
 class), followed by one byte of EDNS flags: 0 no OPT, 1 OPT, 3 OPT with DO.
-:meth:`Cache.fast_lookup` returns a callable ``(key, src_ip, now) -> bytes |
-None`` that gives a complete answer (ID 0, lowercase question; the server
-patches ID, RD and letter case) with every TTL counted down. Each entry keeps
-its answer rendered once per EDNS variant, with the offsets of its TTL fields,
-so a hit costs a dict lookup and, once a second, a few ``pack_into`` calls.
+:meth:`Cache.fast_lookup` returns a callable ``(key, src_ip, now) ->
+CachedAnswer | None`` that gives a complete answer (ID 0, lowercase question;
+the server patches ID, RD and letter case) with every TTL counted down, as a
+``wire.KeptAnswer``: the server serves it as it serves its static answers,
+and the stack patches the checksum from its kept sum. Each variant an entry
+has served (one per EDNS form of the query) sits in a table of its own under
+the fast-path key itself, so a hit is one dict probe, and, once a second, a
+few ``pack_into`` calls that move the TTLs and the sum together.
 Answers with and without DO are different entries (DO changes what an
 upstream sends); with and without OPT share one entry.
 
 Compact entries. Once stored, an entry keeps its records only as that wire
-form (the answer without OPT, TTLs as stored: also the fast path's template
-for queries without EDNS) and its question as the key's bytes; dnspython's
+form (the answer without OPT, TTLs as stored: also what the fast path's
+variant for queries without EDNS is cut from) and its question as the key's bytes; dnspython's
 RRsets are parsed again from it on the rare slow-path uses (a stale answer,
 a copy without DNSSEC records, an EDNS variant rendered the first time).
 dnspython's objects cost several times the wire's size, so a cache of
@@ -50,7 +53,6 @@ import collections
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import cast
 
 import dns.edns
@@ -62,6 +64,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from unikernel import wire as wire_mod
+
 KIND_POSITIVE = "positive"
 KIND_NEGATIVE = "negative"
 KIND_SERVFAIL = "servfail"
@@ -69,11 +73,13 @@ SECURITY_SECURE, SECURITY_INSECURE, SECURITY_BOGUS, SECURITY_UNCHECKED = "secure
 OUR_PAYLOAD = 1232             # the EDNS payload size our answers advertise
 MAX_BYTES = 32 * 1024 * 1024   # the cache's memory budget (see _cost)
 # What an entry costs: a fixed part (the entry, its key, its place in the
-# table, the variants' bookkeeping), its wire form and twice the length of
-# each rendered variant (template and its counted-down copy). Measured with
-# tracemalloc over 20,000 cached A answers, each asked once with EDNS: 767
-# bytes an entry, charged 950.
+# table), its wire form, and for each variant the fast path has served
+# (CachedAnswer) its object and sum (VARIANT_OVERHEAD), its copy of the
+# answer and its TTL fields. Measured with tracemalloc over 20,000 cached A
+# answers, each asked once with EDNS: 913 bytes an entry (767 when the
+# variant was a counted-down copy of the answer and nothing else), charged 1,130.
 ENTRY_OVERHEAD = 768
+VARIANT_OVERHEAD = 240
 
 _TTL = struct.Struct("!I")
 _TTL_FIELD = struct.Struct("!HI")
@@ -95,13 +101,39 @@ def entry_key(qkey: bytes, do: bool, cd: bool = False) -> bytes:
     return qkey + bytes(((2 if do else 0) | (4 if cd else 0),))
 
 
-@dataclass(slots=True)
-class _Rendered:
-    """One EDNS variant of an entry, as bytes, with where its TTLs are."""
-    template: bytes
-    ttl_fields: bytes          # (offset, ttl as stored) packed as _TTL_FIELD, one a record
-    memo_elapsed: int = 0
-    memo_wire: bytes = b""
+class CachedAnswer(wire_mod.KeptAnswer):
+    """One EDNS variant of an entry as the fast path serves it: a
+    wire.KeptAnswer (so the server patches it and the stack its checksum as
+    for a static answer) whose TTL fields count down. :meth:`age` rewrites
+    them for the seconds since the entry was stored, and the kept sum with
+    them (RFC 1624: each rewritten field's change times its weight, so no
+    hit sums the answer). A 32-bit field at an odd offset has an odd number
+    of bytes after it in the padded answer, so its weight is 256, else 1
+    (0x10000 is 1 mod 0xFFFF)."""
+
+    __slots__ = ("entry_key", "stored_at", "ttl", "ttl_fields", "elapsed")
+
+    def __init__(self, answer: bytes, entry: Entry, with_do: bool) -> None:
+        super().__init__(answer, len(entry.key) + wire_mod.HEADER_SIZE - 5, with_do)
+        # the entry's, shared (not a reference to the entry: no cycle to collect)
+        self.entry_key, self.stored_at, self.ttl = entry.key, entry.stored_at, entry.ttl
+        # (offset, ttl as stored), packed as _TTL_FIELD, one a record
+        self.ttl_fields = b"".join(_TTL_FIELD.pack(*field) for field in ttl_fields(answer))
+        self.elapsed = 0
+
+    def age(self, elapsed: int) -> None:
+        """Every TTL as stored less ``elapsed`` (0 at the least), in the
+        answer and in its sum."""
+        tail = bytearray(self.tail)
+        change = 0
+        for offset, ttl in _TTL_FIELD.iter_unpack(self.ttl_fields):
+            left = ttl - elapsed if ttl > elapsed else 0
+            at = offset - 4                          # the tail starts after ID and flags
+            change += (left - _TTL.unpack_from(tail, at)[0]) * (256 if offset & 1 else 1)   # its weight
+            _TTL.pack_into(tail, at, left)
+        self.tail = bytes(tail)
+        self.tail_sum = (self.tail_sum + change) % 0xFFFF
+        self.elapsed = elapsed
 
 
 class Entry:
@@ -125,7 +157,7 @@ class Entry:
         # where the entry lives (entry_key): the same bytes are the table's key
         self.key = entry_key(question_key(*question), do, cd)
         # the fast path's variants, by the key's EDNS byte (0, 1 or 3)
-        self.rendered: list[_Rendered | None] = [None, None, None, None]
+        self.rendered: list[CachedAnswer | None] = [None, None, None, None]
         self.cost = 0                           # bytes charged to the cache's budget
         self.refresh_failed_at: float | None = None   # serve-stale: when a refresh last got nothing
         # DNSSEC: "secure" (answered with AD), "insecure", "bogus" (a SERVFAIL
@@ -221,6 +253,9 @@ class Cache:
         self.max_stale = max_stale
         self.counters = counters if counters is not None else collections.Counter()
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        # the entries' rendered variants, by fast-path key (the question and
+        # the EDNS byte 0, 1 or 3): a hit is one probe of this
+        self._fast: dict[bytes, CachedAnswer] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -229,6 +264,7 @@ class Cache:
         """Forgets every entry (a reload changed what may be answered: a name
         now blocked must not be served from here)."""
         self._entries.clear()
+        self._fast.clear()
         self.size = 0
         self.counters["cache.cleared"] += 1
 
@@ -300,13 +336,20 @@ class Cache:
         return True
 
     def _remove(self, key: bytes) -> None:
-        self.size -= self._entries.pop(key).cost
+        self._forget(self._entries.pop(key))
+
+    def _forget(self, entry: Entry) -> None:
+        """What a removed entry leaves: its cost, its variants on the fast path."""
+        self.size -= entry.cost
+        for flags, rendered in enumerate(entry.rendered):
+            if rendered is not None:
+                self._fast.pop(entry.key[:-1] + bytes((flags,)), None)
 
     def _trim(self) -> None:
         """Evicts the least recently used until both bounds hold."""
         while self._entries and (len(self._entries) > self.max_entries or self.size > self.max_bytes):
             _, evicted = self._entries.popitem(last=False)
-            self.size -= evicted.cost
+            self._forget(evicted)
             self.counters["cache.evict"] += 1
 
     # -- looking up ---------------------------------------------------------
@@ -378,72 +421,71 @@ class Cache:
             response.use_edns(0, query.ednsflags & dns.flags.DO, OUR_PAYLOAD, options=[_ede(entry.ede)])
         return response
 
-    def fast_lookup(self, allowed: Callable[[int], bool]) -> Callable[[bytes, int, float], bytes | None]:
-        """The server's hot-path hook: ``(key, src_ip, now) -> wire | None``,
-        only for clients that ``allowed(src_ip)`` and only for live entries."""
-        entries = self._entries
-        move_to_end = entries.move_to_end
+    def fast_lookup(self, allowed: Callable[[int], bool]) -> Callable[[bytes, int, float], CachedAnswer | None]:
+        """The server's hot-path hook: ``(key, src_ip, now) -> CachedAnswer |
+        None``, only for clients that ``allowed(src_ip)`` and only for live
+        entries, its TTLs counted down to ``now``."""
+        fast = self._fast
+        move_to_end = self._entries.move_to_end
         counters = self.counters
+        hits = _tally(counters, "cache.fast.hit")
 
-        def lookup(key: bytes, src_ip: int, now: float) -> bytes | None:
-            flags = key[-1]
-            where = key[:-1] + (b"\x02" if flags == 3 else b"\x00")
-            entry = entries.get(where)
-            if entry is None:
-                return None
-            if entry.security == SECURITY_BOGUS:
-                return None            # a CD query must get the data: the slow path tells them apart
+        def lookup(key: bytes, src_ip: int, now: float) -> CachedAnswer | None:
+            cached = fast.get(key)
+            if cached is None:
+                cached = self._variant(key)
+                if cached is None:
+                    return None
             if not allowed(src_ip):
                 counters["cache.fast.refused"] += 1
                 return None
-            elapsed = int(now - entry.stored_at)
-            if elapsed >= entry.ttl:
+            elapsed = int(now - cached.stored_at)
+            if elapsed >= cached.ttl:
                 return None            # expired: the slow path refreshes it (or serves it stale)
-            rendered = entry.rendered[flags]
-            if rendered is None:
-                rendered = self._render(entry, flags)
-                if rendered is None:
-                    return None
-            counters["cache.fast.hit"] += 1
-            move_to_end(where)             # a hit keeps the entry from LRU eviction
-            if elapsed == 0:
-                return rendered.template
-            if rendered.memo_elapsed != elapsed:
-                buf = bytearray(rendered.template)
-                for offset, ttl in _TTL_FIELD.iter_unpack(rendered.ttl_fields):
-                    _TTL.pack_into(buf, offset, ttl - elapsed if ttl > elapsed else 0)
-                rendered.memo_wire = bytes(buf)
-                rendered.memo_elapsed = elapsed
-            return rendered.memo_wire
+            hits.count += 1
+            move_to_end(cached.entry_key)       # a hit keeps the entry from LRU eviction
+            if elapsed != cached.elapsed:
+                cached.age(elapsed)
+            return cached
 
         return lookup
 
-    def _render(self, entry: Entry, flags: int) -> _Rendered | None:
-        """The entry as an answer wire for one EDNS variant (ID 0, RD clear,
-        RA set, question lowercase), and where its TTL fields sit. Without
-        EDNS that is the entry's own wire; with it, the wire parsed again and
-        rendered with an OPT."""
+    def _variant(self, key: bytes) -> CachedAnswer | None:
+        """The fast path's variant for ``key`` rendered the first time it is
+        asked for, when its entry is there and no DNSSEC failure (a CD query
+        must get the data: the slow path tells them apart)."""
+        flags = key[-1]
+        entry = self._entries.get(key[:-1] + (b"\x02" if flags == wire_mod.EDNS_DO else b"\x00"))
+        if entry is None or entry.security == SECURITY_BOGUS:
+            return None
+        return self._render(entry, flags)
+
+    def _render(self, entry: Entry, flags: int) -> CachedAnswer | None:
+        """The entry as an answer for one EDNS variant (ID 0, RD clear, RA
+        set, question lowercase), kept on the fast path. Without EDNS that is
+        the entry's own wire; with it, the wire parsed again and rendered with
+        an OPT."""
         if not entry.compact():
             self.counters["cache.render.failed"] += 1
             return None
         assert entry.wire is not None
         wire = entry.wire
-        grown = len(wire)                      # its counted-down copy
         if flags:
             message = dns.message.from_wire(wire)
             options: list[dns.edns.Option] = [_ede(entry.ede)] if entry.ede is not None else []
-            message.use_edns(0, dns.flags.DO if flags == 3 else 0, OUR_PAYLOAD, options=options)
+            message.use_edns(0, dns.flags.DO if flags == wire_mod.EDNS_DO else 0, OUR_PAYLOAD, options=options)
             try:
                 wire = message.to_wire()
             except Exception:  # noqa: BLE001 - an entry that cannot be rendered is just not served fast
                 self.counters["cache.render.failed"] += 1
                 return None
-            grown = 2 * len(wire)              # the template, and its counted-down copy
-        rendered = _Rendered(wire, b"".join(_TTL_FIELD.pack(*field) for field in ttl_fields(wire)))
+        rendered = CachedAnswer(wire, entry, flags == wire_mod.EDNS_DO)
         entry.rendered[flags] = rendered
+        grown = _variant_cost(rendered)
         entry.cost += grown
         key = entry.key
         if self._entries.get(key) is entry:
+            self._fast[key[:-1] + bytes((flags,))] = rendered
             self.size += grown
             self._entries.move_to_end(key)     # not the one to evict for its own growth
             self._trim()
@@ -512,12 +554,39 @@ def _has_data(answer: list[dns.rrset.RRset], rdtype: int) -> bool:
 
 def _cost(entry: Entry) -> int:
     """What a compact entry is charged against the cache's byte budget: its
-    wire, and for each variant its counted-down copy and, unless the variant
-    is the wire itself, its template."""
+    wire, and each variant (_variant_cost)."""
     assert entry.wire is not None
-    variants = sum(len(r.template) if r.template is entry.wire else 2 * len(r.template)
-                   for r in entry.rendered if r is not None)
-    return ENTRY_OVERHEAD + len(entry.wire) + variants
+    return ENTRY_OVERHEAD + len(entry.wire) + sum(_variant_cost(r) for r in entry.rendered if r is not None)
+
+
+def _variant_cost(rendered: CachedAnswer) -> int:
+    """A variant's own copy of its answer (tail and name), its TTL fields and
+    its object (VARIANT_OVERHEAD)."""
+    return VARIANT_OVERHEAD + rendered.size + len(rendered.ttl_fields)
+
+
+class _CounterTally:
+    """A counter of a plain Counter (a test's) with a Tally's ``count``."""
+
+    __slots__ = ("counters", "name")
+
+    def __init__(self, counters, name: str) -> None:
+        self.counters, self.name = counters, name
+
+    @property
+    def count(self) -> int:
+        return self.counters[self.name]
+
+    @count.setter
+    def count(self, count: int) -> None:
+        self.counters[self.name] = count
+
+
+def _tally(counters, name: str):
+    """``counters``' plain-integer counter for ``name`` (netstack.counters.Tally)
+    when it keeps them, as the stack's do; else one that writes through."""
+    tally = getattr(counters, "tally", None)
+    return tally(name) if tally is not None else _CounterTally(counters, name)
 
 
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:

@@ -6,8 +6,9 @@ Two paths for a UDP query:
 * the hot path, inside the stack's receive callback: read the question's
   fast-path key from the bytes (:mod:`unikernel.wire`), look it up among the
   static answers kept so far and then in each ``fast_lookups`` callable (the
-  cache), patch ID, RD and letter case, send. A handful of dict and bytes
-  operations, no dnspython.
+  cache), patch ID, RD and letter case, hand the reply and its sum back (the
+  stack patches the checksum: both kinds of answer are ``wire.KeptAnswer``s).
+  A handful of dict and bytes operations, no dnspython.
 * the slow path, an asyncio task per query: dnspython parses, the error rules
   apply (FORMERR, NOTIMP, REFUSED, BADVERS), the processor answers, and what
   it leaves goes to the ``forwarder`` when one is given (an exception
@@ -105,7 +106,9 @@ MAX_FORWARDED = 1024              # and those waiting on the forwarder; beyond, 
 # from one of them would start a loop of packets between it and us.
 BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
 
-FastLookup = Callable[[bytes, int, float], "bytes | None"]
+# (key, src_ip, now) -> an answer for the key kept with its sums (the cache's,
+# TTLs counted down to now), served as the static ones are, or None
+FastLookup = Callable[[bytes, int, float], "wire.KeptAnswer | None"]
 # where a kept answer is: probation, or protected with its reference bit clear or set
 _PROBATION, _PROTECTED, _REFERENCED = 0, 1, 2
 
@@ -151,6 +154,7 @@ class DnsServer:
         self.counters = stack.counters
         # counted on every hit: a plain integer (netstack.counters.Counters.tally)
         self._fast_hits = stack.counters.tally("dns.fast.hit")
+        self._lookup_hits = stack.counters.tally("dns.fast.lookup_hit")
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
         # and max_kept_bytes), with what answered them; served by wire.patch_kept.
@@ -239,21 +243,26 @@ class DnsServer:
                 now = self.clock()
                 for lookup in self.fast_lookups:
                     try:
-                        answer = lookup(key, src_ip, now)
+                        found = lookup(key, src_ip, now)
                     except Exception:
                         self.counters["dns.fast.lookup_error"] += 1
                         log.exception("fast lookup failed")
-                        answer = None
-                    if answer is not None and len(answer) <= limit:
-                        self.counters["dns.fast.lookup_hit"] += 1
-                        reply = wire.patch(answer, payload, name_end, with_do=key[-1] == wire.EDNS_DO)
-                        if self.observe is not None:
+                        found = None
+                    if found is not None and found.size <= limit:
+                        self._lookup_hits.count += 1
+                        summed = wire.patch_kept(found, payload, name_end)
+                        observe = self.observe
+                        if observe is not None:
                             # the one fast lookup main hands over is the cache's
-                            self.observe(now, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
-                                         "cache", self.clock() - now)
-                        limited = self._rate_limited(reply, src_ip)
-                        # summed here: the cache keeps no sums (its answers' TTLs change)
-                        return None if limited is None else (limited, wire.payload_sum(limited))
+                            reply = summed[0]
+                            observe(now, "udp", src_ip, src_port, key, reply[2] << 8 | reply[3], reply[3] & 0x0F,
+                                    "cache", self.clock() - now)
+                        if self.rrl is None:
+                            return summed
+                        limited = self._rate_limited(summed[0], src_ip)
+                        if limited is None:
+                            return None
+                        return summed if limited is summed[0] else (limited, wire.payload_sum(limited))
         self.counters["dns.fast.miss"] += 1
         if len(self.pending) >= self.max_pending:
             self.counters["dns.slow.overload.drop"] += 1
