@@ -4,7 +4,6 @@ Time is a number the tests pass in; answers are checked by parsing the wire
 the fast path gives with dnspython.
 """
 import struct
-from collections import Counter
 
 import dns.flags
 import dns.message
@@ -15,6 +14,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from netstack.counters import Counters
 from tests.unit.fake_stack import kept_wire
 from unikernel import wire as wire_mod
 from unikernel.resolver.cache import Cache, question_key, ttl_fields
@@ -51,7 +51,7 @@ def bytes_lookup(cache, allowed=everyone):
 
 
 def test_positive_answer_counts_down_on_the_fast_path():
-    cache = Cache(counters=Counter())
+    cache = Cache(counters=Counters())
     entry = cache.entry_from_reply(NAME, A, IN, False, reply(answer=[("www.example.com.", 300, "IN", "A", "192.0.2.7")]), 1000.0)
     assert cache.store(entry)
     lookup = bytes_lookup(cache)
@@ -95,7 +95,7 @@ def test_entry_ttl_is_the_smallest_of_all_records():
 
 
 def test_negative_ttl_comes_from_the_soa():
-    cache = Cache(counters=Counter())
+    cache = Cache(counters=Counters())
     nx = cache.entry_from_reply(NAME, A, IN, False, reply(rcode=dns.rcode.NXDOMAIN, authority=[SOA]), 0.0)
     assert nx.kind == "negative" and nx.ttl == 300 and nx.authority[0].ttl == 300   # min(3600, MINIMUM 300)
     cache.store(nx)
@@ -123,7 +123,7 @@ def test_servfail_is_kept_briefly():
 
 
 def test_lru_eviction_keeps_recently_used():
-    cache = Cache(max_entries=2, counters=Counter())
+    cache = Cache(max_entries=2, counters=Counters())
     names = [dns.name.from_text(f"n{i}.example.") for i in range(3)]
     for _i, n in enumerate(names[:2]):
         cache.store(cache.entry_from_reply(n, A, IN, False, reply(n.to_text(), answer=[(n.to_text(), 60, "IN", "A", "192.0.2.1")]), 0.0))
@@ -135,7 +135,7 @@ def test_lru_eviction_keeps_recently_used():
 
 
 def test_fast_lookup_refuses_clients_not_allowed():
-    cache = Cache(counters=Counter())
+    cache = Cache(counters=Counters())
     cache.store(cache.entry_from_reply(NAME, A, IN, False, reply(answer=[("www.example.com.", 60, "IN", "A", "192.0.2.7")]), 0.0))
     lookup = bytes_lookup(cache, lambda ip: ip == 7)
     assert lookup(key(), 7, 0.0) is not None

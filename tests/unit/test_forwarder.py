@@ -8,7 +8,6 @@ import asyncio
 import ipaddress
 import random
 import struct
-from collections import Counter
 
 import dns.flags
 import dns.message
@@ -18,6 +17,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from netstack.counters import Counters
 from tests.unit.fake_stack import kept_wire
 from unikernel.config import AccessList, parse_upstream
 from unikernel.resolver.cache import Cache
@@ -62,7 +62,7 @@ class FakeUdp:
 
 class FakeStack:
     def __init__(self):
-        self.counters = Counter()
+        self.counters = Counters()
         self.udp = FakeUdp(self)
         self.upstreams = {}
 

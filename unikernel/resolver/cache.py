@@ -49,7 +49,6 @@ dnspython's objects cost several times the wire's size, so a cache of
 """
 from __future__ import annotations
 
-import collections
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -64,6 +63,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from netstack.counters import Counters
 from unikernel import wire as wire_mod
 
 KIND_POSITIVE = "positive"
@@ -251,7 +251,7 @@ class Cache:
         self.serve_stale = serve_stale
         self.stale_ttl = stale_ttl
         self.max_stale = max_stale
-        self.counters = counters if counters is not None else collections.Counter()
+        self.counters = counters if counters is not None else Counters()
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         # the entries' rendered variants, by fast-path key (the question and
         # the EDNS byte 0, 1 or 3): a hit is one probe of this
@@ -428,7 +428,7 @@ class Cache:
         fast = self._fast
         move_to_end = self._entries.move_to_end
         counters = self.counters
-        hits = _tally(counters, "cache.fast.hit")
+        hits = counters.tally("cache.fast.hit")      # a plain integer (netstack.counters)
 
         def lookup(key: bytes, src_ip: int, now: float) -> CachedAnswer | None:
             cached = fast.get(key)
@@ -563,30 +563,6 @@ def _variant_cost(rendered: CachedAnswer) -> int:
     """A variant's own copy of its answer (tail and name), its TTL fields and
     its object (VARIANT_OVERHEAD)."""
     return VARIANT_OVERHEAD + rendered.size + len(rendered.ttl_fields)
-
-
-class _CounterTally:
-    """A counter of a plain Counter (a test's) with a Tally's ``count``."""
-
-    __slots__ = ("counters", "name")
-
-    def __init__(self, counters, name: str) -> None:
-        self.counters, self.name = counters, name
-
-    @property
-    def count(self) -> int:
-        return self.counters[self.name]
-
-    @count.setter
-    def count(self, count: int) -> None:
-        self.counters[self.name] = count
-
-
-def _tally(counters, name: str):
-    """``counters``' plain-integer counter for ``name`` (netstack.counters.Tally)
-    when it keeps them, as the stack's do; else one that writes through."""
-    tally = getattr(counters, "tally", None)
-    return tally(name) if tally is not None else _CounterTally(counters, name)
 
 
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
