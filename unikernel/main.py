@@ -494,10 +494,11 @@ async def serve(appliance: Appliance, link, *, loaded: Loaded | None = None,
     server.tcp_server = DnsTcpServer(stack.tcp, appliance.port, server.handle_tcp,
                                      max_answer_bytes=stream_answer_bytes)
     # the same handler as TCP 53: the same processor, access rules and limits
+    dot_server = None
     if dot_context is not None:
         from unikernel.serve.tls import DnsTlsServer
-    dot_server = (DnsTlsServer(stack.tcp, DOT_PORT, server.handle_tcp, dot_context,
-                               max_answer_bytes=stream_answer_bytes) if dot_context is not None else None)
+        dot_server = DnsTlsServer(stack.tcp, DOT_PORT, server.handle_tcp, dot_context,
+                                  max_answer_bytes=stream_answer_bytes)
     transfers, notify = zone_transfers(appliance, stack, loaded)
     server.transfers = transfers
     if loaded.tsig is not None:

@@ -234,10 +234,7 @@ class DnsServer:
                             kept.source, self.clock() - arrived)
                 if self.rrl is None:
                     return summed
-                limited = self._rate_limited(summed[0], src_ip)
-                if limited is None:
-                    return None
-                return summed if limited is summed[0] else (limited, wire.payload_sum(limited))   # or slipped
+                return self._rate_limited_summed(summed, src_ip)
             if self.fast_lookups:
                 limit = client_size if client_size < self.udp_payload else self.udp_payload
                 now = self.clock()
@@ -259,10 +256,7 @@ class DnsServer:
                                     "cache", self.clock() - now)
                         if self.rrl is None:
                             return summed
-                        limited = self._rate_limited(summed[0], src_ip)
-                        if limited is None:
-                            return None
-                        return summed if limited is summed[0] else (limited, wire.payload_sum(limited))
+                        return self._rate_limited_summed(summed, src_ip)
         self.counters["dns.fast.miss"] += 1
         if len(self.pending) >= self.max_pending:
             self.counters["dns.slow.overload.drop"] += 1
@@ -298,6 +292,14 @@ class DnsServer:
         limited = self._rate_limited(reply, src_ip)
         if limited is not None:
             self._sendto(limited, self.port, src_ip, src_port)
+
+    def _rate_limited_summed(self, summed: tuple[bytes, int], src_ip: int) -> tuple[bytes, int] | None:
+        """A fast-path reply and its sum as RRL lets them go: unchanged, the
+        truncated empty form with its own sum (slipped), or nothing."""
+        limited = self._rate_limited(summed[0], src_ip)
+        if limited is None:
+            return None
+        return summed if limited is summed[0] else (limited, wire.payload_sum(limited))
 
     def _rate_limited(self, reply: bytes, src_ip: int) -> bytes | None:
         """What RRL lets go to ``src_ip``: the reply, its truncated empty
