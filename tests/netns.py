@@ -53,13 +53,7 @@ class Namespace:
 
     def __exit__(self, *exc) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(p)
         subprocess.run(["ip", "netns", "del", self.name], check=False)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(f"/etc/netns/{self.name}")
@@ -148,6 +142,17 @@ async def exec_in(ns: Namespace, *cmd: str, timeout: float = 60, stdin: bytes | 
         await proc.wait()
         raise
     return proc.returncode, out.decode()
+
+
+def stop(proc: subprocess.Popen, grace: float = 5) -> None:
+    """Ends `proc`: SIGTERM, and SIGKILL if it is still there after `grace` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def unix_target(*flags: str, tap: str = "tap0", ipv4: str = "192.0.2.2/24", gateway: str = "none",

@@ -22,7 +22,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.netns import Namespace, needs_root, read_until, unix_target
+from tests.netns import Namespace, needs_root, read_until, stop, unix_target
 from tests.nsd import nsd_conf
 from tests.unit.fake_stack import FakeStack
 from unikernel.process import processor_of_process
@@ -71,12 +71,7 @@ def nsd(tmp_path_factory):
             pytest.skip("NSD did not answer within 20 s")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def make(name: str, rdtype: str, edns: int, size: int, do: bool) -> dns.message.Message:
