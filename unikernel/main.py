@@ -154,6 +154,40 @@ def check(appliance: Appliance) -> Loaded:
     return Loaded(zone_files, hosts, tsig, anchors, blocklist)
 
 
+def describe(appliance: Appliance, loaded: Loaded) -> list[str]:
+    """What the appliance would serve, a line each, from what :func:`check`
+    read (``unikernel check`` prints it, as nsd-checkconf and
+    unbound-checkconf say that a configuration holds)."""
+    lines = [f"address {appliance.interface} gateway {appliance.gateway or 'none'}, DNS on port {appliance.port}"]
+    if loaded.zone_files is not None:
+        for path, zone in zip(loaded.zone_files.paths, loaded.zone_files.zones.by_origin.values()):
+            lines.append(f"zone {zone.origin}: serial {zone.soa[0].serial}, {len(zone.nodes) + len(zone.hashed)} "
+                         f"names, {'signed' if zone.signed else 'unsigned'} ({path})")
+    for secondary in appliance.secondary:
+        lines.append(f"secondary {secondary}")
+    if loaded.hosts is not None:
+        lines.append(f"hosts: {len(loaded.hosts)} names from {len(appliance.hosts)} file(s)")
+    if loaded.blocklist is not None:
+        lines.append(f"blocklist: {len(loaded.blocklist)} names"
+                     + (f", {loaded.blocklist.malformed} line(s) not understood" if loaded.blocklist.malformed else ""))
+    if appliance.forward:
+        dnssec = f"DNSSEC validated ({len(loaded.trust_anchors)} trust anchor(s))" if loaded.trust_anchors else \
+            "DNSSEC not validated"
+        lines.append(f"forward to {', '.join(appliance.forward)}; {dnssec}")
+    else:
+        lines.append("forward: none (authoritative only)")
+    if appliance.mdns:
+        lines.append("mDNS: .local names asked on the link"
+                     + (f", {appliance.mdns_domain} answered from them" if appliance.mdns_domain else ""))
+    if appliance.dot_cert:
+        lines.append(f"DNS over TLS on 853 with {appliance.dot_cert}")
+    if appliance.metrics_port:
+        lines.append(f"metrics and dashboard on port {appliance.metrics_port}")
+    if loaded.tsig is not None:
+        lines.append(f"TSIG key {loaded.tsig.name} ({loaded.tsig.algorithm})")
+    return lines
+
+
 def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     """(context for tls:// upstreams, context for serving DNS over TLS), each
     None when not used; a CA bundle, certificate or key that cannot be loaded
