@@ -43,6 +43,15 @@ log = logging.getLogger("unikernel.transfer.secondary")
 
 MAX_TRANSFER_BYTES = 64 * 1024 * 1024
 MAX_TRANSFER_RECORDS = 1_000_000
+# What a transferred record costs while it is held: as dnspython's zone (kept
+# for the next IXFR) and in compact form (served), ~780 bytes measured, so a
+# memory budget becomes a record bound (tests/unit/test_transfer.py holds it).
+RECORD_BYTES = 1024
+
+
+def records_within(budget: int, zones: int) -> int:
+    """The record bound of each of `zones` secondary zones sharing `budget` bytes."""
+    return max(1000, min(MAX_TRANSFER_RECORDS, budget // RECORD_BYTES // max(zones, 1)))
 TRANSFER_TIMEOUT = 60.0        # seconds for a whole transfer
 CONNECT_TIMEOUT = 5.0
 FIRST_RETRY = 5.0              # before any SOA is known, retry this often
