@@ -53,11 +53,18 @@ class Counters(Counter[str]):
                 whole[name] = tally.count
         return whole
 
+    # one name's reads look at its tally or the dict, not at a snapshot of all
     def get(self, key: str, default: Any = None) -> Any:
-        return self._snapshot().get(key, default)
+        tally = self._tallies.get(key)
+        if tally is not None:
+            return tally.count if tally.count else default
+        return dict.get(self, key, default)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._snapshot()
+        tally = self._tallies.get(key) if isinstance(key, str) else None
+        if tally is not None:
+            return tally.count != 0
+        return dict.__contains__(self, key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._snapshot())

@@ -53,8 +53,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from netstack.checksum import ones_sum
 from netstack.counters import Counters
+from tests.unit.fake_stack import FakeUdp
 from unikernel.config import AccessList
 from unikernel.process import compose, processor_of_process
 from unikernel.resolver.cache import Cache
@@ -82,38 +82,14 @@ QTYPES = ["A", "AAAA", "MX", "TXT", "NS", "SOA", "CNAME", "PTR", "SRV", "ANY", "
           "NSEC", "OPT", "TSIG", "TKEY", "AXFR", "IXFR", "MAILA", "TYPE65280", "TYPE0"]
 
 
-class FuzzUdp:
+class FuzzUdp(FakeUdp):
     """The stack's UDP contract on a fake wire: the server's port, the stub's
     ephemeral ports, the upstream, and what goes back to clients."""
 
     def __init__(self, stack: FuzzStack) -> None:
+        super().__init__(seed=11)
         self.stack = stack
-        self.bindings: dict[int, object] = {}
-        self.rng = random.Random(11)
         self.sent: list[tuple[bytes, int, int]] = []        # (payload, dst_ip, dst_port) to clients
-
-    def bind(self, port, handler) -> None:
-        self.bindings[port] = handler
-
-    def bind_responder(self, port, responder) -> None:
-        """A responder's reply is sent as the stack sends it, its sum held to its payload's."""
-        def deliver(payload, src_ip, src_port, dst_ip, dst_port):
-            reply = responder(payload, src_ip, src_port, dst_ip, dst_port)
-            if reply is not None:
-                if reply[1] % 0xFFFF != ones_sum(reply[0]):
-                    raise AssertionError("the responder's sum is not its payload's")
-                self.sendto(reply[0], port, src_ip, src_port)
-        self.bindings[port] = deliver
-
-    def bind_ephemeral(self, handler) -> int:
-        while True:
-            port = self.rng.randint(1024, 65535)
-            if port not in self.bindings:
-                self.bindings[port] = handler
-                return port
-
-    def unbind(self, port) -> None:
-        self.bindings.pop(port, None)
 
     def sendto(self, payload: bytes, src_port: int, dst_ip: int, dst_port: int) -> None:
         if (dst_ip, dst_port) == UPSTREAM:

@@ -14,11 +14,17 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 CLONE_NEWNET = 0x40000000
+REPO = Path(__file__).resolve().parent.parent
+# The project's interpreter (its .venv when there is one), so that an
+# appliance a test starts has the project's packages whatever ran pytest.
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 _ids = itertools.count()
 
 needs_root = pytest.mark.skipif(
@@ -47,13 +53,7 @@ class Namespace:
 
     def __exit__(self, *exc) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(p)
         subprocess.run(["ip", "netns", "del", self.name], check=False)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(f"/etc/netns/{self.name}")
@@ -73,6 +73,17 @@ class Namespace:
         p = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
         self.procs.append(p)
         return p
+
+    def serve(self, *flags: str, tap: str = "tap0", ipv4: str = "192.0.2.2/24", gateway: str = "none",
+              forward: str | None = "none", ready: str | None = "ready", timeout: float = 30,
+              **kw) -> subprocess.Popen:
+        """The unix target in here (`unikernel.cli`'s flags), started from the
+        repository; waits for its `ready` line unless `ready` is None."""
+        proc = self.popen(*unix_target(*flags, tap=tap, ipv4=ipv4, gateway=gateway, forward=forward),
+                          cwd=str(REPO), **kw)
+        if ready is not None:
+            read_until(proc, ready, timeout)
+        return proc
 
     def add_tap(self, tap: str = "tap0", host: str = "192.0.2.1/24") -> str:
         """A tap inside the namespace; its kernel side gets `host`."""
@@ -131,6 +142,25 @@ async def exec_in(ns: Namespace, *cmd: str, timeout: float = 60, stdin: bytes | 
         await proc.wait()
         raise
     return proc.returncode, out.decode()
+
+
+def stop(proc: subprocess.Popen, grace: float = 5) -> None:
+    """Ends `proc`: SIGTERM, and SIGKILL if it is still there after `grace` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def unix_target(*flags: str, tap: str = "tap0", ipv4: str = "192.0.2.2/24", gateway: str = "none",
+                forward: str | None = "none") -> list[str]:
+    """The command line of the unix target on `tap` at `ipv4`: authoritative
+    only by default, its own forwarding default with forward=None."""
+    args = [PYTHON, "-m", "unikernel", "serve", "--tap", tap, "--ipv4", ipv4, "--ipv4-gateway", gateway]
+    return args + (["--forward", forward] if forward is not None else []) + list(flags)
 
 
 def read_until(proc: subprocess.Popen, word: str, timeout: float = 30.0) -> str:

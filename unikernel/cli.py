@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="serve DNS on a tap device")
+    _add_serve_options(serve)
+    serve.set_defaults(func=run_serve)
+    check = commands.add_parser("check", help="check the declaration and every file it names, serve nothing")
+    _add_serve_options(check)
+    check.set_defaults(func=run_check)
+
+    # `dig` takes its own options (unikernel/dig.py); main() hands them over whole
+    commands.add_parser("dig", help="query a DNS server through our own stack (see: dig --help)")
+    return parser
+
+
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """serve's options (check takes the same: it checks what serve would serve)."""
     serve.add_argument("--config", metavar="FILE", help="the appliance declaration (default: config.py)")
     serve.add_argument("--tap", help="tap device to attach to (created when missing)")
     serve.add_argument("--ipv4", metavar="ADDR/PREFIX", type=_interface, help="our address, e.g. 192.168.1.2/24")
@@ -101,11 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dnssec", nargs="?", const=True, type=yes_or_no, metavar="yes|no",
                        help="validate forwarded answers with DNSSEC (default yes)")
     _add_field_options(serve)
-    serve.set_defaults(func=run_serve)
-
-    # `dig` takes its own options (unikernel/dig.py); main() hands them over whole
-    commands.add_parser("dig", help="query a DNS server through our own stack (see: dig --help)")
-    return parser
 
 
 def _add_field_options(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +193,19 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve_until_signal(appliance, link, loaded))
 
 
+def run_check(args: argparse.Namespace) -> int:
+    """What serve would serve, checked and described; exit 2 (by main) at
+    the first error, naming its file and line."""
+    from unikernel import main as main_mod
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    appliance = _appliance_of(args, None)
+    for line in main_mod.describe(appliance, main_mod.check(appliance)):
+        print(line)
+    print("ok")
+    return EXIT_OK
+
+
 async def _serve_until_signal(appliance: Appliance, link, loaded) -> int:
     from unikernel import main as main_mod
 
@@ -215,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_dig(argv[1:])
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
-            raise UsageError("unikernel: a command is needed: serve or dig")
+            raise UsageError("unikernel: a command is needed: serve, check or dig")
         return args.func(args)
     except (UsageError, ConfigError) as e:
         print(_one_line(str(e)), file=sys.stderr, flush=True)

@@ -34,12 +34,18 @@ def parse_upstream(text: str, default_port: int = 53) -> tuple[int, int]:
     """``ADDR``, ``ADDR:PORT`` or ``ADDR#PORT`` (dnsmasq's spelling) -> (ip as
     int, port). IPv4 only: the stack speaks IPv4. Raises ValueError."""
     text = text.strip()
-    addr, sep, port_text = text.replace("#", ":").partition(":")
+    return _endpoint(text, text.replace("#", ":"), default_port, "ADDR[:PORT]")
+
+
+def _endpoint(text: str, where: str, default_port: int, want: str) -> tuple[int, int]:
+    """``ADDR[:PORT]`` (`where`, a part of the upstream `text` the errors
+    name) -> (ip as int, port). Raises ValueError."""
+    addr, sep, port_text = where.partition(":")
     try:
         ip = int(ipaddress.IPv4Address(addr))
         port = int(port_text) if sep else default_port
     except ValueError:
-        raise ValueError(f"bad upstream {text!r}: want ADDR[:PORT] with an IPv4 address") from None
+        raise ValueError(f"bad upstream {text!r}: want {want} with an IPv4 address") from None
     if not 0 < port < 65536:
         raise ValueError(f"bad upstream {text!r}: port out of range")
     return ip, port
@@ -63,14 +69,7 @@ def parse_tls_upstream(text: str) -> tuple[int, int, str]:
         dns.name.from_text(name)
     except dns.exception.DNSException as e:
         raise ValueError(f"bad upstream {text!r}: {name!r} is not a name ({e})") from None
-    addr, colon, port_text = where.partition(":")
-    try:
-        ip = int(ipaddress.IPv4Address(addr))
-        port = int(port_text) if colon else DOT_PORT
-    except ValueError:
-        raise ValueError(f"bad upstream {text!r}: want tls://ADDR[:PORT]#NAME with an IPv4 address") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad upstream {text!r}: port out of range")
+    ip, port = _endpoint(text, where, DOT_PORT, "tls://ADDR[:PORT]#NAME")
     return ip, port, name
 
 

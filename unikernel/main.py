@@ -52,7 +52,14 @@ from unikernel.sources.blocklist import Blocklist
 from unikernel.sources.chaos import chaos_process
 from unikernel.sources.hosts import HostsFiles, HostsTable, load_hosts
 from unikernel.sources.special import special_process
-from unikernel.transfer.secondary import SecondaryService, SecondaryZones, parse_secondary
+from unikernel.transfer.secondary import (
+    MAX_TRANSFER_RECORDS,
+    RECORD_BYTES,
+    SecondaryService,
+    SecondaryZones,
+    parse_secondary,
+    records_within,
+)
 from unikernel.transfer.tsig import parse_tsig
 
 if TYPE_CHECKING:
@@ -154,6 +161,40 @@ def check(appliance: Appliance) -> Loaded:
     return Loaded(zone_files, hosts, tsig, anchors, blocklist)
 
 
+def describe(appliance: Appliance, loaded: Loaded) -> list[str]:
+    """What the appliance would serve, a line each, from what :func:`check`
+    read (``unikernel check`` prints it, as nsd-checkconf and
+    unbound-checkconf say that a configuration holds)."""
+    lines = [f"address {appliance.interface} gateway {appliance.gateway or 'none'}, DNS on port {appliance.port}"]
+    if loaded.zone_files is not None:
+        for path, zone in zip(loaded.zone_files.paths, loaded.zone_files.zones.by_origin.values()):
+            lines.append(f"zone {zone.origin}: serial {zone.soa[0].serial}, {len(zone.nodes) + len(zone.hashed)} "
+                         f"names, {'signed' if zone.signed else 'unsigned'} ({path})")
+    for secondary in appliance.secondary:
+        lines.append(f"secondary {secondary}")
+    if loaded.hosts is not None:
+        lines.append(f"hosts: {len(loaded.hosts)} names from {len(appliance.hosts)} file(s)")
+    if loaded.blocklist is not None:
+        lines.append(f"blocklist: {len(loaded.blocklist)} names"
+                     + (f", {loaded.blocklist.malformed} line(s) not understood" if loaded.blocklist.malformed else ""))
+    if appliance.forward:
+        dnssec = f"DNSSEC validated ({len(loaded.trust_anchors)} trust anchor(s))" if loaded.trust_anchors else \
+            "DNSSEC not validated"
+        lines.append(f"forward to {', '.join(appliance.forward)}; {dnssec}")
+    else:
+        lines.append("forward: none (authoritative only)")
+    if appliance.mdns:
+        lines.append("mDNS: .local names asked on the link"
+                     + (f", {appliance.mdns_domain} answered from them" if appliance.mdns_domain else ""))
+    if appliance.dot_cert:
+        lines.append(f"DNS over TLS on 853 with {appliance.dot_cert}")
+    if appliance.metrics_port:
+        lines.append(f"metrics and dashboard on port {appliance.metrics_port}")
+    if loaded.tsig is not None:
+        lines.append(f"TSIG key {loaded.tsig.name} ({loaded.tsig.algorithm})")
+    return lines
+
+
 def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     """(context for tls:// upstreams, context for serving DNS over TLS), each
     None when not used; a CA bundle, certificate or key that cannot be loaded
@@ -182,14 +223,21 @@ def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLCo
 # a 128 MiB VM under a flood of odd names stays clear of the OOM killer.
 MAX_BUDGET = 64 * 1024 * 1024
 BUDGET_SHARE = 0.4
+# Secondary zones, filled by their primaries, have a share of their own: a
+# zone of a million records must not take a 128 MiB VM down.
+SECONDARY_SHARE = 0.2
 
 
 def memory_budgets(available: int | None) -> dict[str, int]:
     """Byte budgets for the static table, the cache and TCP answers, split
-    3 : 4 : 1, from the bytes available (None: unknown, take the maximum)."""
+    3 : 4 : 1, from the bytes available (None: unknown, take the maximum);
+    and the secondary zones' (unknown: what their fixed record bound takes)."""
     total = MAX_BUDGET if available is None else min(MAX_BUDGET, int(available * BUDGET_SHARE))
     total = max(total, 4 * 1024 * 1024)
-    return {"static": total * 3 // 8, "cache": total * 4 // 8, "tcp": total // 8}
+    secondary = MAX_TRANSFER_RECORDS * RECORD_BYTES
+    if available is not None:
+        secondary = min(secondary, int(available * SECONDARY_SHARE))
+    return {"static": total * 3 // 8, "cache": total * 4 // 8, "tcp": total // 8, "secondary": secondary}
 
 
 def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
@@ -323,7 +371,10 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
         secondaries = SecondaryZones(appliance.secondary, key=loaded.tsig, counters=stack.counters,
                                      clock=stack.now)
         chain.append(secondaries.process)
-        lifecycle.append(SecondaryService(stack, secondaries))   # transfers at start, then by the timers
+        # transfers at start, then by the timers
+        budget = budgets["secondary"] if budgets else MAX_TRANSFER_RECORDS * RECORD_BYTES
+        lifecycle.append(SecondaryService(stack, secondaries,
+                                          max_records=records_within(budget, len(secondaries.zones))))
     recursion = bool(appliance.forward)
     if loaded.hosts is not None:
         hosts_files = HostsFiles([appliance.path(h) for h in appliance.hosts], loaded.hosts,

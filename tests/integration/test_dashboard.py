@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Namespace, needs_root, read_until
+from tests.netns import Namespace, needs_root
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HARD = Path(__file__).resolve().parent / "zones" / "hard.example.zone"
@@ -29,10 +29,8 @@ def test_the_page_shows_the_counts_it_was_sent(tmp_path):
     blocklist.write_text("ads.example.com\n")
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                        "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(HARD),
-                        "--blocklist", str(blocklist), "--identity", "dash-test", cwd=str(ROOT))
-        read_until(proc, "ready")
+        ns.serve("--zone", str(HARD), "--blocklist", str(blocklist), "--identity", "dash-test",
+                 ipv4=f"{APPLIANCE}/24")
         # a name that is HTML: the page must show it as text, never make it markup
         sent = [("<b>x</b><img>.example", "A", "+notcp")] + [("www.hard.example", "A", "+notcp")] * 7 \
             + [("ads.example.com", "A", "+notcp")] * 3 + [("mail.hard.example", "MX", "+tcp")] * 2

@@ -12,9 +12,7 @@ must agree; bogus answers carry their Extended DNS Error; CD gets the data.
 from __future__ import annotations
 
 import socket
-import sys
 import threading
-from pathlib import Path
 
 import dns.edns
 import dns.flags
@@ -25,12 +23,10 @@ import dns.rdatatype
 import pytest
 
 from tests.dnssec_world import QUESTIONS, REFERENCE, SignedWorld, missing_tools
-from tests.netns import Namespace, needs_root, read_until
+from tests.netns import Namespace, needs_root
 
 pytestmark = [needs_root, pytest.mark.root,
               pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}")]
-REPO = Path(__file__).resolve().parents[2]
-PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 UPSTREAM, APPLIANCE, STRIPPER = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 
 
@@ -44,10 +40,7 @@ def world(tmp_path_factory):
 
 
 def appliance(world: SignedWorld, *flags: str, forward: str = UPSTREAM):
-    proc = world.ns.popen(PY, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                          "--ipv4-gateway", UPSTREAM, "--forward", f"{forward}:53", *flags, cwd=str(REPO))
-    read_until(proc, "ready", 30)
-    return proc
+    return world.ns.serve(*flags, ipv4=f"{APPLIANCE}/24", gateway=UPSTREAM, forward=f"{forward}:53")
 
 
 def stop(proc) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,12 +24,11 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests.netns import Namespace, needs_root
+from tests.netns import PYTHON as PY
+from tests.netns import REPO, Namespace, needs_root, unix_target
 
 pytestmark = [needs_root, pytest.mark.root]
 
-REPO = Path(__file__).resolve().parents[2]
-PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 APPLIANCE = "192.0.2.2"
 UP_A, UP_B, FORGER = "192.0.2.1", "192.0.2.3", "192.0.2.4"
 SOA = "example.com. 3600 IN SOA ns.example.com. host.example.com. 1 7200 900 1209600 120"
@@ -530,9 +528,8 @@ def test_serve_command_line_forwards(net, upstreams, tmp_path):
     """The unix target as users run it: flags, not a declaration object."""
     ns, a, _ = net
     (tmp_path / "hosts").write_text(HOSTS)
-    proc = ns.popen(PY, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                    "--ipv4-gateway", UP_A, "--forward", f"{UP_A}:53", "--hosts", str(tmp_path / "hosts"),
-                    "--no-0x20", "--dnssec", "no", cwd=str(REPO))
+    proc = ns.serve("--hosts", str(tmp_path / "hosts"), "--no-0x20", "--dnssec", "no",
+                    ipv4=f"{APPLIANCE}/24", gateway=UP_A, forward=f"{UP_A}:53", ready=None)
     try:
         line = ""
         deadline = time.monotonic() + 20
@@ -572,8 +569,7 @@ def test_serve_rejects_bad_forwarder_settings(net, tmp_path, flags, message):
     bad_hosts = tmp_path / "hosts"
     bad_hosts.write_text("192.0.2.10 ok.lan\n192.0.2.300 bad.lan\n")
     flags = [str(bad_hosts) if f == "HOSTS" else f for f in flags]
-    out = ns.run(PY, "-m", "unikernel", "serve", "--tap", "tap9", "--ipv4", f"{APPLIANCE}/24",
-                 "--ipv4-gateway", UP_A, *flags,
+    out = ns.run(*unix_target(*flags, tap="tap9", ipv4=f"{APPLIANCE}/24", gateway=UP_A, forward=None),
                  cwd=str(REPO), timeout=30)
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()

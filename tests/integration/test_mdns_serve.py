@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import sys
 import threading
 
 import pytest
 
-from tests.mdns_peers import ROOT, needs_avahi, start_avahi, start_zeroconf
+from tests.mdns_peers import needs_avahi, start_avahi, start_zeroconf
 from tests.netns import Namespace, needs_root, read_until
 
 pytestmark = [pytest.mark.root, needs_root,
@@ -24,10 +23,7 @@ APPLIANCE = "192.0.2.2"
 def serve(ns: Namespace, *flags: str):
     ns.add_tap("tap0", "192.0.2.1/24")
     ns.ip("route", "add", "224.0.0.0/4", "dev", "tap0")
-    proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
-                    "--ipv4-gateway", "none", *flags, cwd=str(ROOT))
-    read_until(proc, "ready")
-    return proc
+    return ns.serve(*flags, ipv4=f"{APPLIANCE}/24", forward=None)
 
 
 def dig(ns: Namespace, *query: str) -> str:

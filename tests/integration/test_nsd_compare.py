@@ -13,7 +13,6 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.netns import Namespace, needs_root, read_until
+from tests.netns import Namespace, needs_root, read_until, stop, unix_target
 from tests.nsd import nsd_conf
 from tests.unit.fake_stack import FakeStack
 from unikernel.process import processor_of_process
@@ -72,12 +71,7 @@ def nsd(tmp_path_factory):
             pytest.skip("NSD did not answer within 20 s")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def make(name: str, rdtype: str, edns: int, size: int, do: bool) -> dns.message.Message:
@@ -192,11 +186,7 @@ def test_malformed_queries_get_nsds_rcode(nsd, zone_files):
 def serve_args(zone_files) -> list[str]:
     """The unix target, authoritative-only, on tap0 at 192.0.2.2 serving the zones
     (without mDNS, which would answer .local where NSD refuses)."""
-    args = [sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--mdns", "no", "--tap", "tap0",
-            "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none"]
-    for f in zone_files:
-        args += ["--zone", str(f)]
-    return args
+    return unix_target("--mdns", "no", *(a for f in zone_files for a in ("--zone", str(f))))
 
 
 @needs_root

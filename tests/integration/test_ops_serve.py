@@ -46,12 +46,9 @@ def serve(ns: Namespace, tmp_path: Path, *extra: str):
     (tmp_path / "block.hosts").write_text(BLOCKLIST)
     (tmp_path / "domains.txt").write_text(DOMAINS)
     (tmp_path / "allow.txt").write_text(ALLOW)
-    proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                    "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--zone", str(HARD),
-                    "--blocklist", str(tmp_path / "block.hosts"), "--blocklist", str(tmp_path / "domains.txt"),
-                    "--allowlist", str(tmp_path / "allow.txt"), "--identity", "test-dns", *extra,
-                    cwd=str(ROOT), stderr=subprocess.PIPE)
-    read_until(proc, "ready")
+    proc = ns.serve("--zone", str(HARD), "--blocklist", str(tmp_path / "block.hosts"),
+                    "--blocklist", str(tmp_path / "domains.txt"), "--allowlist", str(tmp_path / "allow.txt"),
+                    "--identity", "test-dns", *extra, ipv4=f"{APPLIANCE}/24", stderr=subprocess.PIPE)
     return proc
 
 
@@ -221,11 +218,9 @@ def test_forwarded_and_cached_answers_upstreams_and_a_reload_that_blocks_a_cache
         ns.add_tap("tap0", "192.0.2.1/24")
         upstream = ns.popen(sys.executable, "-c", TINY_UPSTREAM, "192.0.2.1")
         assert upstream.stdout.readline().strip() == "listening"
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "192.0.2.1", "--tap", "tap0",
-                        "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", "none", "--blocklist", str(blocklist),
+        proc = ns.serve("--blocklist", str(blocklist),
                         "--dnssec", "no",             # the tiny upstream signs nothing
-                        cwd=str(ROOT))
-        read_until(proc, "ready")
+                        ipv4=f"{APPLIANCE}/24", forward="192.0.2.1")
         for _ in range(2):                         # relayed, then from the cache (its fast path)
             assert "198.51.100.9" in dig(ns, "www.example.org", "A")
         families = metrics(ns)

@@ -5,15 +5,14 @@ over TCP (which RRL leaves alone) still gets the answer."""
 from __future__ import annotations
 
 import socket
-import sys
 import time
 
 import dns.flags
 import dns.message
 import pytest
 
-from tests.integration.test_serve import HARD, ROOT, dig, needs_dig
-from tests.netns import Namespace, needs_root, read_until
+from tests.integration.test_serve import HARD, dig, needs_dig
+from tests.netns import Namespace, needs_root
 
 RATE = 20
 
@@ -22,10 +21,8 @@ RATE = 20
 def limited():
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                        "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none", "--zone", str(HARD),
-                        "--rrl-rate", str(RATE), "--rrl-slip", "2", "--rrl-exempt-allowed", "no", cwd=str(ROOT))
-        read_until(proc, "ready")
+        proc = ns.serve("--zone", str(HARD), "--rrl-rate", str(RATE), "--rrl-slip", "2",
+                        "--rrl-exempt-allowed", "no")
         yield ns, proc
 
 

@@ -136,9 +136,8 @@ def test_secondary_of_knot(tmp_path):
 
 
 def serve_secondary(ns, tap: str, address: str):
-    return ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", tap,
-                    "--ipv4", f"{address}/24", "--ipv4-gateway", "none",
-                    "--secondary", "sec.example@192.0.2.1:5301", "--tsig", KEY, cwd=str(ROOT))
+    return ns.serve("--secondary", "sec.example@192.0.2.1:5301", "--tsig", KEY, tap=tap, ipv4=f"{address}/24",
+                    ready=None)
 
 
 def test_three_appliances_scale_out(tmp_path):

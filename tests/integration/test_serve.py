@@ -71,10 +71,7 @@ def appliance():
     """The appliance on tap0 of a fresh namespace serving the hard-cases zone."""
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                        "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none",
-                        "--zone", str(HARD), "--zone", str(ZONES / "sub.hard.example.zone"),
-                        cwd=str(ROOT))
+        proc = ns.serve("--zone", str(HARD), "--zone", str(ZONES / "sub.hard.example.zone"), ready=None)
         ready = read_until(proc, "ready")
         yield ns, proc, ready
 
@@ -159,10 +156,7 @@ def test_log_queries_and_pcap(tmp_path):
     trace = tmp_path / "trace.pcap"
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                        "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none", "--zone", str(HARD),
-                        "--log-queries", "--pcap", str(trace), cwd=str(ROOT))
-        read_until(proc, "ready")
+        proc = ns.serve("--zone", str(HARD), "--log-queries", "--pcap", str(trace))
         for _ in range(2):
             assert "192.0.2.25" in dig(ns, "192.0.2.2", "mail.hard.example", "A")
         proc.send_signal(signal.SIGTERM)
@@ -184,10 +178,7 @@ def test_sighup_reloads_zones_and_keeps_the_old_ones_on_error(tmp_path):
                     "@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 192.0.2.53\nwww A 192.0.2.80\n")
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
-        proc = ns.popen(sys.executable, "-m", "unikernel", "serve", "--forward", "none", "--tap", "tap0",
-                        "--ipv4", "192.0.2.2/24", "--ipv4-gateway", "none", "--zone", str(zone),
-                        cwd=str(ROOT))
-        read_until(proc, "ready")
+        proc = ns.serve("--zone", str(zone))
         for _ in range(2):                     # the second answer comes from the kept bytes
             assert "192.0.2.80" in dig(ns, "192.0.2.2", "www.reload.test", "+short")
         zone.write_text(zone.read_text().replace("192.0.2.80", "192.0.2.81").replace(" 1 3600", " 2 3600"))

@@ -35,7 +35,7 @@ from tests.integration.test_nsd_compare import (
     serve_args,
     summary,
 )
-from tests.netns import Namespace, needs_root, read_until
+from tests.netns import Namespace, needs_root, read_until, stop
 from tests.nsd import nsd_conf
 from tests.signing import SignedZone, needs_ldns, sign_zone
 from tests.unit.fake_stack import FakeStack
@@ -110,12 +110,7 @@ def signed_nsd(request, tmp_path_factory):
     try:
         yield signed, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def compared_questions(signed: dict[str, SignedZone]) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ refused.
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import signal
 import socket
@@ -66,32 +67,47 @@ def differences(sock) -> list[str]:
     return problems
 
 
-def test_nsd_as_secondary_gets_axfr_then_ixfr(tmp_path):
+@contextlib.contextmanager
+def primary_for(tmp_path, notify: str):
+    """The appliance in a namespace of its own, serving the first signed
+    version of hard.example, transfers allowed to 192.0.2.1 with TSIG and
+    NOTIFY sent to `notify`; yields the namespace, the appliance, the file
+    it serves, the first signed version and a UDP socket in the namespace."""
     first = sign_zone(ZONES / "hard.example.zone", "hard.example", tmp_path / "zone", nsec3=True)
-    work = tmp_path / "nsd"
-    work.mkdir()
     with Namespace() as ns:
         ns.add_tap("tap0", "192.0.2.1/24")
         zone = tmp_path / "served.zone"
         zone.write_text(first.path.read_text())
         appliance = ns.popen(*serve_args([zone]), "--allow-transfer", "192.0.2.1/32", "--tsig", KEY,
-                             "--notify", "192.0.2.1:5300", cwd=str(ROOT))
+                             "--notify", notify, cwd=str(ROOT))
         read_until(appliance, "ready")
-        ns.popen("nsd", "-d", "-c", str(nsd_secondary_conf(work, work / "hard.example.secondary")))
         with ns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        yield ns, appliance, zone, first, sock
+
+
+def publish_second(tmp_path, appliance, zone: Path, first, text: str) -> None:
+    """Signs `text` (serial 2026113002, UPDATE added) with the first version's
+    key, puts it where the appliance reads its zone and tells it (SIGHUP)."""
+    source = tmp_path / "v2.zone"
+    source.write_text(text)
+    second = sign_zone(source, "hard.example", tmp_path / "zone", nsec3=True, extra=UPDATE, key=first.key)
+    zone.write_text(second.path.read_text())
+    appliance.send_signal(signal.SIGHUP)
+
+
+def test_nsd_as_secondary_gets_axfr_then_ixfr(tmp_path):
+    work = tmp_path / "nsd"
+    work.mkdir()
+    with primary_for(tmp_path, "192.0.2.1:5300") as (ns, appliance, zone, first, sock):
+        ns.popen("nsd", "-d", "-c", str(nsd_secondary_conf(work, work / "hard.example.secondary")))
         wait_serial(sock, 2026113001, timeout=20)
         problems = differences(sock)
         assert not problems, "\n".join(problems[:20])
 
         # the next version: a record added, one removed, every signature new
         text = (ZONES / "hard.example.zone").read_text().replace("2026113001", "2026113002")
-        text = text.replace("MiXeD       IN A     192.0.2.9\n", "")
-        source = tmp_path / "v2.zone"
-        source.write_text(text)
-        second = sign_zone(source, "hard.example", tmp_path / "zone", nsec3=True, extra=UPDATE, key=first.key)
-        zone.write_text(second.path.read_text())
-        appliance.send_signal(signal.SIGHUP)
+        publish_second(tmp_path, appliance, zone, first, text.replace("MiXeD       IN A     192.0.2.9\n", ""))
         read_until(appliance, "zone hard.example.: serial 2026113002", timeout=10)
         try:
             took = wait_serial(sock, 2026113002)
@@ -160,19 +176,10 @@ def test_knot_as_secondary_gets_axfr_then_ixfr(tmp_path):
     minimal, so rcode, AA and the answer section are compared, with DO)."""
     from tests.integration.test_signed_zones import VALIDATED
 
-    first = sign_zone(ZONES / "hard.example.zone", "hard.example", tmp_path / "zone", nsec3=True)
     work = tmp_path / "knot"
     work.mkdir()
-    with Namespace() as ns:
-        ns.add_tap("tap0", "192.0.2.1/24")
-        zone = tmp_path / "served.zone"
-        zone.write_text(first.path.read_text())
-        appliance = ns.popen(*serve_args([zone]), "--allow-transfer", "192.0.2.1/32", "--tsig", KEY,
-                             "--notify", "192.0.2.1:5301", cwd=str(ROOT))
-        read_until(appliance, "ready")
+    with primary_for(tmp_path, "192.0.2.1:5301") as (ns, appliance, zone, first, sock):
         ns.popen("knotd", "-c", knot_secondary_conf(work))
-        with ns.entered():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
         def serial_at_knot() -> str:
             return " ".join(ask(sock, "192.0.2.1", 5301, "hard.example", "SOA", do=False)["answer"])
@@ -191,11 +198,8 @@ def test_knot_as_secondary_gets_axfr_then_ixfr(tmp_path):
             assert time.monotonic() < deadline, (work / "knot.log").read_text()[-1500:]
             time.sleep(0.2)
         assert not compare()
-        source = tmp_path / "v2.zone"
-        source.write_text((ZONES / "hard.example.zone").read_text().replace("2026113001", "2026113002"))
-        second = sign_zone(source, "hard.example", tmp_path / "zone", nsec3=True, extra=UPDATE, key=first.key)
-        zone.write_text(second.path.read_text())
-        appliance.send_signal(signal.SIGHUP)
+        publish_second(tmp_path, appliance, zone, first,
+                       (ZONES / "hard.example.zone").read_text().replace("2026113001", "2026113002"))
         deadline = time.monotonic() + 5
         while " 2026113002 " not in serial_at_knot():
             assert time.monotonic() < deadline, (work / "knot.log").read_text()[-1500:]

@@ -11,6 +11,7 @@ import pytest
 
 from netstack.counters import Counters
 from netstack.tcp.config import TcpConfig
+from netstack.tcp.connection import Connection
 from netstack.tcp.layer import TcpLayer
 from netstack.tcp.segment import ACK, FIN, PSH, RST, SYN, TcpSegment
 from netstack.tcp.sequence import seq_add
@@ -263,6 +264,16 @@ def handshake(net: Net, b, peer: ScriptedPeer, port: int = 80, isn: int = 5000):
     return accepted[0], synack.seq
 
 
+def established(**layer) -> tuple[Net, TcpLayer, ScriptedPeer, Connection, int]:
+    """A net with a layer at B_IP (made with `layer`'s keywords) and a scripted
+    peer at A_IP that has completed a passive open on port 80."""
+    net = Net()
+    b = net.layer(B_IP, **layer)
+    peer = ScriptedPeer(net, A_IP)
+    conn, iss = handshake(net, b, peer)
+    return net, b, peer, conn, iss
+
+
 def test_closed_port_answers_rst():
     net = Net()
     b = net.layer(B_IP)
@@ -278,10 +289,7 @@ def test_closed_port_answers_rst():
 
 
 def test_rfc5961_blind_rst_gets_challenge_ack():
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     closed = []
     conn.on_close = closed.append
     # in the window but not exactly rcv_nxt: only a challenge ACK
@@ -302,10 +310,7 @@ def test_rfc5961_blind_rst_gets_challenge_ack():
 
 
 def test_rfc5961_syn_on_established_connection_gets_challenge_ack():
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     for seq in (5001, 5001 + 100, 123):     # in the window or not, a SYN never resets
         peer.send(B_IP, TcpSegment(4000, 80, seq, 0, SYN, 1000))
     net.run(seconds=0.1)
@@ -317,10 +322,7 @@ def test_rfc5961_syn_on_established_connection_gets_challenge_ack():
 
 
 def test_rfc5961_ack_for_unsent_data_is_refused():
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     got = []
     conn.on_data = got.append
     peer.send(B_IP, TcpSegment(4000, 80, 5001, iss + 1 + 5000, ACK | PSH, 1000, b"data"))
@@ -331,10 +333,7 @@ def test_rfc5961_ack_for_unsent_data_is_refused():
 
 
 def test_challenge_acks_are_rate_limited():
-    net = Net()
-    b = net.layer(B_IP, config=TcpConfig(challenge_acks_per_second=5))
-    peer = ScriptedPeer(net, A_IP)
-    handshake(net, b, peer)
+    net, b, peer, _, _ = established(config=TcpConfig(challenge_acks_per_second=5))
     for i in range(20):
         peer.send(B_IP, TcpSegment(4000, 80, 5001 + 10 + i, 0, RST, 0))
     net.run(seconds=0.02)
@@ -343,10 +342,7 @@ def test_challenge_acks_are_rate_limited():
 
 
 def test_out_of_order_segments_are_reassembled():
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     got = bytearray()
     conn.on_data = got.extend
     closed = []
@@ -369,10 +365,7 @@ def test_out_of_order_segments_are_reassembled():
 
 
 def test_out_of_order_storage_is_bounded():
-    net = Net()
-    b = net.layer(B_IP, config=TcpConfig(max_ooo_segments=8))
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established(config=TcpConfig(max_ooo_segments=8))
     for i in range(1, 30):
         peer.send(B_IP, TcpSegment(4000, 80, 5001 + 100 * i, iss + 1, ACK, 65535, b"z" * 10))
     net.run(seconds=0.1)
@@ -381,10 +374,7 @@ def test_out_of_order_storage_is_bounded():
 
 
 def test_rto_backs_off_exponentially_then_gives_up():
-    net = Net()
-    b = net.layer(B_IP, config=TcpConfig(max_retries=5))
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established(config=TcpConfig(max_retries=5))
     closed = []
     conn.on_close = closed.append
     conn.send(b"hello")
@@ -402,10 +392,7 @@ def test_rto_backs_off_exponentially_then_gives_up():
 
 
 def test_fast_retransmit_on_third_duplicate_ack():
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     conn.send(b"x" * 1460 * 5)
     net.run(seconds=0.05)
     segs = peer.take()
@@ -427,10 +414,7 @@ def test_fast_retransmit_on_third_duplicate_ack():
 
 
 def test_send_buffer_is_bounded():
-    net = Net()
-    b = net.layer(B_IP, config=TcpConfig(send_buffer=10_000))
-    peer = ScriptedPeer(net, A_IP)
-    conn, _ = handshake(net, b, peer)
+    net, b, peer, conn, _ = established(config=TcpConfig(send_buffer=10_000))
     conn.send(b"a" * 9000)
     with pytest.raises(BufferError):
         conn.send(b"b" * 2000)
@@ -488,10 +472,7 @@ def test_paused_receiver_stops_the_sender():
 
 
 def test_time_wait_acks_a_retransmitted_fin_and_expires():
-    net = Net()
-    b = net.layer(B_IP, config=TcpConfig(time_wait=10.0))
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established(config=TcpConfig(time_wait=10.0))
     conn.close()
     net.run(seconds=0.1)
     [fin] = peer.take()
@@ -515,10 +496,7 @@ def test_time_wait_acks_a_retransmitted_fin_and_expires():
 
 
 def test_new_syn_may_end_time_wait():
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     conn.close()
     net.run(seconds=0.1)
     peer.send(B_IP, TcpSegment(4000, 80, 5001, iss + 2, ACK | FIN, 65535))
@@ -577,10 +555,7 @@ def test_syn_beyond_max_connections_is_refused():
 
 
 def test_idle_connections_are_reset():
-    net = Net()
-    b = net.layer(B_IP, config=TcpConfig(idle_timeout=30))
-    peer = ScriptedPeer(net, A_IP)
-    conn, _ = handshake(net, b, peer)
+    net, b, peer, conn, _ = established(config=TcpConfig(idle_timeout=30))
     closed = []
     conn.on_close = closed.append
     net.run(seconds=31)
@@ -884,10 +859,7 @@ def test_ack_sent_while_retransmitting_is_numbered_past_all_data_sent():
     """After a timeout snd_nxt goes back to snd_una. An ACK numbered there is
     behind what the peer already holds, outside its window: the peer (Linux
     as much as ours) drops it, ACK field and all."""
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     conn.send(b"x" * 1460 * 3)
     net.run(seconds=0.05)
     assert len(peer.take()) == 3          # the peer holds them all; its ACK is lost
@@ -947,10 +919,7 @@ def test_ack_that_waited_on_a_partial_ack_resend_gives_no_rtt_sample():
     """NewReno: new data sent during recovery is timed; a partial ACK then
     resends an older hole, and the ACK that finally covers the timed data
     waited on that resend (Karn: no sample from it)."""
-    net = Net()
-    b = net.layer(B_IP)
-    peer = ScriptedPeer(net, A_IP)
-    conn, iss = handshake(net, b, peer)
+    net, b, peer, conn, iss = established()
     mss = conn.snd_mss
     conn.send(b"x" * mss * 12)              # the initial window goes out, the rest waits
     net.run(seconds=0.02)

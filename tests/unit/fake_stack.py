@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from netstack.checksum import ones_sum
 from netstack.counters import Counters
@@ -12,9 +13,13 @@ SERVER_IP = 0xC0000202     # 192.0.2.2
 
 
 class FakeUdp:
-    def __init__(self) -> None:
+    """Binds as the stack does; `sendto` records (a subclass routes it), and
+    ephemeral ports come from a seeded RNG, so a test's ports repeat."""
+
+    def __init__(self, seed: int = 7) -> None:
         self.bindings = {}
         self.sent: list[tuple[bytes, int, int, int]] = []
+        self.rng = random.Random(seed)
 
     def bind(self, port, on_datagram):
         if port in self.bindings:
@@ -27,9 +32,17 @@ class FakeUdp:
         def deliver(payload, src_ip, src_port, dst_ip, dst_port):
             reply = responder(payload, src_ip, src_port, dst_ip, dst_port)
             if reply is not None:
-                assert reply[1] % 0xFFFF == ones_sum(reply[0]), "the responder's sum is not its payload's"
+                if reply[1] % 0xFFFF != ones_sum(reply[0]):     # raised, not asserted: the fuzzers run it too
+                    raise AssertionError("the responder's sum is not its payload's")
                 self.sendto(reply[0], port, src_ip, src_port)
         self.bind(port, deliver)
+
+    def bind_ephemeral(self, handler) -> int:
+        while True:
+            port = self.rng.randint(1024, 65535)
+            if port not in self.bindings:
+                self.bindings[port] = handler
+                return port
 
     def unbind(self, port):
         self.bindings.pop(port, None)

@@ -26,3 +26,16 @@ def test_metrics_see_the_tallies():
     counters.tally("dns.fast.hit").count += 7
     samples = [s for family in counter_families(counters) for s in family.samples]
     assert samples == [({"layer": "dns", "event": "fast.hit"}, 7)]
+
+
+def test_one_name_is_read_without_a_snapshot_of_all(monkeypatch):
+    """get and `in` answer as the snapshot does, for tallied names (moved or
+    not), counted ones (zero included) and absent ones, without making it."""
+    counters = Counters({"ipv4.bad_checksum.drop": 1, "arp.zero": 0})
+    counters.tally("udp.delivered").count += 4
+    counters.tally("udp.sent")
+    expected = counters._snapshot()
+    monkeypatch.setattr(Counters, "_snapshot", lambda self: (_ for _ in ()).throw(AssertionError("a snapshot")))
+    for name in ("udp.delivered", "udp.sent", "ipv4.bad_checksum.drop", "arp.zero", "nothing", 7):
+        assert counters.get(name, "none") == expected.get(name, "none"), name
+        assert (name in counters) == (name in expected), name

@@ -45,18 +45,10 @@ class Udp(FakeUdp):
     server's replies to clients, kept."""
 
     def __init__(self, stack):
-        super().__init__()
+        super().__init__(seed=5)
         self.stack = stack
         self.replies: dict[int, bytes] = {}         # client port -> reply
         self.before_release: set[int] = set()       # client ports answered before the upstream answered any
-        self.rng = random.Random(5)
-
-    def bind_ephemeral(self, handler):
-        while True:
-            port = self.rng.randint(1024, 65535)
-            if port not in self.bindings:
-                self.bindings[port] = handler
-                return port
 
     def sendto(self, payload, src_port, dst_ip, dst_port):
         if (dst_ip, dst_port) == UPSTREAM:

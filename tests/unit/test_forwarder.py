@@ -18,7 +18,7 @@ import dns.rrset
 import pytest
 
 from netstack.counters import Counters
-from tests.unit.fake_stack import kept_wire
+from tests.unit.fake_stack import FakeUdp, kept_wire
 from unikernel.config import AccessList, parse_upstream
 from unikernel.resolver.cache import Cache
 from unikernel.resolver.forwarder import Forwarder
@@ -31,21 +31,12 @@ UP1 = (int(ipaddress.IPv4Address("192.0.2.1")), 53)
 UP2 = (int(ipaddress.IPv4Address("192.0.2.3")), 5353)
 
 
-class FakeUdp:
+class UpstreamUdp(FakeUdp):
+    """Datagrams to an upstream of the stack's go to it."""
+
     def __init__(self, stack):
+        super().__init__()
         self.stack = stack
-        self.bindings = {}
-        self.rng = random.Random(7)
-
-    def bind_ephemeral(self, handler):
-        while True:
-            port = self.rng.randint(1024, 65535)
-            if port not in self.bindings:
-                self.bindings[port] = handler
-                return port
-
-    def unbind(self, port):
-        self.bindings.pop(port, None)
 
     def sendto(self, payload, src_port, dst_ip, dst_port):
         upstream = self.stack.upstreams.get((dst_ip, dst_port))
@@ -63,7 +54,7 @@ class FakeUdp:
 class FakeStack:
     def __init__(self):
         self.counters = Counters()
-        self.udp = FakeUdp(self)
+        self.udp = UpstreamUdp(self)
         self.upstreams = {}
 
 

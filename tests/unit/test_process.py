@@ -117,11 +117,20 @@ def test_processor_lets_exceptions_through_for_the_server_to_turn_into_servfail(
 
 def test_memory_budgets_follow_the_machine(tmp_path):
     from unikernel.main import MAX_BUDGET, available_memory, memory_budgets
+    from unikernel.transfer.secondary import MAX_TRANSFER_RECORDS, records_within
+
+    def shared(budgets):                      # what the tables network input fills share
+        return budgets["static"] + budgets["cache"] + budgets["tcp"]
     big = memory_budgets(8 << 30)
-    assert sum(big.values()) <= MAX_BUDGET and big["cache"] > big["static"] > big["tcp"]
+    assert shared(big) <= MAX_BUDGET and big["cache"] > big["static"] > big["tcp"]
     small = memory_budgets(60 << 20)          # what a 128 MiB VM has left after boot
-    assert sum(small.values()) <= 0.4 * (60 << 20)
+    assert shared(small) <= 0.4 * (60 << 20)
     assert memory_budgets(None) == memory_budgets(1 << 40)
+    # secondary zones: a fifth of what is available, as records (a 128 MiB
+    # VM holds about 12,000 transferred records, a big host the fixed bound)
+    assert records_within(small["secondary"], 1) == (60 << 20) // 5 // 1024
+    assert records_within(small["secondary"], 3) == (60 << 20) // 5 // 1024 // 3
+    assert records_within(big["secondary"], 1) == MAX_TRANSFER_RECORDS == records_within(memory_budgets(None)["secondary"], 1)
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:  131072 kB\nMemFree:  50000 kB\nMemAvailable:   61440 kB\n")
     assert available_memory(str(meminfo)) == 61440 * 1024

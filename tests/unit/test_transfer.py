@@ -308,3 +308,31 @@ def _edit(data: bytes, edits) -> bytearray:
     for index, value in edits:
         out[index] = value
     return out
+
+
+def test_a_transferred_record_costs_what_the_secondary_bound_assumes():
+    """The secondary's record bound is its memory budget over RECORD_BYTES:
+    a zone received by AXFR (as SecondaryService receives it, into a
+    dnspython zone kept for the next IXFR) and made servable (compact) must
+    cost no more than that a record, or the bound would not hold the budget."""
+    import tracemalloc
+
+    from unikernel.sources.zone import AuthoritativeZone
+    from unikernel.transfer.secondary import RECORD_BYTES
+
+    hosts = "".join(f"host{i} A 10.0.{i >> 8 & 255}.{i & 255}\n" + (f'host{i} TXT "host {i}"\n' if i % 3 == 0 else "")
+                    + (f"host{i} MX 10 mail\n" if i % 10 == 0 else "") for i in range(6000))
+    source = zone(7, extra=hosts)
+    records = sum(len(rdataset) for node in source.nodes.values() for rdataset in node.rdatasets)
+    query, messages = ask(server(source))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        into = receive(query, messages, dns.zone.Zone(source.origin, relativize=False))
+        served = AuthoritativeZone(into)
+        cost = (tracemalloc.get_traced_memory()[0] - before) / records
+    finally:
+        tracemalloc.stop()
+    assert served.soa[0].serial == 7 and same(into, source)
+    assert cost <= RECORD_BYTES, f"{cost:.0f} bytes a record"
+    print(f"{cost:.0f} bytes a transferred record ({records} records)")

@@ -18,8 +18,8 @@ a time are alive while a file is read.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
-from typing import cast
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, cast
 
 import dns.name
 import dns.node
@@ -53,32 +53,48 @@ def key_name(key: bytes) -> dns.name.Name:
     return dns.name.from_wire(key, 0)[0]
 
 
-def encode_node(node: dns.node.Node) -> bytes:
-    """A node's RRsets in canonical wire form (names inside RDATA lowercased,
-    as NSD stores and answers them), in the node's order."""
+def encode_rrsets(rrsets: Iterable[tuple[int, int, int, list[bytes]]]) -> bytes:
+    """(type, covered type, TTL, RDATAs in canonical form) of each RRset, in
+    order, as one node's bytes."""
     parts = []
-    for rdataset in node.rdatasets:
-        # dnspython's RRsets are sets by canonical form already: no two digests are equal
-        rdatas = [rdata.to_digestable() for rdata in rdataset]
-        parts.append(_RRSET_HEADER.pack(rdataset.rdtype, rdataset.covers, rdataset.ttl, len(rdatas)))
-        for digest in rdatas:
-            parts.append(_RDATA_LENGTH.pack(len(digest)))
-            parts.append(digest)
+    for rdtype, covers, ttl, rdatas in rrsets:
+        parts.append(_RRSET_HEADER.pack(rdtype, covers, ttl, len(rdatas)))
+        for rdata in rdatas:
+            parts.append(_RDATA_LENGTH.pack(len(rdata)))
+            parts.append(rdata)
     return b"".join(parts)
 
 
-def decode_node(blob: bytes) -> dns.node.Node:
-    node = dns.node.Node()
+def decode_rrsets(blob: bytes) -> Iterator[tuple[Any, Any, int, list[bytes]]]:
+    """What :func:`encode_rrsets` was given, from its bytes (the types as
+    plain ints, which dnspython takes where it asks for an RdataType)."""
     offset = 0
     while offset < len(blob):
         rdtype, covers, ttl, count = _RRSET_HEADER.unpack_from(blob, offset)
         offset += _RRSET_HEADER.size
-        rdataset = dns.rdataset.Rdataset(IN, rdtype, covers, ttl)
+        rdatas = []
         for _ in range(count):
             (length,) = _RDATA_LENGTH.unpack_from(blob, offset)
             offset += _RDATA_LENGTH.size
-            rdataset.add(dns.rdata.from_wire(IN, rdtype, blob, offset, length))
+            rdatas.append(blob[offset:offset + length])
             offset += length
+        yield rdtype, covers, ttl, rdatas
+
+
+def encode_node(node: dns.node.Node) -> bytes:
+    """A node's RRsets in canonical wire form (names inside RDATA lowercased,
+    as NSD stores and answers them), in the node's order."""
+    # dnspython's RRsets are sets by canonical form already: no two digests are equal
+    return encode_rrsets((rdataset.rdtype, rdataset.covers, rdataset.ttl,
+                          [rdata.to_digestable() for rdata in rdataset]) for rdataset in node.rdatasets)
+
+
+def decode_node(blob: bytes) -> dns.node.Node:
+    node = dns.node.Node()
+    for rdtype, covers, ttl, rdatas in decode_rrsets(blob):
+        rdataset = dns.rdataset.Rdataset(IN, rdtype, covers, ttl)
+        for rdata in rdatas:
+            rdataset.add(dns.rdata.from_wire(IN, rdtype, rdata, 0, len(rdata)))
         node.rdatasets.append(rdataset)
     return node
 

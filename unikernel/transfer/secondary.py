@@ -43,6 +43,15 @@ log = logging.getLogger("unikernel.transfer.secondary")
 
 MAX_TRANSFER_BYTES = 64 * 1024 * 1024
 MAX_TRANSFER_RECORDS = 1_000_000
+# What a transferred record costs while it is held: as dnspython's zone (kept
+# for the next IXFR) and in compact form (served), ~780 bytes measured, so a
+# memory budget becomes a record bound (tests/unit/test_transfer.py holds it).
+RECORD_BYTES = 1024
+
+
+def records_within(budget: int, zones: int) -> int:
+    """The record bound of each of `zones` secondary zones sharing `budget` bytes."""
+    return max(1000, min(MAX_TRANSFER_RECORDS, budget // RECORD_BYTES // max(zones, 1)))
 TRANSFER_TIMEOUT = 60.0        # seconds for a whole transfer
 CONNECT_TIMEOUT = 5.0
 FIRST_RETRY = 5.0              # before any SOA is known, retry this often
@@ -182,9 +191,13 @@ class SecondaryService:
     """Keeps every secondary zone: one task that transfers what is due and
     sleeps until the next deadline (or a NOTIFY)."""
 
-    def __init__(self, stack, zones: SecondaryZones) -> None:
+    def __init__(self, stack, zones: SecondaryZones, *, max_bytes: int = MAX_TRANSFER_BYTES,
+                 max_records: int = MAX_TRANSFER_RECORDS, timeout: float = TRANSFER_TIMEOUT) -> None:
         self.stack = stack
         self.zones = zones
+        self.max_bytes = max_bytes          # the bounds on one transfer, whatever the primary sends
+        self.max_records = max_records
+        self.timeout = timeout
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -221,7 +234,7 @@ class SecondaryService:
         counters = self.zones.counters
         before = zone.serial
         try:
-            changed = await asyncio.wait_for(self._transfer(zone), TRANSFER_TIMEOUT)
+            changed = await asyncio.wait_for(self._transfer(zone), self.timeout)
         except Exception as e:   # a primary down, refusing, or sending garbage: keep what we have
             counters["secondary.transfer.failed"] += 1
             zone.failed(self.zones.clock())
@@ -261,7 +274,7 @@ class SecondaryService:
                     length = int.from_bytes(await reader.readexactly(2), "big")
                     message = await reader.readexactly(length)
                     received += length + 2
-                    if received > MAX_TRANSFER_BYTES:
+                    if received > self.max_bytes:
                         counters["secondary.transfer.too_big"] += 1
                         raise dns.xfr.TransferError(dns.rcode.SERVFAIL)   # rolls the transaction back
                     reply = dns.message.from_wire(message, keyring=query.keyring, request_mac=query.mac, xfr=True,
@@ -270,14 +283,18 @@ class SecondaryService:
                     if not query.is_response(reply, xfr_continuation=not first):
                         raise dns.xfr.TransferError(dns.rcode.FORMERR)
                     records += sum(len(r) for r in reply.answer)
-                    if records > MAX_TRANSFER_RECORDS:
+                    if records > self.max_records:
                         counters["secondary.transfer.too_many_records"] += 1
                         raise dns.xfr.TransferError(dns.rcode.SERVFAIL)
                     first = False
                     done = inbound.process_message(reply)
                     tsig_ctx = reply.tsig_ctx
-            # a single SOA no newer than ours: up to date, nothing committed
-            soa = zone.data.get_rdataset(zone.origin, dns.rdatatype.SOA)
-            return soa is not None and soa[0].serial != serial
-        finally:
-            writer.close()
+        except BaseException:
+            # a transfer cut short (a bound, the deadline, garbage): reset,
+            # so the primary stops sending into a window nobody reads
+            writer.abort()
+            raise
+        writer.close()
+        # a single SOA no newer than ours: up to date, nothing committed
+        soa = zone.data.get_rdataset(zone.origin, dns.rdatatype.SOA)
+        return soa is not None and soa[0].serial != serial
