@@ -81,7 +81,7 @@ RDATAS = [
     "A 192.0.2.1", "A 192.0.2.2", "a 10.0.0.1", "A 01.2.3.4", "A 256.1.1.1", "A 1.2.3", "A 1.2.3.4 5",
     "AAAA 2001:db8::1", "AAAA ::ffff:1.2.3.4", "AAAA 2001:db8::g",
     "NS ns", "NS ns.other.", "NS NS.EX.", "CNAME target", "CNAME www", "PTR host.ex.", "DNAME else.",
-    "MX 10 mail", "MX 65536 mail", "MX x mail", "MX 0 .",
+    "MX 10 mail", "MX 65536 mail", "MX x mail", "MX 0 .", "MX 5 @", "NS @", "CNAME a.@", "SRV 0 0 1 @",
     'TXT "hello world"', "TXT bare words", 'TXT ""', 'TXT "a;b"', 'TXT "a" "b"', 'TXT "unclosed',
     'TXT "x"y', "TXT " + "z" * 256, 'TXT "(paren)"',
     "SRV 0 5 5060 sip", "CAA 0 issue \"ca.example\"", "SSHFP 1 1 0123456789abcdef", "HINFO cpu os",
