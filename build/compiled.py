@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The per-packet path compiled with mypyc: the stack's receive path, its
-Ethernet/IPv4/UDP layers, the reply frame and the checksum (netstack), the
-DNS fast path (unikernel/wire.py, the server, RRL).
+"""The per-packet path compiled with mypyc: the links (tap, packet), the
+stack's receive path, its Ethernet/ARP/IPv4/UDP layers, the reply frame and
+the checksum (netstack), the DNS fast path (unikernel/wire.py, the server,
+RRL).
 
 What comes out is a folder that holds both packages whole: the compiled
 modules as extension modules (``.so``) beside every other module's source,
@@ -17,8 +18,9 @@ source file of both packages (the copies are in the folder, and mypyc reads
 the types of what the compiled modules import), this file, mypy's version,
 gcc's and the Python headers compiled against. The folder's name is that
 hash, and a caller asks for the folder of the sources as they are now, so a
-stale build cannot be run: an edit means a new folder (about 30 s from
-nothing on this machine's 2 cores, most of it gcc on mypyc's one C file).
+stale build cannot be run: an edit means a new folder (14-35 s from
+nothing on this machine's 2 shared cores, most of it gcc on mypyc's one C
+file).
 
 Two targets: ``host``, the interpreter running this (the venv's, for the unix
 target, the tests and the bench), and ``image``, Debian's python3.11 in the

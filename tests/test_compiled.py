@@ -3,13 +3,13 @@ Python sends.
 
 Every other test runs the sources (they monkeypatch, and compiled classes
 cannot be patched). Here the compiled folder is built (cached by its inputs'
-hash: about 30 s once per checkout and change, then nothing) and the
+hash: 14-35 s once per checkout and change, then nothing) and the
 frame-equality tests run against it in a subprocess whose path puts it
 first, after checking that each compiled module is the extension module:
 the kept answers' and the cache hits' frames byte for byte as the slow path
 sends them (scapy checking both checksums), the frame fuzzer's invariants,
-the server's unit tests. Then the unix target on the compiled folder
-answers dig on a tap, from the fast path.
+the server's, IPv4's, UDP's, ARP's and the links' unit tests. Then the unix
+target on the compiled folder answers dig on a tap, from the fast path.
 """
 from __future__ import annotations
 
