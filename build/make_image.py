@@ -370,7 +370,7 @@ def package_sources(base: Path, package: str) -> list[Path]:
 
 
 def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path,
-                  loose: list[tuple[str, bytes]] = ()) -> None:
+                  loose: list[tuple[str, bytes]] | None = None) -> None:
     """Runs list-imports again with nothing but what the image will hold:
     the two zips, the chosen extension modules, and what lies loose under
     /app (``loose``: the compiled hot path). A module the selection
@@ -382,7 +382,7 @@ def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip:
     for rel in extensions:
         shutil.copy(root / PYLIB / rel, home / "lib" / packages.PYTHON / rel)
     (tmp / "check" / "app.zip").write_bytes(app_zip)
-    for name, data in loose:
+    for name, data in loose or []:
         (tmp / "check" / "app" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "check" / "app" / name).write_bytes(data)
     app_path = f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}"      # init.py's order: app.zip, /app
