@@ -6,6 +6,10 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # What compiling the appliance's kernel (build/kernel.py) needs.
 KERNEL_BUILD_PKGS := gcc make libc6-dev binutils bc flex bison libelf-dev lz4
+# What compiling the hot path with mypyc (build/compiled.py) needs beside
+# gcc: the headers of the image's Python (Debian's python3.11), against which
+# the image's modules are compiled; the venv's interpreter brings its own.
+MYPYC_BUILD_PKGS := gcc python3.11-dev
 # System tools the tests and the image builder use, installed when missing.
 # Services among them (nsd, unbound, knot, avahi) must never start on the
 # host: apt runs under a policy-rc.d that refuses every start, and the tests
@@ -14,14 +18,18 @@ APT_PKGS := iproute2 iputils-ping dnsutils tcpdump nftables nsd dnsperf \
             dnsmasq-base qemu-system-x86 cpio xz-utils zstd binutils \
             unbound knot knot-dnsutils ldnsutils bind9-utils openssl \
             ca-certificates avahi-daemon chromium chromium-driver prometheus curl \
-            $(KERNEL_BUILD_PKGS)
+            $(KERNEL_BUILD_PKGS) $(MYPYC_BUILD_PKGS)
 # The kernel `make image` puts in the image: the appliance's own (build/kernel.config)
 # or Debian's stock kernel with its NIC modules (`make image KERNEL=debian`).
 KERNEL ?= appliance
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The hot path compiled with mypyc for `make serve`, `make bench` and the
+# image (build/compiled.py, cached by input hash); MYPYC=0: the pure Python.
+MYPYC ?= 1
+export MYPYC
 
-.PHONY: deps test test-slow unit bench fuzz run boot image smoke serve clean
+.PHONY: deps test test-slow unit bench fuzz run boot image smoke serve clean compiled
 
 deps: $(STAMP)
 	@missing=$$(for p in $(APT_PKGS); do \
@@ -66,7 +74,11 @@ fuzz: deps
 	$(PY) -m tests.fuzz_dns --messages 100000
 
 serve: deps
-	$(PY) -m unikernel serve
+	$(PY) build/compiled.py run -m unikernel serve
+
+# the compiled folder for the venv's Python (built if the sources changed)
+compiled: deps
+	$(PY) build/compiled.py
 
 image: deps
 	$(PY) build/make_image.py --kernel $(KERNEL)

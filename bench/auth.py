@@ -37,6 +37,7 @@ from bench.common import (
     BenchError,
     Throughput,
     appliance_command,
+    check_build,
     dnsperf,
     median,
     percentile,
@@ -137,6 +138,7 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
         for (address, _), proc in zip(servers.values(), (appliance, nsd, bare)):
             wait_for_answer(ns, address, f"host1.{ORIGIN}", proc=proc)     # the bare responder echoes: NOERROR
             dnsperf(ns, address, query_file, passes=1)       # warm-up, not counted
+        check_build(appliance.pid)
         runs: dict[str, list[Throughput]] = {name: [] for name in servers}
         latencies: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
         for _ in range(rounds):

@@ -6,6 +6,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,43 @@ FIXED_LOAD_QPS = 10_000     # the latency figure's load: below every server's sa
 
 class BenchError(RuntimeError):
     pass
+
+
+_built: list[Path | None] = []
+
+
+def compiled_folder() -> Path | None:
+    """The build the benchmarks measure: the hot path compiled with mypyc
+    (build/compiled.py, built once per input hash, so it is the sources as
+    they are), or None with ``MYPYC=0``: the pure Python."""
+    if not _built:
+        sys.path.insert(0, str(ROOT / "build"))
+        import compiled
+        if not compiled.wanted():
+            _built.append(None)
+        else:
+            try:
+                _built.append(compiled.build(out=sys.stderr))
+            except compiled.CompileError as e:
+                raise BenchError(f"compiling the hot path failed (MYPYC=0 measures the pure Python): {e}") from e
+    return _built[0]
+
+
+def build_measured() -> str:
+    """One line naming the build a benchmark measures."""
+    folder = compiled_folder()
+    if folder is None:
+        return "build      pure Python (MYPYC=0)"
+    return f"build      mypyc-compiled hot path ({folder.name}; MYPYC=0 for the pure Python)"
+
+
+def check_build(pid: int) -> None:
+    """A BenchError unless process ``pid`` runs the build benchmarks measure
+    (its memory maps name the compiled library, or none)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    folder = compiled_folder()
+    if (folder is not None) != ("__mypyc" in maps) or (folder is not None and str(folder) not in maps):
+        raise BenchError(f"process {pid} does not run the build measured ({build_measured()})")
 
 
 @dataclass
@@ -86,8 +124,17 @@ def appliance_command(*flags: str) -> list[str]:
     given again among them wins). Every benchmark's load comes from one
     client /24, the namespace's side of the tap, which the appliance's
     default RRL (200 answers a second per /24, as NSD's) would cap: the
-    benchmarks measure the server, as NSD's do with rrl-ratelimit 0."""
-    return [PYTHON, "-m", "unikernel", "serve", "--rrl-rate", "0", *flags]
+    benchmarks measure the server, as NSD's do with rrl-ratelimit 0. On
+    the compiled build (:func:`compiled_folder`) through ``env``, which
+    execs, so the pid the benchmark measures is the appliance's."""
+    command = [PYTHON, "-m", "unikernel", "serve", "--rrl-rate", "0", *flags]
+    folder = compiled_folder()
+    if folder is None:
+        return command
+    sys.path.insert(0, str(ROOT / "build"))
+    import compiled
+    env = compiled.environment(folder, {})
+    return ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *command]
 
 
 def wait_for_answer(ns, address: str, name: str, timeout: float = 30, port: int = 53,

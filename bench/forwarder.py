@@ -41,6 +41,7 @@ from bench.common import (
     BenchError,
     all_noerror,
     appliance_command,
+    check_build,
     dnsperf,
     kill,
     median,
@@ -127,6 +128,7 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
                                     "--dnssec", "no")         # an unsigned zone: bench/dnssec.py validates
         appliance = ns.popen(*command, cwd=str(REPO))
         wait_ready(appliance, "the appliance")
+        check_build(appliance.pid)
         appliance.stdout.close()             # nothing more is read from it: let it not block on a full pipe
         dnsmasq = ns.popen(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null",
                            "--no-resolv", "--no-hosts", "--pid-file=", f"--server={HOST}",

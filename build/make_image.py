@@ -48,6 +48,7 @@ BUILD = Path(__file__).resolve().parent
 REPO = BUILD.parent
 sys.path.insert(0, str(BUILD))
 
+import compiled  # noqa: E402
 import cpio  # noqa: E402
 import elf  # noqa: E402
 import kernel as appliance_kernel  # noqa: E402
@@ -368,9 +369,11 @@ def package_sources(base: Path, package: str) -> list[Path]:
     return sorted(p for p in (base / package).rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path) -> None:
+def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path,
+                  loose: list[tuple[str, bytes]] | None = None) -> None:
     """Runs list-imports again with nothing but what the image will hold:
-    the two zips and the chosen extension modules. A module the selection
+    the two zips, the chosen extension modules, and what lies loose under
+    /app (``loose``: the compiled hot path). A module the selection
     missed fails the build here rather than the boot; then DNSSEC's verifier
     checks signatures made by the host's openssl."""
     home = tmp / "check" / "usr"
@@ -379,16 +382,26 @@ def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip:
     for rel in extensions:
         shutil.copy(root / PYLIB / rel, home / "lib" / packages.PYTHON / rel)
     (tmp / "check" / "app.zip").write_bytes(app_zip)
+    for name, data in loose or []:
+        (tmp / "check" / "app" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "check" / "app" / name).write_bytes(data)
+    app_path = f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}"      # init.py's order: app.zip, /app
     result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
                           env={"PYTHONHOME": str(home),
-                               "PYTHONPATH": str(tmp / "check" / "app.zip"),
+                               "PYTHONPATH": app_path,
                                "DNS_APPLIANCE_IMPORT_ALL": "dns",
                                "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
     if result.returncode != 0 or result.stderr.strip():
         raise BuildError("the appliance does not import from the selected modules alone:\n"
                          f"{result.stderr.strip()[-3000:]}")
+    if loose:
+        files = {name: file.strip() for name, _, file in (line.partition(" ") for line in result.stdout.splitlines())}
+        suffix = compiled.IMAGE_TARGET.suffix
+        interpreted = [m for m in compiled_module_names() if not files.get(m, "").endswith(suffix)]
+        if interpreted:
+            raise BuildError(f"the image's interpreter does not load the compiled {', '.join(interpreted)}")
     result = image_python(root, "-c", DNSSEC_CHECK, input=json.dumps(signatures_by_openssl(tmp / "openssl")),
-                          env={"PYTHONHOME": str(home), "PYTHONPATH": str(tmp / "check" / "app.zip")})
+                          env={"PYTHONHOME": str(home), "PYTHONPATH": app_path})
     if result.returncode != 0:
         raise BuildError(f"DNSSEC validation does not work in the image:\n{result.stderr.strip()[-3000:]}")
 
@@ -435,6 +448,41 @@ def ecdsa_raw(der: bytes, size: int) -> bytes:
     r, rest = der[4:4 + r_length], der[4 + r_length:]
     s = rest[2:2 + rest[1]]
     return r.lstrip(b"\0").rjust(size, b"\0") + s.lstrip(b"\0").rjust(size, b"\0")
+
+
+# -- the hot path compiled with mypyc (build/compiled.py) ----------------------
+# Extension modules cannot be imported from a zip, and init.py puts app.zip
+# before /app on the path: when they ship, netstack and unikernel lie loose
+# under /app (.pyc beside the compiled .so) and app.zip keeps dnspython and h11.
+
+def compiled_module_names() -> list[str]:
+    return [m.removesuffix(".py").replace("/", ".") for m in compiled.MODULES]
+
+
+def compiled_hot_path() -> list[tuple[str, bytes]]:
+    """(path under /app, contents) of the compiled modules and mypyc's
+    library, built for the image's python3.11; none with MYPYC=0."""
+    if not compiled.wanted():
+        return []
+    try:
+        folder = compiled.build(compiled.IMAGE_TARGET)
+    except compiled.CompileError as e:
+        raise BuildError(f"{e} (MYPYC=0 builds the image with the pure-Python hot path)") from e
+    return [(p.relative_to(folder).as_posix(), p.read_bytes())
+            for p in sorted(folder.rglob(f"*{compiled.IMAGE_TARGET.suffix}"))]
+
+
+def loose_app_packages(root: Path, app_files: list[tuple[Path, str, str]], shipped: list[tuple[str, bytes]],
+                       tmp: Path) -> tuple[list[tuple[Path, str, str]], list[tuple[str, bytes]]]:
+    """app.zip's files less netstack and unikernel, and what lies loose under
+    /app instead: their .pyc (not the compiled modules') and ``shipped``."""
+    if not shipped:
+        return app_files, []
+    own = [f for f in app_files if f[1].split("/")[0] in APP_PACKAGES]
+    skipped = {m.removesuffix(".py") + ".pyc" for m in compiled.MODULES}
+    with zipfile.ZipFile(io.BytesIO(python_zip(root, [f for f in own if f[1] not in skipped], tmp / "own.zip"))) as z:
+        loose = [(name, z.read(name)) for name in z.namelist()]
+    return [f for f in app_files if f not in own], loose + shipped
 
 
 # -- 6. collect --------------------------------------------------------------
@@ -519,7 +567,7 @@ def input_digest(paths: list[Path], kernel: str) -> str:
     h = hashlib.sha256()
     pin = packages.KERNEL if kernel == "debian" else appliance_kernel.input_digest(packages.KERNEL_SOURCE)
     h.update(repr((kernel, pin, packages.USERSPACE, packages.DNSPYTHON, packages.H11, packages.NIC_MODULES,
-                   packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR)).encode())
+                   packages.SOURCE_DATE_EPOCH, packages.COMPRESSOR, compiled.wanted())).encode())
     for p in sorted(paths):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
@@ -614,11 +662,14 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
                     if rel.startswith(DNSPYTHON_LEFT_OUT):
                         continue
                     app_files.append((src, rel[:-3] + ".pyc", f"/app/{rel}"))
+        app_files, loose = loose_app_packages(root, app_files, compiled_hot_path(), Path(tmp))
         app_zip = python_zip(root, app_files, Path(tmp) / "app.zip")
-        check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp))
+        check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp), loose)
     progress.note(f"python311.zip {human(len(stdlib_zip))} ({len(stdlib_files)} modules), "
                   f"app.zip {human(len(app_zip))} ({len(app_files)} modules); "
-                  f"the appliance imports from them alone")
+                  + (f"loose under /app: netstack and unikernel, {len(compiled.MODULES)} modules compiled "
+                     f"(mypyc); " if loose else "")
+                  + "the appliance imports from them alone")
 
     progress.step("collect interpreter, libraries and kernel modules")
     entries: list[cpio.Entry] = []
@@ -662,6 +713,11 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
         order = "".join(f"{name}\n" for name, _ in modules).encode()
         add("kernel modules", cpio.Entry("lib/modules/load-order", 0o100644, order))
     add("appliance code + dnspython + h11 (.pyc zip)", cpio.Entry("app/app.zip", 0o100644, app_zip))
+    for name, data in loose:
+        for parent in Path(name).parents[:-1]:
+            add("structure", cpio.directory(f"app/{parent.as_posix()}"))
+        group = "compiled hot path (mypyc .so)" if name.endswith(".so") else "netstack + unikernel (.pyc, loose)"
+        add(group, cpio.Entry(f"app/{name}", 0o100755 if name.endswith(".so") else 0o100644, data))
     # what /metrics reports as the image's inputs (dnsapp_build_info)
     add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
     add("config.py + data/", cpio.Entry("app/config.py", 0o100644, (REPO / "config.py").read_bytes()))
@@ -700,6 +756,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
         "extension_modules": [Path(e).name.split(".")[0] for e in extensions],
         "libraries": sorted(libraries),
         "kernel_modules": [n for n, _ in modules],
+        "compiled_modules": compiled_module_names() if loose else [],
         "inputs": digest,        # what /metrics reports as dnsapp_build_info's inputs
     }
     write_atomic(out_dir / "dns.manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())

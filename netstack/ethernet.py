@@ -20,7 +20,7 @@ def mac_from_str(text: str) -> bytes:
     if len(parts) != 6 or any(not 1 <= len(p) <= 2 for p in parts):
         raise ValueError(f"{text!r} is not six hex octets like 02:00:00:00:00:01")
     try:
-        mac = bytes(int(p, 16) for p in parts)
+        mac = bytes([int(p, 16) for p in parts])
     except ValueError:
         raise ValueError(f"{text!r} is not six hex octets like 02:00:00:00:00:01") from None
     if mac[0] & 1:

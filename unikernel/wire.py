@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import struct
 
+from unikernel.native import mypyc_attr
+
 HEADER_SIZE = 12
 NO_EDNS, EDNS, EDNS_DO = 0, 1, 3
 # counts: QDCOUNT=1, ANCOUNT=0, NSCOUNT=0, then ARCOUNT 0 or 1
@@ -156,6 +158,8 @@ def payload_sum(payload: bytes) -> int:
 _ID_FLAGS = struct.Struct("!HH")
 
 
+# the cache's CachedAnswer, interpreted, inherits from it (unikernel.native)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class KeptAnswer:
     """An answer kept for the fast path, cut where :func:`patch_kept`
     rewrites it (no copy of it is kept whole), with what every patch's

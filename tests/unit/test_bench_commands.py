@@ -32,10 +32,24 @@ def test_no_benchmark_writes_its_own_appliance_command_line():
     assert {name: lines for name, lines in found.items() if lines} == {}
 
 
-def test_the_benchmarks_appliance_runs_without_rrl_unless_a_flag_says_otherwise():
+def test_the_benchmarks_appliance_runs_without_rrl_unless_a_flag_says_otherwise(monkeypatch):
+    from bench import common
     from bench.common import appliance_command
+    monkeypatch.setattr(common, "_built", [None])           # the pure Python (MYPYC=0)
     command = appliance_command("--tap", "tap0", "--ipv4", "192.0.2.2/24", "--forward", "192.0.2.1:53")
     assert command[1:4] == ["-m", "unikernel", "serve"]
     assert parse_serve(command[4:]).rrl_rate == 0
     # a flag given after the benchmark's own wins (bench misses --appliance-flag=--rrl-rate=200)
     assert parse_serve(appliance_command("--tap", "tap0", "--rrl-rate=200")[4:]).rrl_rate == 200
+
+
+def test_on_the_compiled_build_the_same_command_runs_with_the_folder_first(monkeypatch):
+    from bench import common
+    monkeypatch.setattr(common, "_built", [None])
+    pure = common.appliance_command("--tap", "tap0")
+    folder = Path("/cache/compiled/host-0123")
+    monkeypatch.setattr(common, "_built", [folder])
+    command = common.appliance_command("--tap", "tap0")
+    # env execs the interpreter: the pid started is the appliance's, as the CPU figures need
+    assert command[0] == "env" and command[-len(pure):] == pure
+    assert f"PYTHONPATH={folder}:{common.ROOT}" in command and "PYTHONSAFEPATH=1" in command

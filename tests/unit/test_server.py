@@ -247,3 +247,36 @@ def test_an_internal_error_still_answers_servfail(monkeypatch):
     monkeypatch.setattr(server_mod, "render", broken_render)
     reply, counters = run_one(query().to_wire())
     assert parsed(reply).rcode() == dns.rcode.SERVFAIL and counters["dns.exception"] == 1
+
+
+def test_a_fast_path_answer_is_observed_at_one_clock_read():
+    """The fast path reads the clock once an observed reply (its arrival):
+    its latency, a microsecond or two inside the call, is FAST_LATENCY, under
+    the histogram's first bucket, not a second read of the clock."""
+    from tests.unit.fake_stack import CLIENT_IP, SERVER_IP
+    from unikernel.serve.server import FAST_LATENCY
+
+    async def go():
+        stack = FakeStack()
+        reads = []
+
+        def clock() -> float:
+            reads.append(len(reads))
+            return 100.0 + len(reads)
+
+        seen = []
+        server = DnsServer(stack, 53, processor_of_process(zone_process([ZONE])), clock=clock,
+                           observe=lambda *event: seen.append(event))
+        server.start()
+        payload = query().to_wire()
+        await exchange(stack, server, payload)          # the slow path answers and keeps it
+        before, observed = len(reads), len(seen)
+        assert server.answer_datagram(payload, CLIENT_IP, 4000, SERVER_IP, 53) is not None
+        server.close()
+        return len(reads) - before, seen[observed:], stack.counters
+
+    read, events, counters = asyncio.run(go())
+    assert counters["dns.fast.hit"] == 1
+    assert read == 1 and len(events) == 1
+    arrived, transport, *_, source, latency = events[0]
+    assert (transport, latency) == ("udp", FAST_LATENCY) and arrived > 100.0 and source
