@@ -81,6 +81,9 @@ MAX_BYTES = 32 * 1024 * 1024   # the cache's memory budget (see _cost)
 ENTRY_OVERHEAD = 768
 VARIANT_OVERHEAD = 240
 
+# an entry's answer, authority and additional RRsets
+Sections = tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]
+
 _TTL = struct.Struct("!I")
 _TTL_FIELD = struct.Struct("!HI")
 # CNAME targets followed in an upstream's answer: more than any resolver
@@ -184,7 +187,7 @@ class Entry:
     def cd(self, cd: bool) -> None:
         self.key = entry_key(self.key[:-1], self.do, cd)
 
-    def sections(self) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+    def sections(self) -> Sections:
         """Answer, authority and additional: parsed again from the wire once compact."""
         if self._sections is not None:
             answer, authority, additional = self._sections
@@ -192,6 +195,12 @@ class Entry:
             assert self.wire is not None
             answer, authority, additional = dns.message.from_wire(self.wire).sections[1:]
         return answer, authority, additional
+
+    def fresh(self) -> tuple[Entry, Sections]:
+        """The entry and its records as made, read before :meth:`Cache.store`
+        compacts them: what the miss that made the entry is answered from
+        (:meth:`Cache.response`'s ``sections``)."""
+        return self, self.sections()
 
     def _set_section(self, index: int, rrsets: list[dns.rrset.RRset]) -> None:
         """Changes a section (the forwarder's, before it stores the entry):
@@ -395,9 +404,12 @@ class Cache:
 
     # -- answers ------------------------------------------------------------
     def response(self, query: dns.message.Message, entry: Entry, now: float, *,
-                 stale: bool = False) -> dns.message.Message:
+                 stale: bool = False, sections: Sections | None = None) -> dns.message.Message:
         """The answer to ``query`` from ``entry``: question as asked, RA set, AA
-        clear, every TTL counted down (``stale_ttl`` when serving stale)."""
+        clear, every TTL counted down (``stale_ttl`` when serving stale).
+        ``sections``: the entry's records as made (:meth:`Entry.fresh`), so
+        that the miss that made the entry is answered without parsing its
+        compact form again."""
         response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
         response.flags |= dns.flags.RA
         response.flags &= ~dns.flags.AA
@@ -405,9 +417,12 @@ class Cache:
         elapsed = int(now - entry.stored_at)
 
         def aged(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
-            return with_ttl(rrset, self.stale_ttl if stale else max(rrset.ttl - elapsed, 0))
+            ttl = self.stale_ttl if stale else max(rrset.ttl - elapsed, 0)
+            # an entry's RRsets are never changed once made (owners lowercased
+            # by with_ttl), so one whose TTL stands is answered as it is
+            return rrset if ttl == rrset.ttl else with_ttl(rrset, ttl)
 
-        answer, authority, additional = entry.sections()
+        answer, authority, additional = sections if sections is not None else entry.sections()
         response.answer = [aged(r) for r in answer]
         response.authority = [aged(r) for r in authority]
         response.additional = [aged(r) for r in additional]
@@ -568,8 +583,11 @@ def _variant_cost(rendered: CachedAnswer) -> int:
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
     """A copy of ``rrset`` with ``ttl`` and its owner name lowercased (so the
     0x20 case pattern of an upstream query never shows in answers)."""
-    copy = dns.rrset.RRset(rrset.name.canonicalize(), rrset.rdclass, rrset.rdtype, rrset.covers)
-    copy.update(rrset)
+    # a shallow copy: the rdatas are immutable, and copying the set's dict
+    # hashes none of them (a new RRset updated from this one hashes each, by
+    # its wire form: four times the cost)
+    copy = rrset.copy()
+    copy.name = rrset.name.canonicalize()
     copy.ttl = ttl
     return copy
 
