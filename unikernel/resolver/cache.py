@@ -515,6 +515,20 @@ def _ede(ede: tuple[int, str]) -> dns.edns.EDEOption:
     return dns.edns.EDEOption(dns.edns.EDECode.make(code), text or None)
 
 
+def name_key(name: dns.name.Name) -> tuple[bytes, ...]:
+    """A name as its lowercased labels, the root's empty one last: what the
+    relay's tables are keyed by. dnspython's Name hashes itself letter by
+    letter in Python and makes a new Name for each parent or lowercased
+    copy; a tuple of bytes hashes in C, and its ancestors are its suffixes
+    (``key[i:]``), a subdomain test a slice (:func:`key_inside`)."""
+    return tuple(map(bytes.lower, name.labels))
+
+
+def key_inside(key: tuple[bytes, ...], zones: Iterable[tuple[bytes, ...]]) -> bool:
+    """Whether the name ``key`` is at or below one of ``zones`` (name keys)."""
+    return any(key[len(key) - len(zone):] == zone for zone in zones if len(zone) <= len(key))
+
+
 def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
              counters=None) -> list[dns.rrset.RRset]:
     """The RRsets of an answer section that the question leads to, in their
@@ -525,14 +539,14 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
     by name), and at most MAX_CHAIN targets are followed: an upstream's answer
     of 64 KB cannot make this quadratic. A chain cut there is counted
     (``forward.chain_too_long``) when ``counters`` are given."""
-    by_owner: dict[dns.name.Name, list[int]] = {}
-    dnames: dict[dns.name.Name, list[int]] = {}
+    by_owner: dict[tuple[bytes, ...], list[int]] = {}
+    dnames: dict[tuple[bytes, ...], list[int]] = {}
     for index, rrset in enumerate(answer):
-        owner = rrset.name.canonicalize()
+        owner = name_key(rrset.name)
         by_owner.setdefault(owner, []).append(index)
         if dns.rdatatype.DNAME in (rrset.rdtype, rrset.covers):
             dnames.setdefault(owner, []).append(index)
-    first = qname.canonicalize()
+    first = name_key(qname)
     names, queue = {first}, [first]
     kept: set[int] = set()
     while queue:                       # a chain may be given in any order
@@ -542,7 +556,7 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
             rrset = answer[index]
             if rrset.rdtype == dns.rdatatype.CNAME and rdtype != dns.rdatatype.CNAME:
                 for rdata in rrset:
-                    target = rdata.target.canonicalize()
+                    target = name_key(rdata.target)
                     if target in names:
                         continue
                     if len(names) > MAX_CHAIN:
@@ -552,10 +566,8 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
                     names.add(target)
                     queue.append(target)
         if dnames:
-            ancestor = name
-            while len(ancestor) > 1:
-                ancestor = ancestor.parent()
-                kept.update(dnames.get(ancestor, ()))
+            for cut in range(1, len(name)):          # every ancestor, the root included
+                kept.update(dnames.get(name[cut:], ()))
     return [rrset for index, rrset in enumerate(answer) if index in kept]
 
 
