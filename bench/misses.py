@@ -42,7 +42,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ from bench.common import (
     dnsperf_noerror,
     median,
     percentile,
+    unbound_forwarder,
     verdict,
     wait_ready,
 )
@@ -76,38 +76,6 @@ def _zone(names: int) -> str:
     return (f"{ZONE} NS ns.tld.\n"
             + "".join(f"m{i}.{ZONE} A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(names))
             + "".join(f"s{i}.{ZONE} A 10.255.0.{i}\n" for i in range(ALONE)))
-
-
-def _unbound_forwarder(work: Path, validating: bool, anchor: Path) -> Path:
-    conf = work / f"forwarder-{'validating' if validating else 'plain'}.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1@{UNBOUND_PORT}
-            port: {UNBOUND_PORT}
-            num-threads: 1
-            username: ""
-            chroot: ""
-            directory: "{work}"
-            pidfile: ""
-            use-syslog: no
-            logfile: ""
-            do-ip6: no
-            do-not-query-localhost: no
-            access-control: 0.0.0.0/0 allow
-            module-config: "{'validator iterator' if validating else 'iterator'}"
-            {f'trust-anchor-file: "{anchor}"' if validating else ''}
-            qname-minimisation: no
-            minimal-responses: no
-            aggressive-nsec: no
-            msg-cache-size: 64m
-            rrset-cache-size: 64m
-        remote-control:
-            control-enable: no
-        forward-zone:
-            name: "."
-            forward-addr: {HOST}@53
-    """))
-    return conf
 
 
 def _counters(ns) -> dict[str, int]:
@@ -153,8 +121,9 @@ def run(rounds: int = 3, names: int = 3000, profile: str | None = None, seconds:
             return proc, APPLIANCE, 53
 
         def unbound(mode: str):
-            proc = ns.popen("unbound", "-d", "-c", str(_unbound_forwarder(work, mode == "validating",
-                                                                          world.anchor_file)))
+            conf = unbound_forwarder(work, port=UNBOUND_PORT, upstream=HOST, name=f"forwarder-{mode}",
+                                     validating=mode == "validating", anchor=world.anchor_file)
+            proc = ns.popen("unbound", "-d", "-c", str(conf))
             for _ in range(50):              # Unbound answers version.server itself, asking no one
                 if ns.run("dig", "@127.0.0.1", "-p", str(UNBOUND_PORT), "+time=1", "+tries=1", "version.server",
                           "TXT", "CH").returncode == 0:
