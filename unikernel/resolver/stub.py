@@ -40,6 +40,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from netstack.tcp import stream as tcp_stream
+from unikernel.resolver.reply import read as read_reply
 
 DEFAULT_PAYLOAD = 1232          # RFC 9715 / DNS flag day 2020: no fragmentation
 _FLAG_QR = 0x8000
@@ -213,9 +214,8 @@ class StubResolver:
             return "drop"
         echoed = wire[12:12 + len(question)]
         if echoed == question:
-            try:
-                message = dns.message.from_wire(wire)
-            except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+            message = _parsed(wire)
+            if message is None:
                 c["stub.reply.malformed.drop"] += 1
                 return "drop"
             c["stub.reply.ok"] += 1
@@ -265,13 +265,24 @@ class StubResolver:
                 or reply[12:12 + len(question)].lower() != question.lower()):
             self.counters["stub.tcp.mismatch.drop"] += 1
             return None
-        try:
-            message = dns.message.from_wire(reply)
-        except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+        message = _parsed(reply)
+        if message is None:
             self.counters["stub.tcp.malformed.drop"] += 1
             return None
         self.counters["stub.reply.tcp_ok"] += 1
         return Reply(reply, message, server, "tcp", bool(message.flags & dns.flags.TC), loop.time() - started)
+
+
+def _parsed(wire: bytes) -> dns.message.Message | None:
+    """The reply read (unikernel.resolver.reply for what it reads, dnspython
+    for the rest), or None when it is malformed by dnspython's rules."""
+    message = read_reply(wire)
+    if message is not None:
+        return message
+    try:
+        return dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+        return None
 
 
 def _ip_text(ip: int) -> str:
