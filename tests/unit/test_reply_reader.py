@@ -53,6 +53,17 @@ READ = {
     "NXDOMAIN with SOA": reply(rcode=dns.rcode.NXDOMAIN, authority=[SOA]),
     "NODATA with SOA": reply(qtype="AAAA", authority=[SOA]),
     "the root": reply(qname=".", qtype="NS", answer=[(".", 518400, "IN", "NS", "a.root-servers.net.")]),
+    "TXT": reply(qtype="TXT", answer=[("m1.bench.tld.", 60, "IN", "TXT", '"v=spf1 -all" "two" ""')]),
+    "signed, with DO": reply(do=True, answer=[
+        ("m1.bench.tld.", 60, "IN", "A", "10.0.0.1"),
+        ("m1.bench.tld.", 60, "IN", "RRSIG", "A 13 3 60 20300101000000 20200101000000 4711 Bench.tld. AAAA"),
+        ("m1.bench.tld.", 60, "IN", "RRSIG", "A 8 3 60 20300101000000 20200101000000 4712 bench.tld. AAAB")],
+        authority=[NS, ("bench.tld.", 3600, "IN", "RRSIG",
+                        "NS 13 2 3600 20300101000000 20200101000000 4711 bench.tld. AAAC")]),
+    "DNSKEY and DS": reply(qname="bench.tld.", qtype="DNSKEY", do=True, answer=[
+        ("bench.tld.", 3600, "IN", "DNSKEY", "257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+"
+                                             "KkxLbxILfDLUT0rAK9iUzy1L53eKGQ=="),
+        ("bench.tld.", 3600, "IN", "DS", "4711 13 2 " + "ab" * 32)]),
 }
 
 
@@ -98,10 +109,8 @@ def test_records_of_one_rrset_are_gathered_as_dnspython_gathers_them():
 
 
 LEFT_TO_DNSPYTHON = {
-    "TXT": reply(qtype="TXT", answer=[("m1.bench.tld.", 60, "IN", "TXT", '"v=spf1 -all"')]),
-    "RRSIG": reply(answer=[("m1.bench.tld.", 60, "IN", "A", "10.0.0.1"),
-                           ("m1.bench.tld.", 60, "IN", "RRSIG",
-                            "A 13 3 60 20300101000000 20200101000000 1 bench.tld. AAAA")]),
+    "NSEC": reply(authority=[SOA, ("m0.bench.tld.", 60, "IN", "NSEC", "m2.bench.tld. A RRSIG NSEC")]),
+    "SRV": reply(qtype="SRV", answer=[("m1.bench.tld.", 60, "IN", "SRV", "0 0 53 ns.tld.")]),
     "an EDNS option": None,
     "class CH": reply(qname="bind.", qtype="NS", answer=[("bind.", 0, "CH", "NS", "version.bind.")]),
     "TSIG": None,

@@ -11,8 +11,10 @@ itself: then the caller asks dnspython, whose rules stay the judge of what
 is malformed. Read here:
 
 - opcode QUERY, one question;
-- class IN records of types A, AAAA, NS, CNAME, PTR, DNAME, MX and SOA, in
-  any section; the OPT record in the additional section, without options;
+- class IN records of types A, AAAA, NS, CNAME, PTR, DNAME, MX, SOA, TXT,
+  and the DNSSEC types RRSIG, DNSKEY and DS (what a validated positive answer
+  and the chain of trust's fetches hold), in any section; the OPT record in
+  the additional section, without options;
 - names by dnspython's rules (dns.name.from_wire_parser): pointers only
   backwards and never into the name they are part of, at most
   MAX_COMPRESSION_POINTER_CHAIN of them, none inside DNAME's rdata; each
@@ -36,11 +38,15 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
+from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.NS import NS
 from dns.rdtypes.ANY.OPT import OPT
 from dns.rdtypes.ANY.PTR import PTR
+from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.ANY.SOA import SOA
+from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 from dns.rdtypes.nsbase import NSBase
@@ -48,6 +54,9 @@ from dns.rdtypes.nsbase import NSBase
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _SOA_NUMBERS = struct.Struct("!IIIII")
+_RRSIG_HEADER = struct.Struct("!HBBIIIH")
+_KEY_HEADER = struct.Struct("!HBB")         # DNSKEY's flags, protocol, algorithm; DS's tag, algorithm, digest type
+_RRSIG = dns.rdatatype.RRSIG
 _IN = dns.rdataclass.IN
 _OPT = dns.rdatatype.OPT
 # the types whose rdata is one name (may it be compressed? dnspython's rule)
@@ -55,8 +64,10 @@ _ONE_NAME: dict[int, tuple[type[NSBase], bool]] = {
     dns.rdatatype.NS: (NS, True), dns.rdatatype.CNAME: (CNAME, True), dns.rdatatype.PTR: (PTR, True),
     dns.rdatatype.DNAME: (DNAME, False)}
 _SINGLETONS = frozenset({dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA})   # dns.rdatatype.is_singleton
-_TYPES = {t: dns.rdatatype.RdataType.make(t) for t in (*_ONE_NAME, dns.rdatatype.A, dns.rdatatype.AAAA,
-                                                        dns.rdatatype.MX, dns.rdatatype.SOA)}
+_KEYS: dict[int, type[DNSKEY] | type[DS]] = {dns.rdatatype.DNSKEY: DNSKEY, dns.rdatatype.DS: DS}
+_TYPES = {t: dns.rdatatype.RdataType.make(t) for t in (*_ONE_NAME, *_KEYS, dns.rdatatype.A, dns.rdatatype.AAAA,
+                                                        dns.rdatatype.MX, dns.rdatatype.SOA, dns.rdatatype.TXT,
+                                                        _RRSIG)}
 
 
 class _NotRead(Exception):
@@ -86,7 +97,7 @@ def _read(wire: bytes) -> dns.message.Message:
     opt = None
     for index, count in enumerate((ancount, nscount, arcount)):
         section: list[dns.rrset.RRset] = []
-        rrsets: dict[tuple[tuple[bytes, ...], int], dns.rrset.RRset] = {}
+        rrsets: dict[tuple[tuple[bytes, ...], int, int], dns.rrset.RRset] = {}
         for _ in range(count):
             labels, offset = _name(wire, offset, len(wire), True)
             rdtype, rdclass, ttl, rdlength = _RR.unpack_from(wire, offset)
@@ -103,10 +114,11 @@ def _read(wire: bytes) -> dns.message.Message:
                 raise _NotRead
             rdata = _rdata(wire, offset, end, rdtype)
             offset = end
-            key = (tuple(map(bytes.lower, labels)), rdtype)
+            covers = rdata.covers()               # an RRSIG's RRset is per type covered
+            key = (tuple(map(bytes.lower, labels)), rdtype, covers)
             rrset = rrsets.get(key)
             if rrset is None:
-                rrset = rrsets[key] = dns.rrset.RRset(dns.name.Name(labels), _IN, _TYPES[rdtype])
+                rrset = rrsets[key] = dns.rrset.RRset(dns.name.Name(labels), _IN, _TYPES[rdtype], covers)
                 section.append(rrset)
             # Rdataset.add's steps for these types, hashing the rdata once
             # (Set.add hashes it twice: a hash is its rdata rendered)
@@ -153,6 +165,29 @@ def _rdata(wire: bytes, offset: int, end: int, rdtype: int):
         if end - after != 20:
             raise _NotRead
         return SOA(_IN, rdtype, dns.name.Name(mname), dns.name.Name(rname), *_SOA_NUMBERS.unpack_from(wire, after))
+    if rdtype == _RRSIG:
+        if end - offset < _RRSIG_HEADER.size:
+            raise _NotRead
+        covered, algorithm, labels, original_ttl, expiration, inception, key_tag = _RRSIG_HEADER.unpack_from(wire,
+                                                                                                             offset)
+        signer, after = _name(wire, offset + _RRSIG_HEADER.size, end, False)
+        return RRSIG(_IN, rdtype, covered, algorithm, labels, original_ttl, expiration, inception, key_tag,
+                     dns.name.Name(signer), wire[after:end])
+    keyed = _KEYS.get(rdtype)
+    if keyed is not None:
+        if end - offset < _KEY_HEADER.size:
+            raise _NotRead
+        first, second, third = _KEY_HEADER.unpack_from(wire, offset)
+        return keyed(_IN, rdtype, first, second, third, wire[offset + _KEY_HEADER.size:end])
+    if rdtype == dns.rdatatype.TXT:
+        strings = []
+        while offset < end:
+            length = wire[offset]
+            if offset + 1 + length > end:
+                raise _NotRead
+            strings.append(wire[offset + 1:offset + 1 + length])
+            offset += 1 + length
+        return TXT(_IN, _TYPES[rdtype], strings)
     raise _NotRead
 
 
