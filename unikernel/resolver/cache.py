@@ -61,6 +61,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.renderer
 import dns.rrset
 
 from netstack.counters import Counters
@@ -84,6 +85,7 @@ VARIANT_OVERHEAD = 240
 # an entry's answer, authority and additional RRsets
 Sections = tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]
 
+_SECTIONS = (dns.renderer.ANSWER, dns.renderer.AUTHORITY, dns.renderer.ADDITIONAL)
 _TTL = struct.Struct("!I")
 _TTL_FIELD = struct.Struct("!HI")
 # CNAME targets followed in an upstream's answer: more than any resolver
@@ -144,7 +146,7 @@ class Entry:
     change them); :meth:`compact` turns them into ``wire``, after which the
     sections are parsed from it on each read."""
 
-    __slots__ = ("kind", "rcode", "_sections", "wire", "stored_at", "ttl", "key", "rendered", "cost",
+    __slots__ = ("kind", "rcode", "_sections", "_qname", "wire", "stored_at", "ttl", "key", "rendered", "cost",
                  "refresh_failed_at", "security", "ede")
 
     def __init__(self, kind: str, rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset],
@@ -154,6 +156,7 @@ class Entry:
         self.kind = kind
         self.rcode = rcode
         self._sections: tuple[list[dns.rrset.RRset], ...] | None = (answer, authority, additional)
+        self._qname: dns.name.Name | None = question[0]     # until compact, for its question
         self.wire: bytes | None = None          # once compact: the answer without OPT (see _render)
         self.stored_at = stored_at
         self.ttl = ttl
@@ -219,20 +222,24 @@ class Entry:
         they cannot be rendered (then the entry keeps them and is not stored)."""
         if self.wire is not None:
             return True
-        qname, rdtype, rdclass = self.question
-        message = dns.message.Message(id=0)
-        message.flags = dns.flags.QR | dns.flags.RA
+        # what Message.to_wire renders (a message of ID 0 with the lowercase
+        # question and these sections), without making the message
+        flags = dns.flags.QR | dns.flags.RA | (self.rcode & 0x0F)
         if self.security == SECURITY_SECURE:
-            message.flags |= dns.flags.AD      # the server's patch keeps it for queries with AD or DO only
-        message.set_rcode(self.rcode)
-        message.question = [dns.rrset.RRset(qname, dns.rdataclass.RdataClass.make(rdclass),
-                                            dns.rdatatype.RdataType.make(rdtype))]
-        message.answer, message.authority, message.additional = (list(s) for s in self.sections())
+            flags |= dns.flags.AD              # the server's patch keeps it for queries with AD or DO only
+        rdtype, rdclass = struct.unpack_from("!HH", self.key, len(self.key) - 5)
+        qname = self._qname.canonicalize() if self._qname is not None else self.question[0]
+        renderer = dns.renderer.Renderer(0, flags, 65535)
         try:
-            self.wire = message.to_wire()
+            renderer.add_question(qname, rdtype, rdclass)
+            for section, rrsets in zip(_SECTIONS, self.sections()):
+                for rrset in rrsets:
+                    renderer.add_rrset(section, rrset)
         except Exception:  # noqa: BLE001 - dnspython raises several kinds for what does not fit
             return False
-        self._sections = None
+        renderer.write_header()
+        self.wire = renderer.get_wire()
+        self._sections = self._qname = None
         return True
 
     @property
