@@ -590,3 +590,51 @@ def test_scrub_keeps_the_denial_proof_of_a_signed_wildcard_answer():
                    dns.rrset.from_text("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.org.", 60, "IN", "NSEC3", nsec3)]
     scrub(q.question[0].name, dns.rdatatype.A, r, Counter())
     assert [x.name.to_text() for x in r.authority] == ["0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.com."]
+
+
+def test_the_validators_chain_walk_is_linear_in_the_rrsets_and_bounded(monkeypatch):
+    """The validator picked the answer RRsets it judges with a walk of its
+    own, the one on_chain had before it was made linear: passes over the
+    answer until nothing changed, each RRset compared with all kept so far
+    and each DNAME with every name on the chain, and no bound on the CNAMEs
+    followed. An upstream's 64 KB answer (a shuffled chain, hundreds of
+    DNAMEs elsewhere) made one validation cost ~10^5 name comparisons.
+    Counted, not timed, as above; and only MAX_CHAIN targets are judged,
+    as only those are relayed."""
+    import asyncio
+
+    from unikernel.resolver.cache import MAX_CHAIN
+    from unikernel.resolver.dnssec.anchors import TrustAnchors
+    from unikernel.resolver.dnssec.chain import ChainOfTrust
+    from unikernel.resolver.dnssec.validator import Validator
+
+    async def no_fetch(name, rdtype):
+        raise AssertionError("nothing is under an anchor: no fetch")
+
+    judged = []
+    validator = Validator(ChainOfTrust(TrustAnchors([]), no_fetch))
+    real_rrset = Validator._rrset
+
+    async def counting_rrset(self, rrset, *args):
+        judged.append(rrset)
+        return await real_rrset(self, rrset, *args)
+
+    monkeypatch.setattr(Validator, "_rrset", counting_rrset)
+    calls = {"n": 0}
+    real = dns.name.Name.is_subdomain
+
+    def counting(self, other):
+        calls["n"] += 1
+        return real(self, other)
+
+    monkeypatch.setattr(dns.name.Name, "is_subdomain", counting)
+    rng = random.Random(5)
+    qname, rrsets = _shuffled_chain(40, rng)
+    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
+    rng.shuffle(rrsets)
+    message = dns.message.make_response(dns.message.make_query(qname, "A"))
+    message.answer = rrsets
+    verdict = asyncio.run(validator.validate(qname, dns.rdatatype.A, message, 0.0))
+    assert verdict.security.value == "insecure"
+    assert calls["n"] <= 4 * len(rrsets), calls["n"]
+    assert len(judged) == MAX_CHAIN + 1 and all(r.rdtype == dns.rdatatype.CNAME for r in judged)
