@@ -203,3 +203,12 @@ def test_fast_hits_count_as_use_for_lru():
     assert bytes_lookup(cache)(key(names[0]), 1, 1.0) is not None
     put(names[2], 1.0)
     assert cache.get(names[0], A, IN, False, 1.0) is not None and cache.get(names[1], A, IN, False, 1.0) is None
+
+
+def test_question_key_is_the_lowercased_name_on_the_wire():
+    """cache.question_key writes the name from its labels: the bytes
+    dnspython's canonicalize().to_wire() gives (the fast path's key)."""
+    from unikernel.resolver.cache import question_key
+    for text in (".", "www.Example.COM.", "a\\195\\169b.TLD.", "x" * 63 + ".y."):
+        name = dns.name.from_text(text)
+        assert question_key(name, 28, 1) == name.canonicalize().to_wire() + struct.pack("!HH", 28, 1)
