@@ -114,7 +114,9 @@ class Forwarder:
                                    attempt_timeout=attempt_timeout, max_fails=max_fails, down_time=down_time,
                                    probe_interval=probe_interval)
         self.cache = cache
-        self.allowed = allow if isinstance(allow, AccessList) else AccessList(allow)
+        # one list for the slow path and the fast path's hook (which calls it
+        # on every hit): replacing ``allowed`` assigns it (see the property)
+        self._allowed = AccessList(allow.networks if isinstance(allow, AccessList) else allow)
         self.deadline = deadline
         self.attempt_timeout = attempt_timeout
         self.randomize_case = randomize_case
@@ -133,17 +135,23 @@ class Forwarder:
         self.validation = validation
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._background: asyncio.Task | None = None
-        # looked up on every hit, so that replacing ``allowed`` takes effect
-        # on the fast path as on the slow one
-        self.fast_lookup = cache.fast_lookup(self._allowed_now)
+        self.fast_lookup = cache.fast_lookup(self._allowed)
 
-    def _allowed_now(self, ip: int) -> bool:
-        return self.allowed(ip)
+    @property
+    def allowed(self) -> AccessList:
+        """Who may use forwarding and the cache."""
+        return self._allowed
+
+    @allowed.setter
+    def allowed(self, allow: AccessList) -> None:
+        # the held list takes the new networks: the fast path's hook calls it
+        # directly, and sees the change as the slow path does
+        self._allowed.assign(allow)
 
     # -- the process ---------------------------------------------------------
     async def __call__(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
         c = self.counters
-        if not self.allowed(int(src[0])):
+        if not self._allowed(int(src[0])):
             c["forward.refused"] += 1
             return None
         if len(query.question) != 1:
