@@ -162,17 +162,21 @@ class StubResolver:
                 mismatched = True
 
         port = self.stack.udp.bind_ephemeral(on_datagram)
+        # the timeout is a timer that fails the reply's future (what
+        # asyncio.wait_for does, without its second future and callbacks)
+        timer = loop.call_later(timeout, _time_out, result)
         try:
             self.counters["stub.query.udp"] += 1
             self.stack.udp.sendto(wire, port, server_ip, server_port)
             try:
-                reply_wire, message = await asyncio.wait_for(result, timeout)
+                reply_wire, message = await result
             except TimeoutError:
                 if mismatched:
                     raise CaseMismatch(f"{_ip_text(server_ip)}#{server_port} changed the case of {qname}") from None
                 self.counters["stub.timeout"] += 1
                 raise StubTimeout(f"no reply from {_ip_text(server_ip)}#{server_port} in {timeout:g} s") from None
         finally:
+            timer.cancel()
             self.stack.udp.unbind(port)
         truncated = bool(message.flags & dns.flags.TC)
         if truncated and use_tcp:
@@ -271,6 +275,11 @@ class StubResolver:
             return None
         self.counters["stub.reply.tcp_ok"] += 1
         return Reply(reply, message, server, "tcp", bool(message.flags & dns.flags.TC), loop.time() - started)
+
+
+def _time_out(result: asyncio.Future) -> None:
+    if not result.done():
+        result.set_exception(TimeoutError())
 
 
 def _parsed(wire: bytes) -> dns.message.Message | None:
