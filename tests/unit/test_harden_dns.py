@@ -638,3 +638,32 @@ def test_the_validators_chain_walk_is_linear_in_the_rrsets_and_bounded(monkeypat
     assert verdict.security.value == "insecure"
     assert calls["n"] <= 4 * len(rrsets), calls["n"]
     assert len(judged) == MAX_CHAIN + 1 and all(r.rdtype == dns.rdatatype.CNAME for r in judged)
+
+
+def test_the_stubs_random_numbers_come_from_the_os_csprng_a_page_at_a_time(monkeypatch):
+    """IDs and 0x20 patterns are drawn from os.urandom, 4 KiB read at a
+    time (SystemRandom made a system call per draw); every bit of a draw
+    varies, and draws of any width stay in range."""
+    import os
+
+    from unikernel.resolver import stub as stub_mod
+
+    reads = []
+    real = os.urandom
+
+    def counting(n):
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(stub_mod.os, "urandom", counting)
+    rng = stub_mod.BufferedSystemRandom()
+    draws = [rng.getrandbits(16) for _ in range(4096)]
+    assert reads and all(n >= 4096 for n in reads) and len(reads) <= 3       # 8 KiB drawn, in pages
+    assert all(0 <= d < 1 << 16 for d in draws) and len(set(draws)) > 3500
+    for bit in range(16):
+        share = sum(d >> bit & 1 for d in draws) / len(draws)
+        assert 0.45 < share < 0.55, (bit, share)
+    for width in (1, 7, 9, 33, 100, 40000):
+        assert all(0 <= rng.getrandbits(width) < 1 << width for _ in range(20))
+    assert rng.getrandbits(0) == 0
+    assert isinstance(stub_mod.StubResolver(type("S", (), {"counters": {}})()).rng, stub_mod.BufferedSystemRandom)

@@ -26,6 +26,7 @@ Counters (``stub.`` prefix) name the path each reply took, e.g.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import struct
 from collections.abc import Callable
@@ -98,20 +99,44 @@ def build_query(qid: int, question: bytes, *, rd: bool = True, payload: int | No
     return header + question + opt
 
 
+class BufferedSystemRandom(random.SystemRandom):
+    """The operating system's CSPRNG, read 4 KiB at a time: IDs and 0x20
+    case patterns are a few bytes a query, and SystemRandom's getrandbits
+    reads them with a system call each."""
+
+    _CHUNK = 4096
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = b""
+        self._at = 0
+
+    def getrandbits(self, k: int) -> int:
+        if k <= 0:
+            return super().getrandbits(k)        # its errors and its 0
+        size = (k + 7) // 8
+        if self._at + size > len(self._pool):
+            self._pool, self._at = os.urandom(max(self._CHUNK, size)), 0
+        chunk = self._pool[self._at:self._at + size]
+        self._at += size
+        return int.from_bytes(chunk, "big") >> (size * 8 - k)
+
+
 class StubResolver:
     """Sends single queries through ``stack.udp`` (and ``stack.tcp`` for
     truncated replies).
 
     stack: anything with ``udp.bind_ephemeral/unbind/sendto`` (and optionally
     ``tcp``) and ``counters``. rng: a ``random.Random``; the default is the
-    operating system's CSPRNG, which IDs, ports and case patterns need.
+    operating system's CSPRNG (BufferedSystemRandom), which IDs and case
+    patterns need.
     """
 
     def __init__(self, stack, *, counters=None, rng: random.Random | None = None,
                  tcp_timeout: float = 3.0) -> None:
         self.stack = stack
         self.counters = counters if counters is not None else stack.counters
-        self.rng = rng or random.SystemRandom()
+        self.rng = rng or BufferedSystemRandom()
         self.tcp_timeout = tcp_timeout
 
     async def query(self, server: tuple[int, int], qname: dns.name.Name, rdtype: int,
