@@ -125,10 +125,18 @@ def _shuffled_chain(length, rng):
     return names[0], rrsets
 
 
-def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
-    """on_chain looped over the answer until nothing changed, comparing every
-    name with every DNAME: O(n^2) (O(n^3) with DNAMEs) in what an upstream
-    sends. Counted, not timed: name comparisons per RRset."""
+def _noisy_chain(length, seed):
+    """A shuffled chain and the noise an upstream may add: DNAMEs owned by
+    names that are no ancestor, many records."""
+    rng = random.Random(seed)
+    qname, rrsets = _shuffled_chain(length, rng)
+    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
+    rng.shuffle(rrsets)
+    return qname, rrsets
+
+
+def _counted_name_comparisons(monkeypatch) -> dict:
+    """{"n": the Name.is_subdomain calls made from now on}."""
     calls = {"n": 0}
     real = dns.name.Name.is_subdomain
 
@@ -137,11 +145,15 @@ def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
         return real(self, other)
 
     monkeypatch.setattr(dns.name.Name, "is_subdomain", counting)
-    rng = random.Random(3)
-    qname, rrsets = _shuffled_chain(12, rng)
-    # noise an upstream may add: DNAMEs owned by names that are no ancestor, many records
-    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
-    rng.shuffle(rrsets)
+    return calls
+
+
+def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
+    """on_chain looped over the answer until nothing changed, comparing every
+    name with every DNAME: O(n^2) (O(n^3) with DNAMEs) in what an upstream
+    sends. Counted, not timed: name comparisons per RRset."""
+    calls = _counted_name_comparisons(monkeypatch)
+    qname, rrsets = _noisy_chain(12, 3)
     kept = on_chain(qname, dns.rdatatype.A, rrsets)
     assert len(kept) == 13
     assert calls["n"] <= 4 * len(rrsets)
@@ -620,18 +632,8 @@ def test_the_validators_chain_walk_is_linear_in_the_rrsets_and_bounded(monkeypat
         return await real_rrset(self, rrset, *args)
 
     monkeypatch.setattr(Validator, "_rrset", counting_rrset)
-    calls = {"n": 0}
-    real = dns.name.Name.is_subdomain
-
-    def counting(self, other):
-        calls["n"] += 1
-        return real(self, other)
-
-    monkeypatch.setattr(dns.name.Name, "is_subdomain", counting)
-    rng = random.Random(5)
-    qname, rrsets = _shuffled_chain(40, rng)
-    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
-    rng.shuffle(rrsets)
+    calls = _counted_name_comparisons(monkeypatch)
+    qname, rrsets = _noisy_chain(40, 5)
     message = dns.message.make_response(dns.message.make_query(qname, "A"))
     message.answer = rrsets
     verdict = asyncio.run(validator.validate(qname, dns.rdatatype.A, message, 0.0))
