@@ -85,6 +85,7 @@ VARIANT_OVERHEAD = 240
 Sections = tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]
 
 _SECTIONS = (dns.renderer.ANSWER, dns.renderer.AUTHORITY, dns.renderer.ADDITIONAL)
+_OPCODE_BITS = 0x7800
 _TTL = struct.Struct("!I")
 _QTYPE_CLASS = struct.Struct("!HH")
 _TTL_FIELD = struct.Struct("!HI")
@@ -420,9 +421,8 @@ class Cache:
         ``sections``: the entry's records as made (:meth:`Entry.fresh`), so
         that the miss that made the entry is answered without parsing its
         compact form again."""
-        response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
+        response = reply_to(query)
         response.flags |= dns.flags.RA
-        response.flags &= ~dns.flags.AA
         response.set_rcode(entry.rcode)
         elapsed = int(now - entry.stored_at)
 
@@ -518,6 +518,18 @@ class Cache:
 
     def _clamped(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset:
         return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
+
+
+def reply_to(query: dns.message.Message) -> dns.message.QueryMessage:
+    """A response to ``query``: its ID, opcode, RD and question, QR set, no
+    OPT. What the server needs of a process's message (it sets RD and CD
+    again, and renders the OPT from the query: serve/render.py), at a
+    tenth of ``dns.message.make_response``'s cost, which also builds an
+    OPT record and copies what a TSIG needs (the server signs itself)."""
+    response = dns.message.QueryMessage(id=query.id)
+    response.flags = dns.flags.Flag(dns.flags.QR | (query.flags & (dns.flags.RD | _OPCODE_BITS)))
+    response.question = list(query.question)
+    return response
 
 
 def _ede(ede: tuple[int, str]) -> dns.edns.EDEOption:
