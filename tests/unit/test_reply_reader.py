@@ -83,6 +83,10 @@ def _same(ours: dns.message.Message, theirs: dns.message.Message) -> None:
         assert [(r.name.labels, r.ttl, type(r.rdtype), r.covers, [type(rd) for rd in r]) for r in mine] == \
             [(r.name.labels, r.ttl, type(r.rdtype), r.covers, [type(rd) for rd in r]) for r in other]
     assert ours.wire == theirs.wire
+    for number, section in enumerate(theirs.sections[1:], 1):        # found as in dnspython's message
+        for rrset in section:
+            found = ours.find_rrset(number, rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
+            assert found == rrset and found.ttl == rrset.ttl
 
 
 def test_records_of_one_rrset_are_gathered_as_dnspython_gathers_them():

@@ -132,6 +132,10 @@ def _read(wire: bytes) -> dns.message.Message:
     if opt is not None:
         message.opt = opt
     message.wire = wire
+    # no index of the RRsets (dnspython's keys hash each owner name, letter
+    # by letter): Message.find_rrset searches the sections when it is None
+    # (its code says so; its annotation does not)
+    message.index = None  # type: ignore[assignment]
     return message
 
 
