@@ -246,3 +246,42 @@ def kill(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def unbound_forwarder(work: Path, *, port: int, upstream: str, name: str = "unbound", validating: bool = False,
+                      anchor: Path | None = None, cache_entries: int = 0) -> Path:
+    """The peer the forwarder benchmarks (bench/forwarder.py's cache hits,
+    bench/misses.py's misses) measure against, written to ``work``:
+    Unbound on 127.0.0.1@``port``, one thread, forwarding everything to
+    ``upstream`` (port 53), iterator only or validating with ``anchor``,
+    full responses, caches of 64 MB or more for ``cache_entries``."""
+    conf = work / f"{name}.conf"
+    modules = "validator iterator" if validating else "iterator"
+    conf.write_text(f"""server:
+    interface: 127.0.0.1@{port}
+    port: {port}
+    num-threads: 1
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{work}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    do-ip6: no
+    do-not-query-localhost: no
+    access-control: 0.0.0.0/0 allow
+    module-config: "{modules}"
+    {f'trust-anchor-file: "{anchor}"' if validating else ''}
+    qname-minimisation: no
+    minimal-responses: no
+    aggressive-nsec: no
+    msg-cache-size: {max(64, cache_entries // 1000)}m
+    rrset-cache-size: {max(64, cache_entries // 500)}m
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: {upstream}@53
+""")
+    return conf

@@ -46,6 +46,7 @@ from bench.common import (
     kill,
     median,
     rss_bytes,
+    unbound_forwarder,
     verdict,
     wait_ready,
 )
@@ -70,35 +71,6 @@ def _zone(names: int, fill: int) -> str:
 
 def _queries(names: int) -> str:
     return "".join(f"h{i}.{ZONE} {t}\n" for i in range(names) for t in ("A", "MX", "TXT"))
-
-
-def _unbound_conf(work: Path, cache_entries: int) -> Path:
-    conf = work / "unbound.conf"
-    conf.write_text(f"""server:
-    interface: 127.0.0.1@{UNBOUND_PORT}
-    port: {UNBOUND_PORT}
-    num-threads: 1
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "{work}"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    do-ip6: no
-    access-control: 127.0.0.0/8 allow
-    module-config: "iterator"
-    msg-cache-size: {max(64, cache_entries // 1000)}m
-    rrset-cache-size: {max(64, cache_entries // 500)}m
-    qname-minimisation: no
-    minimal-responses: no
-remote-control:
-    control-enable: no
-forward-zone:
-    name: "."
-    forward-addr: {HOST}@53
-""")
-    return conf
 
 
 def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20000, out=sys.stdout) -> bool:
@@ -135,7 +107,8 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
                            "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={DNSMASQ_PORT}",
                            f"--cache-size={cache_entries}", "--cache-rr=ANY", "--user=root")
         unbound = ns.popen(shutil.which("unbound") or "/usr/sbin/unbound", "-d", "-c",
-                           str(_unbound_conf(d, cache_entries)))
+                           str(unbound_forwarder(d, port=UNBOUND_PORT, upstream=HOST,
+                                                 cache_entries=cache_entries)))
         time.sleep(1)                        # NSD, dnsmasq and Unbound print nothing when ready
         for proc, what in ((nsd, "nsd"), (dnsmasq, "dnsmasq"), (unbound, "unbound")):
             if proc.poll() is not None:

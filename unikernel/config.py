@@ -103,6 +103,11 @@ class AccessList:
                 return True
         return False
 
+    def assign(self, other: AccessList) -> None:
+        """Takes ``other``'s networks: whoever holds this list (the cache's
+        fast-path hook) sees the change, with no call in between."""
+        self.networks, self._pairs = list(other.networks), other._pairs
+
     def __repr__(self) -> str:
         return f"AccessList({[str(n) for n in self.networks]})"
 

@@ -94,6 +94,30 @@ def test_a_client_cannot_switch_edns_off_or_mark_an_upstream_down_with_meta_qtyp
 
 # -- the fast path and the access list ------------------------------------------------
 
+def test_a_cache_hit_asks_the_access_list_once_and_nothing_else():
+    """The fast path's hook was a method of the forwarder that called its
+    list (two calls a hit, so that a replaced list took effect); it is the
+    list itself now. Counted with the profiler's call events."""
+    import sys
+
+    async def main():
+        stack, _, fwd, clock = tf.make()
+        await tf.ask(fwd)
+        key = question_key(dns.name.from_text("www.example.com."), 1, 1) + b"\x00"
+        assert fwd.fast_lookup(key, int(tf.CLIENT[0]), clock.t) is not None     # rendered once
+        calls = []
+        sys.setprofile(lambda frame, event, arg: calls.append(frame.f_code.co_qualname) if event == "call" else None)
+        try:
+            found = fwd.fast_lookup(key, int(tf.CLIENT[0]), clock.t)
+        finally:
+            sys.setprofile(None)
+        return found, calls
+
+    found, calls = asyncio.run(main())
+    assert found is not None
+    assert [c for c in calls if "allowed" in c.lower() or "AccessList" in c] == ["AccessList.__call__"], calls
+
+
 def test_fast_path_follows_a_changed_access_list():
     """The cache's hot-path hook captured the AccessList object at start, so
     replacing ``forwarder.allowed`` refused the slow path but the fast path

@@ -53,3 +53,27 @@ def test_on_the_compiled_build_the_same_command_runs_with_the_folder_first(monke
     # env execs the interpreter: the pid started is the appliance's, as the CPU figures need
     assert command[0] == "env" and command[-len(pure):] == pure
     assert f"PYTHONPATH={folder}:{common.ROOT}" in command and "PYTHONSAFEPATH=1" in command
+
+
+def test_the_forwarder_benchmarks_unbound_configuration_is_one_unbound_accepts(tmp_path):
+    """bench/forwarder.py and bench/misses.py both start Unbound from
+    bench.common's ``unbound_forwarder``; unbound-checkconf (Unbound's own
+    parser) accepts it in each form they use."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from bench.common import unbound_forwarder
+    checkconf = shutil.which("unbound-checkconf")
+    if checkconf is None:
+        pytest.skip("unbound-checkconf is missing (apt-get install unbound)")
+    anchor = tmp_path / "anchor"
+    anchor.write_text(". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n")
+    for options in ({"cache_entries": 300_000}, {"validating": True, "anchor": anchor, "name": "validating"}):
+        conf = unbound_forwarder(tmp_path, port=5301, upstream="192.0.2.1", **options)
+        checked = subprocess.run([checkconf, str(conf)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        text = conf.read_text()
+        assert "forward-addr: 192.0.2.1@53" in text and "num-threads: 1" in text
+        assert ("validator iterator" in text) == bool(options.get("validating"))

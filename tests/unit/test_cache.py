@@ -203,3 +203,45 @@ def test_fast_hits_count_as_use_for_lru():
     assert bytes_lookup(cache)(key(names[0]), 1, 1.0) is not None
     put(names[2], 1.0)
     assert cache.get(names[0], A, IN, False, 1.0) is not None and cache.get(names[1], A, IN, False, 1.0) is None
+
+
+def test_question_key_is_the_lowercased_name_on_the_wire():
+    """cache.question_key writes the name from its labels: the bytes
+    dnspython's canonicalize().to_wire() gives (the fast path's key)."""
+    from unikernel.resolver.cache import question_key
+    for text in (".", "www.Example.COM.", "a\\195\\169b.TLD.", "x" * 63 + ".y."):
+        name = dns.name.from_text(text)
+        assert question_key(name, 28, 1) == name.canonicalize().to_wire() + struct.pack("!HH", 28, 1)
+
+
+def test_a_cached_answer_renders_as_one_from_dnspythons_make_response():
+    """Cache.response starts from cache.reply_to (ID, opcode, RD, question;
+    no OPT) instead of dns.message.make_response: the server renders both
+    to the same bytes, for queries with and without EDNS, DO, CD, and an
+    Extended DNS Error."""
+    from unikernel.process import Answer
+    from unikernel.resolver.cache import reply_to
+    from unikernel.serve.render import render
+    from unikernel.serve.server import _normalised
+
+    name = dns.name.from_text("www.example.com.")
+    cache = Cache()
+    reply = dns.message.make_response(dns.message.make_query(name, "A"))
+    reply.answer = [dns.rrset.from_text(name, 300, "IN", "A", "192.0.2.7")]
+    reply.authority = [dns.rrset.from_text("example.com.", 300, "IN", "NS", "ns.example.com.")]
+    entry = cache.entry_from_reply(name, dns.rdatatype.A, 1, False, reply, 0.0)
+    failed = cache.bogus_entry(name, dns.rdatatype.A, 1, False, 0.0, 60, (6, "bad"))
+    for kept in (entry, failed):
+        for options in ({"use_edns": -1}, {"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}):
+            query = dns.message.from_wire(dns.message.make_query("WWW.example.com.", "A", **options).to_wire())
+            query.flags |= dns.flags.CD
+            ours = cache.response(query, kept, 10.0)
+            theirs = dns.message.make_response(query, our_payload=1232)
+            theirs.flags |= dns.flags.RA
+            theirs.set_rcode(kept.rcode)
+            theirs.answer, theirs.authority = ours.answer, ours.authority
+            if kept.ede is not None and query.edns >= 0:
+                theirs.use_edns(0, query.ednsflags & dns.flags.DO, 1232, options=list(ours.options))
+            assert reply_to(query).id == query.id
+            assert render(_normalised(Answer(ours), query), query, 1232) == \
+                render(_normalised(Answer(theirs), query), query, 1232)

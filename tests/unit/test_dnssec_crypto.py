@@ -76,6 +76,53 @@ def test_a_flipped_bit_fails(signed):
     assert not crypto.verify(algorithm, key[:-1] + bytes([key[-1] ^ 1]), signature, data)
 
 
+def test_a_kept_key_checks_as_a_fresh_one(signed):
+    """The decoded key is kept after the first check: the second check (a
+    kept key) verifies the same signature and refuses a changed one, and
+    libcrypto decoded the key once."""
+    lib = crypto.libcrypto()
+    data, signature, key = signed.data(), signed.rrsig.signature, signed.dnskey.key
+    algorithm = signed.dnskey.algorithm
+    assert crypto.verify(algorithm, key, signature, data)
+    assert crypto.public_key_der(algorithm, key) in lib.keys
+    kept = dict(lib.keys)
+    assert crypto.verify(algorithm, key, signature, data)
+    assert not crypto.verify(algorithm, key, signature, data[:-1] + bytes([data[-1] ^ 1]))
+    assert lib.keys == kept                  # no key decoded again
+
+
+def test_kept_keys_are_bounded_and_the_evicted_freed(monkeypatch):
+    lib = crypto.libcrypto()
+    freed = []
+    real_free = lib.EVP_PKEY_free
+
+    def free(pkey):
+        assert pkey not in lib.keys.values()         # no longer kept when it is freed
+        freed.append(pkey)
+        real_free(pkey)
+
+    monkeypatch.setattr(lib, "EVP_PKEY_free", free)
+    monkeypatch.setattr(crypto, "MAX_KEPT_KEYS", 3)
+    kept_before = len(lib.keys)
+    made = [Signed(A.ED25519) for _ in range(5)]
+    for one in made:
+        assert crypto.verify(one.dnskey.algorithm, one.dnskey.key, one.rrsig.signature, one.data())
+    assert len(lib.keys) == 3
+    assert len(freed) == kept_before + 5 - 3          # every key that fell out, freed once
+    kept_ders = [crypto.public_key_der(one.dnskey.algorithm, one.dnskey.key) for one in made[-3:]]
+    assert list(lib.keys)[-3:] == kept_ders          # the last used are kept
+    first = made[0]                                  # evicted: decoded again, still verifies
+    assert crypto.verify(first.dnskey.algorithm, first.dnskey.key, first.rrsig.signature, first.data())
+
+
+def test_a_key_libcrypto_refuses_is_not_kept():
+    lib = crypto.libcrypto()
+    before = len(lib.keys)
+    bad_point = b"\x04" * 64                        # not on P-256
+    assert not crypto.verify(13, bad_point, b"\x01" * 64, b"data")
+    assert crypto.public_key_der(13, bad_point) not in lib.keys and len(lib.keys) <= before
+
+
 def test_another_key_of_the_same_algorithm_fails(signed):
     other = Signed(A(signed.dnskey.algorithm))
     assert not crypto.verify(signed.dnskey.algorithm, other.dnskey.key, signed.rrsig.signature, signed.data())

@@ -125,10 +125,18 @@ def _shuffled_chain(length, rng):
     return names[0], rrsets
 
 
-def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
-    """on_chain looped over the answer until nothing changed, comparing every
-    name with every DNAME: O(n^2) (O(n^3) with DNAMEs) in what an upstream
-    sends. Counted, not timed: name comparisons per RRset."""
+def _noisy_chain(length, seed):
+    """A shuffled chain and the noise an upstream may add: DNAMEs owned by
+    names that are no ancestor, many records."""
+    rng = random.Random(seed)
+    qname, rrsets = _shuffled_chain(length, rng)
+    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
+    rng.shuffle(rrsets)
+    return qname, rrsets
+
+
+def _counted_name_comparisons(monkeypatch) -> dict:
+    """{"n": the Name.is_subdomain calls made from now on}."""
     calls = {"n": 0}
     real = dns.name.Name.is_subdomain
 
@@ -137,11 +145,15 @@ def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
         return real(self, other)
 
     monkeypatch.setattr(dns.name.Name, "is_subdomain", counting)
-    rng = random.Random(3)
-    qname, rrsets = _shuffled_chain(12, rng)
-    # noise an upstream may add: DNAMEs owned by names that are no ancestor, many records
-    rrsets += [dns.rrset.from_text(f"d{i}.other.", 60, "IN", "DNAME", "x.example.") for i in range(600)]
-    rng.shuffle(rrsets)
+    return calls
+
+
+def test_on_chain_work_is_linear_in_the_rrsets(monkeypatch):
+    """on_chain looped over the answer until nothing changed, comparing every
+    name with every DNAME: O(n^2) (O(n^3) with DNAMEs) in what an upstream
+    sends. Counted, not timed: name comparisons per RRset."""
+    calls = _counted_name_comparisons(monkeypatch)
+    qname, rrsets = _noisy_chain(12, 3)
     kept = on_chain(qname, dns.rdatatype.A, rrsets)
     assert len(kept) == 13
     assert calls["n"] <= 4 * len(rrsets)
@@ -590,3 +602,70 @@ def test_scrub_keeps_the_denial_proof_of_a_signed_wildcard_answer():
                    dns.rrset.from_text("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.org.", 60, "IN", "NSEC3", nsec3)]
     scrub(q.question[0].name, dns.rdatatype.A, r, Counter())
     assert [x.name.to_text() for x in r.authority] == ["0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.com."]
+
+
+def test_the_validators_chain_walk_is_linear_in_the_rrsets_and_bounded(monkeypatch):
+    """The validator picked the answer RRsets it judges with a walk of its
+    own, the one on_chain had before it was made linear: passes over the
+    answer until nothing changed, each RRset compared with all kept so far
+    and each DNAME with every name on the chain, and no bound on the CNAMEs
+    followed. An upstream's 64 KB answer (a shuffled chain, hundreds of
+    DNAMEs elsewhere) made one validation cost ~10^5 name comparisons.
+    Counted, not timed, as above; and only MAX_CHAIN targets are judged,
+    as only those are relayed."""
+    import asyncio
+
+    from unikernel.resolver.cache import MAX_CHAIN
+    from unikernel.resolver.dnssec.anchors import TrustAnchors
+    from unikernel.resolver.dnssec.chain import ChainOfTrust
+    from unikernel.resolver.dnssec.validator import Validator
+
+    async def no_fetch(name, rdtype):
+        raise AssertionError("nothing is under an anchor: no fetch")
+
+    judged = []
+    validator = Validator(ChainOfTrust(TrustAnchors([]), no_fetch))
+    real_rrset = Validator._rrset
+
+    async def counting_rrset(self, rrset, *args):
+        judged.append(rrset)
+        return await real_rrset(self, rrset, *args)
+
+    monkeypatch.setattr(Validator, "_rrset", counting_rrset)
+    calls = _counted_name_comparisons(monkeypatch)
+    qname, rrsets = _noisy_chain(40, 5)
+    message = dns.message.make_response(dns.message.make_query(qname, "A"))
+    message.answer = rrsets
+    verdict = asyncio.run(validator.validate(qname, dns.rdatatype.A, message, 0.0))
+    assert verdict.security.value == "insecure"
+    assert calls["n"] <= 4 * len(rrsets), calls["n"]
+    assert len(judged) == MAX_CHAIN + 1 and all(r.rdtype == dns.rdatatype.CNAME for r in judged)
+
+
+def test_the_stubs_random_numbers_come_from_the_os_csprng_a_page_at_a_time(monkeypatch):
+    """IDs and 0x20 patterns are drawn from os.urandom, 4 KiB read at a
+    time (SystemRandom made a system call per draw); every bit of a draw
+    varies, and draws of any width stay in range."""
+    import os
+
+    from unikernel.resolver import stub as stub_mod
+
+    reads = []
+    real = os.urandom
+
+    def counting(n):
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(stub_mod.os, "urandom", counting)
+    rng = stub_mod.BufferedSystemRandom()
+    draws = [rng.getrandbits(16) for _ in range(4096)]
+    assert reads and all(n >= 4096 for n in reads) and len(reads) <= 3       # 8 KiB drawn, in pages
+    assert all(0 <= d < 1 << 16 for d in draws) and len(set(draws)) > 3500
+    for bit in range(16):
+        share = sum(d >> bit & 1 for d in draws) / len(draws)
+        assert 0.45 < share < 0.55, (bit, share)
+    for width in (1, 7, 9, 33, 100, 40000):
+        assert all(0 <= rng.getrandbits(width) < 1 << width for _ in range(20))
+    assert rng.getrandbits(0) == 0
+    assert isinstance(stub_mod.StubResolver(type("S", (), {"counters": {}})()).rng, stub_mod.BufferedSystemRandom)

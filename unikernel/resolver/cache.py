@@ -52,7 +52,6 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import cast
 
 import dns.edns
 import dns.flags
@@ -61,6 +60,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.renderer
 import dns.rrset
 
 from netstack.counters import Counters
@@ -81,7 +81,13 @@ MAX_BYTES = 32 * 1024 * 1024   # the cache's memory budget (see _cost)
 ENTRY_OVERHEAD = 768
 VARIANT_OVERHEAD = 240
 
+# an entry's answer, authority and additional RRsets
+Sections = tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]
+
+_SECTIONS = (dns.renderer.ANSWER, dns.renderer.AUTHORITY, dns.renderer.ADDITIONAL)
+_OPCODE_BITS = 0x7800
 _TTL = struct.Struct("!I")
+_QTYPE_CLASS = struct.Struct("!HH")
 _TTL_FIELD = struct.Struct("!HI")
 # CNAME targets followed in an upstream's answer: more than any resolver
 # follows itself (Unbound restarts a query at most 11 times, BIND 11 too)
@@ -90,8 +96,11 @@ MAX_CHAIN = 16
 
 def question_key(qname: dns.name.Name, rdtype: int, rdclass: int) -> bytes:
     """The question as on the wire with the name lowercased: the fast-path key
-    without its final EDNS byte."""
-    return cast(bytes, qname.canonicalize().to_wire()) + struct.pack("!HH", rdtype, rdclass)
+    without its final EDNS byte. (Written here from the labels: what
+    ``qname.canonicalize().to_wire()`` gives, at a third of its cost, for
+    the absolute names questions have.)"""
+    return b"".join([bytes((len(label),)) + label.lower() for label in qname.labels]) + _QTYPE_CLASS.pack(
+        rdtype, rdclass)
 
 
 def entry_key(qkey: bytes, do: bool, cd: bool = False) -> bytes:
@@ -141,7 +150,7 @@ class Entry:
     change them); :meth:`compact` turns them into ``wire``, after which the
     sections are parsed from it on each read."""
 
-    __slots__ = ("kind", "rcode", "_sections", "wire", "stored_at", "ttl", "key", "rendered", "cost",
+    __slots__ = ("kind", "rcode", "_sections", "_qname", "wire", "stored_at", "ttl", "key", "rendered", "cost",
                  "refresh_failed_at", "security", "ede")
 
     def __init__(self, kind: str, rcode: dns.rcode.Rcode, answer: list[dns.rrset.RRset],
@@ -151,6 +160,7 @@ class Entry:
         self.kind = kind
         self.rcode = rcode
         self._sections: tuple[list[dns.rrset.RRset], ...] | None = (answer, authority, additional)
+        self._qname: dns.name.Name | None = question[0]     # until compact, for its question
         self.wire: bytes | None = None          # once compact: the answer without OPT (see _render)
         self.stored_at = stored_at
         self.ttl = ttl
@@ -184,7 +194,7 @@ class Entry:
     def cd(self, cd: bool) -> None:
         self.key = entry_key(self.key[:-1], self.do, cd)
 
-    def sections(self) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+    def sections(self) -> Sections:
         """Answer, authority and additional: parsed again from the wire once compact."""
         if self._sections is not None:
             answer, authority, additional = self._sections
@@ -192,6 +202,12 @@ class Entry:
             assert self.wire is not None
             answer, authority, additional = dns.message.from_wire(self.wire).sections[1:]
         return answer, authority, additional
+
+    def fresh(self) -> tuple[Entry, Sections]:
+        """The entry and its records as made, read before :meth:`Cache.store`
+        compacts them: what the miss that made the entry is answered from
+        (:meth:`Cache.response`'s ``sections``)."""
+        return self, self.sections()
 
     def _set_section(self, index: int, rrsets: list[dns.rrset.RRset]) -> None:
         """Changes a section (the forwarder's, before it stores the entry):
@@ -210,20 +226,24 @@ class Entry:
         they cannot be rendered (then the entry keeps them and is not stored)."""
         if self.wire is not None:
             return True
-        qname, rdtype, rdclass = self.question
-        message = dns.message.Message(id=0)
-        message.flags = dns.flags.QR | dns.flags.RA
+        # what Message.to_wire renders (a message of ID 0 with the lowercase
+        # question and these sections), without making the message
+        flags = dns.flags.QR | dns.flags.RA | (self.rcode & 0x0F)
         if self.security == SECURITY_SECURE:
-            message.flags |= dns.flags.AD      # the server's patch keeps it for queries with AD or DO only
-        message.set_rcode(self.rcode)
-        message.question = [dns.rrset.RRset(qname, dns.rdataclass.RdataClass.make(rdclass),
-                                            dns.rdatatype.RdataType.make(rdtype))]
-        message.answer, message.authority, message.additional = (list(s) for s in self.sections())
+            flags |= dns.flags.AD              # the server's patch keeps it for queries with AD or DO only
+        rdtype, rdclass = struct.unpack_from("!HH", self.key, len(self.key) - 5)
+        qname = self._qname.canonicalize() if self._qname is not None else self.question[0]
+        renderer = dns.renderer.Renderer(0, flags, 65535)
         try:
-            self.wire = message.to_wire()
+            renderer.add_question(qname, rdtype, rdclass)
+            for section, rrsets in zip(_SECTIONS, self.sections()):
+                for rrset in rrsets:
+                    renderer.add_rrset(section, rrset)
         except Exception:  # noqa: BLE001 - dnspython raises several kinds for what does not fit
             return False
-        self._sections = None
+        renderer.write_header()
+        self.wire = renderer.get_wire()
+        self._sections = self._qname = None
         return True
 
     @property
@@ -395,19 +415,24 @@ class Cache:
 
     # -- answers ------------------------------------------------------------
     def response(self, query: dns.message.Message, entry: Entry, now: float, *,
-                 stale: bool = False) -> dns.message.Message:
+                 stale: bool = False, sections: Sections | None = None) -> dns.message.Message:
         """The answer to ``query`` from ``entry``: question as asked, RA set, AA
-        clear, every TTL counted down (``stale_ttl`` when serving stale)."""
-        response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
+        clear, every TTL counted down (``stale_ttl`` when serving stale).
+        ``sections``: the entry's records as made (:meth:`Entry.fresh`), so
+        that the miss that made the entry is answered without parsing its
+        compact form again."""
+        response = reply_to(query)
         response.flags |= dns.flags.RA
-        response.flags &= ~dns.flags.AA
         response.set_rcode(entry.rcode)
         elapsed = int(now - entry.stored_at)
 
         def aged(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
-            return with_ttl(rrset, self.stale_ttl if stale else max(rrset.ttl - elapsed, 0))
+            ttl = self.stale_ttl if stale else max(rrset.ttl - elapsed, 0)
+            # an entry's RRsets are never changed once made (owners lowercased
+            # by with_ttl), so one whose TTL stands is answered as it is
+            return rrset if ttl == rrset.ttl else with_ttl(rrset, ttl)
 
-        answer, authority, additional = entry.sections()
+        answer, authority, additional = sections if sections is not None else entry.sections()
         response.answer = [aged(r) for r in answer]
         response.authority = [aged(r) for r in authority]
         response.additional = [aged(r) for r in additional]
@@ -495,9 +520,35 @@ class Cache:
         return with_ttl(rrset, max(self.min_ttl, min(self.max_ttl, rrset.ttl)))
 
 
+def reply_to(query: dns.message.Message) -> dns.message.QueryMessage:
+    """A response to ``query``: its ID, opcode, RD and question, QR set, no
+    OPT. What the server needs of a process's message (it sets RD and CD
+    again, and renders the OPT from the query: serve/render.py), at a
+    tenth of ``dns.message.make_response``'s cost, which also builds an
+    OPT record and copies what a TSIG needs (the server signs itself)."""
+    response = dns.message.QueryMessage(id=query.id)
+    response.flags = dns.flags.Flag(dns.flags.QR | (query.flags & (dns.flags.RD | _OPCODE_BITS)))
+    response.question = list(query.question)
+    return response
+
+
 def _ede(ede: tuple[int, str]) -> dns.edns.EDEOption:
     code, text = ede
     return dns.edns.EDEOption(dns.edns.EDECode.make(code), text or None)
+
+
+def name_key(name: dns.name.Name) -> tuple[bytes, ...]:
+    """A name as its lowercased labels, the root's empty one last: what the
+    relay's tables are keyed by. dnspython's Name hashes itself letter by
+    letter in Python and makes a new Name for each parent or lowercased
+    copy; a tuple of bytes hashes in C, and its ancestors are its suffixes
+    (``key[i:]``), a subdomain test a slice (:func:`key_inside`)."""
+    return tuple(map(bytes.lower, name.labels))
+
+
+def key_inside(key: tuple[bytes, ...], zones: Iterable[tuple[bytes, ...]]) -> bool:
+    """Whether the name ``key`` is at or below one of ``zones`` (name keys)."""
+    return any(key[len(key) - len(zone):] == zone for zone in zones if len(zone) <= len(key))
 
 
 def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
@@ -510,14 +561,14 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
     by name), and at most MAX_CHAIN targets are followed: an upstream's answer
     of 64 KB cannot make this quadratic. A chain cut there is counted
     (``forward.chain_too_long``) when ``counters`` are given."""
-    by_owner: dict[dns.name.Name, list[int]] = {}
-    dnames: dict[dns.name.Name, list[int]] = {}
+    by_owner: dict[tuple[bytes, ...], list[int]] = {}
+    dnames: dict[tuple[bytes, ...], list[int]] = {}
     for index, rrset in enumerate(answer):
-        owner = rrset.name.canonicalize()
+        owner = name_key(rrset.name)
         by_owner.setdefault(owner, []).append(index)
         if dns.rdatatype.DNAME in (rrset.rdtype, rrset.covers):
             dnames.setdefault(owner, []).append(index)
-    first = qname.canonicalize()
+    first = name_key(qname)
     names, queue = {first}, [first]
     kept: set[int] = set()
     while queue:                       # a chain may be given in any order
@@ -527,7 +578,7 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
             rrset = answer[index]
             if rrset.rdtype == dns.rdatatype.CNAME and rdtype != dns.rdatatype.CNAME:
                 for rdata in rrset:
-                    target = rdata.target.canonicalize()
+                    target = name_key(rdata.target)
                     if target in names:
                         continue
                     if len(names) > MAX_CHAIN:
@@ -537,10 +588,8 @@ def on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset],
                     names.add(target)
                     queue.append(target)
         if dnames:
-            ancestor = name
-            while len(ancestor) > 1:
-                ancestor = ancestor.parent()
-                kept.update(dnames.get(ancestor, ()))
+            for cut in range(1, len(name)):          # every ancestor, the root included
+                kept.update(dnames.get(name[cut:], ()))
     return [rrset for index, rrset in enumerate(answer) if index in kept]
 
 
@@ -568,8 +617,11 @@ def _variant_cost(rendered: CachedAnswer) -> int:
 def with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
     """A copy of ``rrset`` with ``ttl`` and its owner name lowercased (so the
     0x20 case pattern of an upstream query never shows in answers)."""
-    copy = dns.rrset.RRset(rrset.name.canonicalize(), rrset.rdclass, rrset.rdtype, rrset.covers)
-    copy.update(rrset)
+    # a shallow copy: the rdatas are immutable, and copying the set's dict
+    # hashes none of them (a new RRset updated from this one hashes each, by
+    # its wire form: four times the cost)
+    copy = rrset.copy()
+    copy.name = rrset.name.canonicalize()
     copy.ttl = ttl
     return copy
 

@@ -69,6 +69,7 @@ from unikernel.resolver.cache import (
     SECURITY_UNCHECKED,
     Cache,
     Entry,
+    Sections,
     entry_key,
     on_chain,
     question_key,
@@ -113,7 +114,9 @@ class Forwarder:
                                    attempt_timeout=attempt_timeout, max_fails=max_fails, down_time=down_time,
                                    probe_interval=probe_interval)
         self.cache = cache
-        self.allowed = allow if isinstance(allow, AccessList) else AccessList(allow)
+        # one list for the slow path and the fast path's hook (which calls it
+        # on every hit): replacing ``allowed`` assigns it (see the property)
+        self._allowed = AccessList(allow.networks if isinstance(allow, AccessList) else allow)
         self.deadline = deadline
         self.attempt_timeout = attempt_timeout
         self.randomize_case = randomize_case
@@ -132,17 +135,23 @@ class Forwarder:
         self.validation = validation
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._background: asyncio.Task | None = None
-        # looked up on every hit, so that replacing ``allowed`` takes effect
-        # on the fast path as on the slow one
-        self.fast_lookup = cache.fast_lookup(self._allowed_now)
+        self.fast_lookup = cache.fast_lookup(self._allowed)
 
-    def _allowed_now(self, ip: int) -> bool:
-        return self.allowed(ip)
+    @property
+    def allowed(self) -> AccessList:
+        """Who may use forwarding and the cache."""
+        return self._allowed
+
+    @allowed.setter
+    def allowed(self, allow: AccessList) -> None:
+        # the held list takes the new networks: the fast path's hook calls it
+        # directly, and sees the change as the slow path does
+        self._allowed.assign(allow)
 
     # -- the process ---------------------------------------------------------
     async def __call__(self, *, src: Endpoint, dst: Endpoint, query: dns.message.Message) -> Answer | None:
         c = self.counters
-        if not self.allowed(int(src[0])):
+        if not self._allowed(int(src[0])):
             c["forward.refused"] += 1
             return None
         if len(query.question) != 1:
@@ -194,7 +203,8 @@ class Forwarder:
         kind, value = await asyncio.shield(task)
         now = self.clock()
         if kind == "entry":
-            return Answer(self.cache.response(query, value(do), now))
+            entry, sections = value(do)
+            return Answer(self.cache.response(query, entry, now, sections=sections))
         if kind == "stale":
             stale = self.cache.get_stale(q.name, q.rdtype, q.rdclass, do, now, cd=cd)
             return Answer(self.cache.response(query, stale or value, now, stale=True))
@@ -212,7 +222,8 @@ class Forwarder:
     async def _resolve(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool = False):
         """("entry", entry_for) | ("stale", Entry) | ("truncated", Reply) |
         ("servfail", None); ``entry_for(do)`` is the Entry for a client with or
-        without DO (validating, one reply serves both)."""
+        without DO (validating, one reply serves both), with its records as
+        made (Entry.fresh)."""
         loop = asyncio.get_running_loop()
         validating = self.validation is not None
         try:
@@ -240,11 +251,12 @@ class Forwarder:
                 message = scrub(qname, rdtype, self._undo_wildcard(upstream, reply.message), self.counters)
                 entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, message, now)
                 if entry is None:
-                    entry = _transient_entry(qname, rdtype, rdclass, do, message, now)
+                    fresh = _transient_entry(qname, rdtype, rdclass, do, message, now).fresh()
                 else:
+                    fresh = entry.fresh()
                     self.cache.store(entry)
                 self.counters["forward.answered"] += 1
-                return "entry", _always(entry)
+                return "entry", _always(fresh)
         stale = self.cache.get_stale(qname, rdtype, rdclass, do, now, cd=cd)
         if stale is not None:
             stale.refresh_failed_at = now
@@ -258,20 +270,20 @@ class Forwarder:
         return "servfail", None
 
     async def _validated(self, upstream: Upstream, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool,
-                         cd: bool, message: dns.message.Message) -> Callable[[bool], Entry]:
+                         cd: bool, message: dns.message.Message) -> Callable[[bool], tuple[Entry, Sections]]:
         """The reply (asked with DO and CD) validated, and ``entry_for(do)``:
         its entry for clients with or without DO, made and cached when first
         asked for (for CD, cached unvalidated apart)."""
         assert self.validation is not None
         verdict = None if cd else await self.validation.check(qname, rdtype, message)
         now = self.clock()
-        entries: dict[bool, Entry] = {}
+        entries: dict[bool, tuple[Entry, Sections]] = {}
         if verdict is not None and verdict.is_bogus:
             ede = (verdict.ede or EDE_DNSSEC_BOGUS, verdict.reason[:200])
             for variant in (True, False):
-                entries[variant] = self.cache.bogus_entry(qname, rdtype, rdclass, variant, now,
-                                                          self.validation.bogus_ttl, ede)
-                self.cache.store(entries[variant])
+                bogus = self.cache.bogus_entry(qname, rdtype, rdclass, variant, now, self.validation.bogus_ttl, ede)
+                entries[variant] = bogus.fresh()
+                self.cache.store(bogus)
             return entries.__getitem__
         security = verdict.security.value if verdict is not None else SECURITY_UNCHECKED
         # an answer insecure only for an algorithm or digest we lack says so
@@ -284,7 +296,7 @@ class Forwarder:
         left = (None if verdict is None or verdict.valid_until is None
                 else max(int(verdict.valid_until - self.validation.wall_clock()), 0))
 
-        def entry_for(variant: bool) -> Entry:
+        def entry_for(variant: bool) -> tuple[Entry, Sections]:
             if variant not in entries:
                 entries[variant] = self._validated_entry(qname, rdtype, rdclass, variant, cd, message, security,
                                                          left, now, note)
@@ -295,7 +307,7 @@ class Forwarder:
 
     def _validated_entry(self, qname: dns.name.Name, rdtype: int, rdclass: int, do: bool, cd: bool,
                          message: dns.message.Message, security: str, left: int | None, now: float,
-                         note: tuple[int, str] | None) -> Entry:
+                         note: tuple[int, str] | None) -> tuple[Entry, Sections]:
         shown = relayed(message, rdtype, do)
         entry = self.cache.entry_from_reply(qname, rdtype, rdclass, do, shown, now)
         keep = entry is not None
@@ -306,9 +318,10 @@ class Forwarder:
             entry.ttl = left
             entry.answer, entry.authority = ([with_ttl(r, min(r.ttl, left)) for r in section]
                                              for section in (entry.answer, entry.authority))
+        fresh = entry.fresh()
         if keep:
             self.cache.store(entry)
-        return entry
+        return fresh
 
     def _without_dnssec(self, entry: Entry | None) -> Entry | None:
         """A client without DO asks what one with DO had answered: the same
@@ -460,8 +473,8 @@ def _transient_entry(qname, rdtype, rdclass, do, message: dns.message.Message, n
                  now, 0, (qname.canonicalize(), rdtype, rdclass), do)
 
 
-def _always(entry: Entry) -> Callable[[bool], Entry]:
-    return lambda _do: entry
+def _always(fresh: tuple[Entry, Sections]) -> Callable[[bool], tuple[Entry, Sections]]:
+    return lambda _do: fresh
 
 
 def _loop_time() -> float:

@@ -29,7 +29,7 @@ import dns.name
 import dns.rdatatype
 import dns.rrset
 
-from unikernel.resolver.cache import on_chain
+from unikernel.resolver.cache import key_inside, name_key, on_chain
 
 _ZONE_TYPES = frozenset({dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.DS})
 _DENIAL_TYPES = frozenset({dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
@@ -39,38 +39,39 @@ _RRSIG = dns.rdatatype.RRSIG
 
 def scrub(qname: dns.name.Name, rdtype: int, message: dns.message.Message, counters) -> dns.message.Message:
     """``message`` with its authority and additional sections cut to what the
-    question's chain accounts for (in place; returned for convenience)."""
+    question's chain accounts for (in place; returned for convenience).
+    Names are compared as name keys (:func:`~unikernel.resolver.cache.name_key`)."""
     answer = on_chain(qname, rdtype, message.answer, counters)
-    chain = {qname.canonicalize()}
-    chain.update(rd.target.canonicalize() for rrset in answer if rrset.rdtype == dns.rdatatype.CNAME
-                 for rd in rrset)
+    chain = {name_key(qname)}
+    chain.update(name_key(rd.target) for rrset in answer if rrset.rdtype == dns.rdatatype.CNAME for rd in rrset)
     zones = _ancestors(chain)
 
-    authority = [r for r in message.authority if _type_of(r) in _ZONE_TYPES and r.name.canonicalize() in zones]
+    owners = [name_key(r.name) for r in message.authority]
+    types = [_type_of(r) for r in message.authority]
+    kept = {i for i, owner in enumerate(owners) if types[i] in _ZONE_TYPES and owner in zones}
     # the zones the kept SOA and NS records are for, and those that signed the
     # answer (a wildcard answer's NSEC3 comes with no SOA): denial proofs live there
-    apexes = {r.name.canonicalize() for r in authority if _type_of(r) in (dns.rdatatype.SOA, dns.rdatatype.NS)}
+    apexes = {owners[i] for i in kept if types[i] in (dns.rdatatype.SOA, dns.rdatatype.NS)}
     apexes.update(signer for signer in _signers((*answer, *message.authority)) if signer in zones)
-    authority += [r for r in message.authority if _type_of(r) in _DENIAL_TYPES and _inside(r.name, apexes)]
-    kept_authority = {id(r) for r in authority}
-    authority = [r for r in message.authority if id(r) in kept_authority]       # in their order
+    kept.update(i for i, owner in enumerate(owners) if types[i] in _DENIAL_TYPES and key_inside(owner, apexes))
+    authority = [r for i, r in enumerate(message.authority) if i in kept]       # in their order
 
-    glue_zones: dict[dns.name.Name, set[dns.name.Name]] = {}   # an NS target -> the zones it serves
-    pointed: set[dns.name.Name] = set()
+    glue_zones: dict[tuple[bytes, ...], set[tuple[bytes, ...]]] = {}   # an NS target -> the zones it serves
+    pointed: set[tuple[bytes, ...]] = set()
     for rrset in (*answer, *authority):
         if rrset.rdtype == dns.rdatatype.NS:
             for rd in rrset:
-                glue_zones.setdefault(rd.target.canonicalize(), set()).add(rrset.name.canonicalize())
+                glue_zones.setdefault(name_key(rd.target), set()).add(name_key(rrset.name))
         elif rrset.rdtype in (dns.rdatatype.MX, dns.rdatatype.KX):
-            pointed.update(rd.exchange.canonicalize() for rd in rrset)
+            pointed.update(name_key(rd.exchange) for rd in rrset)
         elif rrset.rdtype == dns.rdatatype.SRV:
-            pointed.update(rd.target.canonicalize() for rd in rrset)
+            pointed.update(name_key(rd.target) for rd in rrset)
     additional = []
     for rrset in message.additional:
-        owner = rrset.name.canonicalize()
         if _type_of(rrset) not in _ADDRESS_TYPES:
             continue
-        if owner in pointed or _inside(owner, glue_zones.get(owner, ())):
+        owner = name_key(rrset.name)
+        if owner in pointed or key_inside(owner, glue_zones.get(owner, ())):
             additional.append(rrset)
 
     dropped_authority = len(message.authority) - len(authority)
@@ -89,22 +90,10 @@ def _type_of(rrset: dns.rrset.RRset) -> int:
     return rrset.covers if rrset.rdtype == _RRSIG else rrset.rdtype
 
 
-def _signers(rrsets: Iterable[dns.rrset.RRset]) -> set[dns.name.Name]:
-    return {rd.signer.canonicalize() for rrset in rrsets if rrset.rdtype == _RRSIG for rd in rrset}
+def _signers(rrsets: Iterable[dns.rrset.RRset]) -> set[tuple[bytes, ...]]:
+    return {name_key(rd.signer) for rrset in rrsets if rrset.rdtype == _RRSIG for rd in rrset}
 
 
-def _ancestors(names: Iterable[dns.name.Name]) -> set[dns.name.Name]:
-    """Every name given and every ancestor of one, the root included."""
-    out: set[dns.name.Name] = set()
-    for name in names:
-        while name not in out:
-            out.add(name)
-            if len(name) <= 1:
-                break
-            name = name.parent()
-    return out
-
-
-def _inside(name: dns.name.Name, zones: Iterable[dns.name.Name]) -> bool:
-    name = name.canonicalize()
-    return any(name.is_subdomain(zone) for zone in zones)
+def _ancestors(names: Iterable[tuple[bytes, ...]]) -> set[tuple[bytes, ...]]:
+    """Every name given and every ancestor of one, the root included (name keys)."""
+    return {name[cut:] for name in names for cut in range(len(name))}

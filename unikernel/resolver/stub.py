@@ -26,6 +26,7 @@ Counters (``stub.`` prefix) name the path each reply took, e.g.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import struct
 from collections.abc import Callable
@@ -40,6 +41,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from netstack.tcp import stream as tcp_stream
+from unikernel.resolver.reply import read as read_reply
 
 DEFAULT_PAYLOAD = 1232          # RFC 9715 / DNS flag day 2020: no fragmentation
 _FLAG_QR = 0x8000
@@ -97,20 +99,44 @@ def build_query(qid: int, question: bytes, *, rd: bool = True, payload: int | No
     return header + question + opt
 
 
+class BufferedSystemRandom(random.SystemRandom):
+    """The operating system's CSPRNG, read 4 KiB at a time: IDs and 0x20
+    case patterns are a few bytes a query, and SystemRandom's getrandbits
+    reads them with a system call each."""
+
+    _CHUNK = 4096
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = b""
+        self._at = 0
+
+    def getrandbits(self, k: int) -> int:
+        if k <= 0:
+            return super().getrandbits(k)        # its errors and its 0
+        size = (k + 7) // 8
+        if self._at + size > len(self._pool):
+            self._pool, self._at = os.urandom(max(self._CHUNK, size)), 0
+        chunk = self._pool[self._at:self._at + size]
+        self._at += size
+        return int.from_bytes(chunk, "big") >> (size * 8 - k)
+
+
 class StubResolver:
     """Sends single queries through ``stack.udp`` (and ``stack.tcp`` for
     truncated replies).
 
     stack: anything with ``udp.bind_ephemeral/unbind/sendto`` (and optionally
     ``tcp``) and ``counters``. rng: a ``random.Random``; the default is the
-    operating system's CSPRNG, which IDs, ports and case patterns need.
+    operating system's CSPRNG (BufferedSystemRandom), which IDs and case
+    patterns need.
     """
 
     def __init__(self, stack, *, counters=None, rng: random.Random | None = None,
                  tcp_timeout: float = 3.0) -> None:
         self.stack = stack
         self.counters = counters if counters is not None else stack.counters
-        self.rng = rng or random.SystemRandom()
+        self.rng = rng or BufferedSystemRandom()
         self.tcp_timeout = tcp_timeout
 
     async def query(self, server: tuple[int, int], qname: dns.name.Name, rdtype: int,
@@ -161,17 +187,21 @@ class StubResolver:
                 mismatched = True
 
         port = self.stack.udp.bind_ephemeral(on_datagram)
+        # the timeout is a timer that fails the reply's future (what
+        # asyncio.wait_for does, without its second future and callbacks)
+        timer = loop.call_later(timeout, _time_out, result)
         try:
             self.counters["stub.query.udp"] += 1
             self.stack.udp.sendto(wire, port, server_ip, server_port)
             try:
-                reply_wire, message = await asyncio.wait_for(result, timeout)
+                reply_wire, message = await result
             except TimeoutError:
                 if mismatched:
                     raise CaseMismatch(f"{_ip_text(server_ip)}#{server_port} changed the case of {qname}") from None
                 self.counters["stub.timeout"] += 1
                 raise StubTimeout(f"no reply from {_ip_text(server_ip)}#{server_port} in {timeout:g} s") from None
         finally:
+            timer.cancel()
             self.stack.udp.unbind(port)
         truncated = bool(message.flags & dns.flags.TC)
         if truncated and use_tcp:
@@ -213,9 +243,8 @@ class StubResolver:
             return "drop"
         echoed = wire[12:12 + len(question)]
         if echoed == question:
-            try:
-                message = dns.message.from_wire(wire)
-            except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+            message = _parsed(wire)
+            if message is None:
                 c["stub.reply.malformed.drop"] += 1
                 return "drop"
             c["stub.reply.ok"] += 1
@@ -265,13 +294,29 @@ class StubResolver:
                 or reply[12:12 + len(question)].lower() != question.lower()):
             self.counters["stub.tcp.mismatch.drop"] += 1
             return None
-        try:
-            message = dns.message.from_wire(reply)
-        except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+        message = _parsed(reply)
+        if message is None:
             self.counters["stub.tcp.malformed.drop"] += 1
             return None
         self.counters["stub.reply.tcp_ok"] += 1
         return Reply(reply, message, server, "tcp", bool(message.flags & dns.flags.TC), loop.time() - started)
+
+
+def _time_out(result: asyncio.Future) -> None:
+    if not result.done():
+        result.set_exception(TimeoutError())
+
+
+def _parsed(wire: bytes) -> dns.message.Message | None:
+    """The reply read (unikernel.resolver.reply for what it reads, dnspython
+    for the rest), or None when it is malformed by dnspython's rules."""
+    message = read_reply(wire)
+    if message is not None:
+        return message
+    try:
+        return dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+        return None
 
 
 def _ip_text(ip: int) -> str:

@@ -22,6 +22,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from unikernel.resolver.cache import on_chain
 from unikernel.resolver.dnssec import nsec, nsec3
 from unikernel.resolver.dnssec.chain import ChainOfTrust, Work, rrsigs_in, verified_denial
 from unikernel.resolver.dnssec.signatures import Budget, Checked, verify_rrset, wildcard_source
@@ -55,7 +56,8 @@ class Validator:
             return insecure(f"{dns.rdatatype.RdataType.make(rdtype).name} answers are not validated")
         work = Work()
         qname = qname.canonicalize()
-        answer = _on_chain(qname, rdtype, [r for r in message.answer if r.rdtype != dns.rdatatype.RRSIG])
+        # what is relayed (the forwarder's on_chain), so what must be valid
+        answer = on_chain(qname, rdtype, [r for r in message.answer if r.rdtype != dns.rdatatype.RRSIG])
         parts: list[Verdict] = []
         dnames = [r for r in answer if r.rdtype == dns.rdatatype.DNAME]
         for rrset in answer:
@@ -184,27 +186,6 @@ def _synthesised(cname: dns.rrset.RRset, dnames: list[dns.rrset.RRset]) -> bool:
             if len(cname) == 1 and cname[0].target == expected:
                 return True
     return False
-
-
-def _on_chain(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
-    """The answer RRsets the question leads to (its name, CNAME targets, DNAMEs
-    above them): what is relayed, so what must be valid. Others are ignored."""
-    names = {qname}
-    kept: list[dns.rrset.RRset] = []
-    changed = True
-    while changed:
-        changed = False
-        for rrset in answer:
-            if any(rrset is k for k in kept):
-                continue
-            dname = rrset.rdtype == dns.rdatatype.DNAME and any(
-                n.is_subdomain(rrset.name) and n != rrset.name for n in names)
-            if rrset.name in names or dname:
-                kept.append(rrset)
-                changed = True
-                if rrset.rdtype == dns.rdatatype.CNAME and rdtype != dns.rdatatype.CNAME and rrset.name in names:
-                    names.update(rd.target for rd in rrset)
-    return [r for r in answer if any(r is k for k in kept)]
 
 
 def _chain_end(qname: dns.name.Name, rdtype: int, answer: list[dns.rrset.RRset]) -> dns.name.Name:
