@@ -34,9 +34,10 @@ NAME = "ns0.d1.signpo.st"        # in the baked-in zone: answered without a forw
 TIMEOUT = 120
 KERNEL_LINE = re.compile(rb"^\[\s*(\d+\.\d+)\] (.*)$", re.M)
 INIT_LINE = re.compile(rb"^\[init (\d+\.\d+)\] (.*)$", re.M)
-# what each kernel phase is called on the console: the first line that starts with it
-KERNEL_PHASES = {"unpack": b"Trying to unpack rootfs image as initramfs", "unpacked": b"Freeing initrd memory",
-                 "init": b"Run /init as init process"}
+# what each kernel phase is called on the console: the first line that starts
+# with one of these (a kernel with a RAM disk says it is trying to unpack)
+KERNEL_PHASES = {"unpack": (b"Unpacking initramfs", b"Trying to unpack rootfs image as initramfs"),
+                 "unpacked": (b"Freeing initrd memory",), "init": (b"Run /init as init process",)}
 COLUMNS = ("unpack", "unpacked", "init", "pid1", "imports", "ready", "answer")
 
 

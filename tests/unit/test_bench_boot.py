@@ -4,7 +4,7 @@ from bench.boot import phases
 
 CONSOLE = b"""\
 [    0.000000] Linux version 6.1.192 (dns@appliance) #1 Tue Nov 14 22:13:20 UTC 2023
-[    0.402294] Trying to unpack rootfs image as initramfs...
+[    0.402294] Unpacking initramfs...
 [    0.819310] serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A
 [    2.124595] Freeing initrd memory: 5840K
 [    2.240220] Run /init as init process
@@ -23,4 +23,6 @@ def test_phases_are_read_from_the_kernels_and_pid_1s_lines():
 
 
 def test_a_phase_missing_from_the_console_is_left_out():
-    assert phases(b"[    1.000000] Run /init as init process\n") == {"init": 1.0}
+    assert phases(b"[    1.000000] Run /init as init process\r\n") == {"init": 1.0}
+    # a kernel that has a RAM disk words the start of the unpacking otherwise
+    assert phases(b"[    0.5] Trying to unpack rootfs image as initramfs...\r\n") == {"unpack": 0.5}
