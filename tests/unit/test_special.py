@@ -79,3 +79,20 @@ def test_apex_soa_and_ns():
 def test_recursion_available_flag():
     assert ask("localhost.", recursion_available=True).message.flags & dns.flags.RA
     assert not ask("localhost.").message.flags & dns.flags.RA
+
+
+def test_each_zones_records_are_made_when_first_asked(monkeypatch):
+    """Setting up answers for the ~100 zones parses none of them (that was a
+    fifth of the appliance's setup before its first answer under TCG); a
+    zone's SOA and NS are made at its first query, once."""
+    import unikernel.sources.special as special
+    made = []
+    real = special._soa_and_ns
+    monkeypatch.setattr(special, "_soa_and_ns", lambda apex: made.append(apex) or real(apex))
+    process = special.special_process(recursion_available=True)
+    assert made == []
+    for _ in range(2):
+        a = asyncio.run(process(src=SRC, dst=DST, query=dns.message.make_query("x.10.in-addr.arpa.", "PTR")))
+        assert a.message.rcode() == dns.rcode.NXDOMAIN
+        assert a.message.authority[0].name.to_text() == "10.in-addr.arpa."
+    assert [m.to_text() for m in made] == ["10.in-addr.arpa."]

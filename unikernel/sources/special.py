@@ -59,7 +59,10 @@ def special_zones() -> list[dns.name.Name]:
 def special_process(*, recursion_available: bool = False, extra_zones=()):
     """The process for special-use names. ``extra_zones``: more apexes to
     answer as empty zones."""
-    zones = {z: _soa_and_ns(z) for z in (*special_zones(), *(dns.name.from_text(str(e)) for e in extra_zones))}
+    zones = {*special_zones(), *(dns.name.from_text(str(e)) for e in extra_zones)}
+    # each zone's SOA and NS are made when it is first asked: making all 103
+    # from text was a fifth of the appliance's setup, paid before its first answer
+    records: dict[dns.name.Name, tuple[dns.rrset.RRset, dns.rrset.RRset]] = {}
     localhost = dns.name.from_text("localhost.")
     loopback_ptr = {dns.name.from_text(k): dns.name.from_text(v) for k, v in LOOPBACK_PTR.items()}
 
@@ -79,7 +82,7 @@ def special_process(*, recursion_available: bool = False, extra_zones=()):
         apex = apex_of(name)
         if apex is None:
             return None
-        soa, ns = zones[apex]
+        soa, ns = records.get(apex) or records.setdefault(apex, _soa_and_ns(apex))
         response = authoritative_response(query, recursion_available=recursion_available)
         rdtype = q.rdtype
         answer: list[dns.rrset.RRset] = []
