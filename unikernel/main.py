@@ -372,7 +372,7 @@ def resolution_chain(appliance: Appliance, stack, loaded: Loaded,
                                      clock=stack.now)
         chain.append(secondaries.process)
         # transfers at start, then by the timers
-        budget = budgets["secondary"] if budgets else MAX_TRANSFER_RECORDS * RECORD_BYTES
+        budget = (budgets or memory_budgets(None))["secondary"]
         lifecycle.append(SecondaryService(stack, secondaries,
                                           max_records=records_within(budget, len(secondaries.zones))))
     recursion = bool(appliance.forward)
