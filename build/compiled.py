@@ -73,7 +73,7 @@ GROUP = "hotpath"              # mypyc's shared library: hotpath__mypyc<suffix>
 OPT_LEVEL = "s"
 CFLAGS = ("-fwrapv", "-fPIC", "-DNDEBUG", "-fno-semantic-interposition")
 MARK = ".complete"              # written last: a folder without it is not a build
-# The cache's bound: every edit of the sources is a new folder (3-4 MB each),
+# The cache's bound: every edit of the sources is a new folder (2-4 MB each),
 # so after a build the folders of the same target beyond the KEEP most
 # recently used go, once unused for STALE seconds. A day, because a process
 # started from a folder imports the modules it has not needed yet (mDNS,
