@@ -73,6 +73,14 @@ GROUP = "hotpath"              # mypyc's shared library: hotpath__mypyc<suffix>
 OPT_LEVEL = "s"
 CFLAGS = ("-fwrapv", "-fPIC", "-DNDEBUG", "-fno-semantic-interposition")
 MARK = ".complete"              # written last: a folder without it is not a build
+# The cache's bound: every edit of the sources is a new folder (2-4 MB each),
+# so after a build the folders of the same target beyond the KEEP most
+# recently used go, once unused for STALE seconds. A day, because a process
+# started from a folder imports the modules it has not needed yet (mDNS,
+# transfers) from it for as long as it runs; a build's MARK is touched when
+# it is used.
+KEEP = 6
+STALE = 24 * 3600
 
 
 class CompileError(Exception):
@@ -143,6 +151,7 @@ def build(target: Target | None = None, cache: Path = packages.CACHE, out: TextI
     target = target or host_target()
     folder = folder_for(target, cache)
     if (folder / MARK).exists():
+        os.utime(folder / MARK)          # last used now: prune keeps it
         return folder
     if not (target.include / "Python.h").exists():
         raise CompileError(f"no Python.h in {target.include} (apt install {packages.PYTHON}-dev)")
@@ -172,7 +181,31 @@ def build(target: Target | None = None, cache: Path = packages.CACHE, out: TextI
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"compiled: done in {time.monotonic() - began:.0f} s: {folder}", file=out, flush=True)
+    removed = prune(target, cache)
+    if removed:
+        print(f"compiled: removed {len(removed)} unused older builds from {folder.parent}", file=out, flush=True)
     return folder
+
+
+def prune(target: Target, cache: Path = packages.CACHE, *, now: float | None = None) -> list[Path]:
+    """Removes the target's builds beyond the KEEP most recently used that
+    have not been used for STALE seconds, and builds left half-way (no MARK)
+    as long ago; returns what it removed."""
+    now = time.time() if now is None else now
+    builds = []
+    for path in (cache / "compiled").glob(f"{target.name}-*"):
+        mark = path / MARK
+        try:
+            used = (mark if mark.exists() else path).stat().st_mtime
+        except FileNotFoundError:       # another checkout's prune got there first
+            continue
+        builds.append((mark.exists(), used, path))
+    complete = sorted((b for b in builds if b[0]), key=lambda b: b[1], reverse=True)
+    doomed = [path for done, used, path in complete[KEEP:] + [b for b in builds if not b[0]]
+              if now - used > STALE]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
 
 
 def _generate(tree: Path, c_dir: Path, out: TextIO) -> list:

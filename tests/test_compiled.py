@@ -14,6 +14,7 @@ target on the compiled folder answers dig on a tap, from the fast path.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ FRAME_TESTS = ("tests/stack/test_fast_reply.py", "tests/stack/test_fast_cache_re
 CHECK_THEN_TEST = """
 import sys
 import importlib
+import os
 suffix, modules, tests = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 for name in modules:
     module = importlib.import_module(name)
@@ -109,3 +111,47 @@ def test_unix_target_on_the_compiled_folder_answers_dig(folder):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
         assert proc.returncode == 0 and "Traceback" not in out, out
+
+
+def test_prune_keeps_the_recent_builds_and_the_last_used(tmp_path):
+    """The cache has a bound: builds beyond the KEEP most recently used go
+    once unused for a day, half-way builds too; other targets' are not touched."""
+    target = compiled.host_target()
+    now = 1_000_000_000.0
+    day = compiled.STALE
+
+    def made(name: str, used: float, complete: bool = True) -> Path:
+        path = tmp_path / "compiled" / name
+        path.mkdir(parents=True)
+        mark = path / compiled.MARK if complete else path
+        if complete:
+            mark.write_text(name)
+        os.utime(mark, (used, used))
+        return path
+
+    recent = [made(f"host-recent{i}", now - 2 * day - i) for i in range(compiled.KEEP)]
+    old = [made(f"host-old{i}", now - 3 * day - i) for i in range(3)]
+    fresh_beyond_keep = made("host-fresh", now - 60)          # used a minute ago: kept, and first in line
+    half_way_old = made("host-abc.x1y2", now - 2 * day, complete=False)
+    half_way_now = made("host-def.z3w4", now - 10, complete=False)
+    other_target = made("image-old", now - 9 * day)
+
+    removed = compiled.prune(target, tmp_path, now=now)
+
+    assert sorted(removed) == sorted([*old, recent[-1], half_way_old])
+    for kept in (*recent[:-1], fresh_beyond_keep, half_way_now, other_target):
+        assert kept.exists()
+    for gone in removed:
+        assert not gone.exists()
+    assert compiled.prune(target, tmp_path, now=now) == []
+
+
+def test_a_cached_build_counts_as_used(tmp_path, monkeypatch):
+    target = compiled.host_target()
+    monkeypatch.setattr(compiled, "input_digest", lambda *_: "0" * 40)
+    folder = compiled.folder_for(target, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / compiled.MARK).write_text("x")
+    os.utime(folder / compiled.MARK, (1.0, 1.0))
+    assert compiled.build(target, tmp_path) == folder
+    assert (folder / compiled.MARK).stat().st_mtime > 1.0
