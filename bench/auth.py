@@ -38,11 +38,13 @@ from pathlib import Path
 
 from bench.common import (
     FIXED_LOAD_QPS,
+    LINKS,
     PYTHON,
     ROOT,
     BenchError,
     Throughput,
     appliance_command,
+    appliance_link,
     check_build,
     dnsperf,
     median,
@@ -109,9 +111,6 @@ def nsd_config(work: Path, zones: dict[str, Path]) -> Path:
     return nsd_conf(work, zones, address="127.0.0.1", port=53)
 
 
-LINKS = ("tap", "packet", "packet-norings")
-
-
 def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 20000,
         seed: int = 1, out=sys.stdout, appliance_flags: tuple[str, ...] = (), link: str = "tap") -> dict:
     sys.path.insert(0, str(ROOT))
@@ -133,12 +132,7 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
               f"{mix['nxdomain']} NXDOMAIN, {mix['nodata']} NODATA; dnsperf {seconds:g} s x {rounds} rounds",
               file=out, flush=True)
         print(f"link       the appliance's: {link}", file=out, flush=True)
-        if link == "tap":
-            ns.add_tap("tap0", HOST_SIDE)
-            attach: tuple[str, ...] = ("--tap", "tap0")
-        else:
-            ns.add_veth("veth0", "veth1", HOST_SIDE)
-            attach = ("--packet", "veth1", "--packet-rings", "no" if link == "packet-norings" else "yes")
+        attach = appliance_link(ns, link, HOST_SIDE)
         command = appliance_command("--forward", "none", *attach, "--ipv4", f"{APPLIANCE}/24",
                                     "--ipv4-gateway", "none", "--zone", str(zone), *appliance_flags)
         appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
