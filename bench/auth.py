@@ -12,6 +12,12 @@ server warms up). The query mix is hits (A, MX, TXT), NXDOMAIN and NODATA.
 Beside them, the floor: bench/bare.py, a Python loop that writes each
 query back as its reply on a tap of its own (what the tap lets Python reach).
 
+``--link``: the appliance's link. ``tap`` (the default: the unix target's),
+or ``packet``, AF_PACKET on one end of a veth pair whose other end the
+namespace's kernel holds, as the VM image does on its NIC: through its
+PACKET_MMAP rings, or a system call a frame with ``packet-norings``; the
+bare responder then reads and writes an AF_PACKET socket on a veth pair too.
+
 Printed: queries per second, average latency, and the server's CPU seconds
 per 1,000 answers (utime + stime of the server's processes, from /proc), the
 median of the rounds for each, and the appliance/NSD ratios; then each
@@ -32,11 +38,13 @@ from pathlib import Path
 
 from bench.common import (
     FIXED_LOAD_QPS,
+    LINKS,
     PYTHON,
     ROOT,
     BenchError,
     Throughput,
     appliance_command,
+    appliance_link,
     check_build,
     dnsperf,
     median,
@@ -104,7 +112,7 @@ def nsd_config(work: Path, zones: dict[str, Path]) -> Path:
 
 
 def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 20000,
-        seed: int = 1, out=sys.stdout, appliance_flags: tuple[str, ...] = ()) -> dict:
+        seed: int = 1, out=sys.stdout, appliance_flags: tuple[str, ...] = (), link: str = "tap") -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.netns import Namespace
 
@@ -123,15 +131,22 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
         print(f"zone {ORIGIN}: {names} hosts; {queries} queries: {mix['hit']} hits, "
               f"{mix['nxdomain']} NXDOMAIN, {mix['nodata']} NODATA; dnsperf {seconds:g} s x {rounds} rounds",
               file=out, flush=True)
-        ns.add_tap("tap0", HOST_SIDE)
-        command = appliance_command("--forward", "none", "--tap", "tap0", "--ipv4", f"{APPLIANCE}/24",
+        print(f"link       the appliance's: {link}", file=out, flush=True)
+        attach = appliance_link(ns, link, HOST_SIDE)
+        command = appliance_command("--forward", "none", *attach, "--ipv4", f"{APPLIANCE}/24",
                                     "--ipv4-gateway", "none", "--zone", str(zone), *appliance_flags)
         appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, {ORIGIN: zone})),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ns.add_tap("tap1", BARE_HOST_SIDE)
-        ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", "tap1")
-        bare = ns.popen(PYTHON, "-m", "bench.bare", "tap1", cwd=str(ROOT), stdout=subprocess.DEVNULL,
+        if link == "tap":
+            ns.add_tap("tap1", BARE_HOST_SIDE)
+            ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", "tap1")
+            bare_on: tuple[str, ...] = ("tap1",)
+        else:
+            ns.add_veth("veth2", "veth3", BARE_HOST_SIDE)
+            ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", "veth2")
+            bare_on = ("--packet", "veth3")
+        bare = ns.popen(PYTHON, "-m", "bench.bare", *bare_on, cwd=str(ROOT), stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
         servers = {"appliance": (APPLIANCE, appliance.pid), "nsd": ("127.0.0.1", nsd.pid),
                    "bare": (BARE, bare.pid)}
@@ -152,11 +167,11 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
         for p in (appliance, nsd, bare):
             if p.poll() is not None:
                 raise BenchError("a server died during the benchmark")
-    return report(runs, latencies, out)
+    return report(runs, latencies, out, link)
 
 
 def report(runs: dict[str, list[Throughput]], latencies: dict[str, list[tuple[float, float]]],
-           out=sys.stdout) -> dict:
+           out=sys.stdout, link: str = "tap") -> dict:
     print(f"\n{'server':<10} {'QPS':>10} {'latency ms':>11} {'CPU s/1000':>11} {'completed':>10} {'lost':>6}",
           file=out)
     for name, rows in runs.items():
@@ -174,7 +189,7 @@ def report(runs: dict[str, list[Throughput]], latencies: dict[str, list[tuple[fl
     print(f"latency    at {FIXED_LOAD_QPS} QPS: appliance p50 {ours['p50_ms']:.3f} ms p99 {ours['p99_ms']:.3f} ms; "
           f"NSD p50 {nsd['p50_ms']:.3f} ms p99 {nsd['p99_ms']:.3f} ms", file=out)
     bare = summary["bare"]
-    print(f"floor      bare tap responder (bench/bare.py) {bare['qps']:.0f} QPS, {bare['cpu_per_1000']:.4f} CPU s/1000:"
+    print(f"floor      bare {link.split('-')[0]} responder (bench/bare.py) {bare['qps']:.0f} QPS, {bare['cpu_per_1000']:.4f} CPU s/1000:"
           f" appliance {ours['qps'] / bare['qps']:.2f}x its QPS, {ours['cpu_per_1000'] / bare['cpu_per_1000']:.2f}x "
           f"its CPU per answer; NSD {nsd['qps'] / bare['qps']:.2f}x its QPS", file=out)
     lines = [verdict("authoritative QPS / NSD", ratio["qps"], at_least=TARGET_QPS),
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--names", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=20000)
+    parser.add_argument("--link", choices=LINKS, default="tap",
+                        help="the appliance's link: a tap, or AF_PACKET on a veth with or without its rings")
     parser.add_argument("--appliance-flag", action="append", default=[], metavar="FLAG",
                         help="passed to the appliance, e.g. --appliance-flag=--metrics-port=0 (repeatable)")
     args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
@@ -199,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("medians need at least 3 rounds")
     try:
         result = run(args.seconds, args.rounds, args.names, args.queries,
-                     appliance_flags=tuple(args.appliance_flag))
+                     appliance_flags=tuple(args.appliance_flag), link=args.link)
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2

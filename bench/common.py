@@ -119,6 +119,24 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+# The appliance's links a benchmark can put it on (`--link`): the unix
+# target's tap, or AF_PACKET on a veth (the VM image's link) through its
+# PACKET_MMAP rings or a system call a frame.
+LINKS = ("tap", "packet", "packet-norings")
+
+
+def appliance_link(ns, link: str, host_side: str) -> tuple[str, ...]:
+    """Makes the appliance's link in `ns` (the kernel's side addressed
+    `host_side`) and returns the serve flags that attach to it."""
+    if link == "tap":
+        ns.add_tap("tap0", host_side)
+        return ("--tap", "tap0")
+    if link not in LINKS:
+        raise BenchError(f"no link {link!r}: one of {', '.join(LINKS)}")
+    ns.add_veth("veth0", "veth1", host_side)
+    return ("--packet", "veth1", "--packet-rings", "no" if link == "packet-norings" else "yes")
+
+
 def appliance_command(*flags: str) -> list[str]:
     """``python -m unikernel serve`` with RRL off, then ``flags`` (a flag
     given again among them wins). Every benchmark's load comes from one

@@ -3,7 +3,9 @@
 Inside a network namespace this benchmark makes (and removes):
 
     tap0 host side 192.0.2.1/24   NSD on 192.0.2.1:53, the upstream, serving a
-                                  generated zone (A, MX and TXT for each name)
+                                  generated zone (A, MX and TXT for each name);
+                                  `--link packet`: veth0, the appliance on
+                                  veth1 through AF_PACKET (bench/auth.py)
     the appliance                 192.0.2.2/24 on tap0: `python -m unikernel
                                   serve --forward 192.0.2.1:53`
     dnsmasq                       127.0.0.1:5300 in the namespace,
@@ -38,9 +40,11 @@ import time
 from pathlib import Path
 
 from bench.common import (
+    LINKS,
     BenchError,
     all_noerror,
     appliance_command,
+    appliance_link,
     check_build,
     dnsperf,
     kill,
@@ -73,7 +77,8 @@ def _queries(names: int) -> str:
     return "".join(f"h{i}.{ZONE} {t}\n" for i in range(names) for t in ("A", "MX", "TXT"))
 
 
-def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20000, out=sys.stdout) -> bool:
+def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20000, out=sys.stdout,
+        link: str = "tap") -> bool:
     """Prints the cache-hit table, the cache memory table and the verdicts;
     returns whether the target is met."""
     missing = [t for t in ("ip", "dnsperf", "dnsmasq", "nsd", "unbound") if shutil.which(t) is None
@@ -92,10 +97,11 @@ def run(duration: float = 5.0, rounds: int = 3, names: int = 300, fill: int = 20
         queries, fill_queries = d / "queries.txt", d / "fill.txt"
         queries.write_text(_queries(names))
         fill_queries.write_text("".join(f"c{i}.{ZONE} A\n" for i in range(fill)))
-        ns.add_tap("tap0", f"{HOST}/24")
+        attach = appliance_link(ns, link, f"{HOST}/24")
+        print(f"link       the appliance's: {link}", file=out, flush=True)
 
         nsd = ns.popen(shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(d / "nsd.conf"))
-        command = appliance_command("--tap", "tap0", "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
+        command = appliance_command(*attach, "--ipv4", f"{APPLIANCE}/24", "--ipv4-gateway", HOST,
                                     "--forward", f"{HOST}:53", "--cache-size", str(cache_entries),
                                     "--dnssec", "no")         # an unsigned zone: bench/dnssec.py validates
         appliance = ns.popen(*command, cwd=str(REPO))
@@ -174,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--names", type=int, default=300)
     parser.add_argument("--fill", type=int, default=20000, help="distinct answers cached for the memory figure")
+    parser.add_argument("--link", choices=LINKS, default="tap",
+                        help="the appliance's link: a tap, or AF_PACKET on a veth with or without its rings")
     args, _ = parser.parse_known_args(argv)     # options meant for other benchmarks are ignored
     try:
-        return 0 if run(args.duration, max(args.rounds, 3), args.names, args.fill) else 1
+        return 0 if run(args.duration, max(args.rounds, 3), args.names, args.fill, link=args.link) else 1
     except BenchError as e:
         print(f"bench forwarder: {e}", file=sys.stderr)
         return 2

@@ -415,7 +415,7 @@ def stage_serve() -> None:
                 stop.set()
             loop.add_signal_handler(signal.SIGTERM, request, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, request, "ctrl-alt-del")
-            link = PacketLink(NIC, mtu=appliance.mtu)
+            link = PacketLink(NIC, mtu=appliance.mtu, rings=appliance.packet_rings)
             await serve(appliance, link, loaded=loaded, stop=stop, ready=announce, build_inputs=build_inputs())
             return why[0] if why else "serve returned"
 

@@ -92,6 +92,20 @@ class Namespace:
         self.ip("link", "set", tap, "up")
         return tap
 
+    def add_veth(self, kernel: str = "veth0", ours: str = "veth1", host: str = "192.0.2.1/24",
+                 mtu: int | None = None) -> str:
+        """A veth pair inside the namespace: `kernel` addressed `host`, `ours`
+        up with no address and no IPv6 (the kernel sends nothing from it), for
+        the appliance's AF_PACKET link (`serve --packet ours`)."""
+        self.ip("link", "add", kernel, "type", "veth", "peer", "name", ours)
+        self.run("sysctl", "-qw", f"net.ipv6.conf.{ours}.disable_ipv6=1", check=True)
+        self.ip("addr", "add", host, "dev", kernel)
+        for dev in (kernel, ours):
+            if mtu is not None:
+                self.ip("link", "set", dev, "mtu", str(mtu))
+            self.ip("link", "set", dev, "up")
+        return ours
+
     @contextlib.contextmanager
     def entered(self):
         """Runs the body with this thread inside the namespace (for opening a

@@ -34,7 +34,7 @@ import compiled  # noqa: E402  (build/compiled.py)
 FRAME_TESTS = ("tests/stack/test_fast_reply.py", "tests/stack/test_fast_cache_reply.py",
                "tests/stack/test_fuzz_frames.py", "tests/unit/test_server.py", "tests/unit/test_icmp_udp.py",
                "tests/unit/test_ipv4.py", "tests/unit/test_counters.py", "tests/unit/test_ethernet_arp.py",
-               "tests/unit/test_packet_link.py", "tests/unit/test_link_drops.py")
+               "tests/unit/test_packet_link.py", "tests/unit/test_link_drops.py", "tests/stack/test_packet_rings.py")
 CHECK_THEN_TEST = """
 import sys
 import importlib

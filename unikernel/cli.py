@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="unikernel", description="The DNS appliance (unix target).")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    serve = commands.add_parser("serve", help="serve DNS on a tap device")
+    serve = commands.add_parser("serve", help="serve DNS on a tap device (or, with --packet, a NIC)")
     _add_serve_options(serve)
     serve.set_defaults(func=run_serve)
     check = commands.add_parser("check", help="check the declaration and every file it names, serve nothing")
@@ -181,12 +181,20 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     from netstack.link import Link
-    from netstack.link.tap import TapLink
 
-    try:
-        link: Link = TapLink(appliance.tap, mtu=appliance.mtu)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"tap {appliance.tap}: {e}") from None
+    link: Link
+    if appliance.packet:
+        from netstack.link.packet import PacketLink
+        try:
+            link = PacketLink(appliance.packet, mtu=appliance.mtu, rings=appliance.packet_rings)
+        except OSError as e:
+            raise ConfigError(f"interface {appliance.packet} (AF_PACKET): {e}") from None
+    else:
+        from netstack.link.tap import TapLink
+        try:
+            link = TapLink(appliance.tap, mtu=appliance.mtu)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"tap {appliance.tap}: {e}") from None
     if args.pcap:
         from netstack.link.pcap import PcapTee
         link = PcapTee(link, args.pcap)

@@ -115,6 +115,8 @@ class AccessList:
 @dataclass
 class Appliance:
     tap: str = "tap0"                       # unix target: the tap device to attach to
+    packet: str | None = None               # unix target: serve on this interface through AF_PACKET, not a tap
+    packet_rings: bool = True               # AF_PACKET through PACKET_MMAP rings (no: a system call a frame)
     ipv4: str = "192.168.1.2/24"            # address/prefix
     ipv4_gateway: str | None = "192.168.1.1"
     mtu: int = 1500

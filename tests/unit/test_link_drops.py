@@ -34,6 +34,7 @@ def _tap_on(fd: int) -> TapLink:
 def _packet_on(sock: socket.socket) -> PacketLink:
     link = PacketLink.__new__(PacketLink)
     link.name, link.mtu, link.mac, link.sock, link._loop = "eth-test", 1500, None, sock, None
+    link.ring = None            # the socket's own send, a frame each (the rings need a real device)
     return link
 
 
