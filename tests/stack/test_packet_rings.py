@@ -146,3 +146,18 @@ def test_the_kernels_udp_arrives_with_its_checksum(wire):
         del parsed[UDP].chksum
         assert Ether(bytes(parsed))[UDP].chksum == claimed, "the UDP checksum was left incomplete"
     assert wire.link.checksums_completed == 5
+
+@pytest.mark.parametrize("wire", [True], ids=["rings"], indirect=True)
+def test_a_burst_over_the_rx_ring_drops_the_excess_and_the_link_reads_on(wire):
+    """Frames sent while nobody reads: the ring holds RX_SLOTS of them and the
+    kernel drops the rest; the link then reads what it holds, and what comes after."""
+    burst = packet.RX_SLOTS * 3
+    for i in range(burst):
+        wire.peer.send(_frame(i % 10000))
+    wire.link.attach(wire.loop, wire.received.append)
+    wire.run_until(lambda: False, timeout=0.3)
+    held = len(wire.frames_from_peer())
+    assert 0 < held <= packet.RX_SLOTS
+    wire.peer.send(_frame(9999))
+    wire.run_until(lambda: wire.frames_from_peer()[-1:] == [_frame(9999)])
+    assert wire.frames_from_peer()[-1] == _frame(9999)
