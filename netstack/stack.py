@@ -36,11 +36,8 @@ _TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
 # says who holds the address, and datagrams held for each.
 UNVERIFIED_SOURCES = 16
 UNVERIFIED_QUEUE = 4
-# Ethernet destination and source, then the option-less IPv4 header as five
-# 32-bit words (version/TOS/total length, ident/flags+offset, TTL/protocol/
-# checksum, source, destination: their sum is the header's ones'-complement
-# sum mod 0xFFFF, as 0x10000 is 1 mod 0xFFFF), then UDP's four fields.
-_PLAIN_UDP = struct.Struct("!6s6s2xIIIII4H")
+# Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
+_PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
 # A whole UDP frame's headers, packed at once: Ethernet destination, source
 # and type; IPv4 without options (total length, ident, TTL, checksum,
 # addresses); UDP (ports, length, checksum).
@@ -162,37 +159,33 @@ class Stack:
         a bound port, checked and delivered with one unpack. Returns False for
         anything else (or anything wrong), which the general path then handles
         and counts; so this path never decides a drop."""
-        if len(frame) < 42 or frame[12] != 8 or frame[13] or frame[14] != 0x45 or frame[23] != 17:
+        if len(frame) < 42 or frame[12:14] != _TYPE_IPV4 or frame[14] != 0x45 or frame[23] != 17:
             return False
-        (dst_mac, src_mac, version_length, ident_flags, ttl_protocol, src, dst, src_port, dst_port, length,
+        (dst_mac, src_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
-        total_len = version_length & 0xFFFF
-        if (dst_mac != self.mac or dst != self.address or ident_flags & 0xBFFF or ttl_protocol < 0x1000000
+        if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
                 or self._impossible_source(src)
                 or (src_mac == self.arp.gateway_mac and self._spoofed_via_gateway(src_mac, src))
                 or length < udp.HEADER_LEN or total_len != length + 20 or total_len + 14 > len(frame)
-                or (version_length + ident_flags + ttl_protocol + src + dst) % 0xFFFF):
+                or int.from_bytes(frame[14:34], "big") % 0xFFFF):
             return False
         responder = self.udp.responders.get(dst_port)
         handler = self.udp.bindings.get(dst_port) if responder is None else None
         if responder is None and handler is None:
             return False
-        payload = frame[42:14 + total_len]
+        end = 14 + total_len
         if checksum:
-            # the UDP header's words from the fields, the payload's read as one
-            # integer (padded to an even length), the pseudo-header's
-            body = int.from_bytes(payload, "big")
+            body = int.from_bytes(frame[34:end], "big")
             if length & 1:
                 body <<= 8
-            if (body + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length
-                    + src_port + dst_port + length + checksum) % 0xFFFF:
+            if (body + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length) % 0xFFFF:
                 return False
         self._delivered.count += 1
         if handler is not None:
-            handler(payload, src, src_port, dst, dst_port)
+            handler(frame[42:end], src, src_port, dst, dst_port)
             return True
         assert responder is not None
-        reply = responder(payload, src, src_port, dst, dst_port)
+        reply = responder(frame[42:end], src, src_port, dst, dst_port)
         if reply is not None:
             self.udp.sent.count += 1            # what udp.sendto counts, for the same datagram
             self._transmit_udp(dst_port, src, src_port, reply[0], None, reply[1])
