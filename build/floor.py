@@ -70,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--append", default="", help="more kernel command-line words (e.g. quiet)")
     args = ap.parse_args(argv)
     initrd = qemu.IMAGES / "floor.initrd"
     initrd.parent.mkdir(parents=True, exist_ok=True)
     initrd.write_bytes(floor_initrd())
     times = []
     for i in range(args.runs):
-        cmd = qemu.command(Path(args.kernel), initrd, memory=args.memory, net=None)
+        cmd = qemu.command(Path(args.kernel), initrd, memory=args.memory, net=None, append=args.append)
         result = qemu.run_until(cmd, b"floor: ready", timeout=args.timeout)
         if result.seconds is None:
             print(f"floor: run {i + 1}: no 'ready' within {args.timeout:.0f} s", file=sys.stderr)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         times.append(result.seconds)
         print(f"floor: run {i + 1}: {result.seconds:.2f} s to ready ({qemu.accelerator()})")
     print(f"floor: median {statistics.median(times):.2f} s over {len(times)} runs, "
-          f"kernel {args.kernel}, -m {args.memory}")
+          f"kernel {args.kernel}, -m {args.memory}{f', +{args.append!r}' if args.append else ''}")
     return 0
 
 
