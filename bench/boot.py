@@ -14,6 +14,7 @@ load average. Needs root and QEMU; not run by plain ``python -m bench``.
     .venv/bin/python -m bench boot --runs 3 old=/tmp/old/images new=images
     .venv/bin/python -m bench boot --cpu max --cpu qemu64 images
     .venv/bin/python -m bench boot before=/tmp/old/images@max after=images
+    .venv/bin/python -m bench boot --append '' --append quiet images
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def phases(console: bytes) -> dict[str, float]:
     return out
 
 
-def boot(folder: Path, *, memory: int, cpu: str | None) -> Boot:
+def boot(folder: Path, *, memory: int, cpu: str | None, append: str = "") -> Boot:
     import dns.message
     import dns.query
     import qemu
@@ -73,7 +74,7 @@ def boot(folder: Path, *, memory: int, cpu: str | None) -> Boot:
     with Namespace("bootbench") as ns:
         ns.add_tap("tap0", f"{HOST}/24")
         cmd = qemu.command(folder / "dns.vmlinuz", folder / "dns.initrd", memory=memory, net=qemu.Tap("tap0"),
-                           cpu=cpu, append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} printk.time=1")
+                           cpu=cpu, append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} printk.time=1 {append}".strip())
         with qemu.Machine(cmd, prefix=("ip", "netns", "exec", ns.name)) as vm:
             deadline = time.monotonic() + TIMEOUT
             while time.monotonic() < deadline and vm.proc.poll() is None:
@@ -104,6 +105,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory", type=int, default=64, help="guest MB (default 64, issue 17's target)")
     ap.add_argument("--cpu", action="append", help="QEMU -cpu model (repeat to compare; default qemu.py's)")
+    ap.add_argument("--append", action="append",
+                    help="more kernel command-line words, e.g. quiet (repeat to compare; '' for none). The "
+                         "kernel's phases need its info lines: with quiet only PID 1's and the answer show")
     args, _ = ap.parse_known_args(argv)
     if os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None:
         print("bench boot: needs root (a namespace with a tap) and qemu-system-x86_64", file=sys.stderr)
@@ -115,15 +119,17 @@ def main(argv: list[str]) -> int:
         folder, label = (folder, label) if eq else (label, Path(label).name or label)
         folder, at, own_cpu = folder.partition("@")
         for cpu in [own_cpu] if at else args.cpu or [None]:
-            variants.append((f"{label}{f' -cpu {cpu}' if cpu else ''}", Path(folder), cpu))
-    results: dict[str, list[Boot]] = {label: [] for label, _, _ in variants}
+            for words in args.append or [""]:
+                variants.append((f"{label}{f' -cpu {cpu}' if cpu else ''}{f' +{words}' if words else ''}",
+                                 Path(folder), cpu, words))
+    results: dict[str, list[Boot]] = {label: [] for label, _, _, _ in variants}
     load = os.getloadavg()
     print(f"bench boot: -m {args.memory}, {args.runs} rounds, load average {load[0]:.2f} {load[1]:.2f}")
     print(f"  {'':<22} {' '.join(f'{c:>5}' for c in COLUMNS[:-1])} {COLUMNS[-1]:>6} {'cpu':>6}"
           "   (guest s since boot; answer: host s since QEMU started; cpu: QEMU's CPU s until the answer)")
     for _ in range(args.runs):
-        for label, folder, cpu in variants:
-            b = boot(folder, memory=args.memory, cpu=cpu)
+        for label, folder, cpu, words in variants:
+            b = boot(folder, memory=args.memory, cpu=cpu, append=words)
             results[label].append(b)
             print(row(label, b), flush=True)
     print("medians:")

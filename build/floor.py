@@ -70,22 +70,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--append", default="", help="more kernel command-line words (e.g. quiet)")
+    ap.add_argument("--machine", help="QEMU -M (default pc; e.g. microvm,acpi=off)")
     args = ap.parse_args(argv)
     initrd = qemu.IMAGES / "floor.initrd"
     initrd.parent.mkdir(parents=True, exist_ok=True)
     initrd.write_bytes(floor_initrd())
-    times = []
+    times: list[float] = []
+    cpus: list[float] = []
     for i in range(args.runs):
-        cmd = qemu.command(Path(args.kernel), initrd, memory=args.memory, net=None)
+        cmd = qemu.command(Path(args.kernel), initrd, memory=args.memory, net=None, append=args.append,
+                           machine=args.machine)
         result = qemu.run_until(cmd, b"floor: ready", timeout=args.timeout)
         if result.seconds is None:
             print(f"floor: run {i + 1}: no 'ready' within {args.timeout:.0f} s", file=sys.stderr)
             print(result.console[-2000:].decode(errors="replace"), file=sys.stderr)
             return 1
         times.append(result.seconds)
-        print(f"floor: run {i + 1}: {result.seconds:.2f} s to ready ({qemu.accelerator()})")
-    print(f"floor: median {statistics.median(times):.2f} s over {len(times)} runs, "
-          f"kernel {args.kernel}, -m {args.memory}")
+        cpus.append(result.cpu or 0.0)
+        print(f"floor: run {i + 1}: {result.seconds:.2f} s to ready, {result.cpu or 0:.2f} CPU s of QEMU "
+              f"({qemu.accelerator()})")
+    print(f"floor: median {statistics.median(times):.2f} s ({statistics.median(cpus):.2f} CPU s) over "
+          f"{len(times)} runs, kernel {args.kernel}, -m {args.memory}, -M {args.machine or 'pc'}"
+          f"{f', +{args.append!r}' if args.append else ''}")
     return 0
 
 

@@ -76,7 +76,7 @@ class Dgram:
     remote: tuple[str, int]
 
 
-def netdev_args(net, mac: str | None = None) -> list[str]:
+def netdev_args(net, mac: str | None = None, *, bus: str = "pci") -> list[str]:
     if net is None:
         return ["-nic", "none"]
     if isinstance(net, Tap):
@@ -91,18 +91,23 @@ def netdev_args(net, mac: str | None = None) -> list[str]:
               f"remote.type=inet,remote.host={net.remote[0]},remote.port={net.remote[1]}")
     else:
         raise TypeError(f"unknown network {net!r}")
-    dev = "virtio-net-pci,netdev=n0" + (f",mac={mac}" if mac else "")
+    dev = f"virtio-net-{bus},netdev=n0" + (f",mac={mac}" if mac else "")
     return ["-netdev", nd, "-device", dev]
 
 
 def command(kernel: Path, initrd: Path, *, memory: int = 128, append: str = "", net=None,
             monitor: Path | None = None, accel: str | None = None, rng: bool = True,
-            console_on_stdio: bool = False, cpu: str | None = None) -> list[str]:
+            console_on_stdio: bool = False, cpu: str | None = None, machine: str | None = None) -> list[str]:
     """The QEMU argv. The kernel command line always starts with the serial
     console and ``panic=-1`` (reboot at once on a panic, which ``-no-reboot``
-    turns into QEMU exiting: a dead guest never hangs or loops)."""
+    turns into QEMU exiting: a dead guest never hangs or loops). ``machine``
+    is QEMU's ``-M`` (default ``pc``); with ``microvm...`` the virtio devices
+    are virtio-mmio ones (an experiment only: the appliance's kernel has no
+    virtio-mmio; the README's boot figures say what the floor does there)."""
     accel = accel or accelerator()
-    cmd = [QEMU, "-accel", accel, "-m", str(memory), "-nodefaults", "-no-user-config",
+    bus = "device" if machine and machine.startswith("microvm") else "pci"
+    cmd = [QEMU, *(["-M", machine] if machine else []), "-accel", accel, "-m", str(memory), "-nodefaults",
+           "-no-user-config",
            "-display", "none", "-no-reboot",
            "-cpu", cpu or ("host" if accel == "kvm" else TCG_CPU),
            "-kernel", str(kernel), "-initrd", str(initrd),
@@ -112,8 +117,8 @@ def command(kernel: Path, initrd: Path, *, memory: int = 128, append: str = "", 
         cmd += ["-monitor", f"unix:{monitor},server=on,wait=off"]
     if rng:
         # a hardware RNG for the guest: its kernel RNG is ready at once
-        cmd += ["-device", "virtio-rng-pci"]
-    cmd += netdev_args(net)
+        cmd += ["-device", f"virtio-rng-{bus}"]
+    cmd += netdev_args(net, bus=bus)
     return cmd
 
 
@@ -224,6 +229,7 @@ class RunResult:
     seconds: float | None
     console: bytes
     exit_code: int | None
+    cpu: float | None = None        # QEMU's CPU seconds when the marker came (under TCG: what the boot cost)
 
 
 def run_until(cmd: list[str], marker: bytes, timeout: float) -> RunResult:
@@ -231,5 +237,16 @@ def run_until(cmd: list[str], marker: bytes, timeout: float) -> RunResult:
     (the floor's init does so itself) or kills it."""
     with Machine(cmd) as m:
         seconds = m.wait_for(marker, timeout)
+        cpu = process_cpu_seconds(m.proc.pid) if seconds is not None else None
         code = m.wait_exit(10)
-        return RunResult(seconds, bytes(m.console), code)
+        return RunResult(seconds, bytes(m.console), code, cpu)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process, or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -307,3 +307,17 @@ def test_boot_asks_for_the_memory_the_image_was_built_for(tmp_path):
     manifest.write_text(json.dumps({"kernel": {"memory_mb": make_image.MEMORY_MB["debian"]}}))
     assert boot.built_for_memory(manifest) == make_image.MEMORY_MB["debian"]
     assert boot.built_for_memory(tmp_path / "missing.json") == 128
+
+
+def test_qemu_command_names_the_machines_virtio_bus(tmp_path):
+    """pc (the default) gets virtio PCI devices and no -M; microvm, which has
+    no PCI bus, the virtio-mmio ones (QEMU refuses a -pci device there)."""
+    import qemu
+    kernel, initrd = tmp_path / "k", tmp_path / "i"
+    pc = qemu.command(kernel, initrd, accel="tcg", net=qemu.Tap("tap0"))
+    assert "-M" not in pc
+    assert "virtio-rng-pci" in pc and "virtio-net-pci,netdev=n0" in pc
+    micro = qemu.command(kernel, initrd, accel="tcg", net=qemu.Tap("tap0"), machine="microvm,acpi=off")
+    assert micro[micro.index("-M") + 1] == "microvm,acpi=off"
+    assert "virtio-rng-device" in micro and "virtio-net-device,netdev=n0" in micro
+    assert not any("-pci" in word for word in micro)
