@@ -32,8 +32,10 @@ TP_STATUS_COPY = 2          # RX: too long for its slot, whole in the socket's q
 TP_STATUS_CSUMNOTREADY = 8
 TP_STATUS_SEND_REQUEST = 1  # TX: ours, for the kernel to send
 AUXDATA_SIZE = 20          # struct tpacket_auxdata
+_CONTROL = socket.CMSG_SPACE(AUXDATA_SIZE)    # room for the auxdata, asked of every recvmsg
 # struct tpacket2_hdr (32 bytes): tp_status, tp_len, tp_snaplen (u32), tp_mac, tp_net (u16), ...
 _HDR = struct.Struct("=IIIHH")
+_LEN = struct.Struct("=I")          # one of its u32 fields: tp_status, tp_len
 # where a TX frame's bytes begin in its slot: TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)
 TX_DATA = 32
 # the struct sockaddr_ll that follows the header in an RX slot: its sll_pkttype
@@ -128,7 +130,7 @@ class PacketLink:
     def _take_queued(self) -> bool:
         """One frame from the socket's queue into the stack; False when there is none."""
         try:
-            frame, ancillary, _flags, address = self.sock.recvmsg(65536, socket.CMSG_SPACE(AUXDATA_SIZE))
+            frame, ancillary, _flags, address = self.sock.recvmsg(65536, _CONTROL)
         except OSError:                     # EAGAIN (nothing left) or the device went away
             return False
         if address[2] == PACKET_OUTGOING:   # our own frames echo back on ETH_P_ALL
@@ -160,8 +162,8 @@ class PacketLink:
                     self.frames_too_long += 1
                     self._take_queued()
                     continue
-                frame = ring[at + mac:at + mac + snapped]
-                outgoing = ring[at + RX_PKTTYPE] == PACKET_OUTGOING
+                outgoing = ring[at + RX_PKTTYPE] == PACKET_OUTGOING     # ETH_P_ALL sees those: not copied
+                frame = b"" if outgoing else ring[at + mac:at + mac + snapped]
                 ring[at:at + 4] = b"\0\0\0\0"           # the slot back to the kernel, the frame copied out
                 self._rx = (self._rx + 1) % RX_SLOTS
                 if outgoing:
@@ -188,7 +190,7 @@ class PacketLink:
             return True
         size = len(frame)
         at = (RX_SLOTS + self._tx) * SLOT
-        if size > SLOT - TX_DATA or _HDR.unpack_from(ring, at)[0] != TP_STATUS_KERNEL:
+        if size > SLOT - TX_DATA or _LEN.unpack_from(ring, at)[0] != TP_STATUS_KERNEL:
             return False      # too long for a slot, or the ring is full: dropped, as a NIC would
         ring[at + TX_DATA:at + TX_DATA + size] = frame
         _LEN.pack_into(ring, at + 4, size)
@@ -216,9 +218,6 @@ class PacketLink:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-
-
-_LEN = struct.Struct("=I")
 
 
 def _map_rings(sock: socket.socket) -> mmap.mmap:
