@@ -18,6 +18,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+from netstack.link.packet import ETH_P_ALL, PACKET_OUTGOING
 from netstack.link.tap import TapLink
 
 _UDP_TO_53 = b"\x08\x00"
@@ -32,10 +33,9 @@ def serve(tap: str) -> None:
 
 
 def serve_packet(ifname: str) -> None:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     sock.bind((ifname, 0))
     recvfrom = sock.recvfrom
-    PACKET_OUTGOING = 4
 
     def read() -> bytes:
         frame, address = recvfrom(2048)
