@@ -1,4 +1,4 @@
-"""``python -m bench boot [--runs N] [--cpu MODEL ...] [LABEL=]FOLDER[@CPU] ...``: seconds
+"""``python -m bench boot [--runs N] [--cpu MODEL ...] [--machine M ...] [LABEL=]FOLDER[@CPU] ...``: seconds
 from QEMU's start to the first DNS answer for image folders (each holding a
 dns.vmlinuz and dns.initrd; default images/), booted in turn, round after
 round, so that the noise of shared cores falls on each alike. Each boot runs
@@ -15,6 +15,11 @@ load average. Needs root and QEMU; not run by plain ``python -m bench``.
     .venv/bin/python -m bench boot --cpu max --cpu qemu64 images
     .venv/bin/python -m bench boot before=/tmp/old/images@max after=images
     .venv/bin/python -m bench boot --append '' --append quiet images
+    .venv/bin/python -m bench boot --machine pc --machine microvm images
+
+The machine is qemu.py's default for each folder's kernel (microvm for the
+appliance's own, as its manifest says) unless ``--machine`` names it; an
+image from before the appliance's kernel had virtio-mmio needs ``--machine pc``.
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def phases(console: bytes) -> dict[str, float]:
     return out
 
 
-def boot(folder: Path, *, memory: int, cpu: str | None, append: str = "") -> Boot:
+def boot(folder: Path, *, memory: int, cpu: str | None, append: str = "", machine: str | None = None) -> Boot:
     import dns.message
     import dns.query
     import qemu
@@ -74,7 +79,8 @@ def boot(folder: Path, *, memory: int, cpu: str | None, append: str = "") -> Boo
     with Namespace("bootbench") as ns:
         ns.add_tap("tap0", f"{HOST}/24")
         cmd = qemu.command(folder / "dns.vmlinuz", folder / "dns.initrd", memory=memory, net=qemu.Tap("tap0"),
-                           cpu=cpu, append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} printk.time=1 {append}".strip())
+                           cpu=cpu, machine=machine,
+                           append=f"ipv4={GUEST}/24 ipv4-gateway={HOST} printk.time=1 {append}".strip())
         with qemu.Machine(cmd, prefix=("ip", "netns", "exec", ns.name)) as vm:
             deadline = time.monotonic() + TIMEOUT
             while time.monotonic() < deadline and vm.proc.poll() is None:
@@ -108,6 +114,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--append", action="append",
                     help="more kernel command-line words, e.g. quiet (repeat to compare; '' for none). The "
                          "kernel's phases need its info lines: with quiet only PID 1's and the answer show")
+    ap.add_argument("--machine", action="append",
+                    help="QEMU -M, e.g. pc or microvm (repeat to compare; default qemu.py's for each kernel)")
     args, _ = ap.parse_known_args(argv)
     if os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None:
         print("bench boot: needs root (a namespace with a tap) and qemu-system-x86_64", file=sys.stderr)
@@ -120,16 +128,17 @@ def main(argv: list[str]) -> int:
         folder, at, own_cpu = folder.partition("@")
         for cpu in [own_cpu] if at else args.cpu or [None]:
             for words in args.append or [""]:
-                variants.append((f"{label}{f' -cpu {cpu}' if cpu else ''}{f' +{words}' if words else ''}",
-                                 Path(folder), cpu, words))
-    results: dict[str, list[Boot]] = {label: [] for label, _, _, _ in variants}
+                for machine in args.machine or [None]:
+                    variants.append((f"{label}{f' -M {machine}' if machine else ''}{f' -cpu {cpu}' if cpu else ''}"
+                                     f"{f' +{words}' if words else ''}", Path(folder), cpu, words, machine))
+    results: dict[str, list[Boot]] = {label: [] for label, *_ in variants}
     load = os.getloadavg()
     print(f"bench boot: -m {args.memory}, {args.runs} rounds, load average {load[0]:.2f} {load[1]:.2f}")
     print(f"  {'':<22} {' '.join(f'{c:>5}' for c in COLUMNS[:-1])} {COLUMNS[-1]:>6} {'cpu':>6}"
           "   (guest s since boot; answer: host s since QEMU started; cpu: QEMU's CPU s until the answer)")
     for _ in range(args.runs):
-        for label, folder, cpu, words in variants:
-            b = boot(folder, memory=args.memory, cpu=cpu, append=words)
+        for label, folder, cpu, words, machine in variants:
+            b = boot(folder, memory=args.memory, cpu=cpu, append=words, machine=machine)
             results[label].append(b)
             print(row(label, b), flush=True)
     print("medians:")

@@ -20,7 +20,10 @@ on 127.0.0.1:9153 to its operator's port (/metrics, the dashboard).
 an address on the appliance's subnet, and --user otherwise.
 
 In the console: Ctrl-A X quits QEMU at once; Ctrl-A C opens the QEMU monitor,
-where ``sendkey ctrl-alt-delete`` powers the appliance off cleanly.
+where ``system_powerdown`` (the ACPI power button) powers the appliance's
+kernel off cleanly, on microvm (its default) and on pc; on pc ``sendkey
+ctrl-alt-delete`` does too, and is the one for ``KERNEL=debian`` (Debian's
+ACPI button driver is a module PID 1 does not load).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import argparse
 import ipaddress
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--append", default="", help="more kernel command-line words, e.g. 'forward=192.0.2.1'")
     ap.add_argument("--kernel", type=Path, default=qemu.IMAGES / "dns.vmlinuz")
     ap.add_argument("--initrd", type=Path, default=qemu.IMAGES / "dns.initrd")
+    ap.add_argument("--machine", help="QEMU -M (default: microvm for the appliance's kernel, pc for Debian's)")
     ap.add_argument("--print", action="store_true", help="print the QEMU command instead of running it")
     args = ap.parse_args(argv)
     if args.tap:
@@ -129,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         args.memory = built_for_memory(args.kernel.parent / "dns.manifest.json")
     appliance = configured()
     net, options, hint = plan(args, appliance)
+    machine = args.machine or qemu.default_machine(args.kernel)
     cmd = qemu.command(args.kernel, args.initrd, memory=args.memory, net=net,
-                       append=f"{options} {args.append}".strip(), console_on_stdio=True)
+                       append=f"{options} {args.append}".strip(), console_on_stdio=True, machine=machine)
+    power_off = "system_powerdown" if machine.startswith(qemu.MICROVM) else "sendkey ctrl-alt-delete"
     if args.print:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return 0
-    print(f"boot: {' '.join(cmd)}", file=sys.stderr)
+    print(f"boot: {shlex.join(cmd)}", file=sys.stderr)
     print(f"boot: once it says 'ready', try:  {hint}", file=sys.stderr)
-    print("boot: Ctrl-A X quits; Ctrl-A C, then `sendkey ctrl-alt-delete`, powers off cleanly", file=sys.stderr)
+    print(f"boot: Ctrl-A X quits; Ctrl-A C, then `{power_off}`, powers off cleanly", file=sys.stderr)
     sys.stderr.flush()
     os.execvp(cmd[0], cmd)
 

@@ -246,11 +246,16 @@ def test_boot_without_a_tap_uses_user_networking_and_keeps_upstreams_local(monke
     assert hint.startswith("dig @192.168.1.2 ")
 
 
-def test_crng_time_is_read_from_the_kernel_log():
-    log = ["6,1,0,-;Linux version 6.1.0", "5,233,81024,-;random: crng init done", "6,300,3440878,-;Run /init"]
-    assert init.crng_ready_at(log) == pytest.approx(0.081024)
-    assert init.crng_ready_at(["6,1,0,-;Linux version", "garbage", "5,2,x,-;random: crng init done"]) is None
-    assert init.crng_ready_at([]) is None
+def test_the_rng_counts_as_ready_only_when_the_kernel_said_so_before_running_init():
+    ready_early = ["6,1,0,-;Linux version 6.1.0", "5,48,37686,-;random: crng init done",
+                   "6,300,2779492,-;Run /init as init process"]
+    assert init.rng_ready_before_init(ready_early)
+    # ready only after /init ran: the interpreter's hash seed came from an unready RNG
+    ready_late = ["6,1,0,-;Linux version 6.1.0", "6,300,2779492,-;Run /init as init process",
+                  "5,301,2900000,-;random: crng init done"]
+    assert not init.rng_ready_before_init(ready_late)
+    assert not init.rng_ready_before_init(["6,1,0,-;Linux version", "garbage"])
+    assert not init.rng_ready_before_init([])
 
 
 # -- PID 1 and the link on a kernel without an IP stack ------------------------------
@@ -321,3 +326,23 @@ def test_qemu_command_names_the_machines_virtio_bus(tmp_path):
     assert micro[micro.index("-M") + 1] == "microvm,acpi=off"
     assert "virtio-rng-device" in micro and "virtio-net-device,netdev=n0" in micro
     assert not any("-pci" in word for word in micro)
+    # under TCG the kernel is told the TSC's rate (microvm has nothing to calibrate it against)
+    words = micro[micro.index("-append") + 1].split()
+    assert "tsc=reliable" in words and "tsc=reliable" not in pc[pc.index("-append") + 1].split()
+    khz = qemu.host_tsc_khz()
+    if khz is not None:
+        assert f"tsc_early_khz={khz}" in words and 100_000 < khz < 10_000_000
+
+
+def test_the_appliances_kernel_boots_on_microvm_and_any_other_on_pc(tmp_path):
+    import json
+
+    import qemu
+    for kind, machine in (("appliance", qemu.MICROVM), ("debian", qemu.PC)):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "dns.manifest.json").write_text(json.dumps({"kernel": {"kind": kind}}))
+        assert qemu.default_machine(folder / "dns.vmlinuz") == machine
+        cmd = qemu.command(folder / "dns.vmlinuz", folder / "dns.initrd", accel="tcg", net=None)
+        assert (cmd[cmd.index("-M") + 1] if "-M" in cmd else qemu.PC) == machine
+    assert qemu.default_machine(tmp_path / "no-manifest" / "vmlinuz") == qemu.PC
