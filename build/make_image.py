@@ -51,6 +51,7 @@ sys.path.insert(0, str(BUILD))
 import compiled  # noqa: E402
 import cpio  # noqa: E402
 import elf  # noqa: E402
+import init as pid1  # noqa: E402
 import kernel as appliance_kernel  # noqa: E402
 import packages  # noqa: E402
 import xen  # noqa: E402
@@ -370,12 +371,14 @@ def package_sources(base: Path, package: str) -> list[Path]:
 
 
 def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip: bytes, tmp: Path,
-                  loose: list[tuple[str, bytes]] | None = None) -> None:
+                  loose: list[tuple[str, bytes]] | None = None) -> bytes:
     """Runs list-imports again with nothing but what the image will hold:
     the two zips, the chosen extension modules, and what lies loose under
     /app (``loose``: the compiled hot path). A module the selection
     missed fails the build here rather than the boot; then DNSSEC's verifier
-    checks signatures made by the host's openssl."""
+    checks signatures made by the host's openssl. Returns the table of the
+    source text that dataclasses and namedtuples compiled meanwhile, compiled
+    (build/init.py's use_precompiled_sources: /app/precompiled-sources)."""
     home = tmp / "check" / "usr"
     (home / "lib" / packages.PYTHON / "lib-dynload").mkdir(parents=True)
     (home / "lib" / "python311.zip").write_bytes(stdlib_zip)
@@ -386,11 +389,13 @@ def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip:
         (tmp / "check" / "app" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "check" / "app" / name).write_bytes(data)
     app_path = f"{tmp / 'check' / 'app.zip'}:{tmp / 'check' / 'app'}"      # init.py's order: app.zip, /app
-    result = image_python(root, str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
+    # -X no_debug_ranges: the precompiled table's code without column tables, as the .pyc zips
+    result = image_python(root, "-X", "no_debug_ranges", str(BUILD / "init.py"), "list-imports", *SERVE_IMPORTS,
                           env={"PYTHONHOME": str(home),
                                "PYTHONPATH": app_path,
                                "DNS_APPLIANCE_IMPORT_ALL": "dns",
-                               "DNS_APPLIANCE_CONFIG": str(REPO / "config.py")})
+                               "DNS_APPLIANCE_CONFIG": str(REPO / "config.py"),
+                               pid1.PRECOMPILE_OUT: str(tmp / "precompiled-sources")})
     if result.returncode != 0 or result.stderr.strip():
         raise BuildError("the appliance does not import from the selected modules alone:\n"
                          f"{result.stderr.strip()[-3000:]}")
@@ -404,6 +409,7 @@ def check_imports(root: Path, stdlib_zip: bytes, extensions: list[str], app_zip:
                           env={"PYTHONHOME": str(home), "PYTHONPATH": app_path})
     if result.returncode != 0:
         raise BuildError(f"DNSSEC validation does not work in the image:\n{result.stderr.strip()[-3000:]}")
+    return (tmp / "precompiled-sources").read_bytes()
 
 
 def signatures_by_openssl(work: Path) -> list[list]:
@@ -664,7 +670,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
                     app_files.append((src, rel[:-3] + ".pyc", f"/app/{rel}"))
         app_files, loose = loose_app_packages(root, app_files, compiled_hot_path(), Path(tmp))
         app_zip = python_zip(root, app_files, Path(tmp) / "app.zip")
-        check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp), loose)
+        precompiled = check_imports(root, stdlib_zip, extensions, app_zip, Path(tmp), loose)
     progress.note(f"python311.zip {human(len(stdlib_zip))} ({len(stdlib_files)} modules), "
                   f"app.zip {human(len(app_zip))} ({len(app_files)} modules); "
                   + (f"loose under /app: netstack and unikernel, {len(compiled.MODULES)} modules compiled "
@@ -721,6 +727,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     # what /metrics reports as the image's inputs (dnsapp_build_info)
     add("config.py + data/", cpio.Entry("app/build-inputs", 0o100644, digest.encode()))
     add("config.py + data/", cpio.Entry("app/config.py", 0o100644, (REPO / "config.py").read_bytes()))
+    add("precompiled dataclass and namedtuple methods", cpio.Entry(pid1.PRECOMPILED.lstrip("/"), 0o100644, precompiled))
     for entry in cpio.entries_from_tree(REPO / "data"):
         add("config.py + data/", cpio.Entry(f"app/data/{entry.path}", entry.mode, entry.data))
     add("config.py + data/", cpio.directory("app/data"))

@@ -13,7 +13,6 @@ import inspect
 import ipaddress
 import logging
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import dns.tsig
 
-from netstack import ethernet, tls
+from netstack import ethernet
 from netstack.stack import Stack
 from unikernel import __version__
 from unikernel.config import (
@@ -66,6 +65,8 @@ if TYPE_CHECKING:
     # The parts a default appliance never builds (DNS over TLS, mDNS, zone
     # transfers out, NOTIFY) are imported by the function that builds each,
     # so that the VM's first answer does not wait for their imports.
+    import ssl
+
     from unikernel.resolver.tls_upstream import TlsUpstream
     from unikernel.transfer.notify import NotifyService
     from unikernel.transfer.outbound import TransferServer
@@ -198,7 +199,14 @@ def describe(appliance: Appliance, loaded: Loaded) -> list[str]:
 def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     """(context for tls:// upstreams, context for serving DNS over TLS), each
     None when not used; a CA bundle, certificate or key that cannot be loaded
-    is a ConfigError naming the file."""
+    is a ConfigError naming the file. ``ssl`` is imported here, by what uses
+    it: in the image it maps libssl and libcrypto, which the first answer
+    need not wait for (build/init.py imports asyncio without it)."""
+    if not (appliance.dot_cert or appliance.dot_key or any(is_tls_upstream(u) for u in appliance.forward)):
+        return None, None
+    import ssl
+
+    from netstack import tls
     client = server = None
     if any(is_tls_upstream(u) for u in appliance.forward):
         ca = appliance.upstream_ca

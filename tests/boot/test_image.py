@@ -8,8 +8,10 @@ plain byte search rather than by the builder's ELF reader.
 """
 from __future__ import annotations
 
+import marshal
 import stat
 import subprocess
+import sys
 import zipfile
 from io import BytesIO
 
@@ -133,6 +135,10 @@ def test_initramfs_contents(image):
     assert bundle.count(b"-----BEGIN CERTIFICATE-----") > 100
     for n in names[:20]:
         assert int.from_bytes(stdlib.read(n)[4:8], "little") == 0b01
+    # the methods dataclasses and namedtuples compile at import come compiled (init.PRECOMPILED)
+    table = marshal.loads(members[init.PRECOMPILED.lstrip("/")][1])
+    assert len(table) > 100 and {mode for mode, _ in table} == {"exec", "eval"}
+    assert any("def __init__(self" in text for _, text in table)
 
     app = zipfile.ZipFile(BytesIO(members["app/app.zip"][1])).namelist()
     assert "dns/message.pyc" in app
@@ -256,6 +262,95 @@ def test_the_rng_counts_as_ready_only_when_the_kernel_said_so_before_running_ini
     assert not init.rng_ready_before_init(ready_late)
     assert not init.rng_ready_before_init(["6,1,0,-;Linux version", "garbage"])
     assert not init.rng_ready_before_init([])
+
+
+PRECOMPILE_PROGRAM = """
+import collections, dataclasses, sys
+sys.path.insert(0, sys.argv[1])
+import init
+seen = init.record_compiled_sources() if sys.argv[2] == "record" else None
+held = init.use_precompiled_sources(sys.argv[3]) if sys.argv[2] == "use" else None
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int = 2
+    tags: tuple = dataclasses.field(default_factory=tuple)
+
+Pair = collections.namedtuple("Pair", "left right")
+if seen is not None:
+    init.write_compiled_sources(seen, sys.argv[3])
+    print(len(seen))
+else:
+    p = Point(1)
+    print(held, repr(p), p == Point(1, 2), hash(p) == hash(Point(1)), Pair(1, right=2), Pair._fields)
+"""
+
+
+def run_precompile_program(tmp_path, *args: str) -> str:
+    program = tmp_path / "program.py"
+    program.write_text(PRECOMPILE_PROGRAM)
+    return subprocess.run([sys.executable, str(program), str(make_image.BUILD), *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_precompiled_sources_behave_as_the_compiled_text(tmp_path):
+    table = tmp_path / "table"
+    # Point's __init__, __repr__, __eq__, __hash__, __setattr__, __delattr__; Pair's __new__
+    assert int(run_precompile_program(tmp_path, "record", str(table))) >= 6
+    with_table = run_precompile_program(tmp_path, "use", str(table))
+    without = run_precompile_program(tmp_path, "plain", str(table))
+    assert with_table.split(" ", 1)[1] == without.split(" ", 1)[1]
+    assert with_table.startswith(("6 ", "7 ", "8 ")) and without.startswith("None ")
+    assert "Point(x=1, y=2, tags=()) True True Pair(left=1, right=2) ('left', 'right')" in with_table
+
+
+def test_precompiled_sources_are_what_runs(tmp_path):
+    """The hook really takes the table's code: a table whose entry for a
+    text holds other code changes what the class does; a text not in the
+    table compiles as before; no table, nothing replaced."""
+    table_path = tmp_path / "table"
+    run_precompile_program(tmp_path, "record", str(table_path))
+    table = marshal.loads(table_path.read_bytes())
+    repr_text = next(text for mode, text in table if "def __repr__(self" in text)
+    forged = repr_text.replace("return self.__class__.__qualname__", "return 'forged' or self.__class__.__qualname__")
+    assert forged != repr_text
+    table[("exec", repr_text)] = compile(forged, "<string>", "exec", dont_inherit=True)
+    init_text = next(text for mode, text in table if "def __init__(self" in text)
+    del table[("exec", init_text)]
+    table_path.write_bytes(marshal.dumps(table))
+    out = run_precompile_program(tmp_path, "use", str(table_path))
+    assert " forged " in out and " True True " in out         # repr forged; __init__ compiled as before
+    assert run_precompile_program(tmp_path, "use", str(tmp_path / "missing")).startswith("0 ")
+
+
+STAGE_TWO_IMPORTS = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[3]]
+import init
+init.import_asyncio_without_ssl()
+import asyncio, asyncio.base_events, asyncio.sslproto
+from netstack.link.packet import PacketLink
+from unikernel.cli import parse_serve
+from unikernel.config import load
+from unikernel.main import check, serve
+check(parse_serve([], load(sys.argv[2])))
+loaded = sorted(m for m in ("ssl", "_ssl", "netstack.tls", "unikernel.resolver.tls_upstream") if m in sys.modules)
+print(loaded, asyncio.base_events.ssl, asyncio.sslproto.ssl)
+from netstack import tls
+print(type(tls.client_context()).__name__)
+"""
+
+
+def test_stage_two_imports_without_ssl(tmp_path):
+    """What stage 2 imports for the default appliance leaves ssl (libssl,
+    libcrypto) unloaded until something uses it, and DNS over TLS still
+    gets it when it does."""
+    program = tmp_path / "program.py"
+    program.write_text(STAGE_TWO_IMPORTS)
+    out = subprocess.run([sys.executable, str(program), str(make_image.BUILD), str(make_image.REPO / "config.py"),
+                          str(make_image.REPO)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[] None None", "SSLContext"]
 
 
 # -- PID 1 and the link on a kernel without an IP stack ------------------------------

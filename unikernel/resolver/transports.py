@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.rdataclass
 
 from unikernel.resolver.stub import DEFAULT_PAYLOAD, Reply, StubResolver
-from unikernel.resolver.tls_upstream import TlsUpstream
+
+if TYPE_CHECKING:
+    # only an appliance with tls:// upstreams makes one (unikernel.main), and
+    # its module imports ssl, which the others need not load
+    from unikernel.resolver.tls_upstream import TlsUpstream
 
 
 class UpstreamTransports:

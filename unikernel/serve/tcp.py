@@ -33,11 +33,15 @@ import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from netstack.tcp.connection import Connection
 from netstack.tcp.layer import TcpLayer
 from netstack.tcp.stream import wrap
-from netstack.tls import ByteStreamWriter
+
+if TYPE_CHECKING:
+    # a type only: netstack.tls imports ssl, which plain TCP does not need
+    from netstack.tls import ByteStreamWriter
 
 log = logging.getLogger(__name__)
 
