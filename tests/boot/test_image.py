@@ -441,3 +441,18 @@ def test_the_appliances_kernel_boots_on_microvm_and_any_other_on_pc(tmp_path):
         cmd = qemu.command(folder / "dns.vmlinuz", folder / "dns.initrd", accel="tcg", net=None)
         assert (cmd[cmd.index("-M") + 1] if "-M" in cmd else qemu.PC) == machine
     assert qemu.default_machine(tmp_path / "no-manifest" / "vmlinuz") == qemu.PC
+
+
+def test_qemu_runs_tcg_unless_kvm_is_asked_for(monkeypatch):
+    """A /dev/kvm that opens (and even one that starts a paused guest) does
+    not mean KVM boots one: on such a host every boot died in the kernel's
+    first XRSTOR. TCG is the default; KVM only when asked for."""
+    import qemu
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: True)      # a /dev/kvm that opens
+    passed = subprocess.CompletedProcess([], 0, b"", b"")                # ... and a paused guest that quits
+    monkeypatch.setattr(qemu.subprocess, "run", lambda *args, **kwargs: passed)
+    monkeypatch.delenv("DNS_APPLIANCE_ACCEL", raising=False)
+    assert qemu.accelerator() == "tcg"
+    assert "tcg" in qemu.command(qemu.IMAGES / "k", qemu.IMAGES / "i")
+    monkeypatch.setenv("DNS_APPLIANCE_ACCEL", "kvm")
+    assert qemu.accelerator() == "kvm"
