@@ -161,6 +161,19 @@ class Stack:
         and counts; so this path never decides a drop."""
         if len(frame) < 42 or frame[12:14] != _TYPE_IPV4 or frame[14] != 0x45 or frame[23] != 17:
             return False
+        # declared, since unpack_from's fields are Any: compiled, the arithmetic
+        # below is then on native integers, not the generic number protocol
+        dst_mac: bytes
+        src_mac: bytes
+        total_len: int
+        flags_offset: int
+        ttl: int
+        src: int
+        dst: int
+        src_port: int
+        dst_port: int
+        length: int
+        checksum: int
         (dst_mac, src_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
@@ -178,7 +191,8 @@ class Stack:
             body = int.from_bytes(frame[34:end], "big")
             if length & 1:
                 body <<= 8
-            if (body + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length) % 0xFFFF:
+            # the header's share summed first, in small integers, then one add to the payload's
+            if (body + ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length)) % 0xFFFF:
                 return False
         self._delivered.count += 1
         if handler is not None:
