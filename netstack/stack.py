@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
 
 from . import arp as arp_mod
@@ -44,6 +45,20 @@ _PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
 _UDP_FRAME_HEAD = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
 
 
+def _before_start() -> float:
+    return 0.0
+
+
+def _loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The loop's time as a callable: ``time.monotonic`` itself when the
+    loop's ``time`` is asyncio's own (which returns just that), so a read is
+    one C call rather than a method lookup and a Python frame (now() runs
+    twice an answer: the ARP lookup, the statistics' arrival)."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
+
+
 class Stack:
     def __init__(self, link: Link, ipv4: ipaddress.IPv4Interface | str,
                  gateway: ipaddress.IPv4Address | str | None = None, *, mtu: int = 1500,
@@ -64,7 +79,8 @@ class Stack:
         self.counters = Counters()
         # counted on every datagram delivered: a plain integer (Counters.tally)
         self._delivered = self.counters.tally("udp.delivered")
-        self._clock = clock
+        # what now() reads: the clock given, else the loop's once started (0.0 before)
+        self._clock: Callable[[], float] = clock or _before_start
         self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
         # own-subnet source -> datagrams from the gateway's MAC held until ARP
@@ -88,14 +104,14 @@ class Stack:
 
     # -- life cycle ---------------------------------------------------------------
     def now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        return self._loop.time() if self._loop is not None else 0.0
+        return self._clock()
 
     async def start(self) -> None:
         """Attaches the link to the running loop, announces our address and
         starts the timer tick."""
         self._loop = asyncio.get_running_loop()
+        if self._clock is _before_start:
+            self._clock = _loop_clock(self._loop)
         self.link.attach(self._loop, self.receive)
         self._send_arp(ethernet.BROADCAST, self.arp.announcement())
         self._timer = self._loop.call_later(TICK_INTERVAL, self._tick)
