@@ -19,6 +19,7 @@ import random
 import struct
 import time
 from collections.abc import Callable
+from typing import Final
 
 from . import arp as arp_mod
 from . import ethernet, icmp, igmp, udp
@@ -31,18 +32,19 @@ from .tcp.layer import TcpLayer
 log = logging.getLogger("netstack")
 
 TICK_INTERVAL = 0.05
-_TYPE_IPV4 = ethernet.TYPE_IPV4.to_bytes(2, "big")
-_TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
+# Final, as the struct formats below: compiled, C globals, not dict lookups
+_TYPE_IPV4: Final = ethernet.TYPE_IPV4.to_bytes(2, "big")
+_TYPE_ARP: Final = ethernet.TYPE_ARP.to_bytes(2, "big")
 # Own-subnet sources behind the gateway's MAC whose datagrams wait while ARP
 # says who holds the address, and datagrams held for each.
 UNVERIFIED_SOURCES = 16
 UNVERIFIED_QUEUE = 4
 # Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
-_PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
+_PLAIN_UDP: Final = struct.Struct("!6s6s4xHxxHBxxxII4H")
 # A whole UDP frame's headers, packed at once: Ethernet destination, source
 # and type; IPv4 without options (total length, ident, TTL, checksum,
 # addresses); UDP (ports, length, checksum).
-_UDP_FRAME_HEAD = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
+_UDP_FRAME_HEAD: Final = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
 
 
 def _before_start() -> float:
