@@ -73,6 +73,7 @@ import dns.rdatatype
 import dns.renderer
 import dns.tsig
 
+from netstack.tally import Tally
 from unikernel import wire
 from unikernel.ops.stats import Observe
 from unikernel.process import (
@@ -160,9 +161,10 @@ class DnsServer:
         self.kept_bytes = 0               # what the kept answers cost, by _kept_cost
         self.max_pending = max_pending
         self.counters = stack.counters
-        # counted on every hit: a plain integer (netstack.counters.Counters.tally)
-        self._fast_hits = stack.counters.tally("dns.fast.hit")
-        self._lookup_hits = stack.counters.tally("dns.fast.lookup_hit")
+        # counted on every hit: a plain integer (netstack.counters.Counters.tally);
+        # declared, as ``stack`` is not: compiled, a native field's increment
+        self._fast_hits: Tally = stack.counters.tally("dns.fast.hit")
+        self._lookup_hits: Tally = stack.counters.tally("dns.fast.lookup_hit")
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
         # and max_kept_bytes), with what answered them; served by wire.patch_kept.
