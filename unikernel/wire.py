@@ -207,9 +207,9 @@ def patch_kept(kept: KeptAnswer, query: bytes, name_end: int, ra: bool | None = 
     ident = query[0] << 8 | query[1]
     flags = (kept.rd_cleared | (query[2] & _RD)) << 8 | low
     head = _ID_FLAGS.pack(ident, flags)
-    if query.startswith(kept.name, HEADER_SIZE):
-        return head + kept.tail, kept.tail_sum + ident + flags
     name = query[HEADER_SIZE:name_end]
+    if name == kept.name:
+        return head + kept.tail, kept.tail_sum + ident + flags
     tail = kept.tail
     # the name's bytes change, so does their share of the sum (a negative
     # sum is as good as any congruent one)
