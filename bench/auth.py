@@ -49,6 +49,7 @@ from bench.common import (
     dnsperf,
     median,
     percentile,
+    server_link,
     verdict,
     wait_for_answer,
 )
@@ -138,14 +139,8 @@ def run(seconds: float = 5, rounds: int = 3, names: int = 3000, queries: int = 2
         appliance = ns.popen(*command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nsd = ns.popen("nsd", "-d", "-c", str(nsd_config(work, {ORIGIN: zone})),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if link == "tap":
-            ns.add_tap("tap1", BARE_HOST_SIDE)
-            ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", "tap1")
-            bare_on: tuple[str, ...] = ("tap1",)
-        else:
-            ns.add_veth("veth2", "veth3", BARE_HOST_SIDE)
-            ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", "veth2")
-            bare_on = ("--packet", "veth3")
+        kernel_side, bare_on = server_link(ns, link, BARE_HOST_SIDE, number=1)
+        ns.ip("neigh", "add", BARE, "lladdr", BARE_MAC, "dev", kernel_side)
         bare = ns.popen(PYTHON, "-m", "bench.bare", *bare_on, cwd=str(ROOT), stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
         servers = {"appliance": (APPLIANCE, appliance.pid), "nsd": ("127.0.0.1", nsd.pid),

@@ -1,6 +1,6 @@
 """The floor: a bare responder on a tap, the least Python a reply can cost.
 
-``python -m bench.bare TAP`` reads frames from the tap (blocking reads, no
+``python -m bench.bare [--tap] TAP`` reads frames from the tap (blocking reads, no
 event loop; ``python -m bench.bare --packet IFNAME``: from an AF_PACKET
 socket on the interface, recv and send, a system call a frame, as the
 appliance's link does without its rings) and writes each UDP query to port 53 back at once as its own
@@ -54,7 +54,8 @@ def answer(read: Callable[[], bytes], write: Callable[[bytes], object]) -> None:
 
 
 if __name__ == "__main__":
+    # bench.common.server_link's flags: --tap TAP or --packet IFNAME (a bare TAP too)
     if sys.argv[1] == "--packet":
         serve_packet(sys.argv[2])
     else:
-        serve(sys.argv[1])
+        serve(sys.argv[2] if sys.argv[1] == "--tap" else sys.argv[1])

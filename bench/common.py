@@ -120,16 +120,29 @@ def rss_bytes(pid: int) -> int:
 LINKS = ("tap", "packet", "packet-norings")
 
 
-def appliance_link(ns, link: str, host_side: str) -> tuple[str, ...]:
-    """Makes the appliance's link in `ns` (the kernel's side addressed
-    `host_side`) and returns the serve flags that attach to it."""
-    if link == "tap":
-        ns.add_tap("tap0", host_side)
-        return ("--tap", "tap0")
+def server_link(ns, link: str, host_side: str, number: int = 0) -> tuple[str, tuple[str, ...]]:
+    """Makes a server's link in `ns`, the kernel's side addressed
+    `host_side`: a tap ``tap<number>``, or a veth pair whose kernel end is
+    ``veth<2 number>`` and whose server end ``veth<2 number + 1>``. Returns
+    the kernel's device and the flags that attach a server to the other end
+    (``--tap NAME`` or ``--packet NAME``: the appliance's and bench/bare.py's)."""
     if link not in LINKS:
         raise BenchError(f"no link {link!r}: one of {', '.join(LINKS)}")
-    ns.add_veth("veth0", "veth1", host_side)
-    return ("--packet", "veth1", "--packet-rings", "no" if link == "packet-norings" else "yes")
+    if link == "tap":
+        ns.add_tap(f"tap{number}", host_side)
+        return f"tap{number}", ("--tap", f"tap{number}")
+    kernel_side, server_side = f"veth{2 * number}", f"veth{2 * number + 1}"
+    ns.add_veth(kernel_side, server_side, host_side)
+    return kernel_side, ("--packet", server_side)
+
+
+def appliance_link(ns, link: str, host_side: str) -> tuple[str, ...]:
+    """Makes the appliance's link in `ns` (:func:`server_link`) and returns
+    the serve flags that attach to it, the rings' choice included."""
+    _, flags = server_link(ns, link, host_side)
+    if link == "tap":
+        return flags
+    return (*flags, "--packet-rings", "no" if link == "packet-norings" else "yes")
 
 
 def appliance_command(*flags: str) -> list[str]:

@@ -62,7 +62,7 @@ PACKAGES = ("netstack", "unikernel")
 # netstack/counters.py: Counters subclasses collections.Counter, and compiled
 # its views over super() count wrong (tests/unit/test_counters.py fails).
 MODULES = ("netstack/link/tap.py", "netstack/link/packet.py",      # the unix target's link, the image's
-           "netstack/checksum.py", "netstack/ethernet.py", "netstack/arp.py", "netstack/ipv4.py",
+           "netstack/checksum.py", "netstack/tally.py", "netstack/ethernet.py", "netstack/arp.py", "netstack/ipv4.py",
            "netstack/udp.py", "netstack/stack.py",
            "unikernel/wire.py", "unikernel/serve/rrl.py", "unikernel/serve/server.py")
 GROUP = "hotpath"              # mypyc's shared library: hotpath__mypyc<suffix>

@@ -13,14 +13,9 @@ from collections import Counter
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
+from .tally import Tally
 
-class Tally:
-    """One counter as a plain integer, for the hot path."""
-
-    __slots__ = ("count",)
-
-    def __init__(self, count: int = 0) -> None:
-        self.count = count
+__all__ = ["Counters", "DropError", "Tally"]
 
 
 class Counters(Counter[str]):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import struct
+from typing import Final
 
-HEADER_LEN = 14
+# Final: inlined by mypyc where they are read (see ipv4.py)
+HEADER_LEN: Final = 14
 BROADCAST = b"\xff" * 6
-TYPE_IPV4 = 0x0800
-TYPE_ARP = 0x0806
+TYPE_IPV4: Final = 0x0800
+TYPE_ARP: Final = 0x0806
 
 _HEADER = struct.Struct("!6s6sH")
 

@@ -11,21 +11,23 @@ from __future__ import annotations
 import bisect
 import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from . import checksum as cksum
 from .counters import Counters, DropError
 
-MIN_HEADER_LEN = 20
-PROTO_ICMP = 1
-PROTO_IGMP = 2
-PROTO_TCP = 6
-PROTO_UDP = 17
-FLAG_DF = 0x4000
-FLAG_MF = 0x2000
-OFFSET_MASK = 0x1FFF
-MAX_DATAGRAM = 65535
-DEFAULT_TTL = 64
+# Final: mypyc inlines these where they are read, in every module compiled
+# with this one, rather than looking up a module attribute each time
+MIN_HEADER_LEN: Final = 20
+PROTO_ICMP: Final = 1
+PROTO_IGMP: Final = 2
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
+FLAG_DF: Final = 0x4000
+FLAG_MF: Final = 0x2000
+OFFSET_MASK: Final = 0x1FFF
+MAX_DATAGRAM: Final = 65535
+DEFAULT_TTL: Final = 64
 # Fragments kept per datagram (mirage-tcpip's bound); a 1500-byte MTU needs 45 for
 # the largest datagram, but DNS over UDP fits in a few and TCP sends with DF.
 MAX_FRAGMENTS = 16

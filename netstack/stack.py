@@ -17,7 +17,9 @@ import ipaddress
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
+from typing import Final
 
 from . import arp as arp_mod
 from . import ethernet, icmp, igmp, udp
@@ -30,18 +32,33 @@ from .tcp.layer import TcpLayer
 log = logging.getLogger("netstack")
 
 TICK_INTERVAL = 0.05
-_TYPE_IPV4 = ethernet.TYPE_IPV4.to_bytes(2, "big")
-_TYPE_ARP = ethernet.TYPE_ARP.to_bytes(2, "big")
+# Final, as the struct formats below: compiled, C globals, not dict lookups
+_TYPE_IPV4: Final = ethernet.TYPE_IPV4.to_bytes(2, "big")
+_TYPE_ARP: Final = ethernet.TYPE_ARP.to_bytes(2, "big")
 # Own-subnet sources behind the gateway's MAC whose datagrams wait while ARP
 # says who holds the address, and datagrams held for each.
 UNVERIFIED_SOURCES = 16
 UNVERIFIED_QUEUE = 4
 # Ethernet destination and source, then the IPv4 and UDP fields the hot path reads.
-_PLAIN_UDP = struct.Struct("!6s6s4xHxxHBxxxII4H")
+_PLAIN_UDP: Final = struct.Struct("!6s6s4xHxxHBxxxII4H")
 # A whole UDP frame's headers, packed at once: Ethernet destination, source
 # and type; IPv4 without options (total length, ident, TTL, checksum,
 # addresses); UDP (ports, length, checksum).
-_UDP_FRAME_HEAD = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
+_UDP_FRAME_HEAD: Final = struct.Struct("!6s6sHBBHHHBBHIIHHHH")
+
+
+def _before_start() -> float:
+    return 0.0
+
+
+def _loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The loop's time as a callable: ``time.monotonic`` itself when the
+    loop's ``time`` is asyncio's own (which returns just that), so a read is
+    one C call rather than a method lookup and a Python frame (now() runs
+    twice an answer: the ARP lookup, the statistics' arrival)."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 class Stack:
@@ -64,7 +81,8 @@ class Stack:
         self.counters = Counters()
         # counted on every datagram delivered: a plain integer (Counters.tally)
         self._delivered = self.counters.tally("udp.delivered")
-        self._clock = clock
+        # what now() reads: the clock given, else the loop's once started (0.0 before)
+        self._clock: Callable[[], float] = clock or _before_start
         self.arp = arp_mod.Arp(self.mac, self.address, self.counters, gateway=self.gateway)
         self.reassembler = ip4.Reassembler(self.counters)
         # own-subnet source -> datagrams from the gateway's MAC held until ARP
@@ -88,14 +106,14 @@ class Stack:
 
     # -- life cycle ---------------------------------------------------------------
     def now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        return self._loop.time() if self._loop is not None else 0.0
+        return self._clock()
 
     async def start(self) -> None:
         """Attaches the link to the running loop, announces our address and
         starts the timer tick."""
         self._loop = asyncio.get_running_loop()
+        if self._clock is _before_start:
+            self._clock = _loop_clock(self._loop)
         self.link.attach(self._loop, self.receive)
         self._send_arp(ethernet.BROADCAST, self.arp.announcement())
         self._timer = self._loop.call_later(TICK_INTERVAL, self._tick)
@@ -161,6 +179,19 @@ class Stack:
         and counts; so this path never decides a drop."""
         if len(frame) < 42 or frame[12:14] != _TYPE_IPV4 or frame[14] != 0x45 or frame[23] != 17:
             return False
+        # declared, since unpack_from's fields are Any: compiled, the arithmetic
+        # below is then on native integers, not the generic number protocol
+        dst_mac: bytes
+        src_mac: bytes
+        total_len: int
+        flags_offset: int
+        ttl: int
+        src: int
+        dst: int
+        src_port: int
+        dst_port: int
+        length: int
+        checksum: int
         (dst_mac, src_mac, total_len, flags_offset, ttl, src, dst, src_port, dst_port, length,
          checksum) = _PLAIN_UDP.unpack_from(frame)
         if (dst_mac != self.mac or dst != self.address or flags_offset & 0xBFFF or not ttl
@@ -178,7 +209,8 @@ class Stack:
             body = int.from_bytes(frame[34:end], "big")
             if length & 1:
                 body <<= 8
-            if (body + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length) % 0xFFFF:
+            # the header's share summed first, in small integers, then one add to the payload's
+            if (body + ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length)) % 0xFFFF:
                 return False
         self._delivered.count += 1
         if handler is not None:

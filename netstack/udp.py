@@ -4,12 +4,14 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Callable
+from typing import Final
 
 from . import checksum as cksum
 from .counters import Counters, DropError
 
-HEADER_LEN = 8
-PROTO_UDP = 17
+# Final: inlined by mypyc where they are read (see ipv4.py)
+HEADER_LEN: Final = 8
+PROTO_UDP: Final = 17
 EPHEMERAL = (1024, 65535)
 _HEADER = struct.Struct("!HHHH")
 

@@ -77,3 +77,36 @@ def test_the_forwarder_benchmarks_unbound_configuration_is_one_unbound_accepts(t
         text = conf.read_text()
         assert "forward-addr: 192.0.2.1@53" in text and "num-threads: 1" in text
         assert ("validator iterator" in text) == bool(options.get("validating"))
+
+
+class _RecordingNamespace:
+    """What server_link asks of a tests.netns.Namespace, written down."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple] = []
+
+    def add_tap(self, name: str, address: str) -> None:
+        self.made.append(("tap", name, address))
+
+    def add_veth(self, ours: str, theirs: str, address: str) -> None:
+        self.made.append(("veth", ours, theirs, address))
+
+
+def test_one_helper_makes_the_appliances_and_the_bare_responders_links():
+    import pytest
+
+    from bench.common import BenchError, appliance_link, server_link
+    from unikernel.cli import parse_serve
+    ns = _RecordingNamespace()
+    assert appliance_link(ns, "tap", "192.0.2.1/24") == ("--tap", "tap0")
+    assert appliance_link(ns, "packet-norings", "192.0.2.1/24") == ("--packet", "veth1", "--packet-rings", "no")
+    # the bare responder's, beside it: other devices, its own flags (bench/bare.py reads --tap and --packet)
+    assert server_link(ns, "tap", "198.51.100.1/24", number=1) == ("tap1", ("--tap", "tap1"))
+    assert server_link(ns, "packet", "198.51.100.1/24", number=1) == ("veth2", ("--packet", "veth3"))
+    assert ns.made == [("tap", "tap0", "192.0.2.1/24"), ("veth", "veth0", "veth1", "192.0.2.1/24"),
+                       ("tap", "tap1", "198.51.100.1/24"), ("veth", "veth2", "veth3", "198.51.100.1/24")]
+    # and the appliance accepts what it is given
+    serve = parse_serve([*appliance_link(ns, "packet", "192.0.2.1/24"), "--ipv4", "192.0.2.2/24"])
+    assert serve is not None
+    with pytest.raises(BenchError):
+        server_link(ns, "wifi", "192.0.2.1/24")

@@ -61,7 +61,7 @@ import ipaddress
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import dns.exception
 import dns.flags
@@ -73,6 +73,7 @@ import dns.rdatatype
 import dns.renderer
 import dns.tsig
 
+from netstack.tally import Tally
 from unikernel import wire
 from unikernel.ops.stats import Observe
 from unikernel.process import (
@@ -105,17 +106,20 @@ MAX_FORWARDED = 1024              # and those waiting on the forwarder; beyond, 
 # that got its query, in a microsecond or two, far under the latency
 # histogram's first bucket (100 us), so the clock is read once (for its
 # arrival), not twice to measure what no bucket can tell apart.
-FAST_LATENCY = 0.0
+FAST_LATENCY: Final = 0.0
 # Source ports never answered: 0 is no port, and echo (7), daytime (13),
 # chargen (19) and time (37) answer whatever they are sent, so a query forged
 # from one of them would start a loop of packets between it and us.
-BAD_SOURCE_PORTS = frozenset({0, 7, 13, 19, 37})
+BAD_SOURCE_PORTS: Final = frozenset({0, 7, 13, 19, 37})
 
 # (key, src_ip, now) -> an answer for the key kept with its sums (the cache's,
 # TTLs counted down to now), served as the static ones are, or None
 FastLookup = Callable[[bytes, int, float], "wire.KeptAnswer | None"]
 # where a kept answer is: probation, or protected with its reference bit clear or set
-_PROBATION, _PROTECTED, _REFERENCED = 0, 1, 2
+# (Final: compiled, inlined where read, as wire's constants are)
+_PROBATION: Final = 0
+_PROTECTED: Final = 1
+_REFERENCED: Final = 2
 
 
 class _Kept(wire.KeptAnswer):
@@ -157,9 +161,10 @@ class DnsServer:
         self.kept_bytes = 0               # what the kept answers cost, by _kept_cost
         self.max_pending = max_pending
         self.counters = stack.counters
-        # counted on every hit: a plain integer (netstack.counters.Counters.tally)
-        self._fast_hits = stack.counters.tally("dns.fast.hit")
-        self._lookup_hits = stack.counters.tally("dns.fast.lookup_hit")
+        # counted on every hit: a plain integer (netstack.counters.Counters.tally);
+        # declared, as ``stack`` is not: compiled, a native field's increment
+        self._fast_hits: Tally = stack.counters.tally("dns.fast.hit")
+        self._lookup_hits: Tally = stack.counters.tally("dns.fast.lookup_hit")
         self.clock = clock or getattr(stack, "now", None) or (lambda: 0.0)
         # static answers rendered whole, by fast-path key (bounded by max_kept
         # and max_kept_bytes), with what answered them; served by wire.patch_kept.
