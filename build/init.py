@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import time
 
@@ -460,7 +461,6 @@ def stage_serve() -> None:
         use_precompiled_sources()
         import_asyncio_without_ssl()
         import asyncio
-        import signal
         sys.path.insert(0, APP_ZIP)
         sys.path.insert(1, APP)
         with open("/proc/cmdline") as f:
@@ -498,9 +498,10 @@ def stage_serve() -> None:
             def request(name: str) -> None:
                 why.append(name)
                 stop.set()
-            loop.add_signal_handler(signal.SIGTERM, request, "SIGTERM")
-            loop.add_signal_handler(signal.SIGINT, request, "ctrl-alt-del")
-            loop.add_signal_handler(signal.SIGPWR, request, "power button")
+            for signum, reason in POWER_SIGNALS.items():
+                loop.add_signal_handler(signum, request, reason)
+            if EARLY_REQUESTS:          # asked for while booting: served as soon as serving starts, then ended
+                request(EARLY_REQUESTS[0])
             link = PacketLink(NIC, mtu=appliance.mtu, rings=appliance.packet_rings)
             await serve(appliance, link, loaded=loaded, stop=stop, ready=announce, build_inputs=build_inputs())
             return why[0] if why else "serve returned"
@@ -555,12 +556,31 @@ def list_imports() -> None:
         print(name, getattr(module, "__file__", None) or "")
 
 
+# The signals that ask PID 1 to power off, and the reason it then prints.
+POWER_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "ctrl-alt-del", signal.SIGPWR: "power button"}
+# Power-off requests that came before stage 2's loop took the signals over.
+EARLY_REQUESTS: list[str] = []
+
+
+def keep_early_power_requests() -> None:
+    """The kernel gives PID 1 no signal it has no handler for, so a power-off
+    asked for while it boots (QEMU's system_powerdown during the imports, a
+    host's SIGTERM) would be lost and the guest would run on: until stage 2's
+    loop installs its own handlers, each such signal is noted here, and the
+    loop stops at once when it starts. (One that comes while the kernel
+    starts /init, or during stage 1's exec of a second interpreter, before
+    this runs, is still lost.)"""
+    for signum, reason in POWER_SIGNALS.items():
+        signal.signal(signum, lambda _signum, _frame, reason=reason: EARLY_REQUESTS.append(reason))
+
+
 def main() -> None:
     if os.getpid() != 1:
         if sys.argv[1:2] == ["list-imports"]:
             list_imports()
             return
         sys.exit("init: this is PID 1 of the appliance image; run it with `make boot`")
+    keep_early_power_requests()
     if os.environ.get(STAGE_VARIABLE) == "serve":
         stage_serve()
     else:
