@@ -54,6 +54,10 @@ MODULES = "/lib/modules"
 NIC = "eth0"
 NIC_WAIT_SECONDS = 10.0
 STAGE_VARIABLE = "DNS_APPLIANCE_STAGE"
+# The signals that ask PID 1 to power off, and the reason it then prints.
+POWER_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "ctrl-alt-del", signal.SIGPWR: "power button"}
+# Power-off requests that came before stage 2's loop took the signals over.
+EARLY_REQUESTS: list[str] = []
 
 # <linux/reboot.h>
 LINUX_REBOOT_MAGIC1 = 0xFEE1DEAD
@@ -373,15 +377,27 @@ def stage_boot() -> None:
 SOURCE_COMPILERS = (("dataclasses", "exec"), ("collections", "eval"))
 
 
-def use_precompiled_sources(path: str = PRECOMPILED) -> int:
-    """Gives dataclasses and collections an ``exec`` and an ``eval`` that run
-    a precompiled code object when the text is in the table at ``path``, and
-    compile it as before otherwise (a class the build did not see). The table
-    holds (mode, text) -> code, compiled by this image's interpreter as the
-    builtins would compile that text from those modules (``dont_inherit``:
-    they use no __future__ flags). Returns how many texts it holds; 0 (and
-    nothing replaced) when there is no table."""
+def _hook_source_compilers(choose) -> None:
+    """Gives dataclasses and collections an ``exec`` and an ``eval`` that
+    run ``choose(mode, text)`` in place of each text they compile: a code
+    object, or the text itself to compile as before."""
     import builtins
+    for module_name, mode in SOURCE_COMPILERS:
+        run = getattr(builtins, mode)
+
+        def hooked(source, globals=None, locals=None, *, _run=run, _mode=mode):
+            return _run(choose(_mode, source) if isinstance(source, str) else source, globals, locals)
+        setattr(__import__(module_name), mode, hooked)
+
+
+def use_precompiled_sources(path: str = PRECOMPILED) -> int:
+    """Runs a precompiled code object where dataclasses and collections would
+    compile a text that is in the table at ``path``, and compiles as before
+    otherwise (a class the build did not see). The table holds (mode, text)
+    -> code, compiled by this image's interpreter as the builtins would
+    compile that text from those modules (``dont_inherit``: they use no
+    __future__ flags). Returns how many texts it holds; 0 (and nothing
+    replaced) when there is no table."""
     import marshal
     try:
         with open(path, "rb") as f:
@@ -390,13 +406,7 @@ def use_precompiled_sources(path: str = PRECOMPILED) -> int:
         return 0
     if not isinstance(table, dict):
         return 0
-    for module_name, mode in SOURCE_COMPILERS:
-        run = getattr(builtins, mode)
-
-        def precompiled(source, globals=None, locals=None, *, _run=run, _mode=mode):
-            code = table.get((_mode, source)) if isinstance(source, str) else None
-            return _run(source if code is None else code, globals, locals)
-        setattr(__import__(module_name), mode, precompiled)
+    _hook_source_compilers(lambda mode, source: table.get((mode, source), source))
     return len(table)
 
 
@@ -420,17 +430,13 @@ def import_asyncio_without_ssl() -> None:
 
 def record_compiled_sources() -> dict:
     """Build time: the texts dataclasses and collections compile from here on,
-    gathered by the same hook, for ``write_compiled_sources``."""
-    import builtins
+    gathered through the same hook, for ``write_compiled_sources``."""
     seen: dict = {}
-    for module_name, mode in SOURCE_COMPILERS:
-        run = getattr(builtins, mode)
 
-        def recording(source, globals=None, locals=None, *, _run=run, _mode=mode):
-            if isinstance(source, str):
-                seen[(_mode, source)] = None
-            return _run(source, globals, locals)
-        setattr(__import__(module_name), mode, recording)
+    def note(mode: str, source: str) -> str:
+        seen[(mode, source)] = None
+        return source
+    _hook_source_compilers(note)
     return seen
 
 
@@ -554,12 +560,6 @@ def list_imports() -> None:
         write_compiled_sources(seen, out)
     for name, module in sorted(sys.modules.items()):
         print(name, getattr(module, "__file__", None) or "")
-
-
-# The signals that ask PID 1 to power off, and the reason it then prints.
-POWER_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "ctrl-alt-del", signal.SIGPWR: "power button"}
-# Power-off requests that came before stage 2's loop took the signals over.
-EARLY_REQUESTS: list[str] = []
 
 
 def keep_early_power_requests() -> None:

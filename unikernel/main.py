@@ -202,13 +202,14 @@ def tls_contexts(appliance: Appliance) -> tuple[ssl.SSLContext | None, ssl.SSLCo
     is a ConfigError naming the file. ``ssl`` is imported here, by what uses
     it: in the image it maps libssl and libcrypto, which the first answer
     need not wait for (build/init.py imports asyncio without it)."""
-    if not (appliance.dot_cert or appliance.dot_key or any(is_tls_upstream(u) for u in appliance.forward)):
+    tls_upstreams = any(is_tls_upstream(u) for u in appliance.forward)
+    if not (appliance.dot_cert or appliance.dot_key or tls_upstreams):
         return None, None
     import ssl
 
     from netstack import tls
     client = server = None
-    if any(is_tls_upstream(u) for u in appliance.forward):
+    if tls_upstreams:
         ca = appliance.upstream_ca
         try:
             client = tls.client_context(str(ca))

@@ -287,11 +287,17 @@ else:
 """
 
 
-def run_precompile_program(tmp_path, *args: str) -> str:
+def run_program(tmp_path, text: str, *args: str) -> str:
+    """Runs ``text`` in a fresh interpreter (what it patches stays there),
+    build/ as its first argument, then ``args``; its output."""
     program = tmp_path / "program.py"
-    program.write_text(PRECOMPILE_PROGRAM)
+    program.write_text(text)
     return subprocess.run([sys.executable, str(program), str(make_image.BUILD), *args],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+def run_precompile_program(tmp_path, *args: str) -> str:
+    return run_program(tmp_path, PRECOMPILE_PROGRAM, *args)
 
 
 def test_precompiled_sources_behave_as_the_compiled_text(tmp_path):
@@ -346,11 +352,8 @@ def test_stage_two_imports_without_ssl(tmp_path):
     """What stage 2 imports for the default appliance leaves ssl (libssl,
     libcrypto) unloaded until something uses it, and DNS over TLS still
     gets it when it does."""
-    program = tmp_path / "program.py"
-    program.write_text(STAGE_TWO_IMPORTS)
-    out = subprocess.run([sys.executable, str(program), str(make_image.BUILD), str(make_image.REPO / "config.py"),
-                          str(make_image.REPO)], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["[] None None", "SSLContext"]
+    out = run_program(tmp_path, STAGE_TWO_IMPORTS, str(make_image.REPO / "config.py"), str(make_image.REPO))
+    assert out.splitlines() == ["[] None None", "SSLContext"]
 
 
 # -- PID 1 and the link on a kernel without an IP stack ------------------------------
