@@ -5,7 +5,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # What compiling the appliance's kernel (build/kernel.py) needs.
-KERNEL_BUILD_PKGS := gcc make libc6-dev binutils bc flex bison libelf-dev lz4
+KERNEL_BUILD_PKGS := gcc make libc6-dev binutils bc flex bison libelf-dev zstd
 # What compiling the hot path with mypyc (build/compiled.py) needs beside
 # gcc: the headers of the image's Python (Debian's python3.11), against which
 # the image's modules are compiled; the venv's interpreter brings its own.

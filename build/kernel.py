@@ -8,7 +8,7 @@ for is then checked in the final ``.config`` (merge_config only warns), so a
 dependency the fragment missed fails the build instead of quietly dropping a
 driver. Everything is built in (no modules).
 
-Two files come out. ``bzImage`` (LZ4, 1.8 MB) is the image's kernel: QEMU's
+Two files come out. ``bzImage`` (zstd, 1.5 MB) is the image's kernel: QEMU's
 ``-kernel`` boots it by the Linux boot protocol, and Xen's toolstack unpacks
 the ELF inside it and starts that at its PVH entry. ``vmlinux`` stripped of
 its symbols is that ELF itself, which QEMU and Xen can also boot directly

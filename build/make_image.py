@@ -7,6 +7,8 @@ Steps (each shown as it runs):
 1. fetch   the pinned Debian packages (apt-get download) and the dnspython
            wheel (pip download) into the cache, checking their SHA-256;
 2. unpack  them with dpkg-deb -x into the cache (once per pin set);
+   relink  python3.11 from Debian's objects without the built-in modules the
+           appliance never imports (build/relink.py; once per input);
 3. kernel  the appliance's own (build/kernel.py: linux-source-6.1 configured
            by build/kernel.config, compiled once per input hash into the
            cache), or with ``--kernel debian`` Debian's stock one and its NIC
@@ -22,7 +24,7 @@ Steps (each shown as it runs):
            they need (read from DT_NEEDED, not guessed), the NIC kernel
            modules and everything they depend on (read from ``depends=``);
 7. pack    a sorted newc cpio with fixed times and root ownership, compressed
-           with xz (see packages.COMPRESSOR for the measurements): the
+           with zstd (see packages.COMPRESSOR for the measurements): the
            same inputs give the same bytes;
 8. write   the Xen PVH guest config, and print a summary of what takes space.
 
@@ -54,6 +56,7 @@ import elf  # noqa: E402
 import init as pid1  # noqa: E402
 import kernel as appliance_kernel  # noqa: E402
 import packages  # noqa: E402
+import relink  # noqa: E402
 import xen  # noqa: E402
 
 IMAGES = REPO / "images"
@@ -62,10 +65,11 @@ APP_PACKAGES = ("unikernel", "netstack")
 # records everything that came with them.
 SERVE_IMPORTS = ("unikernel.main", "unikernel.cli", "unikernel.config", "netstack.link.packet", "unikernel.ops.site",
                  "asyncio", "signal", "ctypes", "traceback", "logging", "importlib",
-                 # imported by main only when the appliance uses them: DNS over TLS,
-                 # mDNS, zone transfers out and NOTIFY
+                 # imported only when the appliance uses them: DNS over TLS, mDNS,
+                 # zone transfers out and NOTIFY (by main), h11 (by the operator's
+                 # port, on its first connection)
                  "ssl", "netstack.tls", "unikernel.resolver.tls_upstream", "unikernel.serve.tls",
-                 "unikernel.sources.mdns", "unikernel.transfer.outbound", "unikernel.transfer.notify")
+                 "unikernel.sources.mdns", "unikernel.transfer.outbound", "unikernel.transfer.notify", "h11")
 # Codecs kept whatever the recording saw, because they are looked up by name
 # when first used: dnspython's IDNA (idna, punycode) and the Unicode and byte
 # codecs text handling may name; the other hundred (code pages, CJK tables,
@@ -220,6 +224,34 @@ def unpack(debs: list[Path], into: Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    return into
+
+
+def relinked_userspace(root: Path, python_dev: Path) -> Path:
+    """The unpacked userspace with build/relink.py's python3.11 in place of
+    Debian's, and build/unicodedata_absent.py as the stdlib's unicodedata
+    (relink leaves the built-in one out); once per input, beside the tree it
+    derives from, hard-linked to it but for those two files."""
+    key = hashlib.sha256(b"".join([root.name.encode(), packages.PYTHON_DEV.sha256.encode(),
+                                   (BUILD / "relink.py").read_bytes(),
+                                   (BUILD / "unicodedata_absent.py").read_bytes()])).hexdigest()[:16]
+    into = root.with_name(f"{root.name}-relinked-{key}")
+    if into.exists():
+        return into
+    tmp = Path(tempfile.mkdtemp(prefix=into.name + ".", dir=into.parent))
+    try:
+        tree = tmp / "tree"
+        subprocess.run(["cp", "-al", str(root), str(tree)], check=True)
+        python = tree / "usr/bin" / packages.PYTHON
+        python.unlink()                     # a hard link to Debian's: never write through it
+        try:
+            relink.relink(python_dev, [find_library(root, "libz.so.1"), find_library(root, "libm.so.6")], python)
+        except relink.RelinkError as e:
+            raise BuildError(f"relinking {packages.PYTHON}: {e}") from e
+        shutil.copyfile(BUILD / "unicodedata_absent.py", tree / PYLIB / "unicodedata.py")
+        tree.rename(into)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return into
 
 
@@ -594,7 +626,7 @@ def human(n: int) -> str:
 def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, kernel: str = "appliance") -> dict:
     if kernel not in KERNELS:
         raise BuildError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
-    progress = Progress(8)
+    progress = Progress(9)
     out_dir.mkdir(parents=True, exist_ok=True)
     digest = input_digest(repo_inputs(), kernel)
     stamp = out_dir / ".inputs"
@@ -608,7 +640,8 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
 
     progress.step("fetch pinned packages")
     debs = []
-    pins = [packages.KERNEL if kernel == "debian" else packages.KERNEL_SOURCE, *packages.USERSPACE]
+    pins = [packages.KERNEL if kernel == "debian" else packages.KERNEL_SOURCE, *packages.USERSPACE,
+            packages.PYTHON_DEV]
     for i, deb in enumerate(pins, 1):
         cached = (cache / "debs" / deb.filename).exists()
         if not cached:
@@ -623,11 +656,17 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     trees = cache / "trees"
     trees.mkdir(parents=True, exist_ok=True)
     user_key = hashlib.sha256("".join(d.sha256 for d in packages.USERSPACE).encode()).hexdigest()[:16]
-    root = unpack(debs[1:], trees / f"userspace-{user_key}")
+    root = unpack(debs[1:-1], trees / f"userspace-{user_key}")
+    python_dev = unpack(debs[-1:], trees / f"python-dev-{packages.PYTHON_DEV.sha256[:16]}")
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
     h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
     dnspython = settle_dnspython_features(root, dnspython, dnspython.with_name(dnspython.name + "-settled"))
     progress.note(f"{root}")
+
+    progress.step(f"relink {packages.PYTHON} without {len(relink.LEFT_OUT)} built-in modules (build/relink.py)")
+    root = relinked_userspace(root, python_dev)
+    progress.note(f"{root}: {human((root / 'usr/bin' / packages.PYTHON).stat().st_size)}, "
+                  f"left out: {' '.join(relink.LEFT_OUT)}")
 
     modules: list[tuple[str, bytes]] = []
     if kernel == "debian":
@@ -644,7 +683,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
         except appliance_kernel.KernelError as e:
             raise BuildError(str(e)) from e
         kernel_image = built.path.read_bytes()
-        kernel_release, kernel_format, kernel_seconds = built.release, "LZ4 bzImage", built.built_seconds
+        kernel_release, kernel_format, kernel_seconds = built.release, "zstd bzImage", built.built_seconds
         progress.note(f"{built.path} ({'cached' if kernel_seconds is None else f'compiled in {kernel_seconds:.0f} s'})")
 
     check_data_files()

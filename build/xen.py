@@ -2,7 +2,7 @@
 
 PVH boots the same kernel file QEMU boots (images/dns.vmlinuz) through its
 PVH entry point (the kernel's XEN_ELFNOTE_PHYS32_ENTRY note); the toolstack
-accepts the compressed bzImage (LZ4 for the appliance's kernel, xz for
+accepts the compressed bzImage (zstd for the appliance's kernel, xz for
 Debian's) and unpacks the ELF inside it. Under Xen the NIC is a vif, driven by
 xen-netfront (built into the appliance's kernel next to virtio_net, with
 CONFIG_XEN_PVH and the hvc0 console; with Debian's kernel a module PID 1

@@ -16,7 +16,8 @@ if str(BUILD) not in sys.path:
 def _can_build() -> str | None:
     """Why the image cannot be built here, or None."""
     import packages
-    for tool in ("dpkg-deb", packages.COMPRESSOR[0], "apt-get"):
+    # gcc, ar and strip: build/relink.py links the image's python3.11
+    for tool in ("dpkg-deb", packages.COMPRESSOR[0], "apt-get", "gcc", "ar", "strip"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (make deps installs the image tools)"
     return None

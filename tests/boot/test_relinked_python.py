@@ -1,0 +1,116 @@
+"""The image's python3.11 as build/relink.py links it: Debian's objects
+without the built-in modules the appliance never imports, and
+build/unicodedata_absent.py where the Unicode tables were.
+
+The interpreter is run from the image itself (the initramfs unpacked with
+zstd's own command, not the builder's code), through the image's loader
+and libraries, as the guest would run it.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import cpio  # noqa: E402  (build/, put on the path by conftest)
+import make_image  # noqa: E402
+import pytest
+import relink  # noqa: E402
+
+from .conftest import needs_build_tools
+
+CONFIG_C = """#include "Python.h"
+extern PyObject* PyInit__csv(void);
+extern PyObject* PyInit_math(void);
+extern PyObject* PyInit_unicodedata(void);
+struct _inittab _PyImport_Inittab[] = {
+    {"_csv", PyInit__csv},
+    {"math", PyInit_math},
+    {"unicodedata", PyInit_unicodedata},
+    {0, 0}
+};
+"""
+
+
+def test_the_table_loses_exactly_the_modules_left_out():
+    table = relink.table_without(CONFIG_C, {"_csv", "unicodedata"})
+    assert "math" in table and "PyInit_math" in table
+    assert "_csv" not in table and "unicodedata" not in table
+    assert table.count("{") == CONFIG_C.count("{") - 2
+
+
+def test_a_module_the_table_does_not_hold_is_an_error():
+    # a newer Python that moved a module out of its built-ins must not pass silently
+    with pytest.raises(relink.RelinkError, match="spwd"):
+        relink.table_without(CONFIG_C, {"_csv", "spwd"})
+
+
+@pytest.fixture(scope="module")
+def image_root(image, tmp_path_factory) -> Path:
+    raw = subprocess.run([*make_image.packages.DECOMPRESSOR, str(make_image.IMAGES / "dns.initrd")],
+                         capture_output=True, check=True).stdout
+    root = tmp_path_factory.mktemp("image-root")
+    for name, mode, data, _ in cpio.read(raw):
+        path = root / name
+        if mode & 0o170000 == 0o040000:
+            path.mkdir(parents=True, exist_ok=True)
+        elif mode & 0o170000 == 0o100000:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            path.chmod(mode & 0o777)
+    return root
+
+
+def in_image(root: Path, code: str) -> subprocess.CompletedProcess:
+    libs = str(root / "lib/x86_64-linux-gnu")
+    return subprocess.run([str(root / make_image.LOADER), "--library-path", libs, str(root / "usr/bin/python3.11"),
+                           "-S", "-c", code],
+                          env={"PYTHONHOME": str(root / "usr"), "PYTHONPATH": f"{root}/app/app.zip:{root}/app",
+                               "LC_ALL": "C"}, capture_output=True, text=True, timeout=60)
+
+
+@needs_build_tools
+def test_the_image_interpreter_has_no_left_out_builtins(image_root):
+    result = in_image(image_root, "import sys; print(' '.join(sys.builtin_module_names))")
+    assert result.returncode == 0, result.stderr
+    builtins = set(result.stdout.split())
+    assert {"_socket", "_struct", "select", "math", "zlib", "_sha256"} <= builtins
+    assert not builtins & set(relink.LEFT_OUT), builtins & set(relink.LEFT_OUT)
+    result = in_image(image_root, "import pyexpat")
+    assert "ModuleNotFoundError" in result.stderr
+
+
+@needs_build_tools
+def test_libexpat_leaves_with_pyexpat(image):
+    assert "libexpat.so.1" not in image["libraries"]
+    assert "libz.so.1" in image["libraries"] and "libm.so.6" in image["libraries"]
+
+
+@needs_build_tools
+def test_a_non_ascii_name_in_the_image_says_to_write_its_a_label(image_root):
+    # the A-label comes from the host's Python (with the tables), not from the image
+    a_label = "bücher".encode("idna").decode()
+    assert a_label == "xn--bcher-kva"
+    code = f"""
+import dns.name
+print(dns.name.from_text("{a_label}.example.").to_text())
+print(dns.name.from_wire(b"\\x07b\\xc3\\xbccher\\x07example\\x00", 0)[0].to_text())
+try:
+    dns.name.from_text("bücher.example.")
+except ValueError as e:
+    print(type(e).__name__, e)
+"""
+    result = in_image(image_root, code)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{a_label}.example."
+    assert lines[1] == "b\\195\\188cher.example."          # names off the wire need no tables
+    assert lines[2].startswith("UnicodeTablesLeftOut ") and "A-label (xn--" in lines[2]
+
+
+@needs_build_tools
+def test_the_relink_gives_the_same_bytes_twice(image, tmp_path):
+    dev = make_image.packages.CACHE / "trees" / f"python-dev-{make_image.packages.PYTHON_DEV.sha256[:16]}"
+    libraries = [Path("/lib/x86_64-linux-gnu/libz.so.1"), Path("/lib/x86_64-linux-gnu/libm.so.6")]
+    relink.relink(dev, libraries, tmp_path / "one")
+    relink.relink(dev, libraries, tmp_path / "two")
+    assert (tmp_path / "one").read_bytes() == (tmp_path / "two").read_bytes()
