@@ -67,7 +67,7 @@ def parse_tls_upstream(text: str) -> tuple[int, int, str]:
         raise ValueError(f"bad upstream {text!r}: tls:// needs #NAME, the name its certificate carries")
     try:
         dns.name.from_text(name)
-    except dns.exception.DNSException as e:
+    except (dns.exception.DNSException, ValueError) as e:
         raise ValueError(f"bad upstream {text!r}: {name!r} is not a name ({e})") from None
     ip, port = _endpoint(text, where, DOT_PORT, "tls://ADDR[:PORT]#NAME")
     return ip, port, name

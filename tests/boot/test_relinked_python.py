@@ -114,3 +114,28 @@ def test_the_relink_gives_the_same_bytes_twice(image, tmp_path):
     relink.relink(dev, libraries, tmp_path / "one")
     relink.relink(dev, libraries, tmp_path / "two")
     assert (tmp_path / "one").read_bytes() == (tmp_path / "two").read_bytes()
+
+
+@needs_build_tools
+def test_the_loaders_report_a_non_ascii_name_with_its_file_and_line(image_root, tmp_path):
+    # a hosts file used to let the error out bare (a crash at boot, not a configuration error)
+    (tmp_path / "hosts").write_text("192.0.2.9 printer.lan\n192.0.2.10 bücher.lan\n", encoding="utf-8")
+    (tmp_path / "example.zone").write_text(
+        "$ORIGIN example.\n$TTL 300\n@ IN SOA ns hostmaster 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.1\n"
+        "bücher IN A 192.0.2.2\n", encoding="utf-8")
+    code = f"""
+from pathlib import Path
+from unikernel.sources import zone
+from unikernel.sources.hosts import load_hosts
+for load in (lambda: load_hosts([Path("{tmp_path}/hosts")]),
+             lambda: zone.ZoneFiles([Path("{tmp_path}/example.zone")])):
+    try:
+        load()
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+    result = in_image(image_root, code)
+    assert result.returncode == 0, result.stderr
+    hosts, zone_file = result.stdout.splitlines()
+    assert hosts.startswith(f"HostsError {tmp_path}/hosts:2: bad name 'bücher.lan'") and "A-label" in hosts
+    assert zone_file.startswith(f"ConfigError {tmp_path}/example.zone:6:") and "A-label" in zone_file

@@ -78,7 +78,8 @@ def parse_hosts(text: str, source: str = "<hosts>", table: HostsTable | None = N
         for word in fields[1:]:
             try:
                 name = dns.name.from_text(word.rstrip(".") + ".")
-            except dns.exception.DNSException as e:
+            # ValueError: in the VM image a non-ASCII name (build/unicodedata_absent.py)
+            except (dns.exception.DNSException, ValueError) as e:
                 raise HostsError(f"{where}: bad name {word!r}: {e}") from None
             if name == dns.name.root or any(not label for label in name.labels[:-1]):
                 raise HostsError(f"{where}: bad name {word!r}")

@@ -245,7 +245,7 @@ def check_domain(text: str) -> dns.name.Name:
     """The unicast domain to map onto ``local.``; ValueError when it cannot be one."""
     try:
         domain = dns.name.from_text(text)
-    except dns.exception.DNSException as e:
+    except (dns.exception.DNSException, ValueError) as e:
         raise ValueError(f"mdns-domain {text!r}: {e}") from None
     if domain == dns.name.root or domain.is_subdomain(LOCAL) or domain.is_subdomain(IN_ADDR_ARPA):
         raise ValueError(f"mdns-domain {text}: must be a unicast domain, not the root, local. or in-addr.arpa.")

@@ -192,7 +192,7 @@ def _origin_hints(lines: Iterable[str]) -> tuple[bool, dns.name.Name | None]:
         if word.endswith(".") and word != "@":
             try:
                 owner = dns.name.from_text(word)
-            except dns.exception.DNSException:
+            except (dns.exception.DNSException, ValueError):
                 owner = None
     return False, owner
 
