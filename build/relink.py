@@ -46,7 +46,9 @@ LEFT_OUT = {
 CONFIG_DIR = "usr/lib/python3.11/config-3.11-x86_64-linux-gnu"
 STATIC_LIB = f"{CONFIG_DIR}/libpython3.11.a"
 CONFIG_C = f"{CONFIG_DIR}/config.c"
-INCLUDES = ("usr/include/python3.11", "usr/include/x86_64-linux-gnu/python3.11")
+# the headers of the package itself: Debian's python3.11/pyconfig.h is a wrapper that
+# includes <x86_64-linux-gnu/python3.11/pyconfig.h>, found under usr/include, not the host's
+INCLUDES = ("usr/include/python3.11", "usr/include")
 # Debian's python3.11 is a non-PIE executable that exports the C API to
 # extension modules (sysconfig's LINKFORSHARED and LDFLAGS on Debian 12)
 LINK_FLAGS = ("-no-pie", "-Xlinker", "-export-dynamic", "-Wl,-O1", "-Wl,-Bsymbolic-functions", "-Wl,--build-id=sha1")
@@ -95,7 +97,7 @@ def relink(dev_tree: Path, libraries: list[Path], out: Path) -> None:
             raise RelinkError(f"libpython3.11.a has no {', '.join(sorted(missing))}")
         (tmp / "config.c").write_text(table_without((dev_tree / CONFIG_C).read_text(), left_out))
         (tmp / "main.c").write_text(MAIN_C)
-        includes = [f"-I{dev_tree / d}" for d in INCLUDES]
+        includes = include_flags(dev_tree)
         for name in ("config", "main"):
             run(["gcc", "-O2", "-fno-pie", *includes, "-c", f"{name}.c", "-o", f"{name}.o"], cwd=tmp)
         # the archive's order, so the link is the same every time
@@ -105,6 +107,10 @@ def relink(dev_tree: Path, libraries: list[Path], out: Path) -> None:
         run(["strip", "--strip-all", str(tmp / "python")])
         shutil.copyfile(tmp / "python", out)
         out.chmod(0o755)
+
+
+def include_flags(dev_tree: Path) -> list[str]:
+    return [f"-I{dev_tree / d}" for d in INCLUDES]
 
 
 def run(command: list[str], cwd: Path | None = None) -> str:

@@ -139,3 +139,16 @@ for load in (lambda: load_hosts([Path("{tmp_path}/hosts")]),
     hosts, zone_file = result.stdout.splitlines()
     assert hosts.startswith(f"HostsError {tmp_path}/hosts:2: bad name 'bücher.lan'") and "A-label" in hosts
     assert zone_file.startswith(f"ConfigError {tmp_path}/example.zone:6:") and "A-label" in zone_file
+
+
+@needs_build_tools
+def test_the_table_is_compiled_against_the_pinned_headers_alone(image, tmp_path):
+    # gcc's own list of the headers it read: every Python header must come from
+    # the pinned libpython3.11-dev, none from the host (which may have none)
+    dev = make_image.packages.CACHE / "trees" / f"python-dev-{make_image.packages.PYTHON_DEV.sha256[:16]}"
+    (tmp_path / "config.c").write_text((dev / relink.CONFIG_C).read_text())
+    deps = subprocess.run(["gcc", "-M", *relink.include_flags(dev), "config.c"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True).stdout.replace("\\\n", " ").split()
+    python_headers = [d for d in deps if "python3.11" in d]
+    assert any(d.endswith("x86_64-linux-gnu/python3.11/pyconfig.h") for d in python_headers), python_headers
+    assert all(Path(d).resolve().is_relative_to(dev.resolve()) for d in python_headers), python_headers
