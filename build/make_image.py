@@ -227,6 +227,11 @@ def unpack(debs: list[Path], into: Path) -> Path:
     return into
 
 
+def python_dev_tree(cache: Path) -> Path:
+    """Where the pinned libpython3.11-dev is unpacked (build/relink.py's input)."""
+    return cache / "trees" / f"python-dev-{packages.PYTHON_DEV.sha256[:16]}"
+
+
 def relinked_userspace(root: Path, python_dev: Path) -> Path:
     """The unpacked userspace with build/relink.py's python3.11 in place of
     Debian's, and build/unicodedata_absent.py as the stdlib's unicodedata
@@ -245,7 +250,7 @@ def relinked_userspace(root: Path, python_dev: Path) -> Path:
         python = tree / "usr/bin" / packages.PYTHON
         python.unlink()                     # a hard link to Debian's: never write through it
         try:
-            relink.relink(python_dev, [find_library(root, "libz.so.1"), find_library(root, "libm.so.6")], python)
+            relink.relink(python_dev, [find_library(root, soname) for soname in relink.LIBRARIES], python)
         except relink.RelinkError as e:
             raise BuildError(f"relinking {packages.PYTHON}: {e}") from e
         shutil.copyfile(BUILD / "unicodedata_absent.py", tree / PYLIB / "unicodedata.py")
@@ -657,7 +662,7 @@ def build(out_dir: Path, cache: Path, force: bool = False, pvh: bool = False, ke
     trees.mkdir(parents=True, exist_ok=True)
     user_key = hashlib.sha256("".join(d.sha256 for d in packages.USERSPACE).encode()).hexdigest()[:16]
     root = unpack(debs[1:-1], trees / f"userspace-{user_key}")
-    python_dev = unpack(debs[-1:], trees / f"python-dev-{packages.PYTHON_DEV.sha256[:16]}")
+    python_dev = unpack(debs[-1:], python_dev_tree(cache))
     dnspython = unpack_wheel(wheel, trees / f"dnspython-{packages.DNSPYTHON.sha256[:16]}")
     h11 = unpack_wheel(h11_wheel, trees / f"h11-{packages.H11.sha256[:16]}")
     dnspython = settle_dnspython_features(root, dnspython, dnspython.with_name(dnspython.name + "-settled"))

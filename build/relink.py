@@ -52,6 +52,8 @@ INCLUDES = ("usr/include/python3.11", "usr/include")
 # Debian's python3.11 is a non-PIE executable that exports the C API to
 # extension modules (sysconfig's LINKFORSHARED and LDFLAGS on Debian 12)
 LINK_FLAGS = ("-no-pie", "-Xlinker", "-export-dynamic", "-Wl,-O1", "-Wl,-Bsymbolic-functions", "-Wl,--build-id=sha1")
+# the shared libraries the executable needs beside libc (Debian's links libexpat too, for pyexpat)
+LIBRARIES = ("libz.so.1", "libm.so.6")
 MAIN_C = ("extern int Py_BytesMain(int argc, char **argv);\n"
           "int main(int argc, char **argv) { return Py_BytesMain(argc, argv); }\n")
 
@@ -80,8 +82,8 @@ def table_without(config_c: str, left_out: set[str]) -> str:
 
 def relink(dev_tree: Path, libraries: list[Path], out: Path) -> None:
     """Links ``out`` from the libpython3.11-dev tree; ``libraries`` are the
-    shared libraries it links against, by path (the image's own libz and libm:
-    the executable's NEEDED names come from their sonames)."""
+    files of :data:`LIBRARIES` it links against, by path (the image's own: the
+    executable's NEEDED names come from their sonames)."""
     left_out = set(LEFT_OUT)
     dropped_objects = {obj for objects, _ in LEFT_OUT.values() for obj in objects} | {"config.o"}
     with tempfile.TemporaryDirectory(prefix="relink.") as tmp_name:
@@ -123,5 +125,4 @@ def run(command: list[str], cwd: Path | None = None) -> str:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tree:
         subprocess.run(["dpkg-deb", "-x", sys.argv[1], tree], check=True)
-        relink(Path(tree), [Path("/lib/x86_64-linux-gnu/libz.so.1"), Path("/lib/x86_64-linux-gnu/libm.so.6")],
-               Path(sys.argv[2]))
+        relink(Path(tree), [Path("/lib/x86_64-linux-gnu") / soname for soname in LIBRARIES], Path(sys.argv[2]))

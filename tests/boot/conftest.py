@@ -23,6 +23,15 @@ def _can_build() -> str | None:
     return None
 
 
+def initramfs_entries(path: Path) -> list[tuple[str, int, bytes, int]]:
+    """(name, mode, data, mtime) of each member of an initrd, decompressed by
+    the compressor's own command rather than by the builder's code."""
+    import cpio
+    import packages
+    raw = subprocess.run([*packages.DECOMPRESSOR, str(path)], capture_output=True, check=True).stdout
+    return list(cpio.read(raw))
+
+
 needs_build_tools = pytest.mark.skipif(_can_build() is not None, reason=_can_build() or "")
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="needs qemu-system-x86_64 (apt-get install qemu-system-x86)")

@@ -11,12 +11,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import cpio  # noqa: E402  (build/, put on the path by conftest)
-import make_image  # noqa: E402
+import make_image  # noqa: E402  (build/, put on the path by conftest)
 import pytest
 import relink  # noqa: E402
 
-from .conftest import needs_build_tools
+from .conftest import initramfs_entries, needs_build_tools
 
 CONFIG_C = """#include "Python.h"
 extern PyObject* PyInit__csv(void);
@@ -46,10 +45,8 @@ def test_a_module_the_table_does_not_hold_is_an_error():
 
 @pytest.fixture(scope="module")
 def image_root(image, tmp_path_factory) -> Path:
-    raw = subprocess.run([*make_image.packages.DECOMPRESSOR, str(make_image.IMAGES / "dns.initrd")],
-                         capture_output=True, check=True).stdout
     root = tmp_path_factory.mktemp("image-root")
-    for name, mode, data, _ in cpio.read(raw):
+    for name, mode, data, _ in initramfs_entries(make_image.IMAGES / "dns.initrd"):
         path = root / name
         if mode & 0o170000 == 0o040000:
             path.mkdir(parents=True, exist_ok=True)
@@ -61,11 +58,19 @@ def image_root(image, tmp_path_factory) -> Path:
 
 
 def in_image(root: Path, code: str) -> subprocess.CompletedProcess:
-    libs = str(root / "lib/x86_64-linux-gnu")
-    return subprocess.run([str(root / make_image.LOADER), "--library-path", libs, str(root / "usr/bin/python3.11"),
-                           "-S", "-c", code],
-                          env={"PYTHONHOME": str(root / "usr"), "PYTHONPATH": f"{root}/app/app.zip:{root}/app",
-                               "LC_ALL": "C"}, capture_output=True, text=True, timeout=60)
+    """``code`` run by the image's interpreter, loader and libraries, with /init's path."""
+    return make_image.image_python(root, "-c", code, env={"PYTHONPATH": f"{root}/app/app.zip:{root}/app"},
+                                   timeout=60)
+
+
+@pytest.fixture(scope="module")
+def python_dev(image) -> Path:
+    """The unpacked libpython3.11-dev the image's build relinked from."""
+    return make_image.python_dev_tree(make_image.packages.CACHE)
+
+
+def libraries() -> list[Path]:
+    return [Path("/lib/x86_64-linux-gnu") / soname for soname in relink.LIBRARIES]
 
 
 @needs_build_tools
@@ -108,11 +113,9 @@ except ValueError as e:
 
 
 @needs_build_tools
-def test_the_relink_gives_the_same_bytes_twice(image, tmp_path):
-    dev = make_image.packages.CACHE / "trees" / f"python-dev-{make_image.packages.PYTHON_DEV.sha256[:16]}"
-    libraries = [Path("/lib/x86_64-linux-gnu/libz.so.1"), Path("/lib/x86_64-linux-gnu/libm.so.6")]
-    relink.relink(dev, libraries, tmp_path / "one")
-    relink.relink(dev, libraries, tmp_path / "two")
+def test_the_relink_gives_the_same_bytes_twice(python_dev, tmp_path):
+    relink.relink(python_dev, libraries(), tmp_path / "one")
+    relink.relink(python_dev, libraries(), tmp_path / "two")
     assert (tmp_path / "one").read_bytes() == (tmp_path / "two").read_bytes()
 
 
@@ -142,10 +145,10 @@ for load in (lambda: load_hosts([Path("{tmp_path}/hosts")]),
 
 
 @needs_build_tools
-def test_the_table_is_compiled_against_the_pinned_headers_alone(image, tmp_path):
+def test_the_table_is_compiled_against_the_pinned_headers_alone(python_dev, tmp_path):
     # gcc's own list of the headers it read: every Python header must come from
     # the pinned libpython3.11-dev, none from the host (which may have none)
-    dev = make_image.packages.CACHE / "trees" / f"python-dev-{make_image.packages.PYTHON_DEV.sha256[:16]}"
+    dev = python_dev
     (tmp_path / "config.c").write_text((dev / relink.CONFIG_C).read_text())
     deps = subprocess.run(["gcc", "-M", *relink.include_flags(dev), "config.c"], cwd=tmp_path,
                           capture_output=True, text=True, check=True).stdout.replace("\\\n", " ").split()
